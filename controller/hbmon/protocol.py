@@ -134,7 +134,9 @@ class Heartbeat:
         return replace(self, type=MsgType.RESPONSE, status=status, load=load)
 
 
-def build_response(request_payload: bytes, status: int = PeerStatus.HEALTHY, load: int = 0) -> bytes:
+def build_response(
+    request_payload: bytes, status: int = PeerStatus.HEALTHY, load: int = 0
+) -> bytes:
     """Response payload for a request payload; raises ProtocolError for anything but a request."""
     request = Heartbeat.unpack(request_payload, expect=MsgType.REQUEST)
     return request.response(status, load).pack()
