@@ -1,0 +1,575 @@
+"""Durable inventory, transition history and settings (implements `hbmon.service.Store`).
+
+`open_store(url)` picks the backend:
+
+- `sqlite:///relative/path.db`, `sqlite:////absolute/path.db`, `sqlite://:memory:` (the
+  default for one controller). WAL with `synchronous=FULL`: a call that returned has been
+  fsynced, so an acknowledged write survives kill -9 and power loss.
+- `postgresql://user@host:port/db` (psycopg 3) for controller replicas that share state.
+
+Every public method is one transaction. Conflicts are checked inside the transaction so the
+error names the field (`name`, `address`, `peer_id`); the unique constraints stay as the
+last line of defence against a concurrent replica and are mapped to the same errors.
+
+Event ids are strictly increasing in commit order on both backends, so a reader that pages
+with `after_id` (SSE resume) can never skip an event committed later with a smaller id:
+SQLite serialises writers anyway; on PostgreSQL `append_events` takes a transaction-scoped
+advisory lock so id allocation and commit happen in the same order on every replica.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from .model import ConflictError, Event, EventKind, Health, NotFoundError, Peer, ValidationError
+
+SCHEMA_VERSION = 1
+# Arbitrary constant shared by all replicas: the advisory lock that orders event commits.
+_PG_EVENT_LOCK = 0x6862_6D6F_6E01  # "hbmon" + 1
+
+_PEER_COLUMNS = (
+    "name", "switch", "address", "peer_id", "mac", "port", "grp", "labels", "detect_mult",
+    "admin_down", "idx",
+)
+_EVENT_COLUMNS = (
+    "id", "kind", "time", "peer", "switch", "old_state", "new_state", "reason", "details",
+)
+
+
+class StoreError(RuntimeError):
+    """The database is unusable (bad URL, unreachable server, newer schema)."""
+
+
+class _Cursor(Protocol):
+    def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Any: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+def _peer_row(peer: Peer) -> tuple[Any, ...]:
+    return (
+        peer.name, peer.switch, peer.address, peer.peer_id, peer.mac.lower(), peer.port,
+        peer.group, json.dumps(peer.labels, sort_keys=True), peer.detect_mult,
+        bool(peer.admin_down), peer.index,
+    )
+
+
+def _row_peer(row: Sequence[Any]) -> Peer:
+    name, switch, address, peer_id, mac, port, grp, labels, detect_mult, admin_down, idx = row
+    return Peer(
+        name=name, address=address, peer_id=int(peer_id), mac=mac, port=int(port),
+        switch=switch, group=grp, labels=json.loads(labels) if labels else {},
+        detect_mult=detect_mult, admin_down=bool(admin_down), index=idx,
+    )
+
+
+def _row_event(row: Sequence[Any]) -> Event:
+    id_, kind, time, peer, switch, old_state, new_state, reason, details = row
+    return Event(
+        kind=EventKind(kind), time=float(time), peer=peer, switch=switch,
+        old_state=Health(old_state) if old_state else None,
+        new_state=Health(new_state) if new_state else None,
+        reason=reason or "", details=json.loads(details) if details else {}, id=int(id_),
+    )
+
+
+def _check_batch(peers: Sequence[Peer]) -> None:
+    """Clashes inside one bulk request (the database would only say 'unique violation')."""
+    names: set[str] = set()
+    addresses: set[tuple[str, str]] = set()
+    ids: set[tuple[str, int]] = set()
+    for peer in peers:
+        if peer.name in names:
+            raise ConflictError("name", f"{peer.name!r} appears twice in the request")
+        if (peer.switch, peer.address) in addresses:
+            raise ConflictError(
+                "address", f"{peer.address} appears twice for switch {peer.switch!r}")
+        if (peer.switch, peer.peer_id) in ids:
+            raise ConflictError(
+                "peer_id", f"{peer.peer_id} appears twice for switch {peer.switch!r}")
+        names.add(peer.name)
+        addresses.add((peer.switch, peer.address))
+        ids.add((peer.switch, peer.peer_id))
+
+
+class SqlStore:
+    """The shared SQL of both backends; subclasses supply connections and dialect details."""
+
+    placeholder = "?"
+    url: str
+
+    def __init__(self) -> None:
+        # One connection per store, used by one thread at a time: the controller's poll
+        # thread and the API's worker threads all go through here.
+        self._lock = threading.RLock()
+        self._closed = False
+
+    # ---- backend hooks -------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self) -> Iterator[_Cursor]:
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    def _is_integrity_error(self, exc: BaseException) -> bool:
+        raise NotImplementedError
+
+    def _lock_events(self, cur: _Cursor) -> None:
+        """Serialise event appends across replicas (no-op where writers are serialised)."""
+
+    def _insert_events(self, cur: _Cursor, rows: list[tuple[Any, ...]]) -> list[int]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    # ---- helpers -------------------------------------------------------------------
+
+    def _sql(self, sql: str) -> str:
+        return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
+
+    def _run(self, fn: Callable[[_Cursor], Any]) -> Any:
+        with self._lock:
+            if self._closed:
+                raise StoreError("store is closed")
+            try:
+                with self._transaction() as cur:
+                    return fn(cur)
+            except (ConflictError, NotFoundError, ValidationError):
+                raise
+            except Exception as exc:
+                if self._is_integrity_error(exc):
+                    raise self._conflict_from(exc) from exc
+                raise
+
+    @staticmethod
+    def _conflict_from(exc: BaseException) -> ConflictError:
+        text = str(exc).lower()
+        if "address" in text:
+            return ConflictError("address", "address already used on this switch")
+        if "peer_id" in text:
+            return ConflictError("peer_id", "peer id already used on this switch")
+        return ConflictError("name", "a peer with this name already exists")
+
+    def _one(self, cur: _Cursor, sql: str, params: Sequence[Any]) -> Any:
+        cur.execute(self._sql(sql), params)
+        return cur.fetchone()
+
+    def _check_conflicts(self, cur: _Cursor, peer: Peer, *, exclude: str | None) -> None:
+        if exclude is None and self._one(cur, "SELECT 1 FROM peers WHERE name = ?", (peer.name,)):
+            raise ConflictError("name", f"a peer named {peer.name!r} already exists")
+        other = self._one(
+            cur, "SELECT name FROM peers WHERE switch = ? AND address = ? AND name <> ?",
+            (peer.switch, peer.address, exclude or ""),
+        )
+        if other:
+            raise ConflictError(
+                "address", f"{peer.address} is already used by peer {other[0]!r} "
+                f"on switch {peer.switch!r}")
+        other = self._one(
+            cur, "SELECT name FROM peers WHERE switch = ? AND peer_id = ? AND name <> ?",
+            (peer.switch, peer.peer_id, exclude or ""),
+        )
+        if other:
+            raise ConflictError(
+                "peer_id", f"peer id {peer.peer_id} is already used by peer {other[0]!r} "
+                f"on switch {peer.switch!r}")
+
+    # ---- inventory -----------------------------------------------------------------
+
+    def list_peers(self) -> list[Peer]:
+        def read(cur: _Cursor) -> list[Peer]:
+            cur.execute(f"SELECT {', '.join(_PEER_COLUMNS)} FROM peers ORDER BY name")
+            return [_row_peer(r) for r in cur.fetchall()]
+        result: list[Peer] = self._run(read)
+        return result
+
+    def get_peer(self, name: str) -> Peer:
+        def read(cur: _Cursor) -> Peer:
+            row = self._one(
+                cur, f"SELECT {', '.join(_PEER_COLUMNS)} FROM peers WHERE name = ?", (name,))
+            if row is None:
+                raise NotFoundError("peer", name)
+            return _row_peer(row)
+        result: Peer = self._run(read)
+        return result
+
+    def add_peers(self, peers: Sequence[Peer]) -> None:
+        peers = list(peers)
+        for peer in peers:
+            peer.validate()
+        _check_batch(peers)
+        insert = self._sql(
+            f"INSERT INTO peers ({', '.join(_PEER_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(_PEER_COLUMNS))})")
+
+        def write(cur: _Cursor) -> None:
+            for peer in peers:
+                self._check_conflicts(cur, peer, exclude=None)
+                cur.execute(insert, _peer_row(peer))
+        self._run(write)
+
+    def update_peer(self, peer: Peer) -> None:
+        peer.validate()
+        assignments = ", ".join(f"{c} = ?" for c in _PEER_COLUMNS[1:])
+        update = self._sql(f"UPDATE peers SET {assignments} WHERE name = ?")
+
+        def write(cur: _Cursor) -> None:
+            if not self._one(cur, "SELECT 1 FROM peers WHERE name = ?", (peer.name,)):
+                raise NotFoundError("peer", peer.name)
+            self._check_conflicts(cur, peer, exclude=peer.name)
+            row = _peer_row(peer)
+            cur.execute(update, (*row[1:], peer.name))
+        self._run(write)
+
+    def remove_peers(self, names: Sequence[str]) -> None:
+        unique = list(dict.fromkeys(names))
+
+        def write(cur: _Cursor) -> None:
+            for name in unique:
+                if not self._one(cur, "SELECT 1 FROM peers WHERE name = ?", (name,)):
+                    raise NotFoundError("peer", name)
+            delete = self._sql("DELETE FROM peers WHERE name = ?")
+            for name in unique:
+                cur.execute(delete, (name,))
+        self._run(write)
+
+    # ---- events --------------------------------------------------------------------
+
+    def append_events(self, events: Sequence[Event]) -> list[Event]:
+        events = list(events)
+        if not events:
+            return []
+        rows = [
+            (
+                str(e.kind), e.time, e.peer, e.switch,
+                str(e.old_state) if e.old_state else None,
+                str(e.new_state) if e.new_state else None,
+                e.reason, json.dumps(e.details, sort_keys=True, default=str),
+            )
+            for e in events
+        ]
+
+        def write(cur: _Cursor) -> list[int]:
+            self._lock_events(cur)
+            return self._insert_events(cur, rows)
+        ids: list[int] = self._run(write)
+        return [
+            Event(e.kind, e.time, e.peer, e.switch, e.old_state, e.new_state, e.reason,
+                  dict(e.details), id_)
+            for e, id_ in zip(events, ids, strict=True)
+        ]
+
+    def events(
+        self, *, peer: str | None = None, after_id: int = 0, limit: int = 100,
+        before_id: int | None = None, kinds: Sequence[EventKind] | None = None,
+    ) -> list[Event]:
+        """Events in ascending id order.
+
+        Without `before_id`: the first `limit` events after `after_id` (resume / follow).
+        With `before_id`: the *last* `limit` events below it (paging back through history),
+        still returned oldest first.
+        """
+        if limit < 1:
+            raise ValidationError("limit", "must be at least 1")
+        where = ["id > ?"]
+        params: list[Any] = [after_id]
+        if before_id is not None:
+            where.append("id < ?")
+            params.append(before_id)
+        if peer is not None:
+            where.append("peer = ?")
+            params.append(peer)
+        if kinds:
+            where.append(f"kind IN ({', '.join('?' * len(kinds))})")
+            params.extend(str(k) for k in kinds)
+        order = "DESC" if before_id is not None else "ASC"
+        sql = self._sql(
+            f"SELECT {', '.join(_EVENT_COLUMNS)} FROM events WHERE {' AND '.join(where)} "
+            f"ORDER BY id {order} LIMIT ?")
+        params.append(limit)
+
+        def read(cur: _Cursor) -> list[Event]:
+            cur.execute(sql, params)
+            return [_row_event(r) for r in cur.fetchall()]
+        result: list[Event] = self._run(read)
+        if before_id is not None:
+            result.reverse()
+        return result
+
+    def last_event_id(self) -> int:
+        row = self._run(lambda cur: self._one(cur, "SELECT MAX(id) FROM events", ()))
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def prune_events(self, older_than: float) -> int:
+        """Drop history older than `older_than` (wall-clock seconds); returns how many."""
+        def write(cur: _Cursor) -> int:
+            cur.execute(self._sql("DELETE FROM events WHERE time < ?"), (older_than,))
+            return int(getattr(cur, "rowcount", 0) or 0)
+        result: int = self._run(write)
+        return result
+
+    # ---- settings ------------------------------------------------------------------
+
+    def get_setting(self, key: str) -> Any | None:
+        row = self._run(
+            lambda cur: self._one(cur, "SELECT value FROM settings WHERE key = ?", (key,)))
+        return None if row is None else json.loads(row[0])
+
+    def set_setting(self, key: str, value: Any) -> None:
+        text = json.dumps(value, sort_keys=True)
+        upsert = self._sql(
+            "INSERT INTO settings (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+        self._run(lambda cur: cur.execute(upsert, (key, text)))
+
+    def __enter__(self) -> SqlStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---- SQLite ----------------------------------------------------------------------------
+
+_SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS peers (
+    name TEXT PRIMARY KEY,
+    switch TEXT NOT NULL,
+    address TEXT NOT NULL,
+    peer_id INTEGER NOT NULL,
+    mac TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    grp TEXT,
+    labels TEXT NOT NULL DEFAULT '{}',
+    detect_mult INTEGER,
+    admin_down INTEGER NOT NULL DEFAULT 0,
+    idx INTEGER,
+    CONSTRAINT peers_switch_address UNIQUE (switch, address),
+    CONSTRAINT peers_switch_peer_id UNIQUE (switch, peer_id)
+);
+-- AUTOINCREMENT: ids are never reused, even after the newest events are deleted.
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    time REAL NOT NULL,
+    peer TEXT,
+    switch TEXT,
+    old_state TEXT,
+    new_state TEXT,
+    reason TEXT NOT NULL DEFAULT '',
+    details TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS events_peer_id ON events (peer, id);
+CREATE INDEX IF NOT EXISTS events_time ON events (time);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class SqliteStore(SqlStore):
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self.url = f"sqlite:///{path}"
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a transaction
+            # takes the write lock up front and never fails half-way on SQLITE_BUSY.
+            self._conn = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=30.0)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            self._conn.execute("PRAGMA busy_timeout=30000")
+            self._conn.executescript(_SQLITE_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite database {path!r}: {exc}") from exc
+        self._check_schema()
+
+    def _check_schema(self) -> None:
+        with self._transaction() as cur:
+            row = self._one(cur, "SELECT value FROM meta WHERE key = 'schema_version'", ())
+            if row is None:
+                cur.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),))
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise StoreError(
+                    f"database schema {row[0]} is newer than this hbmon ({SCHEMA_VERSION})")
+
+    @contextmanager
+    def _transaction(self) -> Iterator[_Cursor]:
+        cur = self._conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            yield cur
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        else:
+            cur.execute("COMMIT")
+        finally:
+            cur.close()
+
+    def _is_integrity_error(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.IntegrityError)
+
+    def _insert_events(self, cur: _Cursor, rows: list[tuple[Any, ...]]) -> list[int]:
+        ids = []
+        sql = ("INSERT INTO events (kind, time, peer, switch, old_state, new_state, reason, "
+               "details) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+        for row in rows:
+            cur.execute(sql, row)
+            ids.append(int(cur.lastrowid))  # type: ignore[attr-defined]
+        return ids
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+
+# ---- PostgreSQL ------------------------------------------------------------------------
+
+_PG_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS peers (
+        name TEXT PRIMARY KEY,
+        switch TEXT NOT NULL,
+        address TEXT NOT NULL,
+        peer_id BIGINT NOT NULL,
+        mac TEXT NOT NULL,
+        port INTEGER NOT NULL,
+        grp TEXT,
+        labels TEXT NOT NULL DEFAULT '{}',
+        detect_mult INTEGER,
+        admin_down BOOLEAN NOT NULL DEFAULT FALSE,
+        idx INTEGER,
+        CONSTRAINT peers_switch_address UNIQUE (switch, address),
+        CONSTRAINT peers_switch_peer_id UNIQUE (switch, peer_id)
+    )""",
+    """CREATE TABLE IF NOT EXISTS events (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        kind TEXT NOT NULL,
+        time DOUBLE PRECISION NOT NULL,
+        peer TEXT,
+        switch TEXT,
+        old_state TEXT,
+        new_state TEXT,
+        reason TEXT NOT NULL DEFAULT '',
+        details TEXT NOT NULL DEFAULT '{}'
+    )""",
+    "CREATE INDEX IF NOT EXISTS events_peer_id ON events (peer, id)",
+    "CREATE INDEX IF NOT EXISTS events_time ON events (time)",
+    "CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+]
+
+
+class PostgresStore(SqlStore):
+    placeholder = "%s"
+
+    def __init__(self, url: str, *, connect_timeout: float = 10.0) -> None:
+        super().__init__()
+        import psycopg  # imported here: SQLite users do not pay for it
+
+        self._psycopg = psycopg
+        self.url = url
+        self._connect_timeout = connect_timeout
+        self._conn: Any = None
+        self._connect()
+        with self._lock, self._transaction() as cur:
+            # Replicas may start together: serialise schema creation.
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_EVENT_LOCK + 1,))
+            for statement in _PG_SCHEMA:
+                cur.execute(statement)
+            row = self._one(cur, "SELECT value FROM meta WHERE key = 'schema_version'", ())
+            if row is None:
+                cur.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', %s)",
+                    (str(SCHEMA_VERSION),))
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise StoreError(
+                    f"database schema {row[0]} is newer than this hbmon ({SCHEMA_VERSION})")
+
+    def _connect(self) -> None:
+        try:
+            self._conn = self._psycopg.connect(
+                self.url, autocommit=True, connect_timeout=max(1, int(self._connect_timeout)))
+        except self._psycopg.Error as exc:
+            # The URL may carry a password: name the host, not the URL.
+            parts = urlsplit(self.url)
+            raise StoreError(
+                f"cannot connect to PostgreSQL at {parts.hostname}:{parts.port or 5432}: "
+                f"{exc.__class__.__name__}") from exc
+
+    @contextmanager
+    def _transaction(self) -> Iterator[_Cursor]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            # A restarted server or a dropped connection: reconnect once per call; the
+            # previous transaction was never acknowledged, so nothing is lost.
+            self._connect()
+        with self._conn.transaction(), self._conn.cursor() as cur:
+            yield cur
+
+    def _is_integrity_error(self, exc: BaseException) -> bool:
+        return isinstance(exc, self._psycopg.errors.IntegrityError)
+
+    @staticmethod
+    def _conflict_from(exc: BaseException) -> ConflictError:
+        diag = getattr(exc, "diag", None)
+        constraint = (getattr(diag, "constraint_name", None) or "") if diag else ""
+        if constraint == "peers_switch_address":
+            return ConflictError("address", "address already used on this switch")
+        if constraint == "peers_switch_peer_id":
+            return ConflictError("peer_id", "peer id already used on this switch")
+        if constraint == "peers_pkey":
+            return ConflictError("name", "a peer with this name already exists")
+        return SqlStore._conflict_from(exc)
+
+    def _lock_events(self, cur: _Cursor) -> None:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_EVENT_LOCK,))
+
+    def _insert_events(self, cur: _Cursor, rows: list[tuple[Any, ...]]) -> list[int]:
+        ids = []
+        sql = ("INSERT INTO events (kind, time, peer, switch, old_state, new_state, reason, "
+               "details) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id")
+        for row in rows:
+            cur.execute(sql, row)
+            ids.append(int(cur.fetchone()[0]))
+        return ids
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                if self._conn is not None:
+                    self._conn.close()
+
+
+def open_store(url: str) -> SqlStore:
+    """A store for `url` (see the module docstring for the accepted forms)."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(url)
+    if url.startswith("sqlite:"):
+        rest = url[len("sqlite:"):]
+        if rest in ("", "//", "///", "//:memory:", "///:memory:", ":memory:"):
+            return SqliteStore(":memory:")
+        if not rest.startswith("///"):
+            raise ValidationError(
+                "store_url", "SQLite URLs look like sqlite:///relative.db or sqlite:////abs.db")
+        return SqliteStore(rest[3:])
+    raise ValidationError(
+        "store_url", f"unsupported store URL scheme in {url.split(':', 1)[0]!r} "
+        "(use sqlite:///path or postgresql://...)")
