@@ -23,7 +23,7 @@ PYTEST_ARGS ?=
 # Debian 12 packages the project needs: BPF toolchain (kernel target), network tools (labs),
 # mininet (Mininet topologies), chromium (dashboard test), postgresql (store tests).
 APT_PACKAGES := clang llvm libbpf-dev bpftool linux-libc-dev libelf-dev zlib1g-dev pkg-config \
-	iproute2 ethtool tcpdump procps mininet chromium postgresql python3-venv python3-dev gcc make \
+	iproute2 iputils-ping bridge-utils ethtool tcpdump procps mininet chromium postgresql python3-venv python3-dev gcc make \
 	git ca-certificates
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -y -q
 
