@@ -1,0 +1,90 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Map keys/values and wire structs. Every multi-byte map field is HOST byte order
+ * (the Python loader packs them natively); wire structs are network byte order. */
+#ifndef HB_STRUCTS_H
+#define HB_STRUCTS_H
+
+#include <linux/types.h>
+
+/* The 24-byte heartbeat header. tx_timestamp_us sits at offset 12, so it is split in two
+ * 32-bit halves to keep every field naturally aligned relative to the header start. */
+struct hb_hdr {
+	__be16 magic;
+	__u8 version;
+	__u8 type;
+	__be32 peer_id;
+	__be32 sequence;
+	__be32 tx_us_hi;
+	__be32 tx_us_lo;
+	__u8 status;
+	__u8 load;
+	__be16 reserved;
+};
+
+/* HbIngress.peers key */
+struct peer_key {
+	__u32 src_addr;
+	__u32 peer_id;
+};
+
+/* HbIngress.l2_forward key: the 48-bit destination MAC, padded to 8 bytes */
+struct l2_key {
+	__u8 addr[6];
+	__u8 pad[2];
+};
+
+struct l2_action {
+	__u32 action; /* HB_L2_FORWARD or HB_L2_DROP */
+	__u32 port;   /* P4 port number (ports map gives the ifindex) */
+};
+
+/* HbEgress.peer_requests value (array indexed by peer index; valid = 0 means no entry) */
+struct peer_request {
+	__u8 dst_mac[6];
+	__u8 detect_mult;
+	__u8 valid;
+	__u32 dst_addr;
+	__u32 peer_id;
+};
+
+/* One replica of a multicast group at a position 0..count-1 */
+struct mcast_key {
+	__u32 group;
+	__u32 pos;
+};
+
+struct mcast_replica {
+	__u32 port;
+	__u32 instance; /* = peer index */
+};
+
+struct mcast_group {
+	__u32 count;
+};
+
+/* hb_reason value (per CPU) */
+struct reason_count {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* Ring-buffer record = docs/dataplane.md peer_event_t */
+struct hb_event {
+	__u64 time_us;
+	__u32 last_seq;
+	__u16 index;
+	__u8 state;
+	__u8 pad;
+};
+
+/* Appended (not prepended: bpf_skb_adjust_room only handles IP frames) by
+ * Datapath.packet_out() to every frame it writes into the CPU port. */
+struct hb_cpu_trailer {
+	__u32 magic;       /* HB_CPU_TRAILER_MAGIC */
+	__u16 egress_port; /* used when mcast_grp == 0 */
+	__u16 mcast_grp;
+	__u32 start; /* first replica position handled by this injection */
+	__u32 count; /* number of replicas handled by this injection */
+};
+
+#endif

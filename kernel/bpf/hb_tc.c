@@ -1,0 +1,221 @@
+// SPDX-License-Identifier: Apache-2.0
+/* tc programs:
+ *  - hb_tc_l2:  ordinary forwarding (HbIngress.l2_forward) on every monitored port's ingress;
+ *  - hb_tc_cpu: the CPU port (ingress of the loader's veth pair end): PacketOut delivery and
+ *    the in-kernel request fan-out (packet replication engine + HbEgress.peer_requests). */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "hb_maps.h"
+
+#define REG(map, idx) ((void *)bpf_map_lookup_elem(&(map), &(idx)))
+
+/* Frame offsets of the fields a replica rewrites (Ethernet 14 + IPv4 20 + UDP 8 + hb). */
+#define OFF_IP 14
+#define OFF_IP_CSUM (OFF_IP + 10)
+#define OFF_IP_DST (OFF_IP + 16)
+#define OFF_UDP (OFF_IP + 20)
+#define OFF_UDP_CSUM (OFF_UDP + 6)
+#define OFF_HB (OFF_UDP + 8)
+#define OFF_HB_PEER_ID (OFF_HB + 4)
+#define OFF_HB_TX_US (OFF_HB + 12)
+
+static __always_inline __u32 port_ifindex(__u32 port)
+{
+	__u32 *ifindex = bpf_map_lookup_elem(&ports, &port);
+
+	return ifindex ? *ifindex : 0;
+}
+
+SEC("tc")
+int hb_tc_l2(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct l2_key key = {};
+	struct l2_action *act;
+	__u32 ifindex;
+
+	if ((void *)(eth + 1) > data_end)
+		return TC_ACT_OK;
+	__builtin_memcpy(key.addr, eth->h_dest, ETH_ALEN);
+	act = bpf_map_lookup_elem(&l2_forward, &key);
+	if (!act)
+		return TC_ACT_OK; /* the host is an end station: a miss goes to its stack */
+	if (act->action == HB_L2_DROP)
+		return TC_ACT_SHOT;
+	ifindex = port_ifindex(act->port);
+	if (!ifindex)
+		return TC_ACT_SHOT; /* no such port */
+	return bpf_redirect(ifindex, 0);
+}
+
+struct fanout {
+	struct __sk_buff *skb;
+	__u32 group;
+	__u32 start;
+	__u32 ip_sum; /* one's-complement sum of the template IPv4 header without csum and dst */
+	/* No per-round tallies here: constants the callback increments would keep the verifier
+	 * from converging on bpf_loop's callback state; each replica counts itself instead. */
+	__u8 frame[HB_FRAME_LEN + 2]; /* the template; +2 keeps the struct 8-byte sized */
+};
+
+static __always_inline __u16 ip_csum(__u32 sum, __u32 daddr)
+{
+	sum += daddr >> 16;
+	sum += daddr & 0xffff;
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)~sum;
+}
+
+static __always_inline void put_be32(__u8 *p, __u32 v)
+{
+	p[0] = v >> 24;
+	p[1] = v >> 16;
+	p[2] = v >> 8;
+	p[3] = v;
+}
+
+/* One replica = one pass of HbEgress for egress_rid = instance. */
+static long fanout_one(__u32 i, void *arg)
+{
+	struct fanout *f = arg;
+	struct mcast_key mk = { .group = f->group, .pos = f->start + i };
+	struct mcast_replica *rep = bpf_map_lookup_elem(&mcast_replicas, &mk);
+	struct peer_request *req;
+	__u32 index;
+
+	if (!rep)
+		return 0; /* group shrank while this round was in flight */
+	index = rep->instance;
+	req = bpf_map_lookup_elem(&peer_requests, &index);
+
+	__u32 *tx = REG(hb_tx_count, index);
+	__u32 *miss = REG(hb_miss_count, index);
+	__u64 *last_tx = REG(hb_last_tx_us, index);
+	__u32 *last_seq = REG(hb_last_seq, index);
+	__u8 *state = REG(hb_state, index);
+
+	if (!req || !req->valid || !tx || !miss || !last_tx || !last_seq || !state) {
+		hb_count(HB_REQUEST_NO_PEER, 1, HB_FRAME_LEN);
+		return 0;
+	}
+
+	__u64 now = hb_now_us();
+	__u8 *fr = f->frame;
+
+	__builtin_memcpy(fr, req->dst_mac, ETH_ALEN);
+	put_be32(fr + OFF_IP_DST, req->dst_addr);
+	__u16 csum = ip_csum(f->ip_sum, req->dst_addr);
+	fr[OFF_IP_CSUM] = csum >> 8;
+	fr[OFF_IP_CSUM + 1] = csum;
+	put_be32(fr + OFF_HB_PEER_ID, req->peer_id);
+	put_be32(fr + OFF_HB_TX_US, now >> 32);
+	put_be32(fr + OFF_HB_TX_US + 4, now);
+	if (bpf_skb_store_bytes(f->skb, 0, fr, HB_FRAME_LEN, 0))
+		return 1; /* cannot write the skb: give up this injection */
+
+	__sync_fetch_and_add(tx, 1);
+	*last_tx = now;
+	/* detect_mult earlier requests each went a whole interval unanswered */
+	if (*miss >= req->detect_mult && *state != HB_STATE_DOWN) {
+		*state = HB_STATE_DOWN;
+		hb_notify(index, HB_STATE_DOWN, *last_seq, now);
+		hb_count(HB_PEER_DOWN_EVENT, 1, HB_FRAME_LEN);
+	}
+	__sync_fetch_and_add(miss, 1);
+	hb_count(HB_REQUEST_SENT, 1, HB_FRAME_LEN);
+
+	__u32 ifindex = port_ifindex(rep->port);
+
+	if (ifindex)
+		bpf_clone_redirect(f->skb, ifindex, 0);
+	return 0;
+}
+
+/* A REQUEST template as docs/dataplane.md "Fan-out" describes it. */
+static __always_inline int template_ok(const __u8 *fr)
+{
+	const struct ethhdr *eth = (const void *)fr;
+	const struct iphdr *iph = (const void *)(fr + OFF_IP);
+	const struct udphdr *udp = (const void *)(fr + OFF_UDP);
+	const struct hb_hdr *hb = (const void *)(fr + OFF_HB);
+
+	return eth->h_proto == bpf_htons(ETH_P_IP) && iph->version == 4 && iph->ihl == 5 &&
+	       iph->protocol == IPPROTO_UDP && iph->tot_len == bpf_htons(HB_IPV4_TOTAL_LEN) &&
+	       !(iph->frag_off & bpf_htons(0x3fff)) &&
+	       udp->dest == bpf_htons(HB_REQUEST_PORT) && udp->len == bpf_htons(HB_UDP_LEN) &&
+	       hb->magic == bpf_htons(HB_MAGIC) && hb->version == HB_VERSION &&
+	       hb->type == HB_TYPE_REQUEST;
+}
+
+SEC("tc")
+int hb_tc_cpu(struct __sk_buff *skb)
+{
+	struct hb_cpu_trailer tr;
+	__u32 len = skb->len;
+
+	if (len < ETH_HLEN + sizeof(tr))
+		return TC_ACT_SHOT;
+	if (bpf_skb_load_bytes(skb, len - sizeof(tr), &tr, sizeof(tr)) ||
+	    tr.magic != HB_CPU_TRAILER_MAGIC)
+		return TC_ACT_SHOT; /* not a PacketOut (host chatter on the CPU veth) */
+	len -= sizeof(tr);
+	if (bpf_skb_change_tail(skb, len, 0))
+		return TC_ACT_SHOT;
+
+	if (tr.mcast_grp == 0) {
+		__u32 ifindex = port_ifindex(tr.egress_port);
+
+		return ifindex ? bpf_redirect(ifindex, 0) : TC_ACT_SHOT;
+	}
+
+	struct fanout f = {
+		.skb = skb,
+		.group = tr.mcast_grp,
+		.start = tr.start,
+	};
+
+	if (len < HB_FRAME_LEN || bpf_skb_load_bytes(skb, 0, f.frame, HB_FRAME_LEN) ||
+	    !template_ok(f.frame)) {
+		/* a round is split into several injections: count the template once */
+		if (tr.start == 0)
+			hb_count(HB_BAD_TEMPLATE, 1, len);
+		return TC_ACT_SHOT;
+	}
+	if (len > HB_FRAME_LEN && bpf_skb_change_tail(skb, HB_FRAME_LEN, 0))
+		return TC_ACT_SHOT; /* Ethernet padding */
+
+	/* monitors send UDP checksum 0 (protocol.md); rewriting would invalidate any other */
+	f.frame[OFF_UDP_CSUM] = 0;
+	f.frame[OFF_UDP_CSUM + 1] = 0;
+	f.frame[OFF_IP_CSUM] = 0;
+	f.frame[OFF_IP_CSUM + 1] = 0;
+	__u32 sum = 0;
+	const __u16 *w = (const __u16 *)(f.frame + OFF_IP);
+
+	/* words 0-7 (checksum word 5 now zero); words 8-9, the destination, per replica */
+	for (int k = 0; k < 8; k++)
+		sum += bpf_ntohs(w[k]);
+	f.ip_sum = sum;
+
+	struct mcast_group *grp = bpf_map_lookup_elem(&mcast_groups, &f.group);
+	__u32 total = grp ? grp->count : 0;
+
+	if (tr.start >= total)
+		return TC_ACT_SHOT;
+	__u32 n = total - tr.start;
+
+	if (n > tr.count)
+		n = tr.count;
+	bpf_loop(n, fanout_one, &f, 0);
+	return TC_ACT_SHOT; /* the template itself goes nowhere */
+}
+
+char _license[] SEC("license") = "GPL";

@@ -1,0 +1,707 @@
+"""The Linux-kernel data plane: loads kernel/bpf's objects, attaches them, and exposes the
+pipeline of docs/dataplane.md (tables, packet replication, registers, counter, packet-out,
+notifications) as plain Python calls. The P4Runtime server (server.py) sits on top.
+
+Layout on the host:
+
+* every monitored port: XDP `hb_xdp_rx` (heartbeat responses) and tc ingress `hb_tc_l2`
+  (l2_forward for everything the XDP program passes);
+* the CPU port: a veth pair this class creates (`hbc<pid>x<n>a` / `...b`). packet_out()
+  writes a frame plus a `struct hb_cpu_trailer` into end a with an AF_PACKET socket; the tc
+  ingress program `hb_tc_cpu` on end b delivers it (mcast_grp 0) or fans it out to every
+  replica of the group with bpf_loop + bpf_clone_redirect.
+"""
+
+from __future__ import annotations
+
+import atexit
+import errno
+import itertools
+import os
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from hbmon.protocol import REGISTERS
+
+from . import libbpf as lb
+from .maps import PerCpuCounter, RegisterArray
+
+__all__ = ["REGISTERS", "Datapath", "DatapathError", "PeerEvent", "TableFullError"]
+
+MAX_PORT = (1 << 9) - 1  # P4 ports are 9 bits
+MAX_GROUP = (1 << 16) - 1
+# Replicas handled by one injection into the CPU port. Each clone lands in the receiving
+# CPU's backlog (net.core.netdev_max_backlog, 1000 by default); smaller injections keep a
+# burst well below that limit.
+REPLICAS_PER_INJECTION = 256
+CPU_PORT_MTU = 9000
+_CPU_TRAILER = struct.Struct("=IHHII")  # struct hb_cpu_trailer
+_CPU_TRAILER_MAGIC = 0x48424350
+_EVENT = struct.Struct("=QIHBx")  # struct hb_event
+_PEER_KEY = struct.Struct("=II")
+_U32 = struct.Struct("=I")
+_L2_VALUE = struct.Struct("=II")
+_PEER_REQUEST = struct.Struct("=6sBBII")
+_MCAST_KEY = struct.Struct("=II")
+_MCAST_REPLICA = struct.Struct("=II")
+L2_FORWARD, L2_DROP = 0, 1
+
+XDP_PROGRAM = "hb_xdp_rx"
+TC_L2_PROGRAM = "hb_tc_l2"
+TC_CPU_PROGRAM = "hb_tc_cpu"
+_PER_PEER_MAPS = ("peers", "peer_ids", "peer_requests", *REGISTERS)
+_BACKLOG_SYSCTL = Path("/proc/sys/net/core/netdev_max_backlog")
+_names = itertools.count()
+
+
+class DatapathError(RuntimeError):
+    """The data plane cannot do what was asked; the message says why and what to do."""
+
+    def __init__(self, message: str, errno_: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno_
+
+
+class TableFullError(DatapathError):
+    """A table (map) has no room for another entry."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerEvent:
+    """docs/dataplane.md peer_event_t: hb_state of `index` became `state`."""
+
+    index: int
+    state: int
+    last_seq: int
+    time_us: int
+
+
+def default_bpf_dir() -> Path:
+    env = os.environ.get("HBMON_BPF_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "build" / "bpf"
+
+
+def _check_range(field: str, value: int, bits: int, low: int = 0) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{field} must be an int, not {type(value).__name__}")
+    if not low <= value < (1 << bits):
+        raise ValueError(f"{field} = {value} outside {low}..{(1 << bits) - 1}")
+
+
+def _kernel_error(exc: lb.LibbpfError, what: str) -> DatapathError:
+    if exc.errno == errno.E2BIG or exc.errno == errno.ENOSPC:
+        return TableFullError(f"{what}: table full", exc.errno)
+    return DatapathError(f"{what}: {exc}", exc.errno)
+
+
+class Datapath:
+    """The kernel data plane on `ports` (P4 port number -> interface name)."""
+
+    REGISTERS: dict[str, int] = REGISTERS
+
+    def __init__(
+        self,
+        ports: dict[int, str],
+        cpu_port: int = 255,
+        bpf_dir: Path | None = None,
+        max_peers: int = 65536,
+    ) -> None:
+        _check_range("cpu_port", cpu_port, 9)
+        for port, name in ports.items():
+            _check_range("port", port, 9)
+            if port == cpu_port:
+                raise ValueError(f"port {port} ({name}) is the CPU port")
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"port {port}: interface name must be a non-empty string")
+        if len(set(ports.values())) != len(ports):
+            raise ValueError("an interface appears under two port numbers")
+        if not 1 <= max_peers <= 65536:
+            raise ValueError(f"max_peers = {max_peers} outside 1..65536 (indexes are 16 bits)")
+        self.ports = dict(ports)
+        self.cpu_port = cpu_port
+        self.bpf_dir = Path(bpf_dir) if bpf_dir is not None else default_bpf_dir()
+        self.max_peers = max_peers
+        n = next(_names) % 1000
+        self.cpu_ifnames = (f"hbc{os.getpid()}x{n}a", f"hbc{os.getpid()}x{n}b")
+
+        self._lock = threading.RLock()  # table shadow state + lifecycle
+        self._events_lock = threading.Lock()
+        self._started = False
+        self._closed = False
+        self._objects: list[lb.BpfObject] = []
+        self._maps: dict[str, lb.BpfMap] = {}
+        self._registers: dict[str, RegisterArray] = {}
+        self._counter: PerCpuCounter | None = None
+        self._ifindex: dict[int, int] = {}
+        self._xdp_attached: list[tuple[int, int]] = []  # (ifindex, prog fd)
+        self._tc_hooks: list[lb.TcHook] = []
+        self._cpu_veth_made = False
+        self._sock: socket.socket | None = None
+        self._ring: lb.RingBuffer | None = None
+        self._pending: list[PeerEvent] = []
+        self._groups: dict[int, list[tuple[int, int]]] = {}  # group -> replica by position
+        self._backlog_restore: tuple[int, int] | None = None  # (old value, value we set)
+        self._prog_fds: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> Datapath:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def start(self) -> None:
+        with self._lock:
+            if self._started:
+                return
+            if self._closed:
+                raise DatapathError("this Datapath was closed; make a new one")
+            self._preflight()
+            self._started = True
+            atexit.register(self.close)
+            try:
+                self._load()
+                self._make_cpu_port()
+                self._attach()
+                self._raise_backlog()
+            except DatapathError:
+                self.close()
+                raise
+            except (lb.LibbpfError, OSError) as exc:
+                self.close()
+                raise DatapathError(f"starting the kernel data plane failed: {exc}") from exc
+
+    def _preflight(self) -> None:
+        try:
+            lb.libbpf()
+        except lb.LibbpfError as exc:
+            raise DatapathError(str(exc)) from exc
+        try:
+            lb.probe_bpf()
+        except lb.LibbpfError as exc:
+            who = "root" if os.geteuid() == 0 else f"uid {os.geteuid()} (not root)"
+            raise DatapathError(
+                f"BPF is not permitted for {who}: {exc.strerror}. Run as root (or with "
+                "CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON), and check "
+                "kernel.unprivileged_bpf_disabled / the container's seccomp policy.",
+                exc.errno,
+            ) from exc
+        missing = [
+            str(self.bpf_dir / f) for f in ("hb_xdp.o", "hb_tc.o")
+            if not (self.bpf_dir / f).is_file()
+        ]
+        if missing:
+            raise DatapathError(
+                f"BPF objects missing: {', '.join(missing)}. Build them with "
+                "`make -C kernel/bpf` (or `make setup`), or point $HBMON_BPF_DIR at them."
+            )
+        for port, name in sorted(self.ports.items()):
+            try:
+                self._ifindex[port] = socket.if_nametoindex(name)
+            except OSError:
+                raise DatapathError(
+                    f"interface {name!r} (port {port}) does not exist"
+                ) from None
+
+    def _load(self) -> None:
+        xdp = lb.BpfObject(self.bpf_dir / "hb_xdp.o")
+        self._objects.append(xdp)
+        for name in _PER_PEER_MAPS:
+            xdp.set_max_entries(name, self.max_peers)
+        xdp.set_max_entries("mcast_replicas", 2 * self.max_peers)
+        xdp.load()
+        tc = lb.BpfObject(self.bpf_dir / "hb_tc.o")
+        self._objects.append(tc)
+        shared = set(xdp.map_names())
+        for name in tc.map_names():
+            if name in shared:
+                tc.reuse_map_fd(name, xdp.map(name).fd)
+        tc.load()
+        for name in xdp.map_names():
+            if not name.startswith("."):
+                self._maps[name] = xdp.map(name)
+        for name, width in REGISTERS.items():
+            self._registers[name] = RegisterArray(self._maps[name], width)
+        self._counter = PerCpuCounter(self._maps["hb_reason"])
+        self._prog_fds = {
+            XDP_PROGRAM: xdp.program_fd(XDP_PROGRAM),
+            TC_L2_PROGRAM: tc.program_fd(TC_L2_PROGRAM),
+            TC_CPU_PROGRAM: tc.program_fd(TC_CPU_PROGRAM),
+        }
+        self._ring = lb.RingBuffer(self._maps["hb_events"].fd, self._on_event)
+
+    def _make_cpu_port(self) -> None:
+        from pyroute2 import IPRoute  # heavy import, only when starting
+
+        a, b = self.cpu_ifnames
+        with IPRoute() as ipr:
+            if ipr.link_lookup(ifname=a) or ipr.link_lookup(ifname=b):
+                raise DatapathError(f"CPU-port interface {a} or {b} already exists")
+            ipr.link("add", ifname=a, kind="veth", peer={"ifname": b})
+            self._cpu_veth_made = True
+            for name in (a, b):
+                # the host must not chatter (IPv6 DAD, router solicitations) into the CPU port
+                knob = Path(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6")
+                if knob.exists():
+                    knob.write_text("1\n")
+                idx = ipr.link_lookup(ifname=name)[0]
+                ipr.link("set", index=idx, mtu=CPU_PORT_MTU, state="up")
+        self._ifindex_cpu_a = socket.if_nametoindex(a)
+        self._ifindex_cpu_b = socket.if_nametoindex(b)
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        sock.bind((a, 0))
+        self._sock = sock
+
+    def _attach(self) -> None:
+        ports_map = self._maps["ports"]
+        for port, ifindex in self._ifindex.items():
+            ports_map.update(_U32.pack(port), _U32.pack(ifindex))
+        xdp_fd = self._prog_fds[XDP_PROGRAM]
+        for port, ifindex in sorted(self._ifindex.items()):
+            try:
+                lb.xdp_attach(ifindex, xdp_fd)
+            except lb.LibbpfError as exc:
+                if exc.errno in (errno.EBUSY, errno.EEXIST):
+                    raise DatapathError(
+                        f"interface {self.ports[port]!r} (port {port}) already has an XDP "
+                        "program attached (by someone else); detach it first", exc.errno,
+                    ) from exc
+                raise
+            self._xdp_attached.append((ifindex, xdp_fd))
+            hook = lb.TcHook(ifindex)
+            self._tc_hooks.append(hook)
+            hook.create()
+            hook.attach(self._prog_fds[TC_L2_PROGRAM])
+        hook = lb.TcHook(self._ifindex_cpu_b)
+        self._tc_hooks.append(hook)
+        hook.create()
+        hook.attach(self._prog_fds[TC_CPU_PROGRAM])
+
+    def _raise_backlog(self) -> None:
+        """Make room in the per-CPU backlog for a whole fan-out round (restored on close)."""
+        try:
+            old = int(_BACKLOG_SYSCTL.read_text())
+        except (OSError, ValueError):
+            return
+        want = self.max_peers + 2 * REPLICAS_PER_INJECTION
+        if old >= want:
+            return
+        try:
+            _BACKLOG_SYSCTL.write_text(f"{want}\n")
+        except OSError:
+            return  # e.g. read-only /proc/sys in a container: chunking alone must do
+        self._backlog_restore = (old, want)
+
+    def close(self) -> None:
+        """Detach everything, remove the CPU-port veth, free maps. Safe to call twice."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            atexit.unregister(self.close)
+            if self._ring is not None:
+                with self._events_lock:
+                    self._ring.free()
+                self._ring = None
+            for ifindex, prog_fd in reversed(self._xdp_attached):
+                try:
+                    lb.xdp_detach(ifindex, prog_fd)
+                except lb.LibbpfError:
+                    pass  # interface gone, or someone replaced our program
+            self._xdp_attached.clear()
+            for hook in reversed(self._tc_hooks):
+                hook.destroy()
+            self._tc_hooks.clear()
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+            if self._cpu_veth_made:
+                self._delete_cpu_veth()
+            for reg in self._registers.values():
+                reg.close()
+            self._registers.clear()
+            self._maps.clear()
+            self._counter = None
+            for obj in reversed(self._objects):
+                obj.close()
+            self._objects.clear()
+            if self._backlog_restore is not None:
+                old, ours = self._backlog_restore
+                try:
+                    # only if nobody changed it after us
+                    if int(_BACKLOG_SYSCTL.read_text()) == ours:
+                        _BACKLOG_SYSCTL.write_text(f"{old}\n")
+                except (OSError, ValueError):
+                    pass
+                self._backlog_restore = None
+
+    def _delete_cpu_veth(self) -> None:
+        from pyroute2 import IPRoute
+
+        try:
+            with IPRoute() as ipr:
+                for idx in ipr.link_lookup(ifname=self.cpu_ifnames[0]):
+                    ipr.link("del", index=idx)  # removes the peer end too
+        except Exception:  # noqa: BLE001 - cleanup must go on
+            pass
+        self._cpu_veth_made = False
+
+    def _running(self) -> None:
+        if not self._started or self._closed:
+            raise DatapathError("data plane not running (call start())")
+
+    def _map(self, name: str) -> lb.BpfMap:
+        self._running()
+        return self._maps[name]
+
+    # ------------------------------------------------------------------ tables
+
+    def peers_set(self, src_addr: int, peer_id: int, index: int) -> None:
+        _check_range("src_addr", src_addr, 32)
+        _check_range("peer_id", peer_id, 32)
+        _check_range("index", index, 16)
+        if index >= self.max_peers:
+            raise ValueError(f"index = {index} outside 0..{self.max_peers - 1} (max_peers)")
+        try:
+            self._map("peers").update(_PEER_KEY.pack(src_addr, peer_id), _U32.pack(index))
+        except lb.LibbpfError as exc:
+            raise _kernel_error(exc, "peers") from exc
+
+    def peers_delete(self, src_addr: int, peer_id: int) -> bool:
+        """Remove a peers entry; False if there was none."""
+        _check_range("src_addr", src_addr, 32)
+        _check_range("peer_id", peer_id, 32)
+        return self._map("peers").delete(_PEER_KEY.pack(src_addr, peer_id))
+
+    def peers_get(self, src_addr: int, peer_id: int) -> int | None:
+        raw = self._map("peers").lookup(_PEER_KEY.pack(src_addr, peer_id))
+        return None if raw is None else _U32.unpack(raw)[0]
+
+    def peers_items(self) -> list[tuple[int, int, int]]:
+        """Every peers entry as (src_addr, peer_id, index), read in batches."""
+        return [
+            (*_PEER_KEY.unpack(k), _U32.unpack(v)[0])
+            for k, v in self._map("peers").lookup_batch()
+        ]
+
+    def peer_ids_set(self, peer_id: int) -> None:
+        _check_range("peer_id", peer_id, 32)
+        try:
+            self._map("peer_ids").update(_U32.pack(peer_id), b"\x01")
+        except lb.LibbpfError as exc:
+            raise _kernel_error(exc, "peer_ids") from exc
+
+    def peer_ids_delete(self, peer_id: int) -> bool:
+        _check_range("peer_id", peer_id, 32)
+        return self._map("peer_ids").delete(_U32.pack(peer_id))
+
+    def peer_ids_items(self) -> list[int]:
+        return [_U32.unpack(k)[0] for k, _ in self._map("peer_ids").lookup_batch()]
+
+    @staticmethod
+    def _l2_key(dst_mac: int) -> bytes:
+        _check_range("dst_mac", dst_mac, 48)
+        return dst_mac.to_bytes(6, "big") + b"\0\0"
+
+    def l2_set(self, dst_mac: int, port: int | None) -> None:
+        """l2_forward: frames to dst_mac go out of `port`; None = drop them."""
+        key = self._l2_key(dst_mac)
+        if port is None:
+            value = _L2_VALUE.pack(L2_DROP, 0)
+        else:
+            _check_range("port", port, 9)
+            value = _L2_VALUE.pack(L2_FORWARD, port)
+        try:
+            self._map("l2_forward").update(key, value)
+        except lb.LibbpfError as exc:
+            raise _kernel_error(exc, "l2_forward") from exc
+
+    def l2_delete(self, dst_mac: int) -> bool:
+        return self._map("l2_forward").delete(self._l2_key(dst_mac))
+
+    def l2_items(self) -> list[tuple[int, int | None]]:
+        """Every l2_forward entry as (dst_mac, port or None for drop)."""
+        out: list[tuple[int, int | None]] = []
+        for k, v in self._map("l2_forward").lookup_batch():
+            action, port = _L2_VALUE.unpack(v)
+            out.append((int.from_bytes(k[:6], "big"), None if action == L2_DROP else port))
+        return out
+
+    def _check_index(self, index: int) -> None:
+        _check_range("index", index, 16)
+        if index >= self.max_peers:
+            raise ValueError(f"index = {index} outside 0..{self.max_peers - 1} (max_peers)")
+
+    def peer_requests_set(
+        self, index: int, dst_mac: int, dst_addr: int, peer_id: int, detect_mult: int
+    ) -> None:
+        self._check_index(index)
+        _check_range("dst_mac", dst_mac, 48)
+        _check_range("dst_addr", dst_addr, 32)
+        _check_range("peer_id", peer_id, 32)
+        _check_range("detect_mult", detect_mult, 8)
+        value = _PEER_REQUEST.pack(dst_mac.to_bytes(6, "big"), detect_mult, 1, dst_addr, peer_id)
+        self._map("peer_requests").update(_U32.pack(index), value)
+
+    def peer_requests_get(self, index: int) -> tuple[int, int, int, int] | None:
+        """(dst_mac, dst_addr, peer_id, detect_mult) of an entry, None if there is none."""
+        self._check_index(index)
+        raw = self._map("peer_requests").lookup(_U32.pack(index))
+        if raw is None:
+            return None
+        mac, mult, valid, addr, pid = _PEER_REQUEST.unpack(raw)
+        return (int.from_bytes(mac, "big"), addr, pid, mult) if valid else None
+
+    def peer_requests_delete(self, index: int) -> bool:
+        existed = self.peer_requests_get(index) is not None
+        self._map("peer_requests").update(_U32.pack(index), bytes(_PEER_REQUEST.size))
+        return existed
+
+    # ------------------------------------------------------------------ replication
+
+    def mcast_group_set(self, group_id: int, replicas: list[tuple[int, int]]) -> None:
+        """Create or replace a multicast group: replicas are (port, instance = peer index).
+
+        Replicas keep their positions across updates, so adding or removing one peer
+        rewrites O(1) map entries, not the whole group.
+        """
+        _check_range("group_id", group_id, 16, low=1)
+        wanted: list[tuple[int, int]] = []
+        seen: set[tuple[int, int]] = set()
+        for rep in replicas:
+            port, instance = rep
+            _check_range("replica port", port, 9)
+            _check_range("replica instance", instance, 16)
+            if (port, instance) in seen:
+                raise ValueError(f"replica (port {port}, instance {instance}) given twice")
+            seen.add((port, instance))
+            wanted.append((port, instance))
+        with self._lock:
+            self._running()
+            old = self._groups.get(group_id, [])
+            new = self._place(old, wanted, seen)
+            writes = [
+                (_MCAST_KEY.pack(group_id, pos), _MCAST_REPLICA.pack(*rep))
+                for pos, rep in enumerate(new)
+                if pos >= len(old) or old[pos] != rep
+            ]
+            stale = [_MCAST_KEY.pack(group_id, pos) for pos in range(len(new), len(old))]
+            reps_map, groups_map = self._maps["mcast_replicas"], self._maps["mcast_groups"]
+            try:
+                reps_map.update_batch(writes)
+                groups_map.update(_U32.pack(group_id), _U32.pack(len(new)))
+            except lb.LibbpfError as exc:
+                # put the old group back so the kernel matches self._groups
+                restore = [
+                    (_MCAST_KEY.pack(group_id, pos), _MCAST_REPLICA.pack(*rep))
+                    for pos, rep in enumerate(old)
+                ]
+                try:
+                    reps_map.update_batch(restore)
+                    extra = [
+                        _MCAST_KEY.pack(group_id, pos) for pos in range(len(old), len(new))
+                    ]
+                    for key in extra:
+                        reps_map.delete(key)
+                except lb.LibbpfError:
+                    pass
+                raise _kernel_error(exc, f"multicast group {group_id}") from exc
+            for key in stale:
+                reps_map.delete(key)
+            self._groups[group_id] = new
+
+    @staticmethod
+    def _place(
+        old: list[tuple[int, int]], wanted: list[tuple[int, int]], wanted_set: set[tuple[int, int]]
+    ) -> list[tuple[int, int]]:
+        """Positions for `wanted`: kept replicas stay, new ones fill holes, then the tail."""
+        old_set = set(old)
+        added = iter([r for r in wanted if r not in old_set])
+        slots: list[tuple[int, int] | None] = [r if r in wanted_set else None for r in old]
+        for pos, rep in enumerate(slots):
+            if rep is None:
+                slots[pos] = next(added, None)
+        slots.extend(added)
+        # holes left (more removed than added): move replicas from the tail into them
+        pos = 0
+        while pos < len(slots):
+            if slots[pos] is None:
+                last = slots.pop()
+                if pos < len(slots):
+                    slots[pos] = last  # may be another hole: looked at again
+                continue
+            pos += 1
+        return [r for r in slots if r is not None]
+
+    def mcast_group_delete(self, group_id: int) -> bool:
+        _check_range("group_id", group_id, 16, low=1)
+        with self._lock:
+            self._running()
+            old = self._groups.pop(group_id, None)
+            if old is None:
+                return False
+            self._maps["mcast_groups"].delete(_U32.pack(group_id))
+            reps_map = self._maps["mcast_replicas"]
+            for pos in range(len(old)):
+                reps_map.delete(_MCAST_KEY.pack(group_id, pos))
+            return True
+
+    def mcast_group_get(self, group_id: int) -> list[tuple[int, int]] | None:
+        with self._lock:
+            group = self._groups.get(group_id)
+            return None if group is None else list(group)
+
+    def mcast_groups(self) -> dict[int, list[tuple[int, int]]]:
+        with self._lock:
+            return {g: list(r) for g, r in self._groups.items()}
+
+    # ------------------------------------------------------------------ registers
+
+    def _register(self, name: str) -> RegisterArray:
+        self._running()
+        try:
+            return self._registers[name]
+        except KeyError:
+            raise KeyError(f"no register {name!r}; registers: {', '.join(REGISTERS)}") from None
+
+    def register_read_all(self, name: str) -> list[int]:
+        return self._register(name).read_all()
+
+    def register_read(self, name: str, index: int) -> int:
+        return self._register(name).read(index)
+
+    def register_write(self, name: str, index: int, value: int) -> None:
+        self._register(name).write(index, value)
+
+    def register_fill(self, name: str, value: int) -> None:
+        self._register(name).fill(value)
+
+    def reset_slot(self, index: int) -> None:
+        """Write 0 to every register at `index` (before an index is reused)."""
+        self._check_index(index)
+        for name in REGISTERS:
+            self._register(name).write(index, 0)
+
+    # ------------------------------------------------------------------ counter
+
+    def _counter_of(self, name: str) -> PerCpuCounter:
+        self._running()
+        if name != "hb_reason" or self._counter is None:
+            raise KeyError(f"no counter {name!r}; counters: hb_reason")
+        return self._counter
+
+    def counter_read_all(self, name: str) -> list[tuple[int, int]]:
+        """(packets, bytes) per index, summed over CPUs."""
+        return self._counter_of(name).read_all()
+
+    def counter_read(self, name: str, index: int) -> tuple[int, int]:
+        return self._counter_of(name).read(index)
+
+    def counter_write(self, name: str, index: int, packets: int, byte_count: int) -> None:
+        self._counter_of(name).write(index, packets, byte_count)
+
+    # ------------------------------------------------------------------ packet I/O
+
+    def packet_out(self, frame: bytes, egress_port: int, mcast_grp: int) -> None:
+        """Inject a PacketOut: to `egress_port` unchanged (mcast_grp 0), else replicated to
+        every replica of the group (the fan-out; a template that is not a valid REQUEST is
+        counted BAD_TEMPLATE in the kernel)."""
+        _check_range("egress_port", egress_port, 9)
+        _check_range("mcast_grp", mcast_grp, 16)
+        if len(frame) < 14:
+            raise ValueError(f"frame of {len(frame)} bytes is shorter than an Ethernet header")
+        if len(frame) + _CPU_TRAILER.size > CPU_PORT_MTU + 14:
+            raise ValueError(f"frame of {len(frame)} bytes is larger than the CPU port allows")
+        with self._lock:
+            self._running()
+            total = len(self._groups.get(mcast_grp, ())) if mcast_grp else 0
+        frame = bytes(frame)
+        if mcast_grp == 0:
+            self._inject(frame + _CPU_TRAILER.pack(_CPU_TRAILER_MAGIC, egress_port, 0, 0, 0))
+            return
+        for start in range(0, max(total, 1), REPLICAS_PER_INJECTION):
+            count = min(REPLICAS_PER_INJECTION, total - start) if total else 0
+            self._inject(
+                frame + _CPU_TRAILER.pack(_CPU_TRAILER_MAGIC, egress_port, mcast_grp, start, count)
+            )
+
+    def _inject(self, data: bytes, timeout_s: float = 1.0) -> None:
+        sock = self._sock
+        if sock is None:
+            raise DatapathError("data plane not running (call start())")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                sock.send(data)
+                return
+            except OSError as exc:
+                # ENOBUFS: the CPU-port backlog is full of the previous injection's clones;
+                # it drains within the same softirq round, so retry until the deadline.
+                if exc.errno != errno.ENOBUFS or time.monotonic() > deadline:
+                    raise DatapathError(f"packet-out failed: {exc}", exc.errno) from exc
+                os.sched_yield()
+
+    # ------------------------------------------------------------------ notifications
+
+    def _on_event(self, raw: bytes) -> None:
+        time_us, last_seq, index, state = _EVENT.unpack_from(raw)
+        self._pending.append(PeerEvent(index, state, last_seq, time_us))
+
+    def events_fd(self) -> int:
+        """An fd that becomes readable when poll_events() has something (epoll of the ring)."""
+        self._running()
+        assert self._ring is not None
+        return self._ring.epoll_fd()
+
+    def poll_events(self, timeout_ms: int) -> list[PeerEvent]:
+        """Wait up to timeout_ms (0 = don't wait, -1 = forever) for UP/DOWN events."""
+        self._running()
+        with self._events_lock:
+            ring = self._ring
+            if ring is None:
+                return []
+            if timeout_ms == 0:
+                ring.consume()
+            else:
+                ring.poll(timeout_ms)
+            events, self._pending = self._pending, []
+            return events
+
+    # ------------------------------------------------------------------ misc
+
+    @staticmethod
+    def now_us() -> int:
+        """The target clock (CLOCK_MONOTONIC, µs): what bpf_ktime_get_ns()/1000 returns."""
+        return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+
+    def port_ifindex(self, port: int) -> int:
+        return self._ifindex[port]
+
+    def program_fd(self, name: str) -> int:
+        self._running()
+        return self._prog_fds[name]
+
+    def prog_test_run(self, program: str, data: bytes, repeat: int = 1) -> lb.ProgRunResult:
+        """Run one of the pipeline's programs on `data` with BPF_PROG_TEST_RUN."""
+        return lb.prog_test_run(self.program_fd(program), data, repeat=repeat)
+
+    def reason_counts(self) -> dict[int, tuple[int, int]]:
+        """hb_reason as {reason code: (packets, bytes)} for the non-zero entries."""
+        return {i: c for i, c in enumerate(self.counter_read_all("hb_reason")) if c != (0, 0)}
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "running" if self._started else "new"
+        return f"Datapath(ports={self.ports!r}, cpu_port={self.cpu_port}, {state})"
+
