@@ -1,0 +1,69 @@
+/*
+ * hbmon data plane: constants shared by every block.
+ *
+ * Wire numbers come from docs/protocol.md, object numbers (reason codes, states, the fan-out
+ * group, the CPU port) from docs/dataplane.md; controller/hbmon/protocol.py carries the same
+ * values for Python code, and a change here must be made there too.
+ */
+#ifndef HB_CONSTANTS_P4
+#define HB_CONSTANTS_P4
+
+/* ---- Ethernet / IPv4 / UDP ---- */
+const bit<16> ETHERTYPE_IPV4 = 0x0800;
+const bit<8>  IP_PROTO_UDP   = 17;
+
+/* ---- heartbeat protocol (docs/protocol.md) ---- */
+const bit<16> HB_REQUEST_PORT   = 9190;   /* peers listen here */
+const bit<16> HB_RESPONSE_PORT  = 9191;   /* the monitor's request source port; responses arrive here */
+const bit<16> HB_MAGIC          = 0x4842; /* "HB" */
+const bit<8>  HB_VERSION        = 1;
+const bit<8>  HB_TYPE_REQUEST   = 1;
+const bit<8>  HB_TYPE_RESPONSE  = 2;
+const bit<16> HB_UDP_LEN        = 32;     /* 8 (UDP) + 24 (heartbeat) */
+const bit<16> HB_IPV4_TOTAL_LEN = 52;     /* 20 (IPv4, no options) + 32 */
+
+/* ---- target ---- */
+const bit<9>  CPU_PORT     = 255;  /* simple_switch_grpc --cpu-port 255 */
+const bit<16> FANOUT_GROUP = 1;    /* multicast group of the request fan-out */
+
+/* Peer slots: index 0 .. 65535 (bmv2's replication id egress_rid is 16 bits). */
+#define HB_MAX_PEERS 65536
+typedef bit<16> peer_index_t;
+
+/* ---- hb_state values ---- */
+const bit<8> STATE_UNKNOWN = 0;   /* no fresh response since the slot was reset */
+const bit<8> STATE_UP      = 1;
+const bit<8> STATE_DOWN    = 2;
+
+/* ---- hb_reason counter indexes ---- */
+#define HB_REASON_COUNT 16
+typedef bit<8> reason_t;
+const reason_t REASON_RESPONSE_RECORDED = 0;
+const reason_t REASON_REQUEST_SENT      = 1;
+const reason_t REASON_TRUNCATED         = 2;
+const reason_t REASON_BAD_MAGIC         = 3;
+const reason_t REASON_BAD_VERSION       = 4;
+const reason_t REASON_BAD_TYPE          = 5;
+const reason_t REASON_BAD_LENGTH        = 6;
+const reason_t REASON_UNKNOWN_PEER      = 7;
+const reason_t REASON_SPOOFED           = 8;
+const reason_t REASON_DUPLICATE         = 9;
+const reason_t REASON_OLD_SEQUENCE      = 10;
+const reason_t REASON_REQUEST_NO_PEER   = 11;
+const reason_t REASON_BAD_TEMPLATE      = 12;
+const reason_t REASON_PEER_DOWN_EVENT   = 13;
+const reason_t REASON_PEER_UP_EVENT     = 14;
+
+/* ---- v1model instance types (bmv2 simple_switch) ---- */
+const bit<32> INSTANCE_TYPE_NORMAL      = 0;
+const bit<32> INSTANCE_TYPE_RECIRC      = 4;
+const bit<32> INSTANCE_TYPE_REPLICATION = 5;
+
+/* Field list carried by the DOWN-event recirculation (metadata_t fields tagged with it).
+ * A macro, not a const: @field_list() needs a literal. */
+#define FL_PEER_EVENT 1
+
+/* Receiver argument of digest(); bmv2 ignores it, P4Runtime names the digest by its type. */
+const bit<32> DIGEST_RECEIVER = 1;
+
+#endif  /* HB_CONSTANTS_P4 */

@@ -1,0 +1,233 @@
+/*
+ * hbmon data plane: ingress.
+ *
+ * Four kinds of packet arrive here:
+ *   - a PacketOut (ingress port CPU_PORT): sent unchanged out of one port, or, when it is a
+ *     valid REQUEST template for the fan-out group, handed to the multicast engine (egress
+ *     rewrites each replica for its peer, see egress.p4);
+ *   - a heartbeat response (UDP to HB_RESPONSE_PORT): classified in the order of
+ *     docs/protocol.md, counted by reason in hb_reason, recorded in the peer's slot only when
+ *     every check passes, then consumed (dropped);
+ *   - a request recirculated by egress because it found its peer DOWN: it raises the DOWN
+ *     digest here and goes on to its peer;
+ *   - anything else: ordinary traffic, switched by l2_forward.
+ */
+#ifndef HB_INGRESS_P4
+#define HB_INGRESS_P4
+
+#include "headers.p4"
+#include "registers.p4"
+
+control HbIngress(inout headers_t hdr,
+                  inout metadata_t meta,
+                  inout standard_metadata_t std_meta) {
+
+    /* core.p4's NoAction cannot carry the contract's @id, so this one takes its name. */
+    @id(0x01000001) @name(".NoAction")
+    action no_action() { }
+
+    @id(0x01000002)
+    action set_peer_index(bit<16> index) {
+        meta.index = index;
+    }
+
+    /* Marks a peer_id as registered (for some source): tells SPOOFED from UNKNOWN_PEER. */
+    @id(0x01000003)
+    action peer_id_known() { }
+
+    @id(0x01000004)
+    action set_egress_port(bit<9> port) {
+        std_meta.egress_spec = port;
+    }
+
+    @id(0x01000005)
+    action drop() {
+        mark_to_drop(std_meta);
+    }
+
+    /* (source IPv4, peer_id) -> peer index. */
+    @id(0x02000001)
+    table peers {
+        key = {
+            hdr.ipv4.src_addr: exact @name("src_addr");
+            hdr.hb.peer_id:    exact @name("peer_id");
+        }
+        actions = {
+            set_peer_index;
+            @defaultonly no_action;
+        }
+        default_action = no_action();
+        size = HB_MAX_PEERS;
+    }
+
+    /* Every registered peer_id, whatever its source. */
+    @id(0x02000002)
+    table peer_ids {
+        key = {
+            hdr.hb.peer_id: exact @name("peer_id");
+        }
+        actions = {
+            peer_id_known;
+            @defaultonly no_action;
+        }
+        default_action = no_action();
+        size = HB_MAX_PEERS;
+    }
+
+    /* Ordinary traffic: Ethernet destination -> port; a miss drops. */
+    @id(0x02000003)
+    table l2_forward {
+        key = {
+            hdr.ethernet.dst_addr: exact @name("dst_addr");
+        }
+        actions = {
+            set_egress_port;
+            drop;
+        }
+        default_action = drop();
+        size = 1024;
+    }
+
+    apply {
+        if (std_meta.instance_type == INSTANCE_TYPE_RECIRC) {
+            /* A request that found its peer DOWN: the digest is raised below; the request
+             * itself (already rewritten and checksummed) still goes to its peer. */
+            if (meta.ev_state == STATE_DOWN) {
+                std_meta.egress_spec = meta.ev_port;
+                meta.resend = 1;
+            } else {
+                mark_to_drop(std_meta);
+            }
+        } else if (hdr.packet_out.isValid()) {
+            if (hdr.packet_out.mcast_grp == 0) {
+                std_meta.egress_spec = hdr.packet_out.egress_port;
+            } else if (std_meta.parser_error == error.NoError
+                       && hdr.hb.isValid()
+                       && hdr.hb.magic == HB_MAGIC
+                       && hdr.hb.version == HB_VERSION
+                       && hdr.hb.msg_type == HB_TYPE_REQUEST
+                       && hdr.udp.src_port == HB_RESPONSE_PORT
+                       && hdr.udp.length == HB_UDP_LEN
+                       && hdr.ipv4.total_len == HB_IPV4_TOTAL_LEN) {
+                std_meta.mcast_grp = hdr.packet_out.mcast_grp;
+                meta.fanout = 1;
+            } else {
+                /* Replicating a broken template would send garbage to every peer. */
+                hb_reason.count(REASON_BAD_TEMPLATE);
+                mark_to_drop(std_meta);
+            }
+            hdr.packet_out.setInvalid();
+        } else if (hdr.udp.isValid() && hdr.udp.dst_port == HB_RESPONSE_PORT) {
+            /* A response is consumed here whatever its fate; only its effects remain. */
+            mark_to_drop(std_meta);
+            reason_t reason;
+            if (std_meta.parser_error == error.PacketTooShort || !hdr.hb.isValid()) {
+                reason = REASON_TRUNCATED;
+            } else if (hdr.hb.magic != HB_MAGIC) {
+                reason = REASON_BAD_MAGIC;
+            } else if (hdr.hb.version != HB_VERSION) {
+                reason = REASON_BAD_VERSION;
+            } else if (hdr.hb.msg_type != HB_TYPE_RESPONSE) {
+                reason = REASON_BAD_TYPE;
+            } else if (hdr.udp.length != HB_UDP_LEN || hdr.ipv4.total_len != HB_IPV4_TOTAL_LEN) {
+                reason = REASON_BAD_LENGTH;
+            } else if (peers.apply().hit) {
+                bit<32> rx_count;
+                bit<32> last_seq;
+                hb_rx_count.read(rx_count, meta.index);
+                hb_last_seq.read(last_seq, meta.index);
+                /* RFC 1982 on 32 bits: seq is newer than last_seq when 0 < seq - last_seq <
+                 * 2^31. A slot without any response yet takes whatever comes first. */
+                bit<32> seq_diff = hdr.hb.sequence - last_seq;
+                bool first = rx_count == 0;
+                if (!first && seq_diff == 0) {
+                    reason = REASON_DUPLICATE;
+                } else if (!first && seq_diff >= 0x80000000) {
+                    reason = REASON_OLD_SEQUENCE;
+                } else {
+                    reason = REASON_RESPONSE_RECORDED;
+                }
+
+                if (reason == REASON_RESPONSE_RECORDED) {
+                    bit<64> now = (bit<64>)std_meta.ingress_global_timestamp;
+                    bit<64> echoed = hdr.hb.tx_timestamp_us;
+                    bit<32> rtt;
+                    if (echoed > now) {
+                        rtt = 0;  /* not a time this target wrote: no meaningful RTT */
+                    } else if (now - echoed > 0xFFFFFFFF) {
+                        rtt = 0xFFFFFFFF;
+                    } else {
+                        rtt = (bit<32>)(now - echoed);
+                    }
+
+                    bit<32> rtt_min;
+                    bit<32> rtt_max;
+                    bit<32> rtt_ewma;
+                    hb_rtt_min_us.read(rtt_min, meta.index);
+                    hb_rtt_max_us.read(rtt_max, meta.index);
+                    hb_rtt_ewma_us.read(rtt_ewma, meta.index);
+                    if (first || rtt < rtt_min) {
+                        rtt_min = rtt;
+                    }
+                    if (rtt > rtt_max) {
+                        rtt_max = rtt;
+                    }
+                    if (first) {
+                        rtt_ewma = rtt;
+                    } else {
+                        rtt_ewma = (bit<32>)(((bit<64>)rtt_ewma * 7 + (bit<64>)rtt) >> 3);
+                    }
+
+                    hb_rx_count.write(meta.index, rx_count + 1);
+                    hb_last_seq.write(meta.index, hdr.hb.sequence);
+                    hb_last_rx_us.write(meta.index, now);
+                    hb_rtt_last_us.write(meta.index, rtt);
+                    hb_rtt_min_us.write(meta.index, rtt_min);
+                    hb_rtt_max_us.write(meta.index, rtt_max);
+                    hb_rtt_ewma_us.write(meta.index, rtt_ewma);
+                    hb_peer_status.write(meta.index, hdr.hb.status);
+                    hb_peer_load.write(meta.index, hdr.hb.load);
+                    hb_miss_count.write(meta.index, 0);
+
+                    bit<8> state;
+                    hb_state.read(state, meta.index);
+                    if (state != STATE_UP) {
+                        hb_state.write(meta.index, STATE_UP);
+                        meta.ev_index = meta.index;
+                        meta.ev_state = STATE_UP;
+                        meta.ev_last_seq = hdr.hb.sequence;
+                        meta.ev_time_us = now;
+                    }
+                } else {
+                    bit<32> dups;
+                    hb_dup_count.read(dups, meta.index);
+                    hb_dup_count.write(meta.index, dups + 1);
+                }
+            } else if (peer_ids.apply().hit) {
+                reason = REASON_SPOOFED;
+            } else {
+                reason = REASON_UNKNOWN_PEER;
+            }
+            hb_reason.count(reason);
+        } else {
+            l2_forward.apply();
+        }
+
+        /* The one place a peer_event_t is raised: bmv2 sends digests only from ingress. */
+        if (meta.ev_state != STATE_UNKNOWN) {
+            if (meta.ev_state == STATE_UP) {
+                hb_reason.count(REASON_PEER_UP_EVENT);
+            } else {
+                hb_reason.count(REASON_PEER_DOWN_EVENT);
+            }
+            peer_event_t event;
+            event.index = meta.ev_index;
+            event.state = meta.ev_state;
+            event.last_seq = meta.ev_last_seq;
+            event.time_us = meta.ev_time_us;
+            digest<peer_event_t>(DIGEST_RECEIVER, event);
+        }
+    }
+}
+
+#endif  /* HB_INGRESS_P4 */
