@@ -1,0 +1,634 @@
+"""The FastAPI application: REST API under /api/v1, SSE, /metrics, probes, dashboard.
+
+The app depends only on `HbmonService` (the running controller), a `Store` (history),
+the `EventBus` (live events) and `ControllerMetrics`. Handlers that call the service are
+plain `def`s: FastAPI runs them in its thread pool, so a slow P4Runtime write never blocks
+the event loop that serves SSE and the dashboard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..events import EventBus, Subscription
+from ..metrics import ControllerMetrics
+from ..model import (
+    ConflictError,
+    Event,
+    EventKind,
+    Health,
+    NotFoundError,
+    Peer,
+    PeerHealth,
+    ValidationError,
+)
+from ..service import HbmonService, Store
+from . import schemas
+from .auth import require_read, require_write
+from .rtt import RttHistory
+from .settings import ApiSettings
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+_SSE_PAGE = 500
+
+
+@dataclass
+class AppState:
+    service: HbmonService
+    store: Store
+    bus: EventBus
+    settings: ApiSettings
+    metrics: ControllerMetrics
+    rtt: RttHistory
+    streams: set[Subscription] = field(default_factory=set)
+    closing: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def close_streams(self) -> None:
+        """End this app's SSE streams so the server can shut down without waiting."""
+        with self.lock:
+            self.closing = True
+            streams = list(self.streams)
+        for sub in streams:
+            sub.close()
+
+
+def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    # Bypasses FastAPI's jsonable_encoder: the domain objects' to_dict() is already plain.
+    body = json.dumps(content, separators=(",", ":"), allow_nan=False).encode()
+    return Response(body, status, headers=headers, media_type="application/json")
+
+
+def _error(status: int, field_name: str, message: str) -> Response:
+    return _json({"detail": {"field": field_name, "message": message}}, status)
+
+
+def _field_from_loc(loc: tuple[Any, ...]) -> str:
+    parts = [p for p in loc if p not in ("body", "query", "path", "header")]
+    out = ""
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        else:
+            out += ("." if out else "") + str(p)
+    return out or "body"
+
+
+class _RequestMetrics:
+    """Pure ASGI middleware (keeps streaming intact): latency per route template."""
+
+    def __init__(self, app: ASGIApp, metrics: ControllerMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            if path != "/api/v1/events":  # a stream's duration is not a latency
+                self.metrics.api_requests.labels(
+                    method=scope["method"], route=path, status=str(status),
+                ).observe(time.perf_counter() - started)
+
+
+def _peer_row(peer: Peer, health: PeerHealth | None, full: bool) -> dict[str, Any]:
+    row = peer.to_dict()
+    if health is not None:
+        row["state"] = str(health.state)
+        row["since"] = health.since
+        row["reason"] = health.reason
+        if full:
+            row["health"] = health.to_dict()
+    else:
+        row["state"] = None
+        row["since"] = None
+        row["reason"] = None
+    return row
+
+
+def _health_map(service: HbmonService) -> dict[str, PeerHealth]:
+    return {h.name: h for h in service.all_health()}
+
+
+def _event_kinds(kind: list[str] | None) -> list[EventKind] | None:
+    if not kind:
+        return None
+    kinds = []
+    for item in kind:
+        for part in item.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                kinds.append(EventKind(part))
+            except ValueError:
+                allowed = ", ".join(k.value for k in EventKind)
+                raise ValidationError("kind", f"{part!r} is not one of {allowed}") from None
+    return kinds or None
+
+
+def _sse(event: Event) -> str:
+    data = json.dumps(event.to_dict(), separators=(",", ":"), default=str)
+    return f"id: {event.id}\nevent: {event.kind}\ndata: {data}\n\n"
+
+
+def _service_extras(state: AppState) -> Callable[[], Iterator[Metric]]:
+    def collect() -> Iterator[Metric]:
+        events = CounterMetricFamily(
+            "hbmon_events", "Events published (persisted and fanned out)", labels=["kind"])
+        for kind in EventKind:
+            events.add_metric([kind.value], state.bus.published.get(kind.value, 0))
+        yield events
+        webhooks = state.bus.webhooks
+        if webhooks is not None:
+            deliveries = CounterMetricFamily(
+                "hbmon_webhook_deliveries", "Webhook batches by outcome",
+                labels=["url", "outcome"])
+            for url, stats in webhooks.stats().items():
+                for outcome in ("delivered", "failed", "dropped", "retries"):
+                    deliveries.add_metric([url, outcome], getattr(stats, outcome))
+            yield deliveries
+        last = GaugeMetricFamily("hbmon_last_event_id", "Id of the newest published event")
+        last.add_metric([], state.bus.last_id)
+        yield last
+    return collect
+
+
+def create_app(
+    service: HbmonService,
+    store: Store,
+    bus: EventBus,
+    settings: ApiSettings | None = None,
+    metrics: ControllerMetrics | None = None,
+) -> FastAPI:
+    """The API + dashboard app for one running controller."""
+    settings = settings or ApiSettings()
+    metrics = metrics or ControllerMetrics()
+    state = AppState(
+        service=service, store=store, bus=bus, settings=settings, metrics=metrics,
+        rtt=RttHistory(service, settings.rtt_sample_interval, settings.rtt_samples),
+    )
+    metrics.attach_service(service, _service_extras(state))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.rtt.start()
+        try:
+            yield
+        finally:
+            state.close_streams()
+            state.rtt.stop()
+
+    try:
+        version = metadata.version("hbmon")
+    except metadata.PackageNotFoundError:
+        version = "0"
+    app = FastAPI(
+        title="hbmon", version=version, lifespan=lifespan,
+        description="Heartbeat monitoring offloaded to a P4 / eBPF data plane: peers, health, "
+                    "transition history, live events.",
+        docs_url="/docs", redoc_url=None, openapi_url="/openapi.json",
+    )
+    app.state.hbmon = state
+    app.add_middleware(GZipMiddleware, minimum_size=4096, compresslevel=5)
+    app.add_middleware(_RequestMetrics, metrics=metrics)
+
+    # ---- error mapping: every client error names the field --------------------------
+
+    @app.exception_handler(ValidationError)
+    async def _validation(_: Request, exc: ValidationError) -> Response:
+        return _error(422, exc.field, exc.message)
+
+    @app.exception_handler(ConflictError)
+    async def _conflict(_: Request, exc: ConflictError) -> Response:
+        return _error(409, exc.field, exc.message)
+
+    @app.exception_handler(NotFoundError)
+    async def _not_found(_: Request, exc: NotFoundError) -> Response:
+        return _error(404, exc.what, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_validation(_: Request, exc: RequestValidationError) -> Response:
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        field_name = _field_from_loc(tuple(first.get("loc", ())))
+        message = str(first.get("msg", "invalid"))
+        if first.get("type") == "json_invalid":
+            field_name, message = "body", "not valid JSON"
+        elif first.get("type") == "extra_forbidden":
+            message = "unknown field"
+        return _json({"detail": {"field": field_name, "message": message},
+                      "errors": [{"field": _field_from_loc(tuple(e.get("loc", ()))),
+                                  "message": str(e.get("msg", ""))} for e in errors[:20]]}, 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+        detail: Any = exc.detail
+        if not isinstance(detail, dict):
+            detail = {"field": "path" if exc.status_code == 404 else "request",
+                      "message": str(exc.detail)}
+        return _json({"detail": detail}, exc.status_code, headers=getattr(exc, "headers", None))
+
+    # ---- probes, metrics, dashboard --------------------------------------------------
+
+    @app.get("/healthz", tags=["probes"], summary="Liveness: the process serves requests")
+    def healthz() -> Response:
+        return _json({"status": "ok"})
+
+    @app.get("/readyz", tags=["probes"],
+             summary="Readiness: every switch connected and read once")
+    def readyz() -> Response:
+        ready = service.ready()
+        switches = {s.name: s.connected for s in service.switches()}
+        return _json({"ready": ready, "switches": switches}, 200 if ready else 503)
+
+    @app.get("/metrics", tags=["probes"], summary="Prometheus metrics",
+             dependencies=[Depends(require_read)], response_class=Response)
+    def prometheus() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    @app.get("/", include_in_schema=False)
+    def dashboard() -> Response:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    if STATIC_DIR.is_dir():
+        app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    app.include_router(_router(state))
+    return app
+
+
+def _router(state: AppState) -> APIRouter:
+    service = state.service
+    settings = state.settings
+    read = [Depends(require_read)]
+    write = [Depends(require_write)]
+    r = APIRouter(prefix="/api/v1", responses=schemas.ERRORS)
+
+    # ---- inventory --------------------------------------------------------------------
+
+    @r.get("/info", tags=["meta"], summary="Version and access policy")
+    def info() -> Response:
+        return _json({
+            "version": app_version(), "time": time.time(), "read_auth": settings.read_auth,
+            "writes_enabled": settings.writes_enabled,
+            "dashboard_refresh": settings.dashboard_refresh,
+            "rtt_sample_interval": settings.rtt_sample_interval,
+        })
+
+    @r.get("/peers", tags=["peers"], dependencies=read, summary="List peers",
+           responses={200: {"model": schemas.PeerList}})
+    def list_peers(
+        switch: str | None = None,
+        group: str | None = None,
+        state_: Annotated[Health | None, Query(alias="state")] = None,
+        q: Annotated[str | None, Query(description="Substring of name, address or group")] = None,
+        include: Annotated[str | None, Query(
+            pattern="^health$", description="`health`: add each peer's structure values",
+        )] = None,
+        limit: Annotated[int, Query(ge=1, le=65_536)] = 10_000,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> Response:
+        peers = service.list_peers()
+        health = _health_map(service)
+        needle = q.lower() if q else None
+        rows = []
+        for peer in peers:
+            if switch is not None and peer.switch != switch:
+                continue
+            if group is not None and (peer.group or "") != group:
+                continue
+            h = health.get(peer.name)
+            if state_ is not None and (h is None or h.state != state_):
+                continue
+            if needle and needle not in peer.name.lower() and needle not in peer.address \
+                    and needle not in (peer.group or "").lower():
+                continue
+            rows.append((peer, h))
+        page = rows[offset:offset + limit]
+        return _json({"total": len(rows),
+                      "peers": [_peer_row(p, h, include == "health") for p, h in page]})
+
+    @r.post("/peers", tags=["peers"], dependencies=write, status_code=201,
+            summary="Add one peer", responses={201: {"model": schemas.PeerOut}})
+    def add_peer(body: schemas.PeerIn) -> Response:
+        peer = Peer.from_dict(body.model_dump())
+        added = service.add_peers([peer])
+        return _json(added[0].to_dict(), 201,
+                     headers={"Location": f"/api/v1/peers/{added[0].name}"})
+
+    @r.post("/peers/bulk", tags=["peers"], dependencies=write, status_code=201,
+            summary="Add many peers, all or nothing",
+            responses={201: {"model": schemas.PeerList}})
+    def add_peers(body: schemas.BulkAdd) -> Response:
+        if not body.peers:
+            raise ValidationError("peers", "must not be empty")
+        if len(body.peers) > settings.max_bulk:
+            raise ValidationError("peers", f"at most {settings.max_bulk} per request")
+        peers = []
+        for i, item in enumerate(body.peers):
+            try:
+                peers.append(Peer.from_dict(item.model_dump()))
+            except ValidationError as exc:
+                raise ValidationError(f"peers[{i}].{exc.field}", exc.message) from exc
+        added = service.add_peers(peers)
+        return _json({"total": len(added), "peers": [p.to_dict() for p in added]}, 201)
+
+    @r.post("/peers/bulk-delete", tags=["peers"], dependencies=write,
+            summary="Remove many peers, all or nothing",
+            responses={200: {"model": schemas.RemovedOut}})
+    def remove_peers(body: schemas.BulkRemove) -> Response:
+        if not body.names:
+            raise ValidationError("names", "must not be empty")
+        names = list(dict.fromkeys(body.names))
+        service.remove_peers(names)
+        return _json({"removed": names})
+
+    @r.get("/peers/{name}", tags=["peers"], dependencies=read, summary="One peer",
+           responses={200: {"model": schemas.PeerOut}})
+    def get_peer(name: str) -> Response:
+        peer = service.get_peer(name)
+        try:
+            health: PeerHealth | None = service.health(name)
+        except NotFoundError:
+            health = None
+        return _json(_peer_row(peer, health, True))
+
+    @r.patch("/peers/{name}", tags=["peers"], dependencies=write, summary="Change a peer",
+             responses={200: {"model": schemas.PeerOut}})
+    def update_peer(name: str, body: schemas.PeerPatch) -> Response:
+        changes = body.model_dump(exclude_unset=True)
+        if "name" in changes:
+            if changes["name"] != name:
+                raise ValidationError("name", "cannot be changed (remove and add the peer)")
+            del changes["name"]
+        if not changes:
+            raise ValidationError("body", "no field to change")
+        for key, value in changes.items():
+            if value is None and key not in ("group", "detect_mult"):
+                raise ValidationError(key, "must not be null")
+        current = service.get_peer(name)
+        merged = Peer(**{**current.to_dict(), **changes})
+        merged.validate()  # the API answers 422 before the controller touches anything
+        updated = service.update_peer(name, changes)
+        return _json(updated.to_dict())
+
+    @r.delete("/peers/{name}", tags=["peers"], dependencies=write, status_code=204,
+              summary="Remove a peer")
+    def remove_peer(name: str) -> Response:
+        service.remove_peers([name])
+        return Response(status_code=204)
+
+    @r.get("/peers/{name}/health", tags=["health"], dependencies=read,
+           summary="One peer's current structure values and state",
+           responses={200: {"model": schemas.PeerHealthOut}})
+    def peer_health(name: str) -> Response:
+        return _json(service.health(name).to_dict())
+
+    @r.get("/peers/{name}/history", tags=["health"], dependencies=read,
+           summary="One peer's transitions and inventory events, newest first",
+           responses={200: {"model": schemas.EventPage}})
+    def peer_history(
+        name: str,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+        before: Annotated[int | None, Query(ge=1, description="Events with smaller ids")] = None,
+        kind: Annotated[list[str] | None, Query(
+            description="Filter: transition, peer_added, ...")] = None,
+    ) -> Response:
+        service.get_peer(name)  # 404 for unknown peers (history of removed peers: /events)
+        return _event_page(state, peer=name, limit=limit, before=before, kind=kind)
+
+    @r.get("/peers/{name}/rtt", tags=["health"], dependencies=read,
+           summary="Recent RTT samples (µs) of one peer",
+           responses={200: {"model": schemas.RttHistoryOut}})
+    def peer_rtt(name: str) -> Response:
+        service.get_peer(name)
+        return _json({"interval": state.rtt.interval,
+                      "peers": state.rtt.snapshot({name})})
+
+    # ---- health ------------------------------------------------------------------------
+
+    @r.get("/health", tags=["health"], dependencies=read, summary="Health summary",
+           responses={200: {"model": schemas.Summary}})
+    def summary() -> Response:
+        counts = service.summary()
+        per_switch: dict[str, dict[str, int]] = {}
+        for h in service.all_health():
+            sw = per_switch.setdefault(h.switch, {str(s): 0 for s in Health})
+            sw[str(h.state)] += 1
+        for s in service.switches():
+            per_switch.setdefault(s.name, {str(x): 0 for x in Health})
+        states = {str(s): int(counts.get(s, 0)) for s in Health}
+        return _json({"total": sum(states.values()), "states": states,
+                      "switches": per_switch, "ready": service.ready()})
+
+    @r.get("/health/peers", tags=["health"], dependencies=read,
+           summary="Every peer's current structure values",
+           responses={200: {"model": schemas.HealthList}})
+    def all_health(
+        switch: str | None = None, state_: Annotated[Health | None, Query(alias="state")] = None,
+    ) -> Response:
+        rows = [h.to_dict() for h in service.all_health()
+                if (switch is None or h.switch == switch)
+                and (state_ is None or h.state == state_)]
+        return _json({"peers": rows})
+
+    @r.get("/rtt", tags=["health"], dependencies=read,
+           summary="Recent RTT samples (µs) of every peer (dashboard sparklines)",
+           responses={200: {"model": schemas.RttHistoryOut}})
+    def rtt_history() -> Response:
+        return _json({"interval": state.rtt.interval, "peers": state.rtt.snapshot()})
+
+    # ---- switches ----------------------------------------------------------------------
+
+    @r.get("/switches", tags=["switches"], dependencies=read,
+           summary="Data-plane targets and their connection state",
+           responses={200: {"model": schemas.SwitchList}})
+    def switches() -> Response:
+        return _json({"switches": [s.to_dict() for s in service.switches()]})
+
+    @r.get("/switches/{name}", tags=["switches"], dependencies=read, summary="One switch",
+           responses={200: {"model": schemas.SwitchOut}})
+    def get_switch(name: str) -> Response:
+        for s in service.switches():
+            if s.name == name:
+                return _json(s.to_dict())
+        raise NotFoundError("switch", name)
+
+    @r.get("/dataplane/counters", tags=["switches"], dependencies=read,
+           summary="Per switch, per reason: packets and bytes of the hb_reason counter")
+    def counters() -> Response:
+        out = {sw: {reason: {"packets": p, "bytes": b} for reason, (p, b) in reasons.items()}
+               for sw, reasons in service.dataplane_counters().items()}
+        return _json({"switches": out})
+
+    # ---- events ------------------------------------------------------------------------
+
+    @r.get("/events/history", tags=["events"], dependencies=read,
+           summary="Persisted events, newest first, paged with `before`",
+           responses={200: {"model": schemas.EventPage}})
+    def event_history(
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        before: Annotated[int | None, Query(ge=1)] = None,
+        peer: str | None = None,
+        kind: Annotated[list[str] | None, Query()] = None,
+    ) -> Response:
+        return _event_page(state, peer=peer, limit=limit, before=before, kind=kind)
+
+    @r.get("/events", tags=["events"], dependencies=read,
+           summary="Live events as Server-Sent Events (resume with Last-Event-ID)",
+           response_class=StreamingResponse,
+           responses={200: {"content": {"text/event-stream": {}},
+                            "description": "`id:` event id, `event:` kind, `data:` JSON"}})
+    async def events(
+        last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+        after: Annotated[int | None, Query(ge=0, description="Like Last-Event-ID")] = None,
+        peer: str | None = None,
+        kind: Annotated[list[str] | None, Query()] = None,
+    ) -> Response:
+        resume: int | None = after
+        if last_event_id is not None and last_event_id.strip():
+            try:
+                resume = int(last_event_id)
+            except ValueError:
+                raise ValidationError("Last-Event-ID", "must be an event id (integer)") \
+                    from None
+            if resume < 0:
+                raise ValidationError("Last-Event-ID", "must be >= 0")
+        kinds = _event_kinds(kind)
+        return StreamingResponse(
+            _stream(state, resume, peer, kinds), media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    return r
+
+
+def app_version() -> str:
+    try:
+        return metadata.version("hbmon")
+    except metadata.PackageNotFoundError:
+        return "0"
+
+
+def _event_page(
+    state: AppState, *, peer: str | None, limit: int, before: int | None,
+    kind: list[str] | None,
+) -> Response:
+    kinds = _event_kinds(kind)
+    wanted = {str(k) for k in kinds} if kinds else None
+    found: list[Event] = []
+    cursor = before if before is not None else 2**62
+    # Page backwards through the store; kinds are filtered here (any Store works).
+    while len(found) < limit:
+        page = state.store.events(peer=peer, before_id=cursor, limit=max(limit, 100))
+        if not page:
+            break
+        for event in reversed(page):
+            if wanted is None or str(event.kind) in wanted:
+                found.append(event)
+                if len(found) == limit:
+                    break
+        cursor = page[0].id
+        if len(page) < max(limit, 100):
+            break
+    next_before = found[-1].id if len(found) == limit else None
+    return _json({"events": [e.to_dict() for e in found], "next_before": next_before})
+
+
+async def _stream(
+    state: AppState, resume: int | None, peer: str | None, kinds: list[EventKind] | None,
+) -> AsyncIterator[str]:
+    wanted = {str(k) for k in kinds} if kinds else None
+
+    def matches(event: Event) -> bool:
+        return (peer is None or event.peer == peer) and (wanted is None or str(event.kind)
+                                                         in wanted)
+
+    sub = state.bus.subscribe(asyncio.get_running_loop())
+    with state.lock:
+        if state.closing:
+            sub.close()
+        state.streams.add(sub)
+    state.metrics.sse_clients.inc()
+    try:
+        yield f"retry: 2000\n: hbmon events, last id {sub.start_id}\n\n"
+        last = sub.start_id if resume is None else resume
+
+        async def catch_up() -> AsyncIterator[str]:
+            # Everything persisted after `last`; the subscription buffers what is
+            # published meanwhile, and ids <= last are skipped there.
+            nonlocal last
+            while True:
+                page = await run_in_threadpool(
+                    state.bus.history, after_id=last, limit=_SSE_PAGE, peer=peer, kinds=kinds)
+                for event in page:
+                    if event.id > last:
+                        last = event.id
+                        yield _sse(event)
+                if len(page) < _SSE_PAGE:
+                    return
+
+        if resume is not None:
+            async for chunk in catch_up():
+                yield chunk
+        while not sub.closed:
+            batch = await sub.next_batch(state.settings.sse_keepalive)
+            if sub.closed:
+                break
+            if batch is None:
+                yield ": keepalive\n\n"
+                continue
+            if sub.take_overflow():
+                async for chunk in catch_up():
+                    yield chunk
+            out = []
+            for event in batch:
+                if event.id > last:
+                    last = event.id
+                    if matches(event):
+                        out.append(_sse(event))
+            if out:
+                yield "".join(out)
+    finally:
+        sub.close()
+        with state.lock:
+            state.streams.discard(sub)
+        state.metrics.sse_clients.dec()

@@ -1,0 +1,172 @@
+"""Request and response shapes (pydantic) for validation and the OpenAPI document.
+
+Requests are parsed with these models, then turned into `hbmon.model.Peer` and validated
+by the domain rules (`Peer.validate`), which name the field. Responses are built from the
+domain objects' `to_dict()`; the models here document them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..model import EventKind, Health
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PeerIn(_Strict):
+    name: str = Field(description="Unique name: letters, digits, '_', '.', ':', '-'")
+    address: str = Field(description="IPv4 address the peer answers from")
+    peer_id: int = Field(description="Identity in the heartbeat header, unique per switch")
+    mac: str = Field(description="Next-hop MAC address the requests are sent to")
+    port: int = Field(description="Data-plane port the peer is reached through")
+    switch: str = "default"
+    group: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    detect_mult: int | None = Field(None, description="Misses before DOWN; null: switch default")
+    admin_down: bool = False
+    index: int | None = Field(None, description="Data-plane slot; normally assigned")
+
+
+class PeerPatch(_Strict):
+    """Fields to change; the name cannot change (remove and add instead)."""
+
+    name: str | None = None
+    address: str | None = None
+    peer_id: int | None = None
+    mac: str | None = None
+    port: int | None = None
+    switch: str | None = None
+    group: str | None = None
+    labels: dict[str, str] | None = None
+    detect_mult: int | None = None
+    admin_down: bool | None = None
+
+
+class BulkAdd(_Strict):
+    peers: list[PeerIn]
+
+
+class BulkRemove(_Strict):
+    names: list[str]
+
+
+class PeerOut(BaseModel):
+    name: str
+    address: str
+    peer_id: int
+    mac: str
+    port: int
+    switch: str
+    group: str | None
+    labels: dict[str, str]
+    detect_mult: int | None
+    admin_down: bool
+    index: int | None
+    state: Health | None = None
+    since: float | None = None
+    reason: str | None = None
+    health: dict[str, Any] | None = Field(None, description="With include=health")
+
+
+class PeerList(BaseModel):
+    total: int = Field(description="Peers matching the filters, before limit/offset")
+    peers: list[PeerOut]
+
+
+class PeerHealthOut(BaseModel):
+    name: str
+    switch: str
+    state: Health
+    since: float
+    reason: str
+    rx_count: int
+    tx_count: int
+    dup_count: int
+    miss_count: int
+    last_seq: int
+    rtt_last_us: int
+    rtt_min_us: int
+    rtt_max_us: int
+    rtt_avg_us: int
+    loss_ratio: float
+    reported_status: int
+    load: int
+    plane_state: int
+    sampled_at: float
+
+
+class HealthList(BaseModel):
+    peers: list[PeerHealthOut]
+
+
+class Summary(BaseModel):
+    total: int
+    states: dict[str, int]
+    switches: dict[str, dict[str, int]]
+    ready: bool
+
+
+class SwitchOut(BaseModel):
+    name: str
+    address: str
+    device_id: int
+    kind: str
+    connected: bool
+    primary: bool
+    last_error: str | None
+    last_poll: float
+    peers: int
+
+
+class SwitchList(BaseModel):
+    switches: list[SwitchOut]
+
+
+class EventOut(BaseModel):
+    id: int
+    kind: EventKind
+    time: float
+    peer: str | None
+    switch: str | None
+    old_state: Health | None
+    new_state: Health | None
+    reason: str
+    details: dict[str, Any]
+
+
+class EventPage(BaseModel):
+    events: list[EventOut] = Field(description="Newest first")
+    next_before: int | None = Field(None, description="Pass as `before` for the next page")
+
+
+class RemovedOut(BaseModel):
+    removed: list[str]
+
+
+class ErrorDetail(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    detail: ErrorDetail
+
+
+class RttHistoryOut(BaseModel):
+    interval: float = Field(description="Seconds between samples")
+    peers: dict[str, list[int | None]] = Field(
+        description="Oldest first; null where no response was recorded in the interval")
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "Missing or invalid bearer token"},
+    403: {"model": ErrorOut, "description": "Writes disabled (no token configured)"},
+    404: {"model": ErrorOut, "description": "Unknown peer or switch"},
+    409: {"model": ErrorOut, "description": "Duplicate name, address or peer id"},
+    422: {"model": ErrorOut, "description": "Invalid input; `field` names it"},
+}

@@ -1,0 +1,89 @@
+"""Fixtures for the API tests: a real SQLite store, a fake service, a real uvicorn server."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from api_fakes import FakeService  # noqa: E402
+
+from hbmon.api import ApiServer, ApiSettings, create_app  # noqa: E402
+from hbmon.events import EventBus  # noqa: E402
+from hbmon.metrics import ControllerMetrics  # noqa: E402
+from hbmon.store import SqlStore, open_store  # noqa: E402
+from hbmon.webhooks import WebhookDispatcher  # noqa: E402
+
+TOKEN = "test-token-" + os.urandom(8).hex()
+
+
+@dataclass
+class Running:
+    url: str
+    server: ApiServer
+    service: FakeService
+    store: SqlStore
+    bus: EventBus
+    metrics: ControllerMetrics
+    settings: ApiSettings
+
+    def client(self, token: str | None = TOKEN, **kwargs: object) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=10.0,
+                            **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqlStore]:
+    s = open_store(f"sqlite:///{tmp_path / 'hbmon.db'}")
+    yield s
+    s.close()
+
+
+ServerFactory = Callable[..., Running]
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator[ServerFactory]:
+    started: list[tuple[ApiServer, SqlStore, EventBus]] = []
+
+    def make(
+        *, switches: tuple[str, ...] = ("default", "leaf-2"),
+        webhooks: WebhookDispatcher | None = None, db: str = "hbmon.db",
+        **settings_kwargs: object,
+    ) -> Running:
+        store = open_store(f"sqlite:///{tmp_path / db}")
+        bus = EventBus(store, webhooks)
+        service = FakeService(store, bus, switches)
+        settings_kwargs.setdefault("token", TOKEN)
+        settings_kwargs.setdefault("rtt_sample_interval", 0.2)
+        settings = ApiSettings(port=0, **settings_kwargs)  # type: ignore[arg-type]
+        metrics = ControllerMetrics()
+        app = create_app(service, store, bus, settings, metrics)
+        server = ApiServer(app, "127.0.0.1", 0).start()
+        started.append((server, store, bus))
+        return Running(server.url, server, service, store, bus, metrics, settings)
+
+    yield make
+    for server, store, bus in reversed(started):
+        server.stop()
+        bus.close()
+        store.close()
+
+
+@pytest.fixture
+def api(make_server: ServerFactory) -> Running:
+    return make_server()
+
+
+@pytest.fixture
+def client(api: Running) -> Iterator[httpx.Client]:
+    with api.client() as c:
+        yield c
