@@ -14,7 +14,6 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-
 from hbmon import protocol
 
 ROOT = Path(__file__).resolve().parents[1]
