@@ -1,0 +1,181 @@
+"""Peer inventory -> data-plane state: index allocation and the entries a peer needs.
+
+Pure logic (no I/O): the controller asks `IndexAllocator` for a slot, programs the
+entities `peer_entities` describes, and diffs what it reads back from a target against
+`desired_state` to reconcile (`plan_reconcile`).
+
+A peer owns one index per switch: the same index addresses its slot in every register,
+its `peer_requests` entry and its replica (instance = index) of the fan-out group
+(docs/dataplane.md). Freed indexes are reused lowest first, but only after the caller
+has reset the slot (`needs_reset`), so a new peer never inherits counters.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .model import ConflictError, Peer, ValidationError
+from .p4info import MulticastGroup, P4Schema, Replica, TableEntry
+from .protocol import FANOUT_GROUP, MAX_PEERS
+
+PEERS_TABLE = "HbIngress.peers"
+PEER_IDS_TABLE = "HbIngress.peer_ids"
+REQUESTS_TABLE = "HbEgress.peer_requests"
+PEER_TABLES = (PEERS_TABLE, PEER_IDS_TABLE, REQUESTS_TABLE)
+
+
+class IndexAllocator:
+    """Slots 0 .. size-1 of one switch. Lowest free first, so reads of a dense prefix
+    cover every peer."""
+
+    def __init__(self, size: int = MAX_PEERS) -> None:
+        self.size = size
+        self._used: set[int] = set()
+        self._free_heap: list[int] = []  # released indexes (below _next)
+        self._next = 0  # every index >= _next is free and was never handed out
+        self.needs_reset: set[int] = set()  # freed slots whose registers are not reset yet
+
+    def __len__(self) -> int:
+        return len(self._used)
+
+    def __contains__(self, index: int) -> bool:
+        return index in self._used
+
+    @property
+    def used(self) -> frozenset[int]:
+        return frozenset(self._used)
+
+    def reserve(self, index: int) -> None:
+        """Claim a known index (a persisted peer's)."""
+        if not 0 <= index < self.size:
+            raise ValidationError("index", f"must be 0 .. {self.size - 1}")
+        if index in self._used:
+            raise ConflictError("index", f"index {index} is already used")
+        self._used.add(index)
+        if index >= self._next:
+            for free in range(self._next, index):
+                heapq.heappush(self._free_heap, free)
+            self._next = index + 1
+        # a reserved index below _next may still sit in the heap; allocate() skips it
+
+    def allocate(self) -> int:
+        while self._free_heap:
+            index = heapq.heappop(self._free_heap)
+            if index not in self._used:
+                self._used.add(index)
+                return index
+        if self._next >= self.size:
+            raise ConflictError("index", f"all {self.size} peer slots are in use")
+        index = self._next
+        self._next += 1
+        self._used.add(index)
+        return index
+
+    def release(self, index: int) -> None:
+        if index not in self._used:
+            return
+        self._used.discard(index)
+        self.needs_reset.add(index)
+        heapq.heappush(self._free_heap, index)
+
+    def mark_reset(self, index: int) -> None:
+        self.needs_reset.discard(index)
+
+    @property
+    def high_water(self) -> int:
+        """One past the largest index in use (0 when empty)."""
+        return max(self._used) + 1 if self._used else 0
+
+
+def peer_entities(peer: Peer, default_detect_mult: int) -> list[TableEntry]:
+    """The three table entries that make `peer` known to the data plane."""
+    if peer.index is None:
+        raise ValueError(f"peer {peer.name!r} has no index")
+    detect = peer.detect_mult or default_detect_mult
+    return [
+        TableEntry(PEERS_TABLE, {"src_addr": peer.address, "peer_id": peer.peer_id},
+                   "HbIngress.set_peer_index", {"index": peer.index}),
+        TableEntry(PEER_IDS_TABLE, {"peer_id": peer.peer_id}, "HbIngress.peer_id_known"),
+        TableEntry(REQUESTS_TABLE, {"index": peer.index}, "HbEgress.rewrite_request",
+                   {"dst_mac": peer.mac, "dst_addr": peer.address, "peer_id": peer.peer_id,
+                    "detect_mult": detect}),
+    ]
+
+
+def fanout_group(peers: Iterable[Peer]) -> MulticastGroup:
+    """Group 1 with one replica per monitored peer (admin-down peers get no requests)."""
+    replicas = sorted(
+        (Replica(p.port, p.index) for p in peers if p.index is not None and not p.admin_down),
+        key=lambda r: (r.instance, r.port),
+    )
+    return MulticastGroup(FANOUT_GROUP, tuple(replicas))
+
+
+@dataclass(slots=True)
+class DesiredState:
+    entries: dict[tuple[Any, ...], TableEntry]  # key -> normalized entry
+    group: MulticastGroup
+
+
+def desired_state(schema: P4Schema, peers: Sequence[Peer], default_detect_mult: int,
+                  ) -> DesiredState:
+    entries: dict[tuple[Any, ...], TableEntry] = {}
+    for peer in peers:
+        for entry in peer_entities(peer, default_detect_mult):
+            norm = entry.normalized(schema)
+            entries[norm.key(schema)] = norm
+    return DesiredState(entries, fanout_group(peers))
+
+
+@dataclass(slots=True)
+class ReconcilePlan:
+    """What to write so a target holds exactly the desired state."""
+
+    insert: list[TableEntry] = field(default_factory=list)
+    modify: list[TableEntry] = field(default_factory=list)
+    delete: list[TableEntry] = field(default_factory=list)
+    group_action: str | None = None  # "insert" | "modify" | "delete" | None
+    group: MulticastGroup | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not (self.insert or self.modify or self.delete or self.group_action)
+
+    def summary(self) -> dict[str, int | str | None]:
+        return {"insert": len(self.insert), "modify": len(self.modify),
+                "delete": len(self.delete), "group": self.group_action}
+
+
+def plan_reconcile(schema: P4Schema, desired: DesiredState, actual_entries: Iterable[TableEntry],
+                   actual_groups: Iterable[MulticastGroup]) -> ReconcilePlan:
+    """Diff read-back state against the desired one. Only the peer tables and the fan-out
+    group are ours; other tables (l2_forward) and groups are left alone."""
+    plan = ReconcilePlan()
+    seen: set[tuple[Any, ...]] = set()
+    ours = {schema.table(t).name for t in PEER_TABLES}
+    for entry in actual_entries:
+        if entry.table not in ours or entry.is_default:
+            continue
+        key = entry.key(schema)
+        want = desired.entries.get(key)
+        if want is None or key in seen:
+            plan.delete.append(entry)
+            continue
+        seen.add(key)
+        if (want.action, dict(want.params)) != (entry.action, dict(entry.params)):
+            plan.modify.append(want)
+    plan.insert = [e for k, e in desired.entries.items() if k not in seen]
+
+    group = next((g for g in actual_groups if g.id == desired.group.id), None)
+    want_replicas = sorted(desired.group.replicas, key=lambda r: (r.instance, r.port))
+    if not want_replicas:
+        if group is not None:
+            plan.group_action, plan.group = "delete", MulticastGroup(desired.group.id)
+    elif group is None:
+        plan.group_action, plan.group = "insert", desired.group
+    elif sorted(group.replicas, key=lambda r: (r.instance, r.port)) != want_replicas:
+        plan.group_action, plan.group = "modify", desired.group
+    return plan
