@@ -15,6 +15,7 @@ Layout on the host:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import errno
 import itertools
 import os
@@ -164,10 +165,10 @@ class Datapath:
 
     def start(self) -> None:
         with self._lock:
-            if self._started:
-                return
             if self._closed:
                 raise DatapathError("this Datapath was closed; make a new one")
+            if self._started:
+                return
             self._preflight()
             self._started = True
             atexit.register(self.close)
@@ -316,10 +317,9 @@ class Datapath:
                     self._ring.free()
                 self._ring = None
             for ifindex, prog_fd in reversed(self._xdp_attached):
-                try:
+                # interface gone, or someone replaced our program: nothing of ours to detach
+                with contextlib.suppress(lb.LibbpfError):
                     lb.xdp_detach(ifindex, prog_fd)
-                except lb.LibbpfError:
-                    pass  # interface gone, or someone replaced our program
             self._xdp_attached.clear()
             for hook in reversed(self._tc_hooks):
                 hook.destroy()
@@ -354,7 +354,7 @@ class Datapath:
             with IPRoute() as ipr:
                 for idx in ipr.link_lookup(ifname=self.cpu_ifnames[0]):
                     ipr.link("del", index=idx)  # removes the peer end too
-        except Exception:  # noqa: BLE001 - cleanup must go on
+        except Exception:  # cleanup goes on whatever netlink says
             pass
         self._cpu_veth_made = False
 

@@ -16,6 +16,7 @@ import ctypes.util
 import errno
 import os
 import platform
+import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ BPF_ANY = 0
 BPF_NOEXIST = 1
 BPF_EXIST = 2
 BPF_MAP_TYPE_ARRAY = 2
+BPF_PROG_TYPE_XDP = 6
 BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
 # linux/if_link.h
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
@@ -50,7 +52,7 @@ class LibbpfError(OSError):
 
 
 class BpfTestRunOpts(ctypes.Structure):
-    _fields_ = [  # noqa: RUF012 - ctypes layout
+    _fields_ = [
         ("sz", c_size_t),
         ("data_in", c_void_p),
         ("data_out", c_void_p),
@@ -70,7 +72,7 @@ class BpfTestRunOpts(ctypes.Structure):
 
 
 class BpfTcHook(ctypes.Structure):
-    _fields_ = [  # noqa: RUF012
+    _fields_ = [
         ("sz", c_size_t),
         ("ifindex", c_int),
         ("attach_point", c_int),
@@ -80,7 +82,7 @@ class BpfTcHook(ctypes.Structure):
 
 
 class BpfTcOpts(ctypes.Structure):
-    _fields_ = [  # noqa: RUF012
+    _fields_ = [
         ("sz", c_size_t),
         ("prog_fd", c_int),
         ("flags", c_uint),
@@ -92,7 +94,7 @@ class BpfTcOpts(ctypes.Structure):
 
 
 class BpfXdpAttachOpts(ctypes.Structure):
-    _fields_ = [  # noqa: RUF012
+    _fields_ = [
         ("sz", c_size_t),
         ("old_prog_fd", c_int),
         ("_pad", c_int),
@@ -100,7 +102,7 @@ class BpfXdpAttachOpts(ctypes.Structure):
 
 
 class BpfMapBatchOpts(ctypes.Structure):
-    _fields_ = [  # noqa: RUF012
+    _fields_ = [
         ("sz", c_size_t),
         ("elem_flags", ctypes.c_uint64),
         ("flags", ctypes.c_uint64),
@@ -110,7 +112,7 @@ class BpfMapBatchOpts(ctypes.Structure):
 class XdpMd(ctypes.Structure):
     """struct xdp_md, the ctx_in of an XDP test run (for ingress_ifindex)."""
 
-    _fields_ = [  # noqa: RUF012
+    _fields_ = [
         ("data", c_uint),
         ("data_end", c_uint),
         ("data_meta", c_uint),
@@ -142,6 +144,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_map__type": (c_int, [c_void_p]),
     "bpf_program__fd": (c_int, [c_void_p]),
     "bpf_map_create": (c_int, [c_int, c_char_p, c_uint, c_uint, c_uint, c_void_p]),
+    "bpf_prog_load": (c_int, [c_int, c_char_p, c_char_p, c_void_p, c_size_t, c_void_p]),
     "bpf_map_update_elem": (c_int, [c_int, c_void_p, c_void_p, ctypes.c_uint64]),
     "bpf_map_lookup_elem": (c_int, [c_int, c_void_p, c_void_p]),
     "bpf_map_delete_elem": (c_int, [c_int, c_void_p]),
@@ -396,12 +399,22 @@ class BpfMap:
 
 
 def probe_bpf() -> None:
-    """Create and close a one-entry array map: fails with EPERM when BPF is not permitted."""
+    """Create a map and load a two-instruction XDP program, as the data plane will.
+
+    Fails with EPERM without CAP_BPF + CAP_NET_ADMIN (a map alone can be permitted to
+    unprivileged users, an XDP program never is).
+    """
     lib = libbpf()
     fd = lib.bpf_map_create(BPF_MAP_TYPE_ARRAY, b"hb_probe", 4, 4, 1, None)
     if fd < 0:
-        err = ctypes.get_errno() or -fd
-        raise LibbpfError(err, f"cannot create a BPF map: {os.strerror(err)}")
+        raise LibbpfError(-fd, f"cannot create a BPF map: {os.strerror(-fd)}")
+    os.close(fd)
+    # r0 = XDP_PASS; exit
+    insns = struct.pack("<BBhi", 0xB7, 0, 0, 2) + struct.pack("<BBhi", 0x95, 0, 0, 0)
+    buf = ctypes.create_string_buffer(insns, len(insns))
+    fd = lib.bpf_prog_load(BPF_PROG_TYPE_XDP, b"hb_probe", b"GPL", buf, 2, None)
+    if fd < 0:
+        raise LibbpfError(-fd, f"cannot load an XDP program: {os.strerror(-fd)}")
     os.close(fd)
 
 
@@ -486,7 +499,10 @@ class BpfObject:
 
 
 def xdp_attach(ifindex: int, prog_fd: int, flags: int = XDP_FLAGS_UPDATE_IF_NOEXIST) -> None:
-    check(libbpf().bpf_xdp_attach(ifindex, prog_fd, flags, None), f"attach XDP to ifindex {ifindex}")
+    check(
+        libbpf().bpf_xdp_attach(ifindex, prog_fd, flags, None),
+        f"attach XDP to ifindex {ifindex}",
+    )
 
 
 def xdp_detach(ifindex: int, prog_fd: int | None = None, flags: int = 0) -> None:

@@ -39,7 +39,7 @@ class RegisterArray:
         )
         self._raw: memoryview | None = memoryview(self._mm)
         fmt = _FORMAT[bmap.value_size]
-        self._values: memoryview | None = self._raw.cast(fmt)
+        self._values: memoryview | None = self._raw.cast(fmt)  # type: ignore[call-overload]
         self._step = self.stride // bmap.value_size
         self._lock = threading.Lock()  # fill vs. close; reads and single writes need none
 
