@@ -1,4 +1,4 @@
-"""Namespace-only lab runner (pyroute2): makes a `Topology` real, removes it on exit.
+"""Namespace-only lab runner (iproute2): makes a `Topology` real, removes it on exit.
 
 Shape (STAR layout, one bridge per monitor port)::
 
@@ -18,6 +18,11 @@ Every name carries a run id (`hb<rid>`), so several labs can run at once. Everyt
 removed on exit, on exceptions, on Ctrl-C and on SIGTERM/SIGHUP (turned into an exception
 while the lab is up). A state file under /run/hbmon-lab/ lets `cleanup_stale()` (or
 `python -m hbmon_topo.netns cleanup`) remove the leftovers of a process killed with -9.
+
+Links, addresses and neighbours are made with iproute2 batches (`ip -n NS -batch -`): one
+process per namespace, and no netlink socket that could silently end up in the wrong
+namespace (pyroute2 0.9 opens its sockets lazily, in whatever namespace the opening thread
+is in at that moment).
 """
 
 from __future__ import annotations
@@ -39,13 +44,9 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, TypeVar
 
-from pyroute2 import IPRoute, NetNS
-from pyroute2 import netns as pr_netns
-
 from .model import Layout, PeerSpec, Topology
 
 STATE_DIR = Path("/run/hbmon-lab")
-NUD_PERMANENT = 0x80
 CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
 
@@ -191,17 +192,9 @@ class NetnsLab:
         """Stop every process started here, remove every namespace and link. Idempotent."""
         with self._lock, _sigint_deferred():
             self._stop_processes()
-            for ns in reversed(self._namespaces):
-                with contextlib.suppress(OSError, FileNotFoundError):
-                    pr_netns.remove(ns)
+            _remove(self._namespaces, self._root_links)
             self._namespaces.clear()
-            if self._root_links:
-                with IPRoute() as ipr:
-                    for name in self._root_links:
-                        for index in ipr.link_lookup(ifname=name):
-                            with contextlib.suppress(Exception):
-                                ipr.link("del", index=index)
-                self._root_links.clear()
+            self._root_links.clear()
             shutil.rmtree(self.workdir, ignore_errors=True)
             with contextlib.suppress(FileNotFoundError):
                 (STATE_DIR / f"{self.run_id}.json").unlink()
@@ -212,78 +205,63 @@ class NetnsLab:
     def _add_ns(self, name: str) -> None:
         if os.path.exists(f"/run/netns/{name}"):
             raise LabError(f"namespace {name} already exists (run id clash?)")
-        pr_netns.create(name)
         self._namespaces.append(name)
         self._write_state()
+        _ip("netns", "add", name)
         run_in_netns(name, _disable_ipv6_here)
 
-    def _add_monitor_link(self, port: int, peer_ifname: str, peer_ns: str) -> None:
-        """Root end `hb<rid>m<port>` (no address, monitor MAC) <-> `peer_ifname` in `peer_ns`."""
-        name = self.monitor_iface(port)
-        mac = self.topology.port(port).mac
-        with IPRoute() as ipr:
-            if ipr.link_lookup(ifname=name):
+    def _add_monitor_links(self, peer_ns: str, peer_ifname: Callable[[int], str]) -> None:
+        """Root ends `hb<rid>m<port>` (no address, monitor MAC) <-> `peer_ifname(port)`."""
+        batch: list[str] = []
+        for port in self.topology.ports:
+            name = self.monitor_iface(port.number)
+            if os.path.exists(f"/sys/class/net/{name}"):
                 raise LabError(f"interface {name} already exists (run id clash?)")
             self._root_links.append(name)
-            self._write_state()
-            ipr.link("add", ifname=name, kind="veth",
-                     peer={"ifname": peer_ifname, "net_ns_fd": peer_ns})
-            index = ipr.link_lookup(ifname=name)[0]
+            batch += [f"link add {name} address {port.mac} type veth "
+                      f"peer name {peer_ifname(port.number)} netns {peer_ns}"]
+        self._write_state()
+        _ip_batch(None, batch)
+        for name in self._root_links:
             _set_sysctl(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "1")
-            ipr.link("set", index=index, address=mac)
-            ipr.link("set", index=index, state="up")
+        _ip_batch(None, [f"link set {name} up" for name in self._root_links])
 
     def _build_star(self) -> None:
         topo = self.topology
-        self._add_ns(self.fabric_ns)
+        fab = self.fabric_ns
+        self._add_ns(fab)
+        self._add_monitor_links(fab, lambda port: f"mon{port}")
+        fab_batch = ["link set lo up"]
         for port in topo.ports:
-            self._add_monitor_link(port.number, f"mon{port.number}", self.fabric_ns)
-        with NetNS(self.fabric_ns) as fab:
-            for port in topo.ports:
-                bridge = f"br{port.number}"
-                fab.link("add", ifname=bridge, kind="bridge")
-                br_index = fab.link_lookup(ifname=bridge)[0]
-                mon_index = fab.link_lookup(ifname=f"mon{port.number}")[0]
-                fab.link("set", index=mon_index, master=br_index)
-                fab.link("set", index=mon_index, state="up")
-                fab.link("set", index=br_index, state="up")
+            fab_batch += [f"link add br{port.number} type bridge",
+                          f"link set mon{port.number} master br{port.number}",
+                          f"link set mon{port.number} up", f"link set br{port.number} up"]
+        _ip_batch(fab, fab_batch)
+        fab_batch = []
         for i, peer in enumerate(topo.peers):
             ns = self.peer_ns(peer)
             self._add_ns(ns)
-            fab_ifname = f"p{i + 1}"
-            with NetNS(self.fabric_ns) as fab:
-                fab.link("add", ifname=fab_ifname, kind="veth",
-                         peer={"ifname": "eth0", "net_ns_fd": ns})
-                index = fab.link_lookup(ifname=fab_ifname)[0]
-                br_index = fab.link_lookup(ifname=f"br{peer.port}")[0]
-                fab.link("set", index=index, master=br_index)
-                fab.link("set", index=index, state="up")
-            self._configure_peer_ns(ns, peer.mac, [peer.address], peer.port)
+            fab_batch += [f"link add p{i + 1} type veth peer name eth0 netns {ns}",
+                          f"link set p{i + 1} master br{peer.port}", f"link set p{i + 1} up"]
+        _ip_batch(fab, fab_batch)
+        for peer in topo.peers:
+            self._configure_peer_ns(self.peer_ns(peer), peer.mac, [peer.address], peer.port)
 
     def _build_multi(self) -> None:
         topo = self.topology
         ns = f"{self.prefix}-peers"
         self._add_ns(ns)
-        self._add_monitor_link(1, "eth0", ns)
+        self._add_monitor_links(ns, lambda port: "eth0")
         self._configure_peer_ns(ns, topo.peers[0].mac, [p.address for p in topo.peers], 1)
 
     def _configure_peer_ns(self, ns: str, mac: str, addresses: Sequence[str], port: int) -> None:
         topo = self.topology
-        with NetNS(ns) as net:
-            lo = net.link_lookup(ifname="lo")[0]
-            net.link("set", index=lo, state="up")
-            index = net.link_lookup(ifname="eth0")[0]
-            net.link("set", index=index, address=mac)
-            if len(addresses) <= 64:
-                for address in addresses:
-                    net.addr("add", index=index, address=address, prefixlen=topo.prefixlen)
-            net.link("set", index=index, state="up")
-            net.neigh("add", dst=topo.monitor_address, lladdr=topo.port(port).mac,
-                      ifindex=index, state=NUD_PERMANENT)
-        if len(addresses) > 64:
-            # Thousands of addresses: one `ip -batch` beats one netlink round trip each.
-            script = "".join(f"address add {a}/{topo.prefixlen} dev eth0\n" for a in addresses)
-            subprocess.run(["ip", "-n", ns, "-batch", "-"], input=script.encode(), check=True)
+        batch = ["link set lo up", f"link set eth0 address {mac}"]
+        batch += [f"address add {a}/{topo.prefixlen} dev eth0" for a in addresses]
+        batch += ["link set eth0 up",
+                  f"neigh replace {topo.monitor_address} lladdr {topo.port(port).mac} "
+                  f"dev eth0 nud permanent"]
+        _ip_batch(ns, batch)
 
     # ---- processes ---------------------------------------------------------------------
 
@@ -300,6 +278,7 @@ class NetnsLab:
         )
         with self._lock:
             self._procs.append((host, proc))
+        self._write_state()
         return proc
 
     def run(self, host: str, argv: Sequence[str], *, timeout: float = 30.0,
@@ -348,6 +327,44 @@ class NetnsLab:
                 os.killpg(proc.pid, signal.SIGKILL)
         self._procs.clear()
 
+    # ---- responders --------------------------------------------------------------------
+
+    def ctl_path(self, peer: str) -> str:
+        """Control socket of the responder answering for `peer` (MULTI: one for all)."""
+        if self.topology.layout is Layout.MULTI:
+            return str(self.workdir / "peers.sock")
+        self.topology.peer(peer)
+        return str(self.workdir / f"{peer}.sock")
+
+    def start_responders(self, extra_args: Sequence[str] = (), *, timeout: float = 20.0,
+                         log: bool = True) -> dict[str, str]:
+        """Start `hbmon responder` for every peer with its topology faults; wait until ready.
+
+        Returns peer name -> control socket path. Output goes to <workdir>/<host>.log.
+        """
+        from hbmon.responder import ControlClient
+
+        hosts: list[tuple[str, list[str]]] = []
+        if self.topology.layout is Layout.MULTI:
+            hosts.append(("peers", []))
+        else:
+            hosts += [(p.name, p.faults.responder_args()) for p in self.topology.peers]
+        started: list[str] = []
+        for host, fault_args in hosts:
+            ctl = self.ctl_path(self.topology.peers[0].name if host == "peers" else host)
+            argv = [sys.executable, "-m", "hbmon.cli_responder", "--ctl", ctl,
+                    *fault_args, *extra_args]
+            if log:
+                with open(self.workdir / f"{host}.log", "wb") as out:
+                    self.popen(host, argv, stdout=out, stderr=subprocess.STDOUT)
+            else:
+                self.popen(host, argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            started.append(ctl)
+        deadline = time.monotonic() + timeout
+        for ctl in started:
+            ControlClient(ctl).wait_ready(timeout=max(0.1, deadline - time.monotonic()))
+        return {p.name: self.ctl_path(p.name) for p in self.topology.peers}
+
     # ---- signals and state -------------------------------------------------------------
 
     def _install_signal_handlers(self) -> None:
@@ -367,11 +384,43 @@ class NetnsLab:
 
     def _write_state(self) -> None:
         STATE_DIR.mkdir(parents=True, exist_ok=True)
+        procs = [[p.pid, _start_time(p.pid)] for _, p in self._procs if p.poll() is None]
         state = {"pid": os.getpid(), "namespaces": self._namespaces,
-                 "links": self._root_links, "workdir": str(self.workdir)}
+                 "links": self._root_links, "workdir": str(self.workdir), "procs": procs}
         tmp = STATE_DIR / f".{self.run_id}.json.tmp"
         tmp.write_text(json.dumps(state))
         tmp.replace(STATE_DIR / f"{self.run_id}.json")
+
+
+def _ip(*args: str) -> None:
+    proc = subprocess.run(["ip", *args], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise LabError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
+
+
+def _ip_batch(ns: str | None, commands: Sequence[str]) -> None:
+    """Run iproute2 commands in one `ip -batch` (in namespace `ns`); LabError names the line."""
+    if not commands:
+        return
+    argv = ["ip"] + (["-n", ns] if ns else []) + ["-batch", "-"]
+    proc = subprocess.run(argv, input="\n".join(commands) + "\n", capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        where = f" in {ns}" if ns else ""
+        raise LabError(f"ip -batch{where}: {proc.stderr.strip()}")
+
+
+def _remove(namespaces: Sequence[str], links: Sequence[str]) -> None:
+    """Delete root-namespace links and namespaces; whatever is already gone is fine."""
+    for name in links:
+        if os.path.exists(f"/sys/class/net/{name}"):
+            subprocess.run(["ip", "link", "del", name], capture_output=True,
+                           stdin=subprocess.DEVNULL)
+    for ns in reversed(namespaces):
+        if os.path.exists(f"/run/netns/{ns}"):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True,
+                           stdin=subprocess.DEVNULL)
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -400,6 +449,15 @@ def _sigint_deferred() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
+def _start_time(pid: int) -> int | None:
+    """Start time of `pid` in clock ticks (/proc/PID/stat field 22): tells PID reuse apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rpartition(")")[2].split()[19])
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -426,14 +484,11 @@ def cleanup_stale(*, force_run_id: str | None = None) -> list[str]:
             continue
         if run_id != force_run_id and _pid_alive(int(state.get("pid", 0))):
             continue
-        for ns in reversed(state.get("namespaces", [])):
-            with contextlib.suppress(OSError):
-                pr_netns.remove(ns)
-        with IPRoute() as ipr:
-            for name in state.get("links", []):
-                for index in ipr.link_lookup(ifname=name):
-                    with contextlib.suppress(Exception):
-                        ipr.link("del", index=index)
+        for pid, started in state.get("procs", []):
+            # only the very process the lab started (same start time), never a reused PID
+            if started is not None and _start_time(pid) == started:
+                _signal_group(pid, signal.SIGKILL)
+        _remove(state.get("namespaces", []), state.get("links", []))
         if state.get("workdir"):
             shutil.rmtree(state["workdir"], ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):

@@ -1,0 +1,45 @@
+"""Fixtures shared by every test area. Keep this small: area-specific fixtures live beside
+their tests (tests/<area>/conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Iterator
+
+import pytest
+from hbmon_topo.model import Topology
+from hbmon_topo.netns import NetnsLab
+
+
+@pytest.fixture
+def free_udp_port() -> Callable[[], int]:
+    """A function returning a UDP port on 127.0.0.1 that is free right now."""
+
+    def pick() -> int:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+            return port
+
+    return pick
+
+
+@pytest.fixture
+def netns_lab() -> Iterator[Callable[[Topology], NetnsLab]]:
+    """Factory: `lab = netns_lab(topology)` builds a namespace lab removed after the test."""
+    if os.geteuid() != 0:
+        pytest.fail("network-namespace tests need root (CI runs as root)")
+    labs: list[NetnsLab] = []
+
+    def make(topology: Topology) -> NetnsLab:
+        lab = NetnsLab(topology)
+        labs.append(lab)
+        lab.start()
+        return lab
+
+    try:
+        yield make
+    finally:
+        for lab in reversed(labs):
+            lab.stop()
