@@ -145,6 +145,8 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_program__fd": (c_int, [c_void_p]),
     "bpf_map_create": (c_int, [c_int, c_char_p, c_uint, c_uint, c_uint, c_void_p]),
     "bpf_prog_load": (c_int, [c_int, c_char_p, c_char_p, c_void_p, c_size_t, c_void_p]),
+    "bpf_enable_stats": (c_int, [c_int]),
+    "bpf_obj_get_info_by_fd": (c_int, [c_int, c_void_p, ctypes.POINTER(c_uint)]),
     "bpf_map_update_elem": (c_int, [c_int, c_void_p, c_void_p, ctypes.c_uint64]),
     "bpf_map_lookup_elem": (c_int, [c_int, c_void_p, c_void_p]),
     "bpf_map_delete_elem": (c_int, [c_int, c_void_p]),
@@ -611,6 +613,30 @@ class RingBuffer:
         if self._rb is not None:
             self._lib.ring_buffer__free(self._rb)
             self._rb = None
+
+
+# ---------------------------------------------------------------------------------------
+# run-time statistics (bench)
+
+# struct bpf_prog_info offsets (UAPI: fields are only ever appended)
+_PROG_INFO_RUN_TIME_NS = 192
+_PROG_INFO_RUN_CNT = 200
+_PROG_INFO_SIZE = 232
+BPF_STATS_RUN_TIME = 0
+
+
+def enable_run_stats() -> int:
+    """BPF_ENABLE_STATS: programs count run time and runs while the returned fd is open."""
+    fd = libbpf().bpf_enable_stats(BPF_STATS_RUN_TIME)
+    return check(fd, "BPF_ENABLE_STATS")
+
+
+def prog_run_stats(prog_fd: int) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) of a program (non-zero only while run stats are enabled)."""
+    buf = ctypes.create_string_buffer(_PROG_INFO_SIZE)
+    size = c_uint(_PROG_INFO_SIZE)
+    check(libbpf().bpf_obj_get_info_by_fd(prog_fd, buf, ctypes.byref(size)), "prog info")
+    return struct.unpack_from("=QQ", buf.raw, _PROG_INFO_RUN_TIME_NS)
 
 
 # ---------------------------------------------------------------------------------------
