@@ -22,13 +22,11 @@ from hbmon.model import (
     NotFoundError,
     Peer,
     PeerHealth,
-    Slot,
     SwitchInfo,
     ValidationError,
 )
 from hbmon.protocol import Reason
 from hbmon.service import EventSink, Store
-
 
 _LAB_BASE = int(ipaddress.IPv4Address("198.18.0.0"))
 

@@ -13,13 +13,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from api_fakes import FakeService  # noqa: E402
-
-from hbmon.api import ApiServer, ApiSettings, create_app  # noqa: E402
-from hbmon.events import EventBus  # noqa: E402
-from hbmon.metrics import ControllerMetrics  # noqa: E402
-from hbmon.store import SqlStore, open_store  # noqa: E402
-from hbmon.webhooks import WebhookDispatcher  # noqa: E402
+from api_fakes import FakeService
+from hbmon.api import ApiServer, ApiSettings, create_app
+from hbmon.events import EventBus
+from hbmon.metrics import ControllerMetrics
+from hbmon.store import SqlStore, open_store
+from hbmon.webhooks import WebhookDispatcher
 
 TOKEN = "test-token-" + os.urandom(8).hex()
 

@@ -2,8 +2,8 @@
 
 The data plane keeps only the last/min/max/EWMA RTT; the dashboard wants a trend. A
 background thread samples the service every `interval` seconds into a ring per peer. A
-sample is None when the peer recorded no response since the previous sample, so a dead
-peer shows a gap instead of repeating its last RTT.
+sample is None while the peer is not answering (DOWN, UNKNOWN, ADMIN_DOWN), so a dead peer
+shows a gap instead of repeating its last RTT.
 """
 
 from __future__ import annotations
@@ -12,7 +12,12 @@ import collections
 import logging
 import threading
 
+from ..model import Health
 from ..service import HbmonService
+
+# Sampling does not follow the heartbeat rate, so "rx changed since the last sample" would
+# show false gaps; the state says whether the last RTT is current.
+_ANSWERING = frozenset({Health.UP, Health.DEGRADED})
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +28,6 @@ class RttHistory:
         self.interval = interval
         self.samples = samples
         self._rings: dict[str, collections.deque[int | None]] = {}
-        self._last_rx: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -37,13 +41,10 @@ class RttHistory:
                 ring = self._rings.get(h.name)
                 if ring is None:
                     ring = self._rings[h.name] = collections.deque(maxlen=self.samples)
-                rx = h.slot.rx_count
-                fresh = rx != self._last_rx.get(h.name) and rx > 0
-                self._last_rx[h.name] = rx
-                ring.append(h.slot.rtt_last_us if fresh else None)
+                answering = h.state in _ANSWERING and h.slot.rx_count > 0
+                ring.append(h.slot.rtt_last_us if answering else None)
             for gone in set(self._rings) - seen:
                 del self._rings[gone]
-                self._last_rx.pop(gone, None)
 
     def snapshot(self, names: set[str] | None = None) -> dict[str, list[int | None]]:
         with self._lock:
