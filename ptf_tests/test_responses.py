@@ -1,0 +1,185 @@
+"""Responses arriving on port 9191: recorded, or counted by reason and never recorded."""
+
+from __future__ import annotations
+
+import hb_examples as ex
+from hb_base import SWITCH_MAC, HbTest, expected_rtt
+from hbmon.protocol import Reason
+
+OTHER_IP = "198.18.1.3"
+OTHER_ID = 43
+
+
+class ValidResponse(HbTest):
+    """The example response updates exactly its peer's slot, with the right values, raises
+    an UP digest (UNKNOWN -> UP), is counted RESPONSE_RECORDED, and is consumed."""
+
+    def runTest(self) -> None:
+        p = self.s.ports
+        self.add_peer(5, address=ex.PEER_IP, peer_id=ex.PEER_ID, port=p[0])
+        self.add_peer(9, address=OTHER_IP, peer_id=OTHER_ID, port=p[1])
+        self.add_l2(SWITCH_MAC, p[2])  # a response that were forwarded would show up here
+        self.enable_digests()
+        regs_before = self.snapshot()
+        before = self.reasons()
+
+        self.send_response(p[0], ex.RESPONSE)
+        self.wait_reasons(before, {Reason.RESPONSE_RECORDED: 1, Reason.PEER_UP_EVENT: 1})
+
+        after = self.snapshot()
+        self.assert_changed_only(regs_before, after, {5})
+        slot = {name: cells[5] for name, cells in after.items()}
+        rx_us = slot["hb_last_rx_us"]
+        self.assertGreater(rx_us, 0)
+        rtt = expected_rtt(rx_us, ex.TX_TIMESTAMP_US)
+        self.assertEqual(slot, {
+            "hb_rx_count": 1,
+            "hb_tx_count": 0,
+            "hb_dup_count": 0,
+            "hb_miss_count": 0,
+            "hb_last_seq": ex.SEQUENCE,
+            "hb_last_rx_us": rx_us,
+            "hb_last_tx_us": 0,
+            "hb_rtt_last_us": rtt,
+            "hb_rtt_min_us": rtt,
+            "hb_rtt_max_us": rtt,
+            "hb_rtt_ewma_us": rtt,
+            "hb_peer_status": ex.RESPONSE_STATUS,
+            "hb_peer_load": ex.RESPONSE_LOAD,
+            "hb_state": 1,
+        })
+
+        digest = self.next_digest()
+        self.assertEqual(digest.name, "peer_event_t")
+        self.assertEqual(list(digest.data), [
+            {"index": 5, "state": 1, "last_seq": ex.SEQUENCE, "time_us": rx_us}])
+        self.ack(digest)
+        self.no_digest_pending()
+        self.assert_nothing_else(p, sender=p[0])
+
+
+class UnknownPeer(HbTest):
+    """Neither (source, id) nor id is registered: UNKNOWN_PEER, no register changes."""
+
+    def runTest(self) -> None:
+        p = self.s.ports
+        self.add_peer(5, address=ex.PEER_IP, peer_id=ex.PEER_ID, port=p[0])
+        regs_before = self.snapshot()
+        before = self.reasons()
+        self.send_response(p[0], ex.with_fields(ex.RESPONSE, peer_id=4242))
+        self.send_response(p[0], ex.with_fields(ex.RESPONSE, src="198.18.7.7", peer_id=4243))
+        self.wait_reasons(before, {Reason.UNKNOWN_PEER: 2})
+        self.assertEqual(self.snapshot(), regs_before)
+
+
+class SpoofedSource(HbTest):
+    """A registered peer_id from a source it is not registered for: SPOOFED, even when that
+    source is another registered peer's address."""
+
+    def runTest(self) -> None:
+        p = self.s.ports
+        self.add_peer(5, address=ex.PEER_IP, peer_id=ex.PEER_ID, port=p[0])
+        self.add_peer(9, address=OTHER_IP, peer_id=OTHER_ID, port=p[1])
+        regs_before = self.snapshot()
+        before = self.reasons()
+        self.send_response(p[0], ex.with_fields(ex.RESPONSE, src="198.18.7.7"))
+        self.send_response(p[1], ex.with_fields(ex.RESPONSE, src=OTHER_IP))
+        self.wait_reasons(before, {Reason.SPOOFED: 2})
+        self.assertEqual(self.snapshot(), regs_before)
+
+
+class _Malformed(HbTest):
+    """One malformed response: counted by its reason only, no register touched. (No
+    runTest here, so ptf collects only the generated subclasses.)"""
+
+    reason: Reason
+    packet: bytes
+
+    def check(self) -> None:
+        p = self.s.ports
+        self.add_peer(5, address=ex.PEER_IP, peer_id=ex.PEER_ID, port=p[0])
+        regs_before = self.snapshot()
+        before = self.reasons()
+        self.send_response(p[0], self.packet)
+        self.wait_reasons(before, {self.reason: 1})
+        self.assertEqual(self.snapshot(), regs_before)
+
+
+_R = ex.RESPONSE
+MALFORMED: dict[str, tuple[Reason, bytes]] = {
+    # fewer than 24 bytes after the UDP header (lengths consistent with the short datagram)
+    "TruncatedEmpty": (Reason.TRUNCATED, ex.with_payload_length(_R, 0)),
+    "Truncated10": (Reason.TRUNCATED, ex.with_payload_length(_R, 10)),
+    "Truncated23": (Reason.TRUNCATED, ex.with_payload_length(_R, 23)),
+    "TruncatedBeatsBadMagic": (
+        Reason.TRUNCATED, ex.with_payload_length(ex.with_fields(_R, magic=0), 12)),
+    "BadMagic": (Reason.BAD_MAGIC, ex.with_fields(_R, magic=0x4843)),
+    "BadMagicBeatsBadVersion": (Reason.BAD_MAGIC, ex.with_fields(_R, magic=0, version=9)),
+    "BadVersion0": (Reason.BAD_VERSION, ex.with_fields(_R, version=0)),
+    "BadVersion2": (Reason.BAD_VERSION, ex.with_fields(_R, version=2)),
+    "BadVersionBeatsBadType": (Reason.BAD_VERSION, ex.with_fields(_R, version=2, msg_type=1)),
+    "BadTypeRequest": (Reason.BAD_TYPE, ex.with_fields(_R, msg_type=1)),
+    "BadTypeUnknown": (Reason.BAD_TYPE, ex.with_fields(_R, msg_type=3)),
+    "BadTypeBeatsBadLength": (
+        Reason.BAD_TYPE, ex.with_payload_length(ex.with_fields(_R, msg_type=0), 30)),
+    # 26 payload bytes, lengths consistent: not a 32-byte UDP datagram
+    "BadLengthLonger": (Reason.BAD_LENGTH, ex.with_payload_length(_R, 26)),
+    # the size is right, a length field lies
+    "BadLengthUdpField": (Reason.BAD_LENGTH, ex.with_lengths(_R, udp_len=40)),
+    "BadLengthIpField": (Reason.BAD_LENGTH, ex.with_lengths(_R, ip_total_len=60)),
+}
+
+for _name, (_reason, _packet) in MALFORMED.items():
+    globals()[f"Malformed{_name}"] = type(
+        f"Malformed{_name}", (_Malformed,),
+        {"reason": _reason, "packet": _packet, "runTest": _Malformed.check,
+         "__doc__": f"Malformed response ({_name}): counted {_reason.name}, slot untouched."},
+    )
+del _name, _reason, _packet
+
+
+class DuplicateAndOldSequence(HbTest):
+    """Serial-number arithmetic (RFC 1982): equal -> DUPLICATE, behind -> OLD_SEQUENCE (both
+    counted in hb_dup_count, not recorded); ahead, also across the 2^32 wrap -> recorded."""
+
+    def runTest(self) -> None:
+        p = self.s.ports
+        self.add_peer(5, address=ex.PEER_IP, peer_id=ex.PEER_ID, port=p[0])
+        rec, dup, old = (Reason.RESPONSE_RECORDED, Reason.DUPLICATE, Reason.OLD_SEQUENCE)
+        steps = [
+            # (sequence, reason, last_seq after, rx_count after, dup_count after)
+            (7, rec, 7, 1, 0),
+            (7, dup, 7, 1, 1),
+            (6, old, 7, 1, 2),
+            (7 + 0x80000000, old, 7, 1, 3),  # exactly half the space away: not newer
+            (8, rec, 8, 2, 3),
+            (0xFFFFFFF0, old, 8, 2, 4),
+            (8 + 0x7FFFFFFF, rec, 8 + 0x7FFFFFFF, 3, 4),  # the farthest that is newer
+            (0xFFFFFFFF, rec, 0xFFFFFFFF, 4, 4),
+            (2, rec, 2, 5, 4),  # wraps
+            (0xFFFFFFFF, old, 2, 5, 5),
+        ]
+        for i, (seq, reason, last_seq, rx_count, dup_count) in enumerate(steps):
+            before = self.reasons()
+            self.send_response(p[0], ex.with_fields(ex.RESPONSE, sequence=seq))
+            expected = {reason: 1}
+            if i == 0:
+                expected[Reason.PEER_UP_EVENT] = 1
+            self.wait_reasons(before, expected)
+            slot = self.slot(5)
+            self.assertEqual(
+                (slot["hb_last_seq"], slot["hb_rx_count"], slot["hb_dup_count"]),
+                (last_seq, rx_count, dup_count), f"after step {i}: sequence {seq:#x}")
+
+
+class ReasonCounterBytes(HbTest):
+    """hb_reason counts bytes as well as packets: the whole frame, once."""
+
+    def runTest(self) -> None:
+        p = self.s.ports
+        before = self.reasons()
+        frame = self.send_response(p[0], ex.with_fields(ex.RESPONSE, peer_id=4242))
+        after = self.wait_reasons(before, {Reason.UNKNOWN_PEER: 1})
+        self.assertEqual(after[Reason.UNKNOWN_PEER][1] - before[Reason.UNKNOWN_PEER][1],
+                         len(frame))
+        self.assertEqual(after[Reason.RESPONSE_RECORDED], before[Reason.RESPONSE_RECORDED])
