@@ -195,13 +195,7 @@ class P4RuntimeClient:
 
         Raises P4RuntimeError when no arbitration answer came within `timeout` (the thread
         keeps trying in the background; `close()` stops it)."""
-        with self._lock:
-            if self._thread is None:
-                self._closed.clear()
-                self._thread = threading.Thread(
-                    target=self._stream_loop, name=f"p4rt-stream-{self.address}", daemon=True
-                )
-                self._thread.start()
+        self.connect_async()
         if not self._arbitrated.wait(timeout):
             raise P4RuntimeError(
                 f"no arbitration answer from {self.address} (device {self.device_id}) "
@@ -209,6 +203,17 @@ class P4RuntimeClient:
                 grpc.StatusCode.UNAVAILABLE,
             )
         return self.primary
+
+    def connect_async(self) -> None:
+        """Start the stream thread (it connects, arbitrates and re-connects on its own;
+        `on_connection` reports each change)."""
+        with self._lock:
+            if self._thread is None:
+                self._closed.clear()
+                self._thread = threading.Thread(
+                    target=self._stream_loop, name=f"p4rt-stream-{self.address}", daemon=True
+                )
+                self._thread.start()
 
     def close(self) -> None:
         self._closed.set()

@@ -1,0 +1,949 @@
+"""The controller: one driver per switch, and `Fabric`, the `HbmonService` over all of them.
+
+A `SwitchDriver` owns one P4Runtime session (`hbmon.p4rt`) and one thread that:
+
+1. after every (re)connection as primary, sets up the target: pushes or verifies the
+   pipeline, configures the `peer_event_t` digest and reconciles the peer tables and the
+   fan-out group against the inventory (read back, add what is missing, remove what is
+   stale, never duplicate);
+2. every heartbeat interval sends ONE request template as PacketOut to the fan-out group;
+   the data plane replicates and rewrites it per peer, so the controller's cost does not
+   depend on the number of peers or (beyond this one packet) on the rate;
+3. every poll interval reads the whole health-check structure, one batch per register array
+   (`hbmon.registers`), and the `hb_reason` counter, and feeds the health engine.
+
+Digests (`peer_event_t`) arrive on the stream thread and update health at once.
+
+`Fabric` holds the drivers of every configured switch, the inventory (peer -> index per
+switch, persisted in the `Store`), the health engine, and publishes every event through an
+`EventSink` from one pump thread, so events keep their order whatever thread made them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+import queue
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from p4.v1 import p4runtime_pb2
+
+from . import protocol
+from .config import FabricConfig, SwitchConfig
+from .health import HealthEngine
+from .inventory import (
+    IndexAllocator,
+    desired_state,
+    fanout_group,
+    peer_entities,
+    plan_reconcile,
+)
+from .model import (
+    ConflictError,
+    Event,
+    EventKind,
+    Health,
+    NotFoundError,
+    Peer,
+    PeerHealth,
+    Slot,
+    SwitchInfo,
+    ValidationError,
+)
+from .p4info import (
+    CounterCell,
+    CounterRead,
+    DigestEntry,
+    DigestMessage,
+    MulticastGroup,
+    P4Schema,
+    PacketOut,
+    TableEntry,
+    decode_int,
+)
+from .p4rt import DELETE, INSERT, MODIFY, P4RuntimeClient, P4RuntimeError, WriteError, make_update
+from .protocol import REGISTERS, Heartbeat, MsgType, PlaneState, Reason, seq_newer
+from .registers import P4RuntimeRegisterAccess, RegisterAccess, open_register_access
+from .service import EventSink, Store
+
+log = logging.getLogger(__name__)
+
+_SLOT_FIELDS = tuple(f.name for f in dataclasses.fields(Slot))
+# register name -> Slot field, in contract order ("hb_rx_count" -> "rx_count")
+_REGISTER_FIELD = {name: name[3:] for name in REGISTERS}
+assert set(_REGISTER_FIELD.values()) == set(_SLOT_FIELDS)
+_U32 = 0xFFFFFFFF
+
+
+class DataPlaneError(RuntimeError):
+    """A switch refused or could not take a change; nothing was left half applied."""
+
+
+class PollMetrics(Protocol):
+    """What the controller reports to `hbmon.metrics.ControllerMetrics` (optional)."""
+
+    def observe_poll(self, switch: str, seconds: float) -> None: ...
+
+    def poll_failed(self, switch: str) -> None: ...
+
+    def digest_received(self, switch: str, count: int = 1) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# request template
+
+
+def _ipv4_checksum(header: bytes) -> int:
+    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def request_template(src_mac: str, src_ip: str, sequence: int) -> bytes:
+    """Ethernet/IPv4/UDP/heartbeat REQUEST for the fan-out: the data plane rewrites the
+    destination MAC and IPv4 (and checksum), peer_id and tx_timestamp_us per replica."""
+    mac = bytes.fromhex(src_mac.replace(":", ""))
+    eth = b"\xff" * 6 + mac + b"\x08\x00"
+    src = ipaddress.IPv4Address(src_ip).packed
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, protocol.IPV4_TOTAL_LEN, 0, 0x4000, 64, 17, 0,
+                     src, b"\x00\x00\x00\x00")
+    ip = ip[:10] + struct.pack("!H", _ipv4_checksum(ip)) + ip[12:]
+    udp = struct.pack("!HHHH", protocol.RESPONSE_PORT, protocol.REQUEST_PORT, protocol.UDP_LEN,
+                      0)
+    hb = Heartbeat(MsgType.REQUEST, 0, sequence & _U32, 0).pack()
+    return eth + ip + udp + hb
+
+
+def next_sequence(previous: int, now: float) -> int:
+    """The next round number: wall-clock milliseconds when that is newer (so a restarted
+    controller continues above what peers last echoed), else previous + 1."""
+    candidate = int(now * 1000) & _U32
+    return candidate if seq_newer(candidate, previous) else (previous + 1) & _U32
+
+
+# ---------------------------------------------------------------------------------------------
+# per switch
+
+
+class SwitchDriver:
+    """One target: its P4Runtime session, setup/reconcile, heartbeat and poll loop."""
+
+    def __init__(self, fabric: Fabric, config: SwitchConfig, schema: P4Schema) -> None:
+        self.fabric = fabric
+        self.config = config
+        self.name = config.name
+        self.schema = schema
+        self.allocator = IndexAllocator()
+        self.info = SwitchInfo(config.name, config.grpc, config.device_id, config.kind)
+        self.client = P4RuntimeClient(
+            config.grpc, config.device_id, fabric.config.election_id, schema=schema,
+            batch_size=fabric.config.write_batch_size,
+            on_digest=self._on_digest, on_connection=self._on_connection,
+            on_stream_error=self._on_stream_error,
+        )
+        self.registers: RegisterAccess | None = None
+        self.sequence = 0
+        self.counters: dict[str, tuple[int, int]] = {}
+        self.polls = 0  # successful polls since the last setup
+        self.heartbeats = 0
+        self.group_replicas = 0  # replicas of the fan-out group as last programmed
+        self._program_lock = threading.RLock()  # setup, reconcile and peer programming
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._setup_needed = True
+        self._thread: threading.Thread | None = None
+        self._mac = config.monitor.mac
+        self._ip = config.monitor.ip
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._stop.clear()
+        self.client.connect_async()
+        self._thread = threading.Thread(target=self._run, name=f"hbmon-switch-{self.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.client.close()
+        if self.registers is not None:
+            self.registers.close()
+
+    @property
+    def ready(self) -> bool:
+        return self.client.connected and not self._setup_needed and self.polls > 0
+
+    @property
+    def programmable(self) -> bool:
+        return self.client.primary and not self._setup_needed
+
+    # -- stream callbacks (stream thread) ---------------------------------------------------
+
+    def _on_connection(self, connected: bool, primary: bool) -> None:
+        self.info.connected, self.info.primary = connected, primary
+        # every (re)connection may follow a target restart: set up and reconcile again
+        self._setup_needed = True
+        self.fabric._emit([Event(
+            kind=EventKind.SWITCH, time=time.time(), switch=self.name,
+            reason=("connected as primary" if primary else "connected as backup")
+            if connected else f"disconnected: {self.client.last_error or 'stream closed'}",
+            details={"connected": connected, "primary": primary, "address": self.config.grpc},
+        )])
+        self._wake.set()
+
+    def _on_stream_error(self, error: p4runtime_pb2.StreamError) -> None:
+        self.info.last_error = f"stream error: {error.message}"
+        log.warning("%s: stream error: %s", self.name, error.message)
+
+    def _on_digest(self, digest: p4runtime_pb2.DigestList) -> None:
+        try:
+            message = DigestMessage.decode(self.schema, digest)
+        except Exception as exc:
+            log.warning("%s: undecodable digest: %s", self.name, exc)
+            return
+        if message.name != "peer_event_t":
+            return
+        if self.fabric.metrics is not None:
+            self.fabric.metrics.digest_received(self.name, len(message.data))
+        self.fabric._plane_events(self, message.data)
+
+    # -- thread -----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_hb = next_poll = time.monotonic()
+        backoff = 0.1
+        while not self._stop.is_set():
+            if not self.client.connected:
+                self._wake.wait(1.0)
+                self._wake.clear()
+                continue
+            if self._setup_needed:
+                try:
+                    self.setup()
+                    backoff = 0.1
+                    next_hb = next_poll = time.monotonic()
+                except Exception as exc:
+                    self.info.last_error = f"setup: {exc}"
+                    log.warning("%s: setup failed: %s", self.name, exc)
+                    self._wake.wait(backoff)
+                    self._wake.clear()
+                    backoff = min(backoff * 2, 5.0)
+                continue
+            now = time.monotonic()
+            if now >= next_hb:
+                self._heartbeat()
+                next_hb += self.config.interval_s
+                if next_hb <= now:  # fell behind (GC, slow poll): skip, do not burst
+                    next_hb = now + self.config.interval_s
+            if now >= next_poll:
+                self.poll()
+                next_poll += self.config.poll_interval_s
+                if next_poll <= now:
+                    next_poll = now + self.config.poll_interval_s
+            delay = min(next_hb, next_poll) - time.monotonic()
+            if delay > 0 and self._wake.wait(delay):
+                self._wake.clear()
+
+    def _heartbeat(self) -> None:
+        if not self.client.primary or self.group_replicas == 0:
+            return
+        self.sequence = next_sequence(self.sequence, time.time())
+        packet = PacketOut(request_template(self._mac, self._ip, self.sequence),
+                           {"egress_port": 0, "mcast_grp": protocol.FANOUT_GROUP})
+        try:
+            self.client.packet_out(packet)
+            self.heartbeats += 1
+        except P4RuntimeError as exc:
+            self.info.last_error = f"packet out: {exc}"
+
+    # -- setup and reconcile ----------------------------------------------------------------
+
+    def setup(self) -> None:
+        with self._program_lock:
+            primary = self.client.primary
+            if primary:
+                self._ensure_pipeline()
+                self._configure_digest()
+            if self.registers is None:
+                self.registers = open_register_access(
+                    self.config.kind, client=self.client, schema=self.schema,
+                    thrift_port=self.config.thrift_port or 9090,
+                    bmv2_json=self.config.bmv2_json,
+                )
+            if primary:
+                self.reconcile()
+            self._init_sequence()
+            self._setup_needed = False
+            self.polls = 0
+            self.info.last_error = None
+        log.info("%s: set up (%s)", self.name, "primary" if primary else "backup")
+
+    def _ensure_pipeline(self) -> None:
+        mode = self.config.push_pipeline
+        device_config = b""
+        if self.config.kind == "bmv2" and self.config.bmv2_json is not None:
+            device_config = Path(self.config.bmv2_json).read_bytes()
+        if mode == "never":
+            if not self.client.pipeline_matches(self.schema):
+                raise DataPlaneError(
+                    f"{self.name} runs another P4Info than {self.config.p4info} "
+                    "(push_pipeline: never)")
+            return
+        if self.client.ensure_pipeline(self.schema, device_config, force=mode == "always"):
+            log.info("%s: pipeline pushed", self.name)
+
+    def _configure_digest(self) -> None:
+        entry = DigestEntry("peer_event_t", max_timeout_ns=0, max_list_size=1,
+                            ack_timeout_ns=100_000_000)
+        try:
+            self.client.write([make_update(INSERT, entry, self.schema)])
+        except WriteError as exc:
+            if exc.errors and exc.errors[0].code_name == "ALREADY_EXISTS":
+                self.client.write([make_update(MODIFY, entry, self.schema)])
+            else:
+                raise
+
+    def reconcile(self) -> dict[str, Any]:
+        """Make the target hold exactly this switch's inventory; returns what changed."""
+        with self._program_lock:
+            peers = self.fabric._peers_of(self.name)
+            desired = desired_state(self.schema, peers, self.config.detect_mult)
+            tables = [TableEntry(t) for t in
+                      ("HbIngress.peers", "HbIngress.peer_ids", "HbEgress.peer_requests")]
+            actual = [TableEntry.decode(self.schema, e) for e in self.client.read(tables)]
+            groups = [MulticastGroup.decode(self.schema, e)
+                      for e in self.client.read([MulticastGroup(0)])]
+            plan = plan_reconcile(self.schema, desired, actual, groups)
+            if not plan.empty:
+                log.info("%s: reconcile %s", self.name, plan.summary())
+            # stale first (a peer's key may now belong to another index), then the rest
+            if plan.delete:
+                self._write(DELETE, plan.delete, ignore="NOT_FOUND")
+            fresh = {p.index for p in peers if p.index in self.allocator.needs_reset}
+            self._reset_slots(sorted(i for i in fresh if i is not None))
+            if plan.insert:
+                self._write(INSERT, plan.insert, ignore="ALREADY_EXISTS")
+            if plan.modify:
+                self._write(MODIFY, plan.modify)
+            if plan.group is not None and plan.group_action is not None:
+                kind = {"insert": INSERT, "modify": MODIFY, "delete": DELETE}[plan.group_action]
+                self.client.write([make_update(kind, plan.group, self.schema)])
+            self.group_replicas = len(desired.group.replicas)
+            return plan.summary()
+
+    def _write(self, kind: p4runtime_pb2.Update.Type, entities: Sequence[Any],
+               ignore: str | None = None) -> None:
+        try:
+            self.client.write(make_update(kind, e, self.schema) for e in entities)
+        except WriteError as exc:
+            real = [e for e in exc.errors if e.code_name != ignore]
+            if real or exc.not_attempted:
+                raise
+
+    def _reset_slots(self, indexes: Sequence[int]) -> None:
+        if not indexes:
+            return
+        assert self.registers is not None
+        self.registers.write_many([(name, i, 0) for i in indexes for name in REGISTERS])
+        for i in indexes:
+            self.allocator.mark_reset(i)
+
+    def _init_sequence(self) -> None:
+        """Continue above the newest sequence any peer echoed (controller restart)."""
+        indexes = sorted(self.allocator.used)
+        seq = self.sequence
+        if indexes:
+            try:
+                cells = self._read_registers(["hb_last_seq", "hb_rx_count"], indexes)
+            except Exception as exc:
+                log.warning("%s: could not read last sequences: %s", self.name, exc)
+                cells = {}
+            for last, rx in zip(cells.get("hb_last_seq", []), cells.get("hb_rx_count", []),
+                                strict=False):
+                if rx and seq_newer(last, seq):
+                    seq = last
+        self.sequence = seq
+
+    # -- programming peers (API threads) ----------------------------------------------------
+
+    def program_add(self, peers: Sequence[Peer], all_peers: Sequence[Peer]) -> None:
+        """Reset the new peers' slots, insert their entries, then extend the group.
+        On failure everything written here is undone and DataPlaneError raised."""
+        with self._program_lock:
+            if not self.programmable:
+                return  # the next setup reconciles them in
+            entities = [e for p in peers for e in peer_entities(p, self.config.detect_mult)]
+            inserted: list[TableEntry] = []
+            try:
+                self._reset_slots([p.index for p in peers if p.index is not None])
+                try:
+                    self.client.write(make_update(INSERT, e, self.schema) for e in entities)
+                    inserted = list(entities)
+                except WriteError as exc:
+                    bad = exc.failed_indexes | set(exc.not_attempted)
+                    inserted = [e for i, e in enumerate(entities) if i not in bad]
+                    raise
+                self._write_group(all_peers)
+            except Exception as exc:
+                if inserted:
+                    try:
+                        self._write(DELETE, inserted, ignore="NOT_FOUND")
+                    except Exception:
+                        log.exception("%s: rollback failed; reconcile will fix it", self.name)
+                        self._setup_needed = True
+                raise DataPlaneError(f"switch {self.name}: {exc}") from exc
+
+    def program_remove(self, peers: Sequence[Peer], remaining: Sequence[Peer]) -> None:
+        """Shrink the group first (no more requests), then delete the entries."""
+        with self._program_lock:
+            if not self.programmable:
+                return
+            try:
+                self._write_group(remaining)
+                entities = [e for p in peers for e in peer_entities(p, self.config.detect_mult)]
+                self._write(DELETE, entities, ignore="NOT_FOUND")
+            except Exception as exc:
+                self._setup_needed = True  # reconcile from the inventory
+                self._wake.set()
+                raise DataPlaneError(f"switch {self.name}: {exc}") from exc
+
+    def _write_group(self, peers: Sequence[Peer]) -> None:
+        group = fanout_group(peers)
+        if group.replicas:
+            kind = MODIFY if self.group_replicas else INSERT
+            try:
+                self.client.write([make_update(kind, group, self.schema)])
+            except WriteError as exc:
+                code = exc.errors[0].code_name if exc.errors else ""
+                if code not in ("NOT_FOUND", "ALREADY_EXISTS"):
+                    raise
+                other = INSERT if kind == MODIFY else MODIFY
+                self.client.write([make_update(other, group, self.schema)])
+        elif self.group_replicas:
+            self._write(DELETE, [MulticastGroup(group.id)], ignore="NOT_FOUND")
+        self.group_replicas = len(group.replicas)
+
+    # -- polling ----------------------------------------------------------------------------
+
+    def _read_registers(self, names: Sequence[str], indexes: Sequence[int],
+                        ) -> dict[str, list[int]]:
+        """Cells `indexes` of each register in `names`: one ReadRequest listing the cells
+        when they are a small part of the arrays, else one wildcard read per array."""
+        assert self.registers is not None
+        size = protocol.MAX_PEERS
+        if isinstance(self.registers, P4RuntimeRegisterAccess) and len(indexes) * 4 < size:
+            ids = {self.schema.register(n).id: n for n in names}
+            position = {index: i for i, index in enumerate(indexes)}
+            out = {n: [0] * len(indexes) for n in names}
+            entities = []
+            for n in names:
+                rid = self.schema.register(n).id
+                for index in indexes:
+                    e = p4runtime_pb2.Entity()
+                    e.register_entry.register_id = rid
+                    e.register_entry.index.index = index
+                    entities.append(e)
+            for e in self.client.read(entities):
+                entry = e.register_entry
+                name = ids.get(entry.register_id)
+                pos = position.get(entry.index.index)
+                if name is not None and pos is not None:
+                    out[name][pos] = decode_int(entry.data.bitstring)
+            return out
+        whole = self.registers.snapshot(list(names))
+        return {n: [whole[n][i] for i in indexes] for n in names}
+
+    def poll(self) -> bool:
+        started = time.perf_counter()
+        members = self.fabric._members_of(self.name)  # [(name, index)]
+        try:
+            indexes = [index for _, index in members]
+            cells = self._read_registers(list(REGISTERS), indexes) if indexes else {}
+            counters: dict[str, tuple[int, int]] = {}
+            for e in self.client.read([CounterRead("hb_reason")]):
+                cell = CounterCell.decode(self.schema, e)
+                try:
+                    reason = Reason(cell.index).name
+                except ValueError:
+                    reason = f"reason_{cell.index}"
+                counters[reason] = (cell.packets, cell.bytes)
+        except Exception as exc:
+            self.info.last_error = f"poll: {exc}"
+            if self.fabric.metrics is not None:
+                self.fabric.metrics.poll_failed(self.name)
+            log.warning("%s: poll failed: %s", self.name, exc)
+            return False
+        slots: dict[str, Slot] = {}
+        columns = [cells[n] for n in REGISTERS] if indexes else []
+        for pos, (name, _) in enumerate(members):
+            slots[name] = Slot(*(col[pos] for col in columns))
+        self.counters = counters
+        self.fabric._observe(self, slots, members)
+        self.polls += 1
+        self.info.last_poll = time.time()
+        if self.fabric.metrics is not None:
+            self.fabric.metrics.observe_poll(self.name, time.perf_counter() - started)
+        return True
+
+
+# ---------------------------------------------------------------------------------------------
+# the fabric
+
+
+class Fabric:
+    """Every configured switch, the inventory and the health engine (`HbmonService`)."""
+
+    def __init__(self, config: FabricConfig, store: Store, events: EventSink | None = None,
+                 *, metrics: PollMetrics | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.store = store
+        self.sink = events
+        self.metrics = metrics
+        self.clock = clock
+        self.engine = HealthEngine(config.health)
+        self._state_lock = threading.RLock()  # peers, indexes, engine: short holds only
+        self._admin_lock = threading.RLock()  # serialises inventory changes
+        self._peers: dict[str, Peer] = {}
+        self._by_index: dict[tuple[str, int], str] = {}
+        schemas: dict[Path, P4Schema] = {}
+        self.drivers: dict[str, SwitchDriver] = {}
+        for sw in config.switches:
+            if sw.p4info not in schemas:
+                schemas[sw.p4info] = P4Schema.load(sw.p4info)
+            self.drivers[sw.name] = SwitchDriver(self, sw, schemas[sw.p4info])
+        self._events: queue.Queue[list[Event] | threading.Event | None] = queue.Queue()
+        self._pump: threading.Thread | None = None
+        self._started = False
+        self._load_inventory()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> Fabric:
+        if self._started:
+            return self
+        self._started = True
+        self._pump = threading.Thread(target=self._pump_events, name="hbmon-events",
+                                      daemon=True)
+        self._pump.start()
+        for driver in self.drivers.values():
+            driver.start()
+        return self
+
+    def stop(self) -> None:
+        if not self._started:
+            return
+        for driver in self.drivers.values():
+            driver.stop()
+        self._events.put(None)
+        if self._pump is not None:
+            self._pump.join(timeout=10)
+        self._started = False
+
+    def __enter__(self) -> Fabric:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def wait_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        waiter = threading.Event()
+        while not self.ready():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            waiter.wait(min(0.02, remaining))  # readiness has no callback: poll the flag
+        return True
+
+    def flush_events(self, timeout: float = 10.0) -> bool:
+        """Wait until every event emitted so far has been published."""
+        done = threading.Event()
+        self._events.put(done)
+        if not self._started:
+            return False
+        return done.wait(timeout)
+
+    # -- events -----------------------------------------------------------------------------
+
+    def _emit(self, events: list[Event]) -> None:
+        if events:
+            self._events.put(events)
+
+    def _pump_events(self) -> None:
+        while True:
+            item = self._events.get()
+            batch: list[Event] = []
+            flushes: list[threading.Event] = []
+            stop = False
+            # coalesce what queued up meanwhile: one store transaction for a burst
+            while True:
+                if item is None:
+                    stop = True
+                elif isinstance(item, threading.Event):
+                    flushes.append(item)
+                else:
+                    batch.extend(item)
+                try:
+                    item = self._events.get_nowait()
+                except queue.Empty:
+                    break
+            if batch and self.sink is not None:
+                try:
+                    self.sink.publish(batch)
+                except Exception:
+                    log.exception("publishing %d events failed", len(batch))
+            for done in flushes:
+                done.set()
+            if stop:
+                return
+
+    # -- inventory --------------------------------------------------------------------------
+
+    def _load_inventory(self) -> None:
+        """Peers from the store, plus config peers the store does not have; indexes are
+        reserved as persisted, and assigned (and persisted) where missing or clashing."""
+        now = self.clock()
+        stored = {p.name: p for p in self.store.list_peers()}
+        seeds = [dataclasses.replace(p) for p in self.config.peers if p.name not in stored]
+        fixes: list[Peer] = []
+        for peer in stored.values():
+            driver = self.drivers.get(peer.switch)
+            if driver is None:
+                log.warning("peer %s: switch %r is not configured; not monitored",
+                            peer.name, peer.switch)
+            elif peer.index is not None and peer.index not in driver.allocator:
+                driver.allocator.reserve(peer.index)
+            else:
+                peer.index = None
+                fixes.append(peer)
+        for peer in [*fixes, *seeds]:
+            allocator = self.drivers[peer.switch].allocator
+            peer.index = allocator.allocate()
+            allocator.needs_reset.add(peer.index)
+        for peer in fixes:
+            self.store.update_peer(peer)
+        if seeds:
+            self.store.add_peers(seeds)
+        self._emit([self._inventory_event(EventKind.PEER_ADDED, p, now, "config")
+                    for p in seeds])
+        for peer in [*stored.values(), *seeds]:
+            self._emit(self._register(peer, now))
+
+    def _register(self, peer: Peer, now: float) -> list[Event]:
+        with self._state_lock:
+            self._peers[peer.name] = peer
+            if peer.index is not None:
+                self._by_index[(peer.switch, peer.index)] = peer.name
+            driver = self.drivers.get(peer.switch)
+            mult = peer.detect_mult or (driver.config.detect_mult if driver else None)
+            return self.engine.add(peer.name, peer.switch, now=now, detect_mult=mult,
+                                   admin_down=peer.admin_down)
+
+    def _unregister(self, peer: Peer) -> None:
+        with self._state_lock:
+            self._peers.pop(peer.name, None)
+            if peer.index is not None:
+                self._by_index.pop((peer.switch, peer.index), None)
+            self.engine.remove(peer.name)
+
+    @staticmethod
+    def _inventory_event(kind: EventKind, peer: Peer, now: float, reason: str,
+                         details: dict[str, Any] | None = None) -> Event:
+        return Event(kind=kind, time=now, peer=peer.name, switch=peer.switch, reason=reason,
+                     details=details if details is not None else peer.to_dict())
+
+    def _peers_of(self, switch: str) -> list[Peer]:
+        with self._state_lock:
+            return [dataclasses.replace(p) for p in self._peers.values() if p.switch == switch]
+
+    def _members_of(self, switch: str) -> list[tuple[str, int]]:
+        with self._state_lock:
+            return sorted(((p.name, p.index) for p in self._peers.values()
+                           if p.switch == switch and p.index is not None),
+                          key=lambda m: m[1])
+
+    def _observe(self, driver: SwitchDriver, slots: dict[str, Slot],
+                 members: list[tuple[str, int]]) -> None:
+        now = self.clock()
+        events: list[Event] = []
+        with self._state_lock:
+            for name, index in members:
+                if self._by_index.get((driver.name, index)) != name:
+                    continue  # removed or moved while the poll was reading
+                events.extend(self.engine.observe(name, slots[name], now))
+            events.extend(self.engine.tick(now))
+            self._emit(events)
+
+    def _plane_events(self, driver: SwitchDriver, rows: Iterable[dict[str, int]]) -> None:
+        now = self.clock()
+        events: list[Event] = []
+        with self._state_lock:
+            for row in rows:
+                name = self._by_index.get((driver.name, row.get("index", -1)))
+                if name is None:
+                    continue
+                events.extend(self.engine.plane_event(
+                    name, row.get("state", PlaneState.UNKNOWN), now=now,
+                    last_seq=row.get("last_seq", 0), time_us=row.get("time_us", 0)))
+            self._emit(events)
+
+    # -- HbmonService: peers ----------------------------------------------------------------
+
+    def list_peers(self) -> list[Peer]:
+        with self._state_lock:
+            return sorted((dataclasses.replace(p) for p in self._peers.values()),
+                          key=lambda p: p.name)
+
+    def get_peer(self, name: str) -> Peer:
+        with self._state_lock:
+            peer = self._peers.get(name)
+            if peer is None:
+                raise NotFoundError("peer", name)
+            return dataclasses.replace(peer)
+
+    def _check_new(self, peers: Sequence[Peer]) -> None:
+        names: set[str] = set()
+        keys: set[tuple[str, str]] = set()
+        ids: set[tuple[str, int]] = set()
+        with self._state_lock:
+            for p in self._peers.values():
+                keys.add((p.switch, p.address))
+                ids.add((p.switch, p.peer_id))
+            for i, peer in enumerate(peers):
+                where = f"peers[{i}]." if len(peers) > 1 else ""
+                try:
+                    peer.validate()
+                except ValidationError as exc:
+                    raise ValidationError(f"{where}{exc.field}", exc.message) from exc
+                if peer.switch not in self.drivers:
+                    raise ValidationError(
+                        f"{where}switch", f"no switch named {peer.switch!r} "
+                        f"(configured: {', '.join(self.drivers)})")
+                if peer.name in self._peers or peer.name in names:
+                    raise ConflictError(f"{where}name",
+                                        f"a peer named {peer.name!r} already exists")
+                if (peer.switch, peer.address) in keys:
+                    raise ConflictError(f"{where}address", f"{peer.address} is already "
+                                        f"monitored on switch {peer.switch!r}")
+                if (peer.switch, peer.peer_id) in ids:
+                    raise ConflictError(f"{where}peer_id", f"peer id {peer.peer_id} is "
+                                        f"already used on switch {peer.switch!r}")
+                names.add(peer.name)
+                keys.add((peer.switch, peer.address))
+                ids.add((peer.switch, peer.peer_id))
+
+    def add_peers(self, peers: Sequence[Peer]) -> list[Peer]:
+        peers = [dataclasses.replace(p, labels=dict(p.labels)) for p in peers]
+        if not peers:
+            return []
+        with self._admin_lock:
+            self._check_new(peers)
+            allocated: list[Peer] = []
+            try:
+                for i, peer in enumerate(peers):
+                    allocator = self.drivers[peer.switch].allocator
+                    if peer.index is not None:
+                        try:
+                            allocator.reserve(peer.index)
+                        except (ConflictError, ValidationError) as exc:
+                            where = f"peers[{i}]." if len(peers) > 1 else ""
+                            raise type(exc)(f"{where}index", exc.message) from exc
+                        allocator.needs_reset.add(peer.index)
+                    else:
+                        peer.index = allocator.allocate()
+                        allocator.needs_reset.add(peer.index)
+                    allocated.append(peer)
+                self.store.add_peers(peers)
+            except Exception:
+                for peer in allocated:
+                    if peer.index is not None:
+                        self.drivers[peer.switch].allocator.release(peer.index)
+                raise
+            # known to the engine before programming, so the first responses count
+            now = self.clock()
+            initial: list[Event] = []
+            for peer in peers:
+                initial.extend(self._register(peer, now))
+            by_switch: dict[str, list[Peer]] = {}
+            for peer in peers:
+                by_switch.setdefault(peer.switch, []).append(peer)
+            done: list[str] = []
+            try:
+                for switch, group in by_switch.items():
+                    self.drivers[switch].program_add(group, self._peers_of(switch))
+                    done.append(switch)
+            except Exception:
+                for peer in peers:
+                    self._unregister(peer)
+                for switch in done:
+                    try:
+                        self.drivers[switch].program_remove(by_switch[switch],
+                                                            self._peers_of(switch))
+                    except Exception:
+                        log.exception("rollback of %s failed; reconcile will fix it", switch)
+                self.store.remove_peers([p.name for p in peers])
+                for peer in peers:
+                    if peer.index is not None:
+                        self.drivers[peer.switch].allocator.release(peer.index)
+                raise
+            self._emit([self._inventory_event(EventKind.PEER_ADDED, p, now, "added")
+                        for p in peers] + initial)
+            return [dataclasses.replace(p) for p in peers]
+
+    def remove_peers(self, names: Sequence[str]) -> None:
+        names = list(dict.fromkeys(names))
+        with self._admin_lock:
+            peers = [self.get_peer(n) for n in names]  # NotFoundError before any change
+            gone = set(names)
+            by_switch: dict[str, list[Peer]] = {}
+            for peer in peers:
+                by_switch.setdefault(peer.switch, []).append(peer)
+            for switch, group in by_switch.items():
+                driver = self.drivers.get(switch)
+                if driver is not None:
+                    remaining = [p for p in self._peers_of(switch) if p.name not in gone]
+                    driver.program_remove(group, remaining)
+            self.store.remove_peers(names)
+            now = self.clock()
+            for peer in peers:
+                self._unregister(peer)
+                driver = self.drivers.get(peer.switch)
+                if driver is not None and peer.index is not None:
+                    driver.allocator.release(peer.index)
+            self._emit([self._inventory_event(EventKind.PEER_REMOVED, p, now, "removed")
+                        for p in peers])
+
+    _MUTABLE = {"address", "peer_id", "mac", "port", "group", "labels", "detect_mult",
+                "admin_down", "switch", "index"}
+
+    def update_peer(self, name: str, changes: dict[str, Any]) -> Peer:
+        with self._admin_lock:
+            old = self.get_peer(name)
+            unknown = set(changes) - self._MUTABLE - {"name"}
+            if unknown:
+                raise ValidationError(sorted(unknown)[0], "unknown field")
+            if changes.get("name", name) != name:
+                raise ValidationError("name", "cannot be changed (remove and add the peer)")
+            if "index" in changes and changes["index"] != old.index:
+                raise ValidationError("index", "assigned by the controller")
+            new = dataclasses.replace(old, **{k: v for k, v in changes.items()
+                                              if k not in ("name", "index")})
+            new.validate()
+            if new.switch not in self.drivers:
+                raise ValidationError("switch", f"no switch named {new.switch!r}")
+            with self._state_lock:
+                for p in self._peers.values():
+                    if p.name == name or p.switch != new.switch:
+                        continue
+                    if p.address == new.address:
+                        raise ConflictError("address", f"{new.address} is already used by "
+                                            f"peer {p.name!r} on switch {new.switch!r}")
+                    if p.peer_id == new.peer_id:
+                        raise ConflictError("peer_id", f"peer id {new.peer_id} is already "
+                                            f"used by peer {p.name!r}")
+            if new.switch != old.switch:
+                # a move: a fresh slot on the new switch, the old one freed
+                new.index = self.drivers[new.switch].allocator.allocate()
+                self.drivers[new.switch].allocator.needs_reset.add(new.index)
+            self.store.update_peer(new)
+            now = self.clock()
+            with self._state_lock:
+                self._peers[name] = new
+                if old.index is not None:
+                    self._by_index.pop((old.switch, old.index), None)
+                if new.index is not None:
+                    self._by_index[(new.switch, new.index)] = name
+                if new.switch != old.switch:
+                    self.engine.remove(name)
+                    self._emit(self.engine.add(name, new.switch, now=now,
+                                               detect_mult=new.detect_mult,
+                                               admin_down=new.admin_down))
+                else:
+                    self.engine.set_detect_mult(
+                        name, new.detect_mult or self.drivers[new.switch].config.detect_mult)
+                    self._emit(self.engine.set_admin_down(name, new.admin_down, now))
+            try:
+                for switch in {old.switch, new.switch}:
+                    driver = self.drivers[switch]
+                    if driver.programmable:
+                        driver.reconcile()
+            except Exception as exc:
+                # put the old peer back everywhere, then make the targets match it again
+                self.store.update_peer(old)
+                with self._state_lock:
+                    self._peers[name] = old
+                    self._by_index.pop((new.switch, new.index or 0), None)
+                    if old.index is not None:
+                        self._by_index[(old.switch, old.index)] = name
+                    if new.switch != old.switch:
+                        self.engine.remove(name)
+                        self.engine.add(name, old.switch, now=now,
+                                        detect_mult=old.detect_mult,
+                                        admin_down=old.admin_down)
+                    else:
+                        self.engine.set_admin_down(name, old.admin_down, now)
+                if new.switch != old.switch and new.index is not None:
+                    self.drivers[new.switch].allocator.release(new.index)
+                for switch in {old.switch, new.switch}:
+                    try:
+                        self.drivers[switch].reconcile()
+                    except Exception:
+                        self.drivers[switch]._setup_needed = True
+                raise DataPlaneError(f"update of {name!r} not applied: {exc}") from exc
+            if new.switch != old.switch and old.index is not None:
+                self.drivers[old.switch].allocator.release(old.index)
+            changed = {k: v for k, v in new.to_dict().items() if old.to_dict().get(k) != v}
+            self._emit([self._inventory_event(EventKind.PEER_UPDATED, new, now, "updated",
+                                              {"changes": changed, "peer": new.to_dict()})])
+            return dataclasses.replace(new)
+
+    # -- HbmonService: health ---------------------------------------------------------------
+
+    def health(self, name: str) -> PeerHealth:
+        with self._state_lock:
+            if name not in self._peers:
+                raise NotFoundError("peer", name)
+            return self.engine.health(name)
+
+    def all_health(self) -> list[PeerHealth]:
+        with self._state_lock:
+            return [self.engine.health(n) for n in sorted(self._peers)]
+
+    def summary(self) -> dict[Health, int]:
+        counts = dict.fromkeys(Health, 0)
+        with self._state_lock:
+            for name in self._peers:
+                counts[self.engine.state(name)] += 1
+        return counts
+
+    def switches(self) -> list[SwitchInfo]:
+        out = []
+        with self._state_lock:
+            per_switch: dict[str, int] = {}
+            for p in self._peers.values():
+                per_switch[p.switch] = per_switch.get(p.switch, 0) + 1
+        for name, driver in self.drivers.items():
+            info = dataclasses.replace(driver.info)
+            info.connected = driver.client.connected
+            info.primary = driver.client.primary
+            info.peers = per_switch.get(name, 0)
+            out.append(info)
+        return out
+
+    def dataplane_counters(self) -> dict[str, dict[str, tuple[int, int]]]:
+        return {name: dict(d.counters) for name, d in self.drivers.items()}
+
+    def ready(self) -> bool:
+        return all(d.ready for d in self.drivers.values())
