@@ -100,8 +100,7 @@ p4-build: setup-venv
 	else echo "p4-build: p4src/Makefile not there yet" >&2; exit 1; fi
 
 ptf: setup
-	@if [ -f $(ROOT)/tools/run_ptf.py ]; then $(PY) $(ROOT)/tools/run_ptf.py --target $(TARGET); \
-	else echo "ptf: tools/run_ptf.py not there yet" >&2; exit 1; fi
+	$(PY) $(ROOT)/tools/ptf_run.py --target $(TARGET) $(PTF_ARGS)
 
 bench: setup
 	@cd $(ROOT); shopt -s nullglob; ran=0; \

@@ -1,0 +1,242 @@
+"""The committed p4c outputs (p4src/build/) match the P4 sources and the contract.
+
+Runs in every CI without p4c:
+  * p4src/build/SOURCES.sha256 (written by `make p4-build`) must list exactly the current
+    p4src/*.p4 with their current digests: editing the P4 without recompiling fails here;
+  * the committed P4Info must carry every object of docs/dataplane.md with the names, ids,
+    widths, sizes and action lists the doc gives;
+  * the bmv2 JSON must be the same program (registers, counter, tables, digest);
+  * reason codes agree between the doc, hbmon.protocol and p4src/constants.p4.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.protobuf import text_format
+from hbmon.protocol import REASON_COUNT, REGISTERS, Reason
+from p4.config.v1 import p4info_pb2
+
+ROOT = Path(__file__).resolve().parents[1]
+P4SRC = ROOT / "p4src"
+BUILD = P4SRC / "build"
+DOC = (ROOT / "docs" / "dataplane.md").read_text()
+REBUILD = "run `make p4-build` (p4c on PATH or $P4C) and commit p4src/build/"
+
+
+def _section(title: str) -> str:
+    m = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", DOC, flags=re.M | re.S)
+    assert m, f"docs/dataplane.md has no section {title!r}"
+    return m.group(1)
+
+
+@pytest.fixture(scope="module")
+def p4info() -> p4info_pb2.P4Info:
+    info = p4info_pb2.P4Info()
+    text_format.Parse((BUILD / "heartbeat.p4info.txtpb").read_text(), info)
+    return info
+
+
+@pytest.fixture(scope="module")
+def bmv2() -> dict[str, Any]:
+    path = BUILD / "heartbeat.json"
+    assert path.is_file(), f"{path.relative_to(ROOT)} missing: {REBUILD}"
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def _by_name(objs: Any) -> dict[str, Any]:
+    return {o.preamble.name: o for o in objs}
+
+
+# ---------------------------------------------------------------------------------------------
+# sources digest
+
+
+def test_sources_digest_matches_the_build() -> None:
+    record = BUILD / "SOURCES.sha256"
+    assert record.is_file(), f"{record.relative_to(ROOT)} missing: {REBUILD}"
+    recorded: dict[str, str] = {}
+    p4c_version = ""
+    for line in record.read_text().splitlines():
+        if line.startswith("# p4c:"):
+            p4c_version = line.split(":", 1)[1].strip()
+        if not line.strip() or line.startswith("#"):
+            continue
+        digest, name = line.split(maxsplit=1)
+        recorded[name.lstrip("*")] = digest
+    assert p4c_version, "SOURCES.sha256 does not record the p4c version"
+    current = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+               for p in sorted(P4SRC.glob("*.p4"))}
+    assert list(recorded) == sorted(recorded), "SOURCES.sha256 is not sorted"
+    changed = sorted(n for n in current if recorded.get(n) != current[n])
+    gone = sorted(set(recorded) - set(current))
+    assert not changed and not gone, (
+        f"P4 sources differ from the compiled outputs (changed/new: {changed}, "
+        f"removed: {gone}): {REBUILD}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the P4Info against docs/dataplane.md
+
+_TABLE_ROW = re.compile(r"^\| `(Hb\w+\.\w+)` \| (.*?) \| (.*?) \| (\d+) \|$", re.M)
+
+
+def _doc_tables() -> list[dict[str, Any]]:
+    rows = []
+    for name, keys, actions, size in _TABLE_ROW.findall(_section("Tables")):
+        rows.append({
+            "name": name,
+            "keys": [(k, int(w), kind.upper())
+                     for k, w, kind in re.findall(r"`(\w+)`: (\d+) (\w+)", keys)],
+            "actions": {a: [(p, int(w)) for p, w in re.findall(r"(\w+): (\d+)", params)]
+                        for a, params in re.findall(r"`([\w.]+)\(([^)]*)\)`", actions)},
+            "plain_default": re.findall(r"default `(\w+)`", actions),
+            "size": int(size),
+        })
+    return rows
+
+
+def test_doc_lists_the_four_tables() -> None:
+    assert [t["name"] for t in _doc_tables()] == [
+        "HbIngress.peers", "HbIngress.peer_ids", "HbIngress.l2_forward",
+        "HbEgress.peer_requests"]
+
+
+@pytest.mark.parametrize("row", _doc_tables(), ids=lambda r: r["name"])
+def test_table_matches_doc(p4info: p4info_pb2.P4Info, row: dict[str, Any]) -> None:
+    tables = _by_name(p4info.tables)
+    actions = _by_name(p4info.actions)
+    assert row["name"] in tables, f"P4Info lacks table {row['name']}"
+    table = tables[row["name"]]
+    assert [(m.name, m.bitwidth, p4info_pb2.MatchField.MatchType.Name(m.match_type))
+            for m in table.match_fields] == row["keys"]
+    assert table.size == row["size"]
+    ref_names = {a.preamble.id: a.preamble.name for a in p4info.actions}
+    table_actions = {ref_names[r.id] for r in table.action_refs}
+    expected = set(row["actions"]) | set(row["plain_default"])
+    assert table_actions == expected
+    for action, params in row["actions"].items():
+        assert [(p.name, p.bitwidth) for p in actions[action].params] == params, action
+
+
+_REG_ROW = re.compile(r"^\| `(hb_\w+)` \| (\d+) \|", re.M)
+
+
+def test_registers_match_doc(p4info: p4info_pb2.P4Info) -> None:
+    doc = [(n, int(w)) for n, w in _REG_ROW.findall(_section("Registers (global, size 65536, "
+                                                             "indexed by peer index)"))]
+    assert doc == list(REGISTERS.items()), "docs/dataplane.md and hbmon.protocol disagree"
+    regs = [(r.preamble.name, r.type_spec.bitstring.bit.bitwidth, r.size)
+            for r in p4info.registers]
+    assert sorted(regs) == sorted((n, w, 65536) for n, w in doc)
+
+
+def test_counter_matches_doc(p4info: p4info_pb2.P4Info) -> None:
+    counters = _by_name(p4info.counters)
+    assert "hb_reason" in counters
+    assert counters["hb_reason"].size == REASON_COUNT == 16
+    assert counters["hb_reason"].spec.unit == p4info_pb2.CounterSpec.BOTH
+
+
+def test_controller_headers_match_doc(p4info: p4info_pb2.P4Info) -> None:
+    doc = dict(re.findall(r"^\| `(packet_\w+)` \| (.*?) \|$", _section("Fan-out (requests)"),
+                          flags=re.M))
+    assert set(doc) == {"packet_out", "packet_in"}
+    headers = _by_name(p4info.controller_packet_metadata)
+    for name, fields in doc.items():
+        expected = [(f, int(w)) for f, w in re.findall(r"`(\w+)`: (\d+)", fields)]
+        assert name in headers, f"P4Info lacks controller header {name}"
+        assert [(m.name, m.bitwidth) for m in headers[name].metadata] == expected, name
+
+
+def test_digest_matches_doc(p4info: p4info_pb2.P4Info) -> None:
+    struct = re.search(r"struct peer_event_t \{(.*?)\}", DOC, flags=re.S)
+    assert struct
+    expected = [(n, int(w)) for w, n in re.findall(r"bit<(\d+)>\s+(\w+);", struct.group(1))]
+    assert [n for n, _ in expected] == ["index", "state", "last_seq", "time_us"]
+    digests = _by_name(p4info.digests)
+    assert "peer_event_t" in digests
+    type_name = digests["peer_event_t"].type_spec.struct.name
+    members = p4info.type_info.structs[type_name].members
+    assert [(m.name, m.type_spec.bitstring.bit.bitwidth) for m in members] == expected
+
+
+def _doc_fixed_ids() -> dict[tuple[str, str], int]:
+    out: dict[tuple[str, str], int] = {}
+    for kind, name, rest, oid in re.findall(
+            r"^\| (action|table|counter) `([\w.]+)`(.*?) \| `(0x[0-9a-f]+)` \|$",
+            _section("Fixed P4Runtime ids"), flags=re.M):
+        out[(kind, name)] = int(oid, 16)
+        for sub, sub_id in re.findall(r"`(\w+)`\s*=\s*(\d+)", rest):
+            out[(f"{kind}-sub", f"{name}/{sub}")] = int(sub_id)
+    regs = re.search(r"^\| registers (.*?) \| `(0x[0-9a-f]+)` … `(0x[0-9a-f]+)`", DOC, flags=re.M)
+    assert regs, "the registers' id row is missing"
+    names = re.findall(r"`(hb_\w+)`", regs.group(1))
+    first, last = int(regs.group(2), 16), int(regs.group(3), 16)
+    assert last - first + 1 == len(names)
+    for i, name in enumerate(names):
+        out[("register", name)] = first + i
+    return out
+
+
+def test_fixed_ids_match_doc(p4info: p4info_pb2.P4Info) -> None:
+    doc = _doc_fixed_ids()
+    assert len([k for k in doc if k[0] == "register"]) == 14
+    objs: dict[str, dict[str, Any]] = {
+        "action": _by_name(p4info.actions), "table": _by_name(p4info.tables),
+        "counter": _by_name(p4info.counters), "register": _by_name(p4info.registers),
+    }
+    for (kind, name), oid in doc.items():
+        if kind.endswith("-sub"):
+            obj_name, sub = name.split("/")
+            obj = objs[kind[:-4]][obj_name]
+            subs = obj.params if kind == "action-sub" else obj.match_fields
+            assert {s.name: s.id for s in subs}[sub] == oid, f"{name} id"
+        else:
+            assert name in objs[kind], f"P4Info lacks {kind} {name}"
+            assert objs[kind][name].preamble.id == oid, f"{kind} {name}: id {oid:#x} expected"
+
+
+def test_p4info_has_nothing_the_doc_does_not_name(p4info: p4info_pb2.P4Info) -> None:
+    doc_names = set(re.findall(r"`([\w.]+)", DOC))
+    for group in (p4info.tables, p4info.actions, p4info.registers, p4info.counters,
+                  p4info.digests, p4info.controller_packet_metadata):
+        for obj in group:
+            assert obj.preamble.name in doc_names, f"{obj.preamble.name} not in dataplane.md"
+
+
+# ---------------------------------------------------------------------------------------------
+# bmv2 JSON
+
+
+def test_bmv2_json_is_this_program(bmv2: dict[str, Any], p4info: p4info_pb2.P4Info) -> None:
+    arrays = {a["name"].rsplit(".", 1)[-1]: a for a in bmv2["register_arrays"]}
+    for name, width in REGISTERS.items():
+        assert name in arrays, f"bmv2 JSON lacks register {name}: {REBUILD}"
+        assert (arrays[name]["bitwidth"], arrays[name]["size"]) == (width, 65536)
+    counters = {c["name"].rsplit(".", 1)[-1]: c for c in bmv2["counter_arrays"]}
+    assert counters["hb_reason"]["size"] == 16
+    json_tables = {t["name"] for p in bmv2["pipelines"] for t in p["tables"]}
+    for t in p4info.tables:
+        assert t.preamble.name in json_tables, f"bmv2 JSON lacks table {t.preamble.name}"
+    learn = {lst["name"] for lst in bmv2.get("learn_lists", [])}
+    assert any(n.rsplit(".", 1)[-1] == "peer_event_t" for n in learn), learn
+
+
+# ---------------------------------------------------------------------------------------------
+# reason codes
+
+
+def test_reason_codes_agree() -> None:
+    doc = {name: int(code) for code, name in re.findall(
+        r"^\| (\d+) \| `(\w+)` \|", _section("Counter"), flags=re.M)}
+    assert doc == {r.name: r.value for r in Reason}
+    p4 = {name: int(code) for name, code in re.findall(
+        r"const reason_t REASON_(\w+)\s*=\s*(\d+);", (P4SRC / "constants.p4").read_text())}
+    assert p4 == doc
