@@ -123,13 +123,16 @@ static long fanout_one(__u32 i, void *arg)
 
 	__sync_fetch_and_add(tx, 1);
 	*last_tx = now;
-	/* detect_mult earlier requests each went a whole interval unanswered */
-	if (*miss >= req->detect_mult && *state != HB_STATE_DOWN) {
+	/* detect_mult earlier requests each went a whole interval unanswered (0: never) */
+	__u32 misses = *miss;
+
+	if (req->detect_mult && misses >= req->detect_mult && *state != HB_STATE_DOWN) {
 		*state = HB_STATE_DOWN;
 		hb_notify(index, HB_STATE_DOWN, *last_seq, now);
 		hb_count(HB_PEER_DOWN_EVENT, 1, HB_FRAME_LEN);
 	}
-	__sync_fetch_and_add(miss, 1);
+	if (misses != 0xffffffff) /* saturates, as p4src/egress.p4 */
+		*miss = misses + 1;
 	hb_count(HB_REQUEST_SENT, 1, HB_FRAME_LEN);
 
 	__u32 ifindex = port_ifindex(rep->port);
@@ -150,6 +153,7 @@ static __always_inline int template_ok(const __u8 *fr)
 	return eth->h_proto == bpf_htons(ETH_P_IP) && iph->version == 4 && iph->ihl == 5 &&
 	       iph->protocol == IPPROTO_UDP && iph->tot_len == bpf_htons(HB_IPV4_TOTAL_LEN) &&
 	       !(iph->frag_off & bpf_htons(0x3fff)) &&
+	       udp->source == bpf_htons(HB_RESPONSE_PORT) &&
 	       udp->dest == bpf_htons(HB_REQUEST_PORT) && udp->len == bpf_htons(HB_UDP_LEN) &&
 	       hb->magic == bpf_htons(HB_MAGIC) && hb->version == HB_VERSION &&
 	       hb->type == HB_TYPE_REQUEST;

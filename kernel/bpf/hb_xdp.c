@@ -60,12 +60,20 @@ static __always_inline int record(__u32 index, const struct hb_hdr *hb, __u64 by
 
 	__u64 now = hb_now_us();
 	__u64 tx_us = ((__u64)bpf_ntohl(hb->tx_us_hi) << 32) | bpf_ntohl(hb->tx_us_lo);
-	__u32 rtt = (__u32)(now - tx_us);
+	__u32 rtt;
+
+	/* as p4src/ingress.p4: a time this target never wrote gives 0, a huge one saturates */
+	if (tx_us > now)
+		rtt = 0;
+	else if (now - tx_us > 0xffffffffull)
+		rtt = 0xffffffff;
+	else
+		rtt = (__u32)(now - tx_us);
 
 	*last_seq = seq;
 	*last_rx = now;
 	*rtt_last = rtt;
-	if (*rtt_min == 0 || rtt < *rtt_min) /* 0 = no sample yet */
+	if (first || rtt < *rtt_min)
 		*rtt_min = rtt;
 	if (rtt > *rtt_max)
 		*rtt_max = rtt;
@@ -84,12 +92,13 @@ static __always_inline int record(__u32 index, const struct hb_hdr *hb, __u64 by
 	return XDP_DROP;
 }
 
-SEC("xdp")
+/* xdp.frags: attachable to jumbo-MTU ports too; a heartbeat always sits in the first buffer */
+SEC("xdp.frags")
 int hb_xdp_rx(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	__u64 bytes = data_end - data;
+	__u64 bytes = bpf_xdp_get_buff_len(ctx); /* whole frame, multi-buffer too */
 	struct ethhdr *eth = data;
 	struct iphdr *iph;
 	struct udphdr *udp;
@@ -101,8 +110,8 @@ int hb_xdp_rx(struct xdp_md *ctx)
 	if ((void *)(iph + 1) > data_end || iph->version != 4 || iph->ihl != 5 ||
 	    iph->protocol != IPPROTO_UDP)
 		return XDP_PASS;
-	/* a later fragment carries no UDP header: not ours to classify */
-	if (iph->frag_off & bpf_htons(IP_OFFSET))
+	/* only an unfragmented datagram carries a heartbeat (same as p4src/parser.p4) */
+	if (iph->frag_off & bpf_htons(IP_MF | IP_OFFSET))
 		return XDP_PASS;
 	udp = (void *)(iph + 1);
 	if ((void *)(udp + 1) > data_end || udp->dest != bpf_htons(HB_RESPONSE_PORT))

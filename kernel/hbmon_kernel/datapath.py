@@ -192,11 +192,14 @@ class Datapath:
         try:
             lb.probe_bpf()
         except lb.LibbpfError as exc:
-            who = "root" if os.geteuid() == 0 else f"uid {os.geteuid()} (not root)"
+            who = (
+                "root without the needed capabilities" if os.geteuid() == 0
+                else f"uid {os.geteuid()} (not root)"
+            )
             raise DatapathError(
-                f"BPF is not permitted for {who}: {exc.strerror}. Run as root (or with "
-                "CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON), and check "
-                "kernel.unprivileged_bpf_disabled / the container's seccomp policy.",
+                f"BPF is not permitted for {who}: {exc.strerror}. The kernel target needs "
+                "root with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (or CAP_SYS_ADMIN); in a "
+                "container, run it privileged (seccomp and capability policies block bpf()).",
                 exc.errno,
             ) from exc
         missing = [

@@ -220,6 +220,8 @@ def _mutate(offset: int, data: bytes) -> Callable[[], bytes]:
 BAD_TEMPLATES = {
     "response-type": _bad(msg_type=MsgType.RESPONSE),
     "to-response-port": _bad(dport=RESPONSE_PORT),
+    "from-other-port": _mutate(34, struct.pack("!H", 4000)),
+    "fragment": _mutate(20, b"\x20"),
     "bad-magic": _mutate(42, b"XX"),
     "bad-version": _mutate(44, b"\x02"),
     "not-ipv4": _mutate(12, b"\x08\x06"),
@@ -297,6 +299,24 @@ def test_miss_detection_down_then_up(dp: Datapath, lab: Lab, captures: dict[int,
     assert dp.register_read("hb_rtt_last_us", slow.index) == rx - last_tx
     assert dp.register_read("hb_peer_load", slow.index) == 17
     assert counted(dp, Reason.RESPONSE_RECORDED) == 1
+
+
+def test_detect_mult_zero_never_down_and_miss_count_saturates(
+        dp: Datapath, captures: dict[int, Capture]) -> None:
+    never, full = make_peers(2, ports=(2,))
+    program(dp, [never], detect_mult=0)
+    program(dp, [never, full], detect_mult=200)
+    dp.peer_requests_set(never.index, never.mac, never.addr, never.peer_id, 0)
+    dp.register_write("hb_miss_count", never.index, 1000)
+    dp.register_write("hb_miss_count", full.index, 0xFFFFFFFF)
+    dp.register_write("hb_state", full.index, PlaneState.DOWN)  # already DOWN: no new event
+    for rnd in range(3):
+        assert len(fan_out(dp, 50 + rnd, captures, {2: 2})[2]) == 2
+    assert dp.poll_events(0) == []
+    assert dp.register_read("hb_miss_count", never.index) == 1003
+    assert dp.register_read("hb_state", never.index) == PlaneState.UNKNOWN
+    assert dp.register_read("hb_miss_count", full.index) == 0xFFFFFFFF
+    assert dp.register_read("hb_tx_count", full.index) == 3
 
 
 def test_packet_out_to_one_port_unchanged(dp: Datapath, captures: dict[int, Capture]) -> None:

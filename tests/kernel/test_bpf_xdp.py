@@ -98,6 +98,7 @@ CLASSIFICATION = [
     Row("udp-to-53", lambda: raw_hb(b"dns?", dport=53), None),
     Row("ipv4-options", lambda: raw_hb(hb(), ihl=6), None),
     Row("later-fragment", lambda: raw_hb(hb(), frag_off=0x0010), None),
+    Row("first-fragment", lambda: raw_hb(hb(), frag_off=0x2000), None),
     Row("ipv4-header-cut", lambda: raw_hb(hb())[:14 + 12], None),
     Row("udp-header-cut", lambda: raw_hb(hb())[:14 + 20 + 4], None),
     # ---- heartbeats, in the order of docs/protocol.md; the first failing check decides
@@ -208,13 +209,17 @@ def test_rtt_min_max_ewma(dp: Datapath) -> None:
     assert dp.register_read("hb_rx_count", INDEX) == len(targets)
 
 
-def test_rtt_is_32_bit_difference(dp: Datapath) -> None:
-    """A tx timestamp from the future gives (now - tx) mod 2^32, as bit<32> in P4."""
+def test_rtt_from_a_future_timestamp_is_zero(dp: Datapath) -> None:
+    """An echoed time this target never wrote yields no meaningful RTT: 0 (as the P4)."""
     install_peer(dp)
-    tx_us = dp.now_us() + 10_000_000
-    run(dp, response(tx_us=tx_us))
+    run(dp, response(seq=1, tx_us=dp.now_us() + 10_000_000))
+    assert dp.register_read("hb_rtt_last_us", INDEX) == 0
+    assert dp.register_read("hb_rtt_min_us", INDEX) == 0
+    # an RTT beyond 32 bits saturates (reachable only after ~71 min of uptime; else exact)
+    run(dp, response(seq=2, tx_us=0))
     rx = dp.register_read("hb_last_rx_us", INDEX)
-    assert dp.register_read("hb_rtt_last_us", INDEX) == (rx - tx_us) & 0xFFFFFFFF
+    assert dp.register_read("hb_rtt_last_us", INDEX) == min(rx, 0xFFFFFFFF)
+    assert dp.register_read("hb_rtt_min_us", INDEX) == 0, "a first sample of 0 is a minimum"
 
 
 @dataclass(frozen=True)
