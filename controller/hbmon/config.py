@@ -8,7 +8,7 @@ inventory. Example (every key but `switches` is optional)::
     detect_mult: 3             # missed requests before DOWN
     poll_interval_ms: 500      # how often the whole structure is read
     monitor: {mac: "02:00:00:00:00:01", ip: 198.18.0.1}
-    election_id: 1
+    election_id: 10
     store: sqlite:///hbmon.db
     health: {rtt_degraded_us: 50000, loss_degraded: 0.2, flap_count: 4, hold_down_s: 10}
     api: {host: 127.0.0.1, port: 8080, token_file: /etc/hbmon/token, read_auth: false}
@@ -113,7 +113,8 @@ class FabricConfig:
     switches: tuple[SwitchConfig, ...]
     peers: tuple[Peer, ...] = ()
     health: HealthConfig = field(default_factory=HealthConfig)
-    election_id: int = 1
+    # above 1 so a backup client (`hbmon shell`) can take a lower id
+    election_id: int = 10
     store: str = "sqlite:///hbmon.db"
     api: ApiConfig = field(default_factory=ApiConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
@@ -357,7 +358,7 @@ def parse_config(data: Any, base: Path | None = None, path: Path | None = None,
     return FabricConfig(
         switches=switches, peers=tuple(peers),
         health=_health(data.get("health"), defaults["detect_mult"]),
-        election_id=_number(data, "election_id", "", 1, minimum=1, maximum=2**128 - 1,
+        election_id=_number(data, "election_id", "", 10, minimum=1, maximum=2**128 - 1,
                             integer=True),
         store=store, api=api, webhooks=webhooks,
         write_batch_size=_number(data, "write_batch_size", "", 1000, minimum=1,

@@ -748,6 +748,12 @@ class Fabric:
         peers = [dataclasses.replace(p, labels=dict(p.labels)) for p in peers]
         if not peers:
             return []
+        if len(self.drivers) == 1 and "default" not in self.drivers:
+            # one switch: the model's default switch name means "the switch"
+            only = next(iter(self.drivers))
+            for p in peers:
+                if p.switch == "default":
+                    p.switch = only
         with self._admin_lock:
             self._check_new(peers)
             allocated: list[Peer] = []
