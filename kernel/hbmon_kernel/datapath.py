@@ -19,6 +19,7 @@ import contextlib
 import errno
 import itertools
 import os
+import re
 import socket
 import struct
 import threading
@@ -26,6 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from hbmon.protocol import REGISTERS
 
@@ -58,6 +60,7 @@ TC_CPU_PROGRAM = "hb_tc_cpu"
 _PER_PEER_MAPS = ("peers", "peer_ids", "peer_requests", *REGISTERS)
 _BACKLOG_SYSCTL = Path("/proc/sys/net/core/netdev_max_backlog")
 _names = itertools.count()
+_CPU_PORT_NAME = re.compile(r"hbc(\d+)x\d+a")
 
 
 class DatapathError(RuntimeError):
@@ -100,6 +103,42 @@ def _kernel_error(exc: lb.LibbpfError, what: str) -> DatapathError:
     if exc.errno == errno.E2BIG or exc.errno == errno.ENOSPC:
         return TableFullError(f"{what}: table full", exc.errno)
     return DatapathError(f"{what}: {exc}", exc.errno)
+
+
+def _prog_in_use(prog_id: int) -> bool:
+    """Does any live process hold an fd to BPF program `prog_id`? (/proc/*/fdinfo)"""
+    needle = f"prog_id:\t{prog_id}\n"
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for info in (proc / "fdinfo").iterdir():
+                try:
+                    if needle in info.read_text():
+                        return True
+                except OSError:
+                    continue
+        except OSError:
+            continue
+    return False
+
+
+def _remove_dead_cpu_ports(ipr: Any) -> None:
+    """Delete CPU-port veths (hbc<pid>x<n>a) whose creating process no longer exists."""
+    for link in ipr.get_links():
+        name = link.get_attr("IFLA_IFNAME") or ""
+        m = _CPU_PORT_NAME.fullmatch(name)
+        if not m:
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue  # alive (or not ours to judge)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        with contextlib.suppress(Exception):
+            ipr.link("del", index=link["index"])
 
 
 class Datapath:
@@ -251,6 +290,7 @@ class Datapath:
 
         a, b = self.cpu_ifnames
         with IPRoute() as ipr:
+            _remove_dead_cpu_ports(ipr)
             if ipr.link_lookup(ifname=a) or ipr.link_lookup(ifname=b):
                 raise DatapathError(f"CPU-port interface {a} or {b} already exists")
             ipr.link("add", ifname=a, kind="veth", peer={"ifname": b})
@@ -274,6 +314,7 @@ class Datapath:
             ports_map.update(_U32.pack(port), _U32.pack(ifindex))
         xdp_fd = self._prog_fds[XDP_PROGRAM]
         for port, ifindex in sorted(self._ifindex.items()):
+            self._remove_orphans(port, ifindex)
             try:
                 lb.xdp_attach(ifindex, xdp_fd)
             except lb.LibbpfError as exc:
@@ -292,6 +333,22 @@ class Datapath:
         self._tc_hooks.append(hook)
         hook.create()
         hook.attach(self._prog_fds[TC_CPU_PROGRAM])
+
+    def _remove_orphans(self, port: int, ifindex: int) -> None:
+        """Detach what a killed data plane (kill -9: no clean-up ran) left on a port.
+
+        Only our own programs (by name) that no live process holds an fd to: anything in
+        use, or anyone else's program, is left alone and start() refuses instead.
+        """
+        xdp_id = lb.xdp_prog_id(ifindex)
+        if xdp_id and lb.prog_name_by_id(xdp_id) == XDP_PROGRAM and not _prog_in_use(xdp_id):
+            with contextlib.suppress(lb.LibbpfError):
+                lb.xdp_detach(ifindex)
+        hook = lb.TcHook(ifindex)
+        with contextlib.suppress(lb.LibbpfError):
+            tc_id = hook.query()
+            if tc_id and lb.prog_name_by_id(tc_id) == TC_L2_PROGRAM and not _prog_in_use(tc_id):
+                hook.detach()
 
     def _raise_backlog(self) -> None:
         """Make room in the per-CPU backlog for a whole fan-out round (restored on close)."""

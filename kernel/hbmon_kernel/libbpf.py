@@ -146,6 +146,8 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_map_create": (c_int, [c_int, c_char_p, c_uint, c_uint, c_uint, c_void_p]),
     "bpf_prog_load": (c_int, [c_int, c_char_p, c_char_p, c_void_p, c_size_t, c_void_p]),
     "bpf_enable_stats": (c_int, [c_int]),
+    "bpf_prog_get_fd_by_id": (c_int, [c_uint]),
+    "bpf_tc_query": (c_int, [ctypes.POINTER(BpfTcHook), ctypes.POINTER(BpfTcOpts)]),
     "bpf_obj_get_info_by_fd": (c_int, [c_int, c_void_p, ctypes.POINTER(c_uint)]),
     "bpf_map_update_elem": (c_int, [c_int, c_void_p, c_void_p, ctypes.c_uint64]),
     "bpf_map_lookup_elem": (c_int, [c_int, c_void_p, c_void_p]),
@@ -556,6 +558,22 @@ class TcHook:
         self._attached.append(opts)
         self._attached_points.append(point)
 
+    def query(self, point: int = BPF_TC_INGRESS, handle: int = 1, priority: int = 1) -> int:
+        """Program id of the filter at (handle, priority), 0 if there is none."""
+        hook = self._hook(point)
+        opts = BpfTcOpts(sz=ctypes.sizeof(BpfTcOpts), handle=handle, priority=priority)
+        ret = self._lib.bpf_tc_query(ctypes.byref(hook), ctypes.byref(opts))
+        if ret in (-errno.ENOENT, -errno.EINVAL):
+            return 0
+        check(ret, f"query tc filter on ifindex {self.ifindex}")
+        return int(opts.prog_id)
+
+    def detach(self, point: int = BPF_TC_INGRESS, handle: int = 1, priority: int = 1) -> None:
+        hook = self._hook(point)
+        opts = BpfTcOpts(sz=ctypes.sizeof(BpfTcOpts), handle=handle, priority=priority)
+        check(self._lib.bpf_tc_detach(ctypes.byref(hook), ctypes.byref(opts)),
+              f"detach tc filter on ifindex {self.ifindex}")
+
     def destroy(self) -> None:
         """Detach our filters; remove clsact if we made it. Tolerates a vanished interface."""
         for opts, point in zip(self._attached, self._attached_points, strict=True):
@@ -622,6 +640,7 @@ class RingBuffer:
 _PROG_INFO_RUN_TIME_NS = 192
 _PROG_INFO_RUN_CNT = 200
 _PROG_INFO_SIZE = 232
+_PROG_INFO_NAME = 64
 BPF_STATS_RUN_TIME = 0
 
 
@@ -631,12 +650,28 @@ def enable_run_stats() -> int:
     return check(fd, "BPF_ENABLE_STATS")
 
 
-def prog_run_stats(prog_fd: int) -> tuple[int, int]:
-    """(run_time_ns, run_cnt) of a program (non-zero only while run stats are enabled)."""
+def _prog_info(prog_fd: int) -> bytes:
     buf = ctypes.create_string_buffer(_PROG_INFO_SIZE)
     size = c_uint(_PROG_INFO_SIZE)
     check(libbpf().bpf_obj_get_info_by_fd(prog_fd, buf, ctypes.byref(size)), "prog info")
-    return struct.unpack_from("=QQ", buf.raw, _PROG_INFO_RUN_TIME_NS)
+    return buf.raw
+
+
+def prog_run_stats(prog_fd: int) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) of a program (non-zero only while run stats are enabled)."""
+    return struct.unpack_from("=QQ", _prog_info(prog_fd), _PROG_INFO_RUN_TIME_NS)
+
+
+def prog_name_by_id(prog_id: int) -> str | None:
+    """The (16-byte, truncated) name of a loaded program, None if it is gone."""
+    fd = libbpf().bpf_prog_get_fd_by_id(prog_id)
+    if fd < 0:
+        return None
+    try:
+        raw = _prog_info(fd)[_PROG_INFO_NAME:_PROG_INFO_NAME + 16]
+    finally:
+        os.close(fd)
+    return raw.split(b"\0", 1)[0].decode(errors="replace")
 
 
 # ---------------------------------------------------------------------------------------

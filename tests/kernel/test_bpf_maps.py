@@ -117,6 +117,41 @@ def test_refuses_port_with_foreign_xdp_program_and_leaves_it() -> None:
         assert not _link_exists(second.cpu_ifnames[0]), "failed start cleaned up"
 
 
+def test_start_takes_over_from_a_killed_data_plane() -> None:
+    """kill -9 leaves programs attached and the CPU veth behind; the next start cleans up."""
+    with Lab(1) as lab:
+        code = (
+            "import sys\n"
+            "from hbmon_kernel.datapath import Datapath\n"
+            f"dp = Datapath({lab.ports!r}, max_peers=16)\n"
+            "dp.start()\n"
+            "print(dp.cpu_ifnames[0], flush=True)\n"
+            "sys.stdin.read()\n"
+        )
+        proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None
+            stale_veth = proc.stdout.readline().strip()
+            assert stale_veth.startswith("hbc")
+            idx = int(Path(f"/sys/class/net/{lab.ifaces[0]}/ifindex").read_text())
+            stale_prog = lb.xdp_prog_id(idx)
+            assert stale_prog != 0
+            # alive: its programs are in use, a second data plane is refused
+            with pytest.raises(DatapathError, match="already has an XDP program"):
+                Datapath(lab.ports, max_peers=16).start()
+        finally:
+            proc.kill()
+            proc.wait(timeout=30)
+        assert _link_exists(stale_veth), "kill -9 ran no clean-up"
+        assert lb.xdp_prog_id(idx) == stale_prog
+        with Datapath(lab.ports, max_peers=16) as dp:
+            assert lb.xdp_prog_id(idx) not in (0, stale_prog)
+            assert not _link_exists(stale_veth)
+            assert dp.prog_test_run("hb_xdp_rx", bytes(60)).retval == 2
+        assert lb.xdp_prog_id(idx) == 0
+
+
 def test_existing_clsact_is_kept() -> None:
     with Lab(1) as lab:
         ip_tc = ["tc", "qdisc", "add", "dev", lab.ifaces[0], "clsact"]
