@@ -137,6 +137,7 @@ class HbTest(BaseTest):
         self.s = Session.get()
         self._undo: list[tuple[str, Callable[[], None]]] = []
         self.slots: set[int] = set()
+        self._markers: set[str] = set()
         self.dataplane.flush()
         while not self.s.digests.empty():  # left over from an earlier test: not ours
             self.ack(self.s.digests.get_nowait())
@@ -239,7 +240,9 @@ class HbTest(BaseTest):
         markers = {}
         for port in ports:
             mac = MARKER_MAC.format(port)
-            self.add_l2(mac, port)
+            if mac not in self._markers:
+                self.add_l2(mac, port)
+                self._markers.add(mac)
             markers[port] = ex.frame(mac, MARKER_SRC_MAC, ex.with_fields(
                 ex.REQUEST, dport=7, src="198.18.255.1", dst="198.18.255.2"))
         for port in ports:
