@@ -1,0 +1,184 @@
+"""`hbmon demo`: the whole product on one machine, in a lab it builds and removes.
+
+16 peers in network namespaces (a few of them faulty), the data-plane target on the
+monitor port, the controller with its REST API and dashboard on 127.0.0.1, and a live
+table in the terminal. Ctrl-C stops and removes everything.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+STATE_STYLE = {"UP": "green", "DEGRADED": "yellow", "DOWN": "bold red", "UNKNOWN": "dim",
+               "ADMIN_DOWN": "blue"}
+
+
+def _fault_text(faults: Any) -> str:
+    parts = []
+    if faults.mute:
+        parts.append("stopped")
+    if faults.loss_pct:
+        parts.append(f"loss {faults.loss_pct:g}%")
+    if faults.delay_ms:
+        parts.append(f"delay {faults.delay_ms:g} ms")
+    if faults.flap_s:
+        parts.append(f"flapping {faults.flap_s:g}s")
+    if faults.status != "healthy":
+        parts.append(f"reports {faults.status}")
+    return ", ".join(parts) or "-"
+
+
+def _table(topology: Any, rows: list[dict[str, Any]], title: str) -> Table:
+    by_name = {r["name"]: r for r in rows}
+    table = Table(title=title, title_justify="left", expand=False)
+    for col, justify in (("peer", "left"), ("address", "left"), ("state", "left"),
+                         ("since", "right"), ("rtt µs", "right"), ("loss", "right"),
+                         ("rx/tx", "right"), ("reported", "left"), ("injected fault", "left")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    now = time.time()
+    for peer in topology.peers:
+        row = by_name.get(peer.name, {})
+        state = str(row.get("state", "?"))
+        since = row.get("since") or 0
+        table.add_row(
+            peer.name, peer.address, f"[{STATE_STYLE.get(state, '')}]{state}[/]",
+            f"{now - since:.0f}s" if since else "-",
+            str(row.get("rtt_last_us", "-")),
+            f"{100 * row['loss_ratio']:.0f}%" if "loss_ratio" in row else "-",
+            f"{row.get('rx_count', 0)}/{row.get('tx_count', 0)}",
+            {0: "healthy", 1: "degraded", 2: "draining"}.get(row.get("reported_status", -1),
+                                                             "-"),
+            _fault_text(peer.faults),
+        )
+    return table
+
+
+@click.command()
+@click.option("--target", type=click.Choice(["kernel", "bmv2"]), default="kernel",
+              show_default=True, help="Data plane to run on.")
+@click.option("--peers", "n_peers", type=click.IntRange(4, 512), default=16, show_default=True)
+@click.option("--mininet", is_flag=True,
+              help="Build the lab with Mininet instead of plain namespaces.")
+@click.option("--api-port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+              help="REST API / dashboard port on 127.0.0.1 (0: any free port).")
+@click.option("--interval-ms", type=click.FloatRange(1, 10_000), default=100.0,
+              show_default=True, help="Heartbeat interval.")
+@click.option("--detect-mult", type=click.IntRange(1, 255), default=3, show_default=True)
+@click.option("--duration", type=click.FloatRange(0), default=None,
+              help="Run this many seconds, then check the states and exit (no TTY needed).")
+@click.option("--once", is_flag=True,
+              help="Exit as soon as every peer shows its expected state (exit 1 on timeout).")
+@click.option("--timeout", type=click.FloatRange(1), default=60.0, show_default=True,
+              help="With --once: how long to wait for the expected states.")
+def demo(target: str, n_peers: int, mininet: bool, api_port: int, interval_ms: float,
+         detect_mult: int, duration: float | None, once: bool, timeout: float) -> None:
+    """Run hbmon end to end in a throw-away lab (needs root)."""
+    from hbmon_topo.model import demo as demo_topology
+    from hbmon_topo.netns import LabError, NetnsLab
+    from hbmon_topo.stack import Stack, StackError, StackOptions, expected_states, missing_for
+
+    console = Console()
+    if os.geteuid() != 0:
+        raise click.ClickException("the demo builds network namespaces and loads BPF: run it "
+                                   "as root (sudo make demo)")
+    missing = missing_for(target)
+    if mininet:
+        from hbmon_topo.mn import mininet_available
+
+        problem = mininet_available()
+        if problem:
+            missing.append(problem)
+    if missing:
+        raise click.ClickException(f"cannot run the demo on {target}: missing\n  - "
+                                   + "\n  - ".join(missing))
+    topology = demo_topology(n_peers)
+    if mininet and target == "bmv2":
+        # one switch port per peer, as a P4 switch would be cabled
+        from hbmon_topo.model import DEMO_FAULTS, star
+
+        topology = star(n_peers, ports=n_peers, name="demo",
+                        faults={i: f for i, f in DEMO_FAULTS.items() if i < n_peers})
+    options = StackOptions(target=target, interval_ms=interval_ms, detect_mult=detect_mult,
+                           api_port=api_port)
+    lab: Any
+    if mininet:
+        from hbmon_topo.mn import MininetLab
+
+        lab = MininetLab(topology, target=target)
+    else:
+        lab = NetnsLab(topology)
+    expected = expected_states(topology)
+    ok = True
+    try:
+        with console.status("building the lab"):
+            lab.start()
+            console.print(f"lab: {len(topology.peers)} peers, monitor ports "
+                          + ", ".join(f"{p}@{i}" for p, i in sorted(lab.port_map.items())))
+            ctl = lab.start_responders()
+            console.print(f"responders answering (control sockets in {lab.workdir})")
+        stack = Stack(lab, options, target_running=mininet and target == "bmv2")
+        try:
+            with console.status("starting target and controller"):
+                stack.start(on_step=lambda msg: console.print(f"[dim]{msg}[/]"))
+            console.print(f"\n[bold]dashboard:[/] {stack.url}/   REST API: {stack.url}/api/v1/"
+                          f"   (write token: {stack.token_file})")
+            muted = next((p.name for p in topology.peers if p.faults.mute),
+                         topology.peers[0].name)
+            console.print(f"inject a fault:  hbmon responder --ctl {ctl[muted]} start   "
+                          f"(or stop | set loss=30 | set status=draining)")
+            ok = _run(console, stack, topology, expected, duration, once, timeout)
+        finally:
+            with console.status("stopping the controller and the target"):
+                stack.stop()
+    except (StackError, LabError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    except KeyboardInterrupt:
+        console.print("\ninterrupted")
+    finally:
+        with console.status("removing the lab"):
+            lab.stop()
+        console.print("lab removed")
+    if not ok:
+        sys.exit(1)
+
+
+def _run(console: Console, stack: Any, topology: Any, expected: dict[str, set[str]],
+         duration: float | None, once: bool, timeout: float) -> bool:
+    """Show the live table; returns whether the states matched (always True interactively)."""
+    from hbmon_topo.stack import StackError
+
+    if once:
+        try:
+            stack.wait_for(expected, timeout)
+        except StackError as exc:
+            console.print(_table(topology, stack.health(), "peer health (timed out)"))
+            console.print(f"[red]{exc}[/]")
+            return False
+        console.print(_table(topology, stack.health(), "peer health"))
+        console.print("[green]every peer shows its expected state[/]")
+        return True
+    end = time.monotonic() + duration if duration is not None else None
+    title = f"peer health — {stack.url}/ — Ctrl-C to stop"
+    if console.is_terminal and duration is None:
+        with Live(console=console, refresh_per_second=4) as live:
+            while True:
+                live.update(_table(topology, stack.health(), title))
+                time.sleep(0.5)
+    while end is None or time.monotonic() < end:
+        time.sleep(min(5.0, max(0.0, end - time.monotonic())) if end else 5.0)
+        console.print(_table(topology, stack.health(), title))
+    states = stack.states()
+    wrong = {n: states.get(n) for n, ok in expected.items() if states.get(n) not in ok}
+    if wrong:
+        console.print(f"[red]unexpected states: {wrong}[/]")
+        return False
+    console.print("[green]every peer shows its expected state[/]")
+    return True
