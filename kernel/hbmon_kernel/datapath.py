@@ -538,24 +538,30 @@ class Datapath:
         rewrites O(1) map entries, not the whole group.
         """
         _check_range("group_id", group_id, 16, low=1)
-        wanted: list[tuple[int, int]] = []
-        seen: set[tuple[int, int]] = set()
-        for rep in replicas:
-            port, instance = rep
-            _check_range("replica port", port, 9)
-            _check_range("replica instance", instance, 16)
-            if (port, instance) in seen:
-                raise ValueError(f"replica (port {port}, instance {instance}) given twice")
-            seen.add((port, instance))
-            wanted.append((port, instance))
+        # validated in bulk: the fan-out group holds up to 65,536 replicas
+        wanted = [(port, instance) for port, instance in replicas]
+        for port, instance in wanted:
+            if not (type(port) is int and type(instance) is int
+                    and 0 <= port <= MAX_PORT and 0 <= instance <= 0xFFFF):
+                _check_range("replica port", port, 9)
+                _check_range("replica instance", instance, 16)
+        seen = set(wanted)
+        if len(seen) != len(wanted):
+            dup: set[tuple[int, int]] = set()
+            for rep in wanted:
+                if rep in dup:
+                    raise ValueError(f"replica (port {rep[0]}, instance {rep[1]}) given twice")
+                dup.add(rep)
         with self._lock:
             self._running()
             old = self._groups.get(group_id, [])
             new = self._place(old, wanted, seen)
+            common = min(len(old), len(new))
+            changed = [pos for pos in range(common) if old[pos] != new[pos]]
+            changed.extend(range(common, len(new)))
             writes = [
-                (_MCAST_KEY.pack(group_id, pos), _MCAST_REPLICA.pack(*rep))
-                for pos, rep in enumerate(new)
-                if pos >= len(old) or old[pos] != rep
+                (_MCAST_KEY.pack(group_id, pos), _MCAST_REPLICA.pack(*new[pos]))
+                for pos in changed
             ]
             stale = [_MCAST_KEY.pack(group_id, pos) for pos in range(len(new), len(old))]
             reps_map, groups_map = self._maps["mcast_replicas"], self._maps["mcast_groups"]
@@ -587,6 +593,8 @@ class Datapath:
         old: list[tuple[int, int]], wanted: list[tuple[int, int]], wanted_set: set[tuple[int, int]]
     ) -> list[tuple[int, int]]:
         """Positions for `wanted`: kept replicas stay, new ones fill holes, then the tail."""
+        if wanted[:len(old)] == old:
+            return list(wanted)  # unchanged or only appended: the common case
         old_set = set(old)
         added = iter([r for r in wanted if r not in old_set])
         slots: list[tuple[int, int] | None] = [r if r in wanted_set else None for r in old]
