@@ -25,6 +25,12 @@ PYTEST_ARGS ?=
 APT_PACKAGES := clang llvm libbpf-dev bpftool linux-libc-dev libelf-dev zlib1g-dev pkg-config \
 	iproute2 iputils-ping bridge-utils ethtool tcpdump procps mininet chromium postgresql python3-venv python3-dev gcc make \
 	git ca-certificates
+# Ubuntu (the Vagrant lab) names two of them differently.
+OS_ID := $(shell . /etc/os-release 2>/dev/null; echo $$ID)
+ifeq ($(OS_ID),ubuntu)
+APT_PACKAGES := $(filter-out bpftool chromium,$(APT_PACKAGES)) \
+	linux-tools-common linux-tools-$(shell uname -r) chromium-browser
+endif
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -y -q
 
 VENV_STAMP := $(VENV)/.hbmon-installed
