@@ -312,15 +312,30 @@ class HbTest(BaseTest):
                 return values
             _pause()
 
-    def next_digest(self, timeout: float = TIMEOUT) -> DigestMessage:
-        try:
-            return self.s.digests.get(timeout=timeout)
-        except queue.Empty:
-            raise self.failureException(f"no {DIGEST_NAME} digest within {timeout}s") from None
+    def next_digest(self, index: int, timeout: float = TIMEOUT) -> DigestMessage:
+        """The next digest about slot `index`. Digests about other slots are acknowledged and
+        skipped: bmv2 may deliver an earlier test's notification late (before the first
+        DigestEntry it buffers samples up to 1 s), and each digest test owns its slots."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                msg = self.s.digests.get(timeout=max(remaining, 0.001))
+            except queue.Empty:
+                raise self.failureException(
+                    f"no {DIGEST_NAME} digest for index {index} within {timeout}s") from None
+            if all(row.get("index") == index for row in msg.data):
+                return msg
+            log.info("skipping a digest about another slot: %s", msg)
+            self.ack(msg)
 
-    def no_digest_pending(self) -> None:
-        if not self.s.digests.empty():
-            self.fail(f"unexpected digest: {self.s.digests.get_nowait()}")
+    def no_digest_pending(self, index: int) -> None:
+        """No digest about slot `index` has arrived (others are skipped, see next_digest)."""
+        while not self.s.digests.empty():
+            msg = self.s.digests.get_nowait()
+            if any(row.get("index") == index for row in msg.data):
+                self.fail(f"unexpected digest: {msg}")
+            self.ack(msg)
 
     def ack(self, msg: DigestMessage) -> None:
         from p4.v1 import p4runtime_pb2

@@ -141,7 +141,7 @@ class MissDownUp(HbTest):
 
     def runTest(self) -> None:
         p = self.s.ports
-        index = 6
+        index = 26  # a slot no other test uses: no late digest of another test can match
         self.add_peer(index, address=A_IP, peer_id=A_ID, port=p[0], detect_mult=2)
         self.add_fanout_group([(p[0], index)])
         self.enable_digests()
@@ -155,13 +155,13 @@ class MissDownUp(HbTest):
             self.assertEqual((slot["hb_miss_count"], slot["hb_state"]), (seq, 0))
         # the DOWN carrier would reach the port only after its event was counted
         self.wait_reasons(start, {Reason.REQUEST_SENT: 2})
-        self.no_digest_pending()
+        self.no_digest_pending(index)
         last_tx_round2 = self.slot(index)["hb_last_tx_us"]
 
         self.packet_out(self.template(3))
         requests[3] = ipv4_of(self.receive(p[0]))
         self.assertEqual(ex.field(requests[3], "sequence"), 3)
-        down = self.next_digest()
+        down = self.next_digest(index)
         slot = self.slot(index)
         self.assertEqual(list(down.data), [
             {"index": index, "state": 2, "last_seq": 0, "time_us": slot["hb_last_tx_us"]}])
@@ -176,12 +176,12 @@ class MissDownUp(HbTest):
         slot = self.slot(index)
         self.assertEqual((slot["hb_miss_count"], slot["hb_state"]), (4, 2))
         self.wait_reasons(start, {Reason.REQUEST_SENT: 4, Reason.PEER_DOWN_EVENT: 1})
-        self.no_digest_pending()
+        self.no_digest_pending(index)
 
         tx4 = ex.field(requests[4], "tx_timestamp_us")
         self.send_response(p[0], ex.with_fields(ex.RESPONSE, src=A_IP, peer_id=A_ID,
                                                 sequence=4, tx_timestamp_us=tx4))
-        up = self.next_digest()
+        up = self.next_digest(index)
         slot = self.slot(index)
         self.assertEqual(list(up.data), [
             {"index": index, "state": 1, "last_seq": 4, "time_us": slot["hb_last_rx_us"]}])
@@ -191,5 +191,5 @@ class MissDownUp(HbTest):
         self.assertEqual(slot["hb_rtt_last_us"], expected_rtt(slot["hb_last_rx_us"], tx4))
         self.wait_reasons(start, {Reason.REQUEST_SENT: 4, Reason.PEER_DOWN_EVENT: 1,
                                   Reason.RESPONSE_RECORDED: 1, Reason.PEER_UP_EVENT: 1})
-        self.no_digest_pending()
+        self.no_digest_pending(index)
         self.assert_nothing_else(p, sender=p[1])

@@ -16,8 +16,9 @@ class ValidResponse(HbTest):
 
     def runTest(self) -> None:
         p = self.s.ports
-        self.add_peer(5, address=ex.PEER_IP, peer_id=ex.PEER_ID, port=p[0])
-        self.add_peer(9, address=OTHER_IP, peer_id=OTHER_ID, port=p[1])
+        # slots no other test uses: a late digest of another test cannot be mistaken
+        self.add_peer(21, address=ex.PEER_IP, peer_id=ex.PEER_ID, port=p[0])
+        self.add_peer(22, address=OTHER_IP, peer_id=OTHER_ID, port=p[1])
         self.add_l2(SWITCH_MAC, p[2])  # a response that were forwarded would show up here
         self.enable_digests()
         regs_before = self.snapshot()
@@ -27,8 +28,8 @@ class ValidResponse(HbTest):
         self.wait_reasons(before, {Reason.RESPONSE_RECORDED: 1, Reason.PEER_UP_EVENT: 1})
 
         after = self.snapshot()
-        self.assert_changed_only(regs_before, after, {5})
-        slot = {name: cells[5] for name, cells in after.items()}
+        self.assert_changed_only(regs_before, after, {21})
+        slot = {name: cells[21] for name, cells in after.items()}
         rx_us = slot["hb_last_rx_us"]
         self.assertGreater(rx_us, 0)
         rtt = expected_rtt(rx_us, ex.TX_TIMESTAMP_US)
@@ -49,12 +50,13 @@ class ValidResponse(HbTest):
             "hb_state": 1,
         })
 
-        digest = self.next_digest()
+        digest = self.next_digest(21)
         self.assertEqual(digest.name, "peer_event_t")
         self.assertEqual(list(digest.data), [
-            {"index": 5, "state": 1, "last_seq": ex.SEQUENCE, "time_us": rx_us}])
+            {"index": 21, "state": 1, "last_seq": ex.SEQUENCE, "time_us": rx_us}])
         self.ack(digest)
-        self.no_digest_pending()
+        self.no_digest_pending(21)
+        self.no_digest_pending(22)
         self.assert_nothing_else(p, sender=p[0])
 
 
