@@ -43,3 +43,28 @@ def netns_lab() -> Iterator[Callable[[Topology], NetnsLab]]:
     finally:
         for lab in reversed(labs):
             lab.stop()
+
+
+# Team rule: only tests that need bmv2 (or p4c) may skip; any other skip fails the run, so
+# a missing install step in CI cannot hide behind a quiet "s".
+_ALLOWED_SKIP_WORDS = ("bmv2", "simple_switch", "p4c")
+_bad_skips: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else ""
+        if not any(word in reason for word in _ALLOWED_SKIP_WORDS):
+            _bad_skips.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _bad_skips and exitstatus == 0:
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _bad_skips:
+        terminalreporter.section("skips that are not allowed (only bmv2/p4c tests may skip)")
+        for line in _bad_skips:
+            terminalreporter.line(line)
