@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -14,6 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from api_fakes import FakeService
+from api_harness import TOKEN, Running, ServerFactory
 from hbmon.api import ApiServer, ApiSettings, create_app
 from hbmon.events import EventBus
 from hbmon.metrics import ControllerMetrics
@@ -21,33 +21,12 @@ from hbmon.store import SqlStore, open_store
 from hbmon.webhooks import WebhookDispatcher
 from pg_cluster import Cluster, cluster
 
-TOKEN = "test-token-" + os.urandom(8).hex()
-
-
-@dataclass
-class Running:
-    url: str
-    server: ApiServer
-    service: FakeService
-    store: SqlStore
-    bus: EventBus
-    metrics: ControllerMetrics
-    settings: ApiSettings
-
-    def client(self, token: str | None = TOKEN, **kwargs: object) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=10.0,
-                            **kwargs)  # type: ignore[arg-type]
-
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SqlStore]:
     s = open_store(f"sqlite:///{tmp_path / 'hbmon.db'}")
     yield s
     s.close()
-
-
-ServerFactory = Callable[..., Running]
 
 
 @pytest.fixture
