@@ -95,6 +95,9 @@ def serve(config_path: str, store_url: str | None, host: str | None, port: int |
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     console = Console(stderr=True)
+    # the heartbeat thread must not wait 5 ms (the default) for the GIL while a poll of
+    # thousands of cells decodes: that would jitter a 10 ms interval by half
+    sys.setswitchinterval(0.0005)
     config = _load(config_path)
     if store_url:
         config = replace(config, store=store_url)

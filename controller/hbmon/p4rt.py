@@ -524,9 +524,16 @@ class P4RuntimeClient:
                     raise ValueError("a schema is needed to encode typed entities")
                 e = e.encode(self.schema)
             req.entities.append(e)
+        for resp in self.read_responses(req):
+            yield from resp.entities
+
+    def read_responses(self, request: p4runtime_pb2.ReadRequest,
+                       ) -> Iterator[p4runtime_pb2.ReadResponse]:
+        """A prepared ReadRequest (reused by periodic readers: building 50K entities costs
+        more than reading them); its device id is set here."""
+        request.device_id = self.device_id
         try:
-            for resp in self._stub.Read(req, timeout=self.rpc_timeout):
-                yield from resp.entities
+            yield from self._stub.Read(request, timeout=self.rpc_timeout)
         except grpc.RpcError as err:
             raise _rpc_error("Read", err) from err
 
