@@ -24,6 +24,7 @@ Control protocol: a UNIX stream socket; one JSON object per line in, one per lin
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import heapq
 import json
@@ -154,16 +155,138 @@ def _grow_buffers(sock: socket.socket) -> None:
                 sock.setsockopt(socket.SOL_SOCKET, plain, 8 << 20)
 
 
+# ---- batched socket I/O (recvmmsg / sendmmsg) -------------------------------------------
+
+MSG_DONTWAIT = 0x40
+MSG_TRUNC = 0x20
+_SLOT = 64  # receive room per datagram: a heartbeat is 24; MSG_TRUNC flags anything longer
+_CTL = socket.CMSG_SPACE(_PKTINFO.size)
+_CMSG_HDR = struct.Struct("=QiI")  # struct cmsghdr on 64-bit Linux: len, level, type
+_FLAGS_LEN = struct.Struct("=i4xI")  # mmsghdr: msg_hdr.msg_flags (offset 48) ... msg_len (56)
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+class _MsgHdr(ctypes.Structure):
+    _fields_ = [("msg_name", ctypes.c_void_p), ("msg_namelen", ctypes.c_uint32),
+                ("msg_iov", ctypes.c_void_p), ("msg_iovlen", ctypes.c_size_t),
+                ("msg_control", ctypes.c_void_p), ("msg_controllen", ctypes.c_size_t),
+                ("msg_flags", ctypes.c_int)]
+
+
+class _MMsgHdr(ctypes.Structure):
+    _fields_ = [("msg_hdr", _MsgHdr), ("msg_len", ctypes.c_uint)]
+
+
+try:
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _recvmmsg = _libc.recvmmsg
+    _sendmmsg = _libc.sendmmsg
+    _recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int,
+                          ctypes.c_void_p]
+    _sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
+    HAVE_MMSG = struct.calcsize("P") == 8
+except (OSError, AttributeError):
+    HAVE_MMSG = False
+
+
+def _address(buf: bytearray) -> int:
+    return ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
+
+
+class _Batch:
+    """Preallocated message vectors for one direction of `n` datagrams."""
+
+    def __init__(self, n: int, slot: int, with_ctl: bool) -> None:
+        self.data = bytearray(n * slot)
+        self.names = bytearray(n * 16)  # struct sockaddr_in
+        self.ctl = bytearray(n * _CTL)
+        self.iov = (_IoVec * n)()
+        self.msgs = (_MMsgHdr * n)()
+        self.raw = memoryview(self.msgs).cast("B")  # read results without ctypes objects
+        self.with_ctl = with_ctl
+        data, names, ctl = _address(self.data), _address(self.names), _address(self.ctl)
+        for i in range(n):
+            self.iov[i].iov_base = data + i * slot
+            self.iov[i].iov_len = slot
+            hdr = self.msgs[i].msg_hdr
+            hdr.msg_name = names + 16 * i
+            hdr.msg_namelen = 16
+            hdr.msg_iov = ctypes.addressof(self.iov[i])
+            hdr.msg_iovlen = 1
+            hdr.msg_control = ctl + _CTL * i if with_ctl else None
+            hdr.msg_controllen = _CTL if with_ctl else 0
+
+
+assert _MMsgHdr.msg_len.offset == 56 and _MsgHdr.msg_flags.offset == 48
+
+
+class BatchIO:
+    """recvmmsg/sendmmsg on one UDP socket: one system call per batch in each direction."""
+
+    def __init__(self, sock: socket.socket, batch: int = 64) -> None:
+        self.fd = sock.fileno()
+        self.n = batch
+        self.pktinfo = sock.getsockname()[0] == "0.0.0.0"
+        self.rx = _Batch(batch, _SLOT, self.pktinfo)
+        self.tx = _Batch(batch, HEADER_LEN, self.pktinfo)
+        if self.pktinfo:
+            # every reply carries IP_PKTINFO: cmsghdr + in_pktinfo(0, spec_dst=?, 0)
+            head = _CMSG_HDR.pack(socket.CMSG_LEN(_PKTINFO.size), socket.IPPROTO_IP, IP_PKTINFO)
+            for i in range(batch):
+                self.tx.ctl[i * _CTL:i * _CTL + len(head)] = head
+        self._last = batch
+
+    def recv(self) -> int:
+        """Datagrams now in `rx` (0 when none are waiting)."""
+        msgs = self.rx.msgs
+        for i in range(self._last):  # the kernel shrank these to what it filled in
+            msgs[i].msg_hdr.msg_namelen = 16
+            if self.pktinfo:
+                msgs[i].msg_hdr.msg_controllen = _CTL
+        while True:
+            n = _recvmmsg(self.fd, msgs, self.n, MSG_DONTWAIT, None)
+            if n >= 0:
+                self._last = n
+                return int(n)
+            err = ctypes.get_errno()
+            if err in (errno.EAGAIN, errno.EINTR):
+                self._last = 0
+                return 0
+            if err != errno.ECONNREFUSED:  # an ICMP error from an earlier send: go on
+                raise OSError(err, os.strerror(err))
+
+    def send(self, count: int) -> int:
+        """Send tx[0:count]; returns how many left (the rest is a send error)."""
+        sent = 0
+        base = ctypes.addressof(self.tx.msgs)
+        size = ctypes.sizeof(_MMsgHdr)
+        while sent < count:
+            n = _sendmmsg(self.fd, base + sent * size, count - sent, 0)
+            if n <= 0:
+                err = ctypes.get_errno()
+                if n < 0 and err == errno.EINTR:
+                    continue
+                break
+            sent += n
+        return sent
+
+
 class Responder:
     """Answers heartbeat requests; thread-safe `stop()`, `set()`, `snapshot()`."""
 
     def __init__(
         self, *, port: int = REQUEST_PORT, binds: Sequence[str] = ("0.0.0.0",),
         ctl_path: str | None = None, faults: Faults | None = None, seed: int | None = None,
+        batched: bool = True,
     ) -> None:
+        """`batched`: use recvmmsg/sendmmsg (Linux, 64-bit); else one recvmsg/sendmsg each."""
         self.port = port
         self.binds = list(binds) or ["0.0.0.0"]
         self.ctl_path = ctl_path
+        self.batched = batched and HAVE_MMSG
         self.faults = faults or Faults()
         self.stats = Stats()
         self._rng = random.Random(seed)
@@ -328,6 +451,66 @@ class Responder:
             return "dropped_loss"
         return None
 
+    def _drain_batched(self, io: BatchIO) -> None:
+        """The fast path (no delay): recvmmsg a batch, answer it with one sendmmsg."""
+        faults = self.faults
+        stats = self.stats
+        tail = bytes([STATUS_NAMES[faults.status], faults.load, 0, 0])
+        rx, tx = io.rx, io.tx
+        rx_data, rx_names, rx_ctl = rx.data, rx.names, rx.ctl
+        tx_data, tx_names, tx_ctl = tx.data, tx.names, tx.ctl
+        raw = rx.raw
+        size = ctypes.sizeof(_MMsgHdr)
+        pktinfo = io.pktinfo
+        for _ in range(_DRAIN_BATCH // io.n + 1):
+            n = io.recv()
+            if n == 0:
+                return
+            stats.received += n
+            now = time.monotonic()
+            silent = self._answering(Faults(mute=faults.mute, flap=faults.flap), now)
+            j = 0
+            for i in range(n):
+                flags, length = _FLAGS_LEN.unpack_from(raw, i * size + 48)
+                off = i * _SLOT
+                if length != HEADER_LEN or flags & MSG_TRUNC:
+                    key = "TRUNCATED" if length < HEADER_LEN else "BAD_LENGTH"
+                    stats.invalid[key] = stats.invalid.get(key, 0) + 1
+                    continue
+                if rx_data[off:off + 4] != _REQUEST_PREFIX:
+                    try:
+                        build_response(bytes(rx_data[off:off + HEADER_LEN]))
+                    except ProtocolError as exc:
+                        reason = exc.reason.name
+                        stats.invalid[reason] = stats.invalid.get(reason, 0) + 1
+                    continue
+                if silent is not None:
+                    setattr(stats, silent, getattr(stats, silent) + 1)
+                    continue
+                if faults.loss > 0 and self._rng.random() * 100.0 < faults.loss:
+                    stats.dropped_loss += 1
+                    continue
+                out = j * HEADER_LEN
+                # docs/protocol.md "Building a response": type 2, own status/load, reserved 0
+                tx_data[out:out + 20] = rx_data[off:off + 20]
+                tx_data[out + 3] = MsgType.RESPONSE
+                tx_data[out + 20:out + 24] = tail
+                tx_names[j * 16:j * 16 + 16] = rx_names[i * 16:i * 16 + 16]
+                if pktinfo:
+                    c = i * _CTL
+                    _, level, ctype = _CMSG_HDR.unpack_from(rx_ctl, c)
+                    if level == socket.IPPROTO_IP and ctype == IP_PKTINFO:
+                        # in_pktinfo.ipi_addr (the header's destination) -> ipi_spec_dst
+                        h = _CMSG_HDR.size
+                        tx_ctl[j * _CTL + h + 4:j * _CTL + h + 8] = rx_ctl[c + h + 8:c + h + 12]
+                j += 1
+            if j:
+                sent = io.send(j)
+                stats.answered += sent
+                stats.send_errors += j - sent
+            if n < io.n:
+                return
+
     def _drain(self, sock: socket.socket) -> None:
         faults = self.faults
         stats = self.stats
@@ -394,6 +577,7 @@ class Responder:
         if not self._sockets:
             raise RuntimeError("open() the responder before serving")
         by_fd = {s.fileno(): s for s in self._sockets}
+        batch_io = {fd: BatchIO(s) for fd, s in by_fd.items()} if self.batched else {}
         poller = select.poll()
         for fd in by_fd:
             poller.register(fd, select.POLLIN)
@@ -411,7 +595,11 @@ class Responder:
                 sock = by_fd.get(fd)
                 if sock is not None:
                     with self._lock:
-                        self._drain(sock)
+                        io = batch_io.get(fd)
+                        if io is not None and self.faults.delay_ms <= 0:
+                            self._drain_batched(io)
+                        else:
+                            self._drain(sock)
                 elif fd == self._wake_r:
                     with contextlib.suppress(OSError):
                         os.read(self._wake_r, 4096)
