@@ -159,6 +159,12 @@ class NetnsLab:
     def namespaces(self) -> list[str]:
         return list(self._namespaces)
 
+    @property
+    def processes(self) -> list[tuple[str, subprocess.Popen[bytes]]]:
+        """(host, process) of everything started with `popen` and still tracked."""
+        with self._lock:
+            return list(self._procs)
+
     # ---- life cycle --------------------------------------------------------------------
 
     def __enter__(self) -> NetnsLab:

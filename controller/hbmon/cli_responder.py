@@ -49,12 +49,15 @@ _ACTIONS = ("get", "set", "reset", "stop", "start")
 @click.option("--load", type=click.IntRange(0, 255), default=0,
               help="Load reported in every answer (percent; 255 = unknown).")
 @click.option("--seed", type=int, default=None, help="Seed of the loss dice (reproducible runs).")
+@click.option("--batch/--no-batch", default=True, show_default=True,
+              help="recvmmsg/sendmmsg batches (else one system call per datagram each way).")
 @click.option("--json", "as_json", is_flag=True, help="Control actions: print the raw JSON reply.")
 @click.argument("action", required=False, type=click.Choice(_ACTIONS))
 @click.argument("assignments", nargs=-1)
 def responder(
     port: int, binds: tuple[str, ...], ctl_path: str | None, mute: bool, loss: float,
-    delay_ms: float, flap: float, status: str, load: int, seed: int | None, as_json: bool,
+    delay_ms: float, flap: float, status: str, load: int, seed: int | None, batch: bool,
+    as_json: bool,
     action: str | None, assignments: tuple[str, ...],
 ) -> None:
     """Answer hbmon heartbeats (docs/protocol.md), with fault injection.
@@ -75,7 +78,7 @@ def responder(
         raise click.UsageError(f"unexpected arguments: {' '.join(assignments)}")
     faults = Faults(mute=mute, loss=loss, delay_ms=delay_ms, flap=flap, status=status, load=load)
     server = Responder(port=port, binds=binds or ("0.0.0.0",), ctl_path=ctl_path, faults=faults,
-                       seed=seed)
+                       seed=seed, batched=batch)
     try:
         server.open()
     except OSError as exc:
