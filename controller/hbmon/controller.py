@@ -436,7 +436,13 @@ class SwitchDriver:
                 except WriteError as exc:
                     bad = exc.failed_indexes | set(exc.not_attempted)
                     inserted = [e for i, e in enumerate(entities) if i not in bad]
-                    raise
+                    exists = [entities[e.index] for e in exc.errors
+                              if e.code_name == "ALREADY_EXISTS"]
+                    if exc.not_attempted or len(exists) != len(exc.errors):
+                        raise
+                    # a concurrent reconcile got there first: make sure they are ours
+                    self.client.write(make_update(MODIFY, e, self.schema) for e in exists)
+                    inserted += exists
                 self._write_group(all_peers)
             except Exception as exc:
                 if inserted:

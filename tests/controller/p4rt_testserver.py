@@ -52,6 +52,8 @@ class TestP4RuntimeServer(p4runtime_pb2_grpc.P4RuntimeServicer):
         self.streams: list[_Stream] = []
         self.writes = 0
         self.fail_next_writes: list[grpc.StatusCode] = []
+        # per-update refusal: return a message to fail that update (INVALID_ARGUMENT)
+        self.reject: Any = None
         self._server: grpc.Server | None = None
         self.port = 0
 
@@ -149,6 +151,10 @@ class TestP4RuntimeServer(p4runtime_pb2_grpc.P4RuntimeServicer):
 
     def _apply(self, update: p4runtime_pb2.Update) -> p4runtime_pb2.Error:
         ok = p4runtime_pb2.Error(canonical_code=code_pb2.OK)
+        refusal = self.reject(update) if self.reject is not None else None
+        if refusal:
+            return p4runtime_pb2.Error(canonical_code=code_pb2.INVALID_ARGUMENT,
+                                       message=refusal)
         kind = update.entity.WhichOneof("entity")
         if kind == "table_entry":
             entry = update.entity.table_entry

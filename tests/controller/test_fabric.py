@@ -214,16 +214,21 @@ def test_bulk_add_is_all_or_nothing(harness: Harness, server: TestP4RuntimeServe
     assert [p.name for p in fabric.list_peers()] == ["p1"]
     assert len(entries(server, schema, "HbIngress.peers")) == 1
     # a data-plane refusal rolls everything back: store, memory, tables, indexes
-    with server.lock:
-        pre = p4runtime_pb2.TableEntry()
-        pre.CopyFrom(TableEntry("HbIngress.peer_ids", {"peer_id": 6}, "HbIngress.peer_id_known")
-                     .encode(schema).table_entry)
-    server.tables[_key(pre)] = pre  # an entry the controller did not make collides
+    refused = TableEntry("HbIngress.peer_ids", {"peer_id": 6}, "HbIngress.peer_id_known") \
+        .encode(schema).table_entry
+
+    def reject(update: p4runtime_pb2.Update) -> str | None:
+        te = update.entity.table_entry
+        return "table full" if update.entity.HasField("table_entry") and \
+            te.table_id == refused.table_id and te.match == refused.match else None
+
+    server.reject = reject
     with pytest.raises(DataPlaneError):
         fabric.add_peers([peer(5), peer(6)])
     assert [p.name for p in fabric.list_peers()] == ["p1"]
     assert [p.name for p in harness.store.list_peers()] == ["p1"]
     assert len(entries(server, schema, "HbIngress.peers")) == 1
+    server.reject = None
     [p7] = fabric.add_peers([peer(7)])
     assert p7.index == 1
 
@@ -316,3 +321,17 @@ def test_service_views(harness: Harness) -> None:
     wait_for(lambda: "RESPONSE_RECORDED" in fabric.dataplane_counters()["s1"], what="counters")
     assert [h.name for h in fabric.all_health()] == ["p1", "p2"]
     assert fabric.ready()
+
+
+def test_entry_already_present_is_taken_over(harness: Harness, server: TestP4RuntimeServer,
+                                             schema: P4Schema) -> None:
+    # what a concurrent reconcile (or a leftover) leaves: the entry exists, maybe differently
+    te = TableEntry("HbEgress.peer_requests", {"index": 0}, "HbEgress.rewrite_request",
+                    {"dst_mac": 1, "dst_addr": 1, "peer_id": 1, "detect_mult": 9}) \
+        .encode(schema).table_entry
+    with server.lock:
+        server.tables[_key(te)] = te
+    [p1] = harness.fabric.add_peers([peer(1)])
+    [req] = entries(server, schema, "HbEgress.peer_requests")
+    assert req.params["peer_id"] == 1 and req.params["detect_mult"] == 3
+    assert req.params["dst_mac"] == 0x020000000101
