@@ -91,7 +91,8 @@ def _p4runtime_switch_class() -> type:
 
         def __init__(self, name: str, *, grpc_addr: str, thrift_port: int,
                      device_id: int = 1, log_dir: str = "/tmp", **params: Any) -> None:
-            super().__init__(name, inNamespace=False, **params)
+            params["inNamespace"] = False  # gRPC on the root namespace's 127.0.0.1
+            super().__init__(name, **params)
             self.grpc_addr = grpc_addr
             self.thrift_port = thrift_port
             self.device_id = device_id

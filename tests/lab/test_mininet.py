@@ -59,3 +59,28 @@ def test_mininet_lab_rejects_what_it_cannot_build() -> None:
         MininetLab(multi(10))
     with pytest.raises(ValueError, match="kernel' or 'bmv2"):
         MininetLab(star(2), target="tofino")
+
+
+@pytest.mark.bmv2
+def test_bmv2_switch_node_starts_simple_switch_grpc_and_stops_it() -> None:
+    from hbmon import targets
+
+    if targets.find_simple_switch_grpc() is None:
+        pytest.skip("bmv2: simple_switch_grpc not found on PATH or $SIMPLE_SWITCH_GRPC")
+    from hbmon_topo.stack import free_tcp_port
+
+    topo = star(3, ports=3)
+    grpc_addr = f"127.0.0.1:{free_tcp_port()}"
+    with MininetLab(topo, target="bmv2", grpc_addr=grpc_addr,
+                    thrift_port=free_tcp_port()) as lab:
+        switch = lab.switch
+        assert switch.port_map == lab.port_map == {
+            1: f"{lab.prefix}s1", 2: f"{lab.prefix}s2", 3: f"{lab.prefix}s3"}
+        pid = switch.pid_of_target
+        assert pid is not None and switch.target.running()
+        targets.wait_for_grpc(grpc_addr, 5.0)  # already ready: start() polled for it
+        cmdline = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+        assert f"1@{lab.prefix}s1".encode() in cmdline
+        prefix, proc = lab.prefix, switch.target.process
+    assert proc.poll() is not None
+    assert root_links(prefix) == []
