@@ -331,7 +331,7 @@ def test_entry_already_present_is_taken_over(harness: Harness, server: TestP4Run
         .encode(schema).table_entry
     with server.lock:
         server.tables[_key(te)] = te
-    [p1] = harness.fabric.add_peers([peer(1)])
+    assert harness.fabric.add_peers([peer(1)])[0].index == 0
     [req] = entries(server, schema, "HbEgress.peer_requests")
     assert req.params["peer_id"] == 1 and req.params["detect_mult"] == 3
     assert req.params["dst_mac"] == 0x020000000101
