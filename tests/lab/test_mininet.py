@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 from hbmon.responder import ControlClient
@@ -79,7 +80,7 @@ def test_bmv2_switch_node_starts_simple_switch_grpc_and_stops_it() -> None:
         pid = switch.pid_of_target
         assert pid is not None and switch.target.running()
         targets.wait_for_grpc(grpc_addr, 5.0)  # already ready: start() polled for it
-        cmdline = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         assert f"1@{lab.prefix}s1".encode() in cmdline
         prefix, proc = lab.prefix, switch.target.process
     assert proc.poll() is not None
