@@ -1,0 +1,193 @@
+"""Server-Sent Events: live delivery, Last-Event-ID resume, filters, slow consumers."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+from api_fakes import make_peers
+from api_harness import TOKEN, Running, ServerFactory
+from hbmon.events import EventBus
+from hbmon.model import Event, EventKind, Health
+
+
+class SseReader:
+    """Reads an SSE stream in a thread; `next(deadline)` returns parsed frames."""
+
+    def __init__(self, url: str, headers: dict[str, str], params: dict[str, Any]) -> None:
+        self.frames: queue.Queue[dict[str, Any] | BaseException] = queue.Queue()
+        self.comments: queue.Queue[str] = queue.Queue()
+        self.status: int | None = None
+        self.connected = threading.Event()
+        self._client = httpx.Client(timeout=httpx.Timeout(10.0, read=None))
+        self._thread = threading.Thread(target=self._run, args=(url, headers, params),
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, url: str, headers: dict[str, str], params: dict[str, Any]) -> None:
+        try:
+            with self._client.stream("GET", url, headers=headers, params=params) as r:
+                self.status = r.status_code
+                self.content_type = r.headers.get("content-type", "")
+                self.connected.set()
+                frame: dict[str, Any] = {}
+                for line in r.iter_lines():
+                    if line == "":
+                        if "data" in frame:
+                            frame["json"] = json.loads(frame["data"])
+                            self.frames.put(frame)
+                        frame = {}
+                    elif line.startswith(":"):
+                        self.comments.put(line[1:].strip())
+                    else:
+                        key, _, value = line.partition(":")
+                        frame[key] = value.removeprefix(" ")
+        except BaseException as exc:
+            self.frames.put(exc)
+        finally:
+            self.connected.set()
+
+    def next(self, timeout: float = 10.0) -> dict[str, Any]:
+        item = self.frames.get(timeout=timeout)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def take(self, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        return [self.next(timeout) for _ in range(n)]
+
+    def close(self) -> None:
+        # A read blocked in another thread cannot be interrupted portably; the thread ends
+        # when the server closes the stream (server stop), so it is not joined here.
+        self._client.close()
+
+
+@contextmanager
+def sse(run: Running, *, last_event_id: int | None = None, bus: EventBus | None = None,
+        **params: Any) -> Iterator[SseReader]:
+    headers = {"Authorization": f"Bearer {TOKEN}", "Accept": "text/event-stream"}
+    if last_event_id is not None:
+        headers["Last-Event-ID"] = str(last_event_id)
+    bus = bus or run.bus
+    subs_before = bus.subscriber_count
+    reader = SseReader(run.url + "/api/v1/events", headers, params)
+    reader.connected.wait(10)
+    # The stream is live once the server subscribed: poll with a deadline.
+    wait = threading.Event()
+    for _ in range(1000):
+        if bus.subscriber_count > subs_before or reader.status not in (None, 200):
+            break
+        wait.wait(0.01)
+    try:
+        yield reader
+    finally:
+        reader.close()
+
+
+def test_live_events_in_order(api: Running) -> None:
+    api.service.add_peers(make_peers(3))
+    with sse(api) as s:
+        assert s.status == 200 and s.content_type.startswith("text/event-stream")
+        api.service.set_state("peer-0001", Health.UP, reason="responses")
+        api.service.set_state("peer-0001", Health.DOWN, reason="3 misses")
+        api.service.remove_peers(["peer-0002"])
+        frames = s.take(3)
+    ids = [int(f["id"]) for f in frames]
+    assert ids == sorted(ids) and len(set(ids)) == 3
+    assert [f["event"] for f in frames] == ["transition", "transition", "peer_removed"]
+    down = frames[1]["json"]
+    assert (down["peer"], down["old_state"], down["new_state"], down["reason"]) == \
+        ("peer-0001", "UP", "DOWN", "3 misses")
+    assert down["id"] == ids[1]
+
+
+def test_last_event_id_resume(api: Running) -> None:
+    api.service.add_peers(make_peers(2))  # events 1, 2
+    for state in (Health.UP, Health.DEGRADED, Health.DOWN):
+        api.service.set_state("peer-0000", state)  # 3, 4, 5
+    with sse(api, last_event_id=2) as s:
+        replay = s.take(3)
+        assert [int(f["id"]) for f in replay] == [3, 4, 5]
+        api.service.set_state("peer-0000", Health.UP)
+        assert int(s.next()["id"]) == 6
+    # `after` query parameter works like the header (for clients that cannot set headers)
+    with sse(api, after=5) as s:
+        assert int(s.next()["id"]) == 6
+    # beyond the end: nothing replayed, live events still flow
+    with sse(api, last_event_id=6) as s:
+        api.service.set_state("peer-0001", Health.UP)
+        assert int(s.next()["id"]) == 7
+
+
+def test_without_last_event_id_only_new_events(api: Running) -> None:
+    api.service.add_peers(make_peers(2))
+    with sse(api) as s:
+        api.service.set_state("peer-0001", Health.UP)
+        first = s.next()
+    assert int(first["id"]) == 3 and first["json"]["peer"] == "peer-0001"
+
+
+def test_filters(api: Running) -> None:
+    api.service.add_peers(make_peers(3))
+    with sse(api, peer="peer-0002", kind="transition") as s:
+        api.service.set_state("peer-0001", Health.UP)
+        api.service.update_peer("peer-0002", {"group": "x"})
+        api.service.set_state("peer-0002", Health.DOWN)
+        got = s.next()
+    assert got["json"]["peer"] == "peer-0002" and got["event"] == "transition"
+    with api.client() as c:
+        r = c.get("/api/v1/events", headers={"Last-Event-ID": "abc"})
+        assert r.status_code == 422 and r.json()["detail"]["field"] == "Last-Event-ID"
+        r = c.get("/api/v1/events", params={"kind": "bogus"})
+        assert r.status_code == 422 and r.json()["detail"]["field"] == "kind"
+
+
+def test_slow_consumer_catches_up_from_the_store(make_server: ServerFactory) -> None:
+    run = make_server()
+    # A tiny buffer: one burst overflows it; the stream must refill from the store.
+    small = EventBus(run.store, max_buffer=4)
+    run.server.app.state.hbmon.bus = small
+    run.service.sink = small
+    run.service.add_peers(make_peers(50))
+    with sse(run, bus=small) as s:
+        published = run.service.set_states({f"peer-{i:04d}": Health.UP for i in range(50)})
+        frames = s.take(50)
+    assert [int(f["id"]) for f in frames] == [e.id for e in published]
+
+
+def test_keepalive_comments(make_server: ServerFactory) -> None:
+    run = make_server(sse_keepalive=0.05)
+    with sse(run) as s:
+        comments = [s.comments.get(timeout=10) for _ in range(3)]
+        assert comments[0].startswith("hbmon events")
+        assert comments[1:] == ["keepalive", "keepalive"]
+        run.service.add_peers(make_peers(1))  # events still flow between keepalives
+        assert s.next()["event"] == "peer_added"
+
+
+def test_server_stop_ends_open_streams(make_server: ServerFactory) -> None:
+    run = make_server()
+    with sse(run) as s:
+        assert run.bus.subscriber_count == 1
+        run.server.stop()  # returns only once uvicorn exited: the stream did not hold it
+        assert run.bus.subscriber_count == 0
+        s.close()
+
+
+def test_publish_persists_before_fan_out(api: Running) -> None:
+    seen: list[list[int]] = []
+
+    def listener(events: Any) -> None:
+        # by the time listeners run, the events are in the store with their ids
+        seen.append([e.id for e in events])
+        assert api.store.events(after_id=events[0].id - 1, limit=10)[0].id == events[0].id
+
+    api.bus.add_listener(listener)
+    stored = api.bus.publish([Event(EventKind.SWITCH, 1.0, switch="default", reason="up")])
+    assert seen == [[stored[0].id]] and stored[0].id > 0
+    assert api.bus.publish([]) == []
