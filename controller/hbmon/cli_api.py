@@ -7,6 +7,7 @@ http://127.0.0.1:8080) with the bearer token from `--token`, `$HBMON_API_TOKEN`,
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -107,22 +108,26 @@ def _read_token(token: str | None, token_file: str | None) -> str | None:
 
 def api_options(fn: F) -> F:
     """--url / --token / --token-file, resolved into an `ApiClient` passed as `client`."""
-    @click.option("--url", envvar="HBMON_URL", default=DEFAULT_URL, show_default=True,
-                  help="Base URL of the hbmon API ($HBMON_URL)")
-    @click.option("--token", envvar="HBMON_API_TOKEN", default=None, show_default=False,
-                  help="Bearer token ($HBMON_API_TOKEN)")
-    @click.option("--token-file", envvar="HBMON_API_TOKEN_FILE", default=None,
-                  type=click.Path(dir_okay=False), help="File holding the token")
-    @click.pass_context
+
+    # functools.wraps carries the command's own click options (__click_params__) over.
+    @functools.wraps(fn)
     def wrapper(ctx: click.Context, url: str, token: str | None, token_file: str | None,
                 **kwargs: Any) -> Any:
         client = ApiClient(url, _read_token(token, token_file))
         ctx.call_on_close(client.close)
-        return ctx.invoke(fn, client=client, **kwargs)
+        return fn(client=client, **kwargs)
 
-    wrapper.__name__ = fn.__name__
-    wrapper.__doc__ = fn.__doc__
-    return wrapper  # type: ignore[return-value]
+    decorated = click.pass_context(wrapper)
+    for option in (
+        click.option("--token-file", envvar="HBMON_API_TOKEN_FILE", default=None,
+                     type=click.Path(dir_okay=False), help="File holding the token"),
+        click.option("--token", envvar="HBMON_API_TOKEN", default=None,
+                     help="Bearer token ($HBMON_API_TOKEN)"),
+        click.option("--url", envvar="HBMON_URL", default=DEFAULT_URL, show_default=True,
+                     help="Base URL of the hbmon API ($HBMON_URL)"),
+    ):
+        decorated = option(decorated)
+    return decorated  # type: ignore[return-value]
 
 
 def _state_text(state: str | None) -> Text:
