@@ -111,8 +111,10 @@ def demo(target: str, n_peers: int, mininet: bool, api_port: int, interval_ms: f
     lab: Any
     if mininet:
         from hbmon_topo.mn import MininetLab
+        from hbmon_topo.stack import free_tcp_port
 
-        lab = MininetLab(topology, target=target)
+        lab = MininetLab(topology, target=target, grpc_addr=f"127.0.0.1:{free_tcp_port()}",
+                         thrift_port=free_tcp_port())
     else:
         lab = NetnsLab(topology)
     expected = expected_states(topology)
