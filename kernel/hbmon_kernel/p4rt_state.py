@@ -1,0 +1,732 @@
+"""Transport-free pieces of the kernel target's P4Runtime server: errors with canonical
+codes, bytestrings (spec 8.4), the pipeline contract (the P4Info the target implements and
+the semantic comparison of a pushed P4Info against it), client arbitration (spec 5) and
+digest batching (spec 9.10). Nothing here touches gRPC or BPF, so all of it is unit-tested
+with plain objects.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from google.protobuf import text_format
+from google.rpc import code_pb2, status_pb2
+from p4.config.v1 import p4info_pb2, p4types_pb2
+from p4.v1 import p4runtime_pb2
+
+# ---------------------------------------------------------------------------------------------
+# errors
+
+
+class P4RTError(Exception):
+    """A P4Runtime failure with its canonical code (google.rpc.Code)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def code_name(self) -> str:
+        return str(code_pb2.Code.Name(self.code))
+
+    def __str__(self) -> str:
+        return f"{self.code_name}: {self.message}"
+
+
+def invalid(message: str) -> P4RTError:
+    return P4RTError(code_pb2.INVALID_ARGUMENT, message)
+
+
+# ---------------------------------------------------------------------------------------------
+# bytestrings (spec 8.4 "Bytestrings")
+
+
+def decode_bits(data: bytes, bitwidth: int, what: str,
+                code: int = code_pb2.OUT_OF_RANGE) -> int:
+    """The unsigned value of a received bytestring.
+
+    Spec 8.4: the server must accept any length as long as the value fits `bitwidth`
+    (zero-padded strings included) and must reject an empty string. The spec's code for a
+    rejected string is OUT_OF_RANGE; action parameters and register data name
+    INVALID_ARGUMENT in their own sections, hence `code`."""
+    if not data:
+        raise P4RTError(code, f"{what}: empty bytestring (a value needs at least one byte)")
+    value = int.from_bytes(data, "big")
+    if value >> bitwidth:
+        raise P4RTError(code, f"{what}: value 0x{data.hex()} does not fit in {bitwidth} bits")
+    return value
+
+
+def encode_bits(value: int) -> bytes:
+    """Canonical bytestring: shortest big-endian form, 0 is one zero byte."""
+    return value.to_bytes((value.bit_length() + 7) // 8 or 1, "big")
+
+
+def uint128(msg: p4runtime_pb2.Uint128) -> int:
+    return (msg.high << 64) | msg.low
+
+
+def make_uint128(value: int) -> p4runtime_pb2.Uint128:
+    return p4runtime_pb2.Uint128(high=value >> 64, low=value & 0xFFFFFFFFFFFFFFFF)
+
+
+# ---------------------------------------------------------------------------------------------
+# the pipeline (P4Info) the target implements
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """A match field, action parameter, packet-metadata field or digest struct member."""
+
+    id: int
+    name: str
+    bitwidth: int
+    match_type: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ActionSpec:
+    id: int
+    name: str
+    params: tuple[FieldSpec, ...]
+    param_by_id: dict[int, FieldSpec] = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TableSpec:
+    id: int
+    name: str
+    match_fields: tuple[FieldSpec, ...]
+    field_by_id: dict[int, FieldSpec] = field(compare=False, repr=False)
+    action_scopes: dict[int, int]  # action id -> p4info ActionRef.Scope
+    size: int
+    const_default_action_id: int
+    has_implementation: bool
+    idle_timeout: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ArraySpec:
+    """An indexed register or counter."""
+
+    id: int
+    name: str
+    size: int
+    bitwidth: int = 0  # registers
+
+
+@dataclass(frozen=True, slots=True)
+class DigestSpec:
+    id: int
+    name: str
+    members: tuple[FieldSpec, ...]  # struct members in order (id = position + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class PacketMetadataSpec:
+    id: int
+    name: str
+    fields: tuple[FieldSpec, ...]
+    field_by_id: dict[int, FieldSpec] = field(compare=False, repr=False)
+
+
+def _bitstring_width(spec: p4types_pb2.P4DataTypeSpec) -> int | None:
+    if spec.WhichOneof("type_spec") == "bitstring" and spec.bitstring.WhichOneof("type_spec") == "bit":
+        return int(spec.bitstring.bit.bitwidth)
+    return None
+
+
+class Pipeline:
+    """Name and id lookups over one P4Info (the one the target was started with)."""
+
+    def __init__(self, p4info: p4info_pb2.P4Info, source: str = "P4Info") -> None:
+        self.p4info = p4info
+        self.source = source
+        self.actions: dict[int, ActionSpec] = {}
+        for a in p4info.actions:
+            params = tuple(FieldSpec(p.id, p.name, p.bitwidth) for p in a.params)
+            self.actions[a.preamble.id] = ActionSpec(
+                a.preamble.id, a.preamble.name, params, {p.id: p for p in params})
+        self.tables: dict[int, TableSpec] = {}
+        for t in p4info.tables:
+            fields = tuple(FieldSpec(f.id, f.name, f.bitwidth, f.match_type)
+                           for f in t.match_fields)
+            self.tables[t.preamble.id] = TableSpec(
+                t.preamble.id, t.preamble.name, fields, {f.id: f for f in fields},
+                {r.id: r.scope for r in t.action_refs}, int(t.size),
+                t.const_default_action_id, bool(t.implementation_id),
+                t.idle_timeout_behavior != p4info_pb2.Table.NO_TIMEOUT)
+        self.registers: dict[int, ArraySpec] = {}
+        for r in p4info.registers:
+            width = _bitstring_width(r.type_spec)
+            self.registers[r.preamble.id] = ArraySpec(
+                r.preamble.id, r.preamble.name, int(r.size), width or 0)
+        self.counters: dict[int, ArraySpec] = {
+            c.preamble.id: ArraySpec(c.preamble.id, c.preamble.name, int(c.size))
+            for c in p4info.counters
+        }
+        structs = p4info.type_info.structs
+        self.digests: dict[int, DigestSpec] = {}
+        for d in p4info.digests:
+            members: list[FieldSpec] = []
+            if d.type_spec.WhichOneof("type_spec") == "struct":
+                for i, m in enumerate(structs[d.type_spec.struct.name].members, start=1):
+                    members.append(FieldSpec(i, m.name, _bitstring_width(m.type_spec) or 0))
+            else:
+                members.append(FieldSpec(1, "value", _bitstring_width(d.type_spec) or 0))
+            self.digests[d.preamble.id] = DigestSpec(d.preamble.id, d.preamble.name,
+                                                     tuple(members))
+        self.packet_metadata: dict[str, PacketMetadataSpec] = {}
+        for cpm in p4info.controller_packet_metadata:
+            fields = tuple(FieldSpec(m.id, m.name, m.bitwidth) for m in cpm.metadata)
+            self.packet_metadata[cpm.preamble.name] = PacketMetadataSpec(
+                cpm.preamble.id, cpm.preamble.name, fields, {f.id: f for f in fields})
+        self._by_name: dict[tuple[str, str], Any] = {}
+        for kind, objs in (("table", self.tables), ("action", self.actions),
+                           ("register", self.registers), ("counter", self.counters),
+                           ("digest", self.digests)):
+            for obj in objs.values():
+                self._by_name[(kind, obj.name)] = obj
+
+    @classmethod
+    def load(cls, path: Path) -> Pipeline:
+        """Read a P4Info file (text `.txtpb`/`.txt`, else binary)."""
+        data = path.read_bytes()
+        msg = p4info_pb2.P4Info()
+        try:
+            if path.suffix in (".bin", ".pb"):
+                msg.ParseFromString(data)
+            else:
+                text_format.Parse(data.decode(), msg)
+        except (text_format.ParseError, UnicodeDecodeError, ValueError) as exc:
+            raise ValueError(f"{path}: not a P4Info: {exc}") from exc
+        return cls(msg, str(path))
+
+    def _named(self, kind: str, name: str) -> Any:
+        try:
+            return self._by_name[(kind, name)]
+        except KeyError:
+            raise KeyError(f"{self.source} has no {kind} {name!r}") from None
+
+    def table(self, name: str) -> TableSpec:
+        return self._named("table", name)
+
+    def action(self, name: str) -> ActionSpec:
+        return self._named("action", name)
+
+    def register(self, name: str) -> ArraySpec:
+        return self._named("register", name)
+
+    def counter(self, name: str) -> ArraySpec:
+        return self._named("counter", name)
+
+    def digest(self, name: str) -> DigestSpec:
+        return self._named("digest", name)
+
+
+# -- semantic comparison ----------------------------------------------------------------------
+
+_Described = dict[str, dict[str, dict[str, str]]]  # category -> object name -> attribute -> value
+
+_CATEGORIES = (
+    ("tables", "table"), ("actions", "action"), ("counters", "counter"),
+    ("registers", "register"), ("digests", "digest"),
+    ("controller_packet_metadata", "controller packet metadata"),
+    ("action_profiles", "action profile"), ("direct_counters", "direct counter"),
+    ("meters", "meter"), ("direct_meters", "direct meter"), ("value_sets", "value set"),
+    ("externs", "extern"),
+)
+
+
+def _type_text(spec: p4types_pb2.P4DataTypeSpec) -> str:
+    width = _bitstring_width(spec)
+    if width is not None:
+        return f"bit<{width}>"
+    return text_format.MessageToString(spec, as_one_line=True) or "unset"
+
+
+def describe(p4info: p4info_pb2.P4Info) -> _Described:
+    """What the target depends on in a P4Info, as comparable strings, by object name.
+
+    Names, ids, widths, match kinds, action scopes and sizes count; aliases, annotations,
+    documentation and pkg_info do not (p4c may fill those in differently)."""
+    action_names = {a.preamble.id: a.preamble.name for a in p4info.actions}
+    out: _Described = {cat: {} for cat, _ in _CATEGORIES}
+    mt = p4info_pb2.MatchField.MatchType
+    for t in p4info.tables:
+        attrs = {"id": f"{t.preamble.id:#010x}", "size": str(t.size),
+                 "const default action": action_names.get(t.const_default_action_id,
+                                                          str(t.const_default_action_id)),
+                 "implementation": str(t.implementation_id or "none"),
+                 "idle timeout": p4info_pb2.Table.IdleTimeoutBehavior.Name(
+                     t.idle_timeout_behavior),
+                 "const table": str(t.is_const_table)}
+        for f in t.match_fields:
+            kind = mt.Name(f.match_type) if f.WhichOneof("match") == "match_type" \
+                else f"other {f.other_match_type}"
+            attrs[f"match field {f.name!r}"] = f"id {f.id}, {f.bitwidth} bits, {kind}"
+        for r in t.action_refs:
+            name = action_names.get(r.id, f"id {r.id}")
+            attrs[f"action {name!r}"] = p4info_pb2.ActionRef.Scope.Name(r.scope)
+        out["tables"][t.preamble.name] = attrs
+    for a in p4info.actions:
+        attrs = {"id": f"{a.preamble.id:#010x}"}
+        for p in a.params:
+            attrs[f"parameter {p.name!r}"] = f"id {p.id}, {p.bitwidth} bits"
+        out["actions"][a.preamble.name] = attrs
+    for c in p4info.counters:
+        out["counters"][c.preamble.name] = {
+            "id": f"{c.preamble.id:#010x}", "size": str(c.size),
+            "unit": p4info_pb2.CounterSpec.Unit.Name(c.spec.unit)}
+    for r in p4info.registers:
+        out["registers"][r.preamble.name] = {
+            "id": f"{r.preamble.id:#010x}", "size": str(r.size), "type": _type_text(r.type_spec)}
+    structs = p4info.type_info.structs
+    for d in p4info.digests:
+        attrs = {"id": f"{d.preamble.id:#010x}"}
+        if d.type_spec.WhichOneof("type_spec") == "struct":
+            sname = d.type_spec.struct.name
+            attrs["type"] = f"struct {sname}"
+            if sname not in structs:
+                attrs["struct"] = "missing from type_info"
+            else:
+                for i, m in enumerate(structs[sname].members):
+                    attrs[f"member #{i + 1}"] = f"{m.name!r}: {_type_text(m.type_spec)}"
+        else:
+            attrs["type"] = _type_text(d.type_spec)
+        out["digests"][d.preamble.name] = attrs
+    for cpm in p4info.controller_packet_metadata:
+        attrs = {"id": f"{cpm.preamble.id:#010x}"}
+        for m in cpm.metadata:
+            attrs[f"metadata {m.name!r}"] = f"id {m.id}, {m.bitwidth} bits"
+        out["controller_packet_metadata"][cpm.preamble.name] = attrs
+    for cat, _ in _CATEGORIES[6:]:
+        for obj in getattr(p4info, cat):
+            out[cat][obj.preamble.name] = {"id": f"{obj.preamble.id:#010x}"}
+    return out
+
+
+def first_mismatch(expected: p4info_pb2.P4Info, got: p4info_pb2.P4Info) -> str | None:
+    """The first difference that matters between two P4Infos, in words; None if none."""
+    want, have = describe(expected), describe(got)
+    for cat, label in _CATEGORIES:
+        for name, attrs in want[cat].items():
+            if name not in have[cat]:
+                return f"{label} {name!r} missing"
+            theirs = have[cat][name]
+            for attr, value in attrs.items():
+                if attr not in theirs:
+                    return f"{label} {name!r}: {attr} missing"
+                if theirs[attr] != value:
+                    return f"{label} {name!r}: {attr} is {theirs[attr]}, expected {value}"
+            for attr in theirs:
+                if attr not in attrs:
+                    return f"{label} {name!r}: unexpected {attr} ({theirs[attr]})"
+        for name in have[cat]:
+            if name not in want[cat]:
+                return f"{label} {name!r} is not part of this target's pipeline"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# arbitration (spec 5)
+
+
+class StreamSink(Protocol):
+    """Where a stream's outgoing messages go (the StreamChannel's queue)."""
+
+    def send(self, msg: p4runtime_pb2.StreamMessageResponse) -> None: ...
+
+
+@dataclass(eq=False)
+class Session:
+    """One StreamChannel. Arbitration fields are set by its first MasterArbitrationUpdate."""
+
+    sink: StreamSink
+    peer: str = ""
+    device_id: int | None = None
+    role: str | None = None
+    role_given: bool = False
+    election_id: int | None = None  # None: unset (never primary, spec 15.3.1)
+    seq: int = 0  # arrival order, tie-break for unset ids
+
+    @property
+    def arbitrated(self) -> bool:
+        return self.device_id is not None
+
+    def describe(self) -> str:
+        eid = "unset" if self.election_id is None else str(self.election_id)
+        role = f" role {self.role!r}" if self.role else ""
+        return f"{self.peer or 'client'} (election id {eid}{role})"
+
+
+@dataclass
+class _Group:
+    sessions: list[Session] = field(default_factory=list)
+    highest: int | None = None  # highest election id ever seen for this (device, role)
+    primary: Session | None = None
+
+
+class Arbiter:
+    """Primary/backup election per (device id, role).
+
+    The primary is the live client with the highest election id, as bmv2/PI do: when the
+    primary's stream ends, the next highest client becomes primary and every client is told
+    (spec 5.x would leave the device without a primary until someone re-arbitrates; with
+    PI's rule a standing backup takes over, which is what controllers written against bmv2
+    expect). A client without election id never becomes primary. Notifications follow spec
+    5.4: OK to the primary, ALREADY_EXISTS to backups, NOT_FOUND when there is no primary.
+
+    `lock` is shared with the device so that a change of primary waits for the Write in
+    progress (spec 5.3: the old primary's writes finish before the new one is accepted)."""
+
+    MAX_SESSIONS_PER_ROLE = 16
+
+    def __init__(self, device_id: int, lock: threading.RLock | None = None) -> None:
+        self.device_id = device_id
+        self.lock = lock if lock is not None else threading.RLock()
+        self._groups: dict[str, _Group] = {}
+        self._seq = 0
+        self.on_primary_change: Callable[[str, Session | None], None] | None = None
+
+    # -- queries ----------------------------------------------------------------------------
+
+    def primary(self, role: str = "") -> Session | None:
+        with self.lock:
+            group = self._groups.get(role)
+            return group.primary if group else None
+
+    def sessions(self, role: str = "") -> list[Session]:
+        with self.lock:
+            group = self._groups.get(role)
+            return list(group.sessions) if group else []
+
+    def check_writer(self, device_id: int, role: str, election_id: int | None) -> None:
+        """Spec 12 / 13: NOT_FOUND for another device or unknown role, PERMISSION_DENIED
+        unless (role, election id) is the current primary."""
+        if device_id != self.device_id:
+            raise P4RTError(code_pb2.NOT_FOUND,
+                            f"device id {device_id} unknown (this target is {self.device_id})")
+        with self.lock:
+            group = self._groups.get(role)
+            if group is None and role:
+                raise P4RTError(code_pb2.NOT_FOUND,
+                                f"role {role!r} unknown: no client arbitrated for it")
+            primary = group.primary if group else None
+            if primary is None:
+                raise P4RTError(code_pb2.PERMISSION_DENIED,
+                                "not primary: no client is primary"
+                                + (f" for role {role!r}" if role else "")
+                                + " (open a StreamChannel and arbitrate first)")
+            if election_id is None or election_id != primary.election_id:
+                eid = "unset" if election_id is None else str(election_id)
+                raise P4RTError(code_pb2.PERMISSION_DENIED,
+                                f"not primary: election id {eid}, the primary's is "
+                                f"{primary.election_id}")
+
+    def is_primary(self, session: Session) -> bool:
+        with self.lock:
+            if session.role is None:
+                return False
+            group = self._groups.get(session.role)
+            return group is not None and group.primary is session
+
+    # -- updates ----------------------------------------------------------------------------
+
+    def arbitrate(self, session: Session, update: p4runtime_pb2.MasterArbitrationUpdate) -> None:
+        """Apply one MasterArbitrationUpdate (spec 5.3). P4RTError means: end the stream
+        with that status."""
+        role = update.role.name if update.HasField("role") else ""
+        election_id = uint128(update.election_id) if update.HasField("election_id") else None
+        if update.HasField("role") and update.role.HasField("config"):
+            raise invalid("role.config is not supported: this target only has full "
+                          "pipeline access roles (leave role.config unset)")
+        with self.lock:
+            if not session.arbitrated:
+                if update.device_id != self.device_id:
+                    raise P4RTError(code_pb2.NOT_FOUND,
+                                    f"device id {update.device_id} unknown (this target is "
+                                    f"{self.device_id})")
+                group = self._groups.setdefault(role, _Group())
+                self._check_unique(group, election_id, session)
+                if len(group.sessions) >= self.MAX_SESSIONS_PER_ROLE:
+                    raise P4RTError(code_pb2.RESOURCE_EXHAUSTED,
+                                    f"too many clients for role {role!r} "
+                                    f"(at most {self.MAX_SESSIONS_PER_ROLE})")
+                self._seq += 1
+                session.device_id, session.role, session.election_id = \
+                    update.device_id, role, election_id
+                session.role_given = update.HasField("role")
+                session.seq = self._seq
+                group.sessions.append(session)
+            else:
+                if update.device_id != session.device_id:
+                    raise P4RTError(code_pb2.FAILED_PRECONDITION,
+                                    f"device id {update.device_id} differs from this stream's "
+                                    f"{session.device_id}")
+                if role != session.role:
+                    raise P4RTError(code_pb2.FAILED_PRECONDITION,
+                                    f"role {role!r} differs from this stream's "
+                                    f"{session.role!r}; open a new stream to change role")
+                group = self._groups[role]
+                self._check_unique(group, election_id, session)
+                session.election_id = election_id
+            if election_id is not None and (group.highest is None or election_id > group.highest):
+                group.highest = election_id
+            self._elect(role, group, asker=session)
+
+    def leave(self, session: Session) -> None:
+        with self.lock:
+            if not session.arbitrated or session.role is None:
+                return
+            group = self._groups.get(session.role)
+            if group is None or session not in group.sessions:
+                return
+            group.sessions.remove(session)
+            was_primary = group.primary is session
+            if was_primary:
+                group.primary = None
+                self._elect(session.role, group, asker=None)
+
+    @staticmethod
+    def _check_unique(group: _Group, election_id: int | None, session: Session) -> None:
+        if election_id is None:
+            return
+        for other in group.sessions:
+            if other is not session and other.election_id == election_id:
+                raise invalid(f"election id {election_id} is already used by another client "
+                              f"({other.describe()})")
+
+    def _elect(self, role: str, group: _Group, asker: Session | None) -> None:
+        candidates = [s for s in group.sessions if s.election_id is not None]
+        new = max(candidates, key=lambda s: s.election_id or 0) if candidates else None
+        old = group.primary
+        group.primary = new
+        if new is not old:
+            for s in group.sessions:
+                self._notify(s, group)
+            if self.on_primary_change is not None:
+                self.on_primary_change(role, new)
+        elif asker is not None:
+            self._notify(asker, group)
+
+    def _notify(self, session: Session, group: _Group) -> None:
+        msg = p4runtime_pb2.StreamMessageResponse()
+        arb = msg.arbitration
+        arb.device_id = self.device_id
+        if session.role_given:
+            arb.role.name = session.role or ""
+        primary = group.primary
+        shown = primary.election_id if primary is not None else group.highest
+        if shown is not None:
+            arb.election_id.CopyFrom(make_uint128(shown))
+        if primary is session:
+            arb.status.CopyFrom(status_pb2.Status(code=code_pb2.OK, message="is primary"))
+        elif primary is not None:
+            arb.status.CopyFrom(status_pb2.Status(
+                code=code_pb2.ALREADY_EXISTS,
+                message=f"is backup; the primary has election id {primary.election_id}"))
+        else:
+            arb.status.CopyFrom(status_pb2.Status(code=code_pb2.NOT_FOUND,
+                                                  message="no primary"))
+        session.sink.send(msg)
+
+
+# ---------------------------------------------------------------------------------------------
+# digests (spec 9.10)
+
+Sample = tuple[int, ...]
+
+
+@dataclass
+class _SentList:
+    sent_ns: int
+    samples: list[Sample]
+
+
+class DigestEngine:
+    """Batching, de-duplication and acknowledgement of one digest's notifications.
+
+    Follows the spec's pseudo-code: samples wait in a buffer until `max_list_size` distinct
+    ones are there (0: no limit) or `max_timeout_ns` passed since the first (0: send at
+    once); a sent list's samples stay in a cache, which suppresses duplicates, until the
+    list is acknowledged or `ack_timeout_ns` old (0: no cache). Lists are never re-sent.
+    `send(list)` returns False when no primary is there to take it (the list is dropped).
+    """
+
+    def __init__(self, spec: DigestSpec,
+                 send: Callable[[p4runtime_pb2.DigestList], bool],
+                 clock_ns: Callable[[], int] = time.monotonic_ns) -> None:
+        self.spec = spec
+        self._send = send
+        self._clock = clock_ns
+        self._lock = threading.Lock()
+        self.config: p4runtime_pb2.DigestEntry | None = None
+        self._buffer: list[Sample] = []
+        self._buffered: set[Sample] = set()
+        self._first_ns = 0
+        self._cache: dict[Sample, int] = {}
+        self._lists: dict[int, _SentList] = {}
+        self._next_list_id = 1
+        self.dropped = 0  # samples lost: digest not enabled, or no primary
+        self.sent_lists = 0
+
+    # -- configuration (DigestEntry writes) -------------------------------------------------
+
+    def write(self, kind: int, entry: p4runtime_pb2.DigestEntry) -> Callable[[], None]:
+        """Apply a DigestEntry update; returns its undo."""
+        with self._lock:
+            old = self.config
+            if kind == p4runtime_pb2.Update.INSERT:
+                if old is not None:
+                    raise P4RTError(code_pb2.ALREADY_EXISTS,
+                                    f"digest {self.spec.name} is already enabled (MODIFY it)")
+                self._set(entry)
+            elif kind == p4runtime_pb2.Update.MODIFY:
+                if old is None:
+                    raise P4RTError(code_pb2.NOT_FOUND,
+                                    f"digest {self.spec.name} is not enabled (INSERT it)")
+                self._set(entry)
+            elif kind == p4runtime_pb2.Update.DELETE:
+                if old is None:
+                    raise P4RTError(code_pb2.NOT_FOUND,
+                                    f"digest {self.spec.name} is not enabled")
+                self._reset()
+            else:
+                raise invalid("update type must be INSERT, MODIFY or DELETE")
+
+        def undo() -> None:
+            with self._lock:
+                if old is None:
+                    self._reset()
+                else:
+                    self.config = old
+
+        return undo
+
+    def _set(self, entry: p4runtime_pb2.DigestEntry) -> None:
+        cfg = entry.config
+        if cfg.max_timeout_ns < 0 or cfg.ack_timeout_ns < 0 or cfg.max_list_size < 0:
+            raise invalid(f"digest {self.spec.name}: config values must not be negative")
+        self.config = p4runtime_pb2.DigestEntry(digest_id=self.spec.id, config=cfg)
+
+    def _reset(self) -> None:
+        self.config = None
+        self._buffer.clear()
+        self._buffered.clear()
+        self._cache.clear()
+        self._lists.clear()
+
+    def clear(self) -> None:
+        """Forget the configuration and every pending list (pipeline re-commit)."""
+        with self._lock:
+            self._reset()
+
+    # -- data path ----------------------------------------------------------------------------
+
+    def add(self, samples: Iterable[Sample]) -> None:
+        with self._lock:
+            if self.config is None:
+                self.dropped += sum(1 for _ in samples)
+                return
+            cfg = self.config.config
+            for s in samples:
+                if s in self._cache or s in self._buffered:
+                    continue
+                if not self._buffer:
+                    self._first_ns = self._clock()
+                self._buffer.append(s)
+                self._buffered.add(s)
+                if (cfg.max_list_size and len(self._buffer) >= cfg.max_list_size) \
+                        or cfg.max_timeout_ns == 0:
+                    self._flush()
+
+    def ack(self, list_id: int) -> bool:
+        """DigestListAck: the list's samples leave the cache. False if unknown (late ack)."""
+        with self._lock:
+            sent = self._lists.pop(list_id, None)
+            if sent is None:
+                return False
+            for s in sent.samples:
+                if self._cache.get(s) == list_id:
+                    del self._cache[s]
+            return True
+
+    def tick(self) -> int | None:
+        """Send a buffer whose time is up, expire unacknowledged lists; returns the
+        nanoseconds until the next thing to do (None: nothing pending)."""
+        with self._lock:
+            if self.config is None:
+                return None
+            cfg = self.config.config
+            now = self._clock()
+            waits: list[int] = []
+            if self._buffer:
+                due = self._first_ns + cfg.max_timeout_ns
+                if now >= due:
+                    self._flush()
+                else:
+                    waits.append(due - now)
+            if self._lists and cfg.ack_timeout_ns:
+                for list_id, sent in list(self._lists.items()):
+                    due = sent.sent_ns + cfg.ack_timeout_ns
+                    if now >= due:
+                        self._expire(list_id)
+                    else:
+                        waits.append(due - now)
+            return min(waits) if waits else None
+
+    def _expire(self, list_id: int) -> None:
+        sent = self._lists.pop(list_id)
+        for s in sent.samples:
+            if self._cache.get(s) == list_id:
+                del self._cache[s]
+
+    def pending_lists(self) -> list[int]:
+        with self._lock:
+            return sorted(self._lists)
+
+    def _flush(self) -> None:
+        assert self.config is not None
+        samples, self._buffer = self._buffer, []
+        self._buffered = set()
+        if not samples:
+            return
+        msg = p4runtime_pb2.DigestList(digest_id=self.spec.id, list_id=self._next_list_id,
+                                       timestamp=time.time_ns())
+        for sample in samples:
+            data = msg.data.add()
+            if len(self.spec.members) == 1 and self.spec.members[0].name == "value":
+                data.bitstring = encode_bits(sample[0])
+            else:
+                members = data.struct.members
+                for value in sample:
+                    members.add().bitstring = encode_bits(value)
+        if not self._send(msg):
+            self.dropped += len(samples)
+            return
+        self.sent_lists += 1
+        list_id = self._next_list_id
+        self._next_list_id += 1
+        if self.config.config.ack_timeout_ns:
+            self._lists[list_id] = _SentList(self._clock(), samples)
+            for s in samples:
+                self._cache[s] = list_id
+
+
+def sample_of(spec: DigestSpec, event: Any) -> Sample:
+    """A digest sample from a data-plane event, member by member (by name)."""
+    return tuple(int(getattr(event, m.name)) for m in spec.members)
+
+
+def check_event_fields(spec: DigestSpec, event_fields: Sequence[str]) -> None:
+    missing = [m.name for m in spec.members if m.name not in event_fields]
+    if missing:
+        raise ValueError(f"digest {spec.name}: members {missing} are not fields of the data "
+                         f"plane's events ({', '.join(event_fields)})")

@@ -1,0 +1,387 @@
+"""hbmon-kernel-target: the kernel data plane (XDP/tc eBPF) behind a P4Runtime server.
+
+    hbmon-kernel-target -i 1@veth0 -i 2@veth1 [--grpc-addr 127.0.0.1:9559] [--device-id 1]
+                        [--cpu-port 255] [--p4info FILE] [--bpf-dir DIR] [--log-level info]
+
+Started like bmv2's simple_switch_grpc; it implements the P4Info of p4src/ (docs/dataplane.md)
+with P4Runtime v1.4 semantics: arbitration, pipeline config (only this P4Info is accepted),
+Write/Read of the contract's tables, multicast groups, registers, counters and digest
+config, PacketOut, and DigestList + ack on the stream. It binds to loopback unless told
+otherwise (P4Runtime has no authentication here), refuses to start (exit 2, a clear message)
+when an interface is missing or BPF is not permitted, and detaches everything it attached on
+SIGINT/SIGTERM. Once serving, it prints `... listening on HOST:PORT` (port 0 = any free one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent import futures
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import grpc
+from google.rpc import code_pb2, status_pb2
+from p4.v1 import p4runtime_pb2
+
+from .p4rt_device import KernelDevice, WriteFailed, dataclass_fields, stream_error
+from .p4rt_state import P4RTError, Pipeline, Session
+
+log = logging.getLogger("hbmon_kernel.server")
+
+P4RUNTIME_API_VERSION = "1.4.1"
+SERVICE = "p4.v1.P4Runtime"
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # as PI's server: a whole table fits one Write
+MAX_WORKERS = 64  # each StreamChannel holds one worker for its lifetime
+P4INFO_NAME = "heartbeat.p4info.txtpb"
+EXIT_REFUSED = 2
+
+_STATUS_BY_CODE = {sc.value[0]: sc for sc in grpc.StatusCode}
+
+
+def grpc_code(code: int) -> grpc.StatusCode:
+    return _STATUS_BY_CODE.get(code, grpc.StatusCode.UNKNOWN)
+
+
+def error_details(message: str, errors: Sequence[P4RTError | None]) -> bytes:
+    """google.rpc.Status with one p4.v1.Error per batch element (spec 12.3 / 13.3)."""
+    status = status_pb2.Status(code=code_pb2.UNKNOWN, message=message)
+    for e in errors:
+        err = p4runtime_pb2.Error(canonical_code=code_pb2.OK if e is None else e.code)
+        if e is not None:
+            err.message = e.message
+        status.details.add().Pack(err)
+    return status.SerializeToString()
+
+
+def _abort_batch(context: grpc.ServicerContext, what: str,
+                 errors: Sequence[P4RTError | None]) -> None:
+    failed = [e for e in errors if e is not None]
+    message = f"{what}: {len(failed)} of {len(errors)} failed; first: {failed[0]}"
+    context.set_trailing_metadata((("grpc-status-details-bin", error_details(message, errors)),))
+    context.abort(grpc.StatusCode.UNKNOWN, message)
+
+
+class _Sink:
+    """A StreamChannel's outgoing queue: messages, an error that ends it, or the end."""
+
+    def __init__(self) -> None:
+        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def send(self, msg: p4runtime_pb2.StreamMessageResponse) -> None:
+        self.queue.put(msg)
+
+    def fail(self, exc: P4RTError) -> None:
+        self.queue.put(exc)
+
+    def close(self) -> None:
+        self.queue.put(None)
+
+
+class P4RuntimeService:
+    """The P4Runtime gRPC methods over a KernelDevice."""
+
+    def __init__(self, device: KernelDevice) -> None:
+        self.device = device
+
+    def Capabilities(self, request: p4runtime_pb2.CapabilitiesRequest,
+                     context: grpc.ServicerContext) -> p4runtime_pb2.CapabilitiesResponse:
+        return p4runtime_pb2.CapabilitiesResponse(p4runtime_api_version=P4RUNTIME_API_VERSION)
+
+    def SetForwardingPipelineConfig(
+        self, request: p4runtime_pb2.SetForwardingPipelineConfigRequest,
+        context: grpc.ServicerContext,
+    ) -> p4runtime_pb2.SetForwardingPipelineConfigResponse:
+        try:
+            self.device.set_pipeline(request)
+        except P4RTError as exc:
+            log.info("SetForwardingPipelineConfig refused: %s", exc)
+            context.abort(grpc_code(exc.code), exc.message)
+        return p4runtime_pb2.SetForwardingPipelineConfigResponse()
+
+    def GetForwardingPipelineConfig(
+        self, request: p4runtime_pb2.GetForwardingPipelineConfigRequest,
+        context: grpc.ServicerContext,
+    ) -> p4runtime_pb2.GetForwardingPipelineConfigResponse:
+        try:
+            return self.device.get_pipeline(request)
+        except P4RTError as exc:
+            context.abort(grpc_code(exc.code), exc.message)
+            raise  # not reached: abort raises
+
+    def Write(self, request: p4runtime_pb2.WriteRequest,
+              context: grpc.ServicerContext) -> p4runtime_pb2.WriteResponse:
+        try:
+            self.device.write(request)
+        except P4RTError as exc:
+            context.abort(grpc_code(exc.code), exc.message)
+        except WriteFailed as exc:
+            log.debug("Write: %s", exc)
+            _abort_batch(context, "Write", exc.results)
+        return p4runtime_pb2.WriteResponse()
+
+    def Read(self, request: p4runtime_pb2.ReadRequest,
+             context: grpc.ServicerContext) -> Iterator[bytes]:
+        try:
+            jobs, errors = self.device.read_plan(request)
+        except P4RTError as exc:
+            context.abort(grpc_code(exc.code), exc.message)
+            return
+        yield from self.device.encode(jobs)
+        if any(e is not None for e in errors):
+            _abort_batch(context, "Read", errors)
+
+    def StreamChannel(self, requests: Iterator[p4runtime_pb2.StreamMessageRequest],
+                      context: grpc.ServicerContext,
+                      ) -> Iterator[p4runtime_pb2.StreamMessageResponse]:
+        sink = _Sink()
+        session = Session(sink, peer=context.peer())
+        context.add_callback(sink.close)
+        reader = threading.Thread(target=self._read_stream, args=(requests, session, sink),
+                                  name=f"stream-{context.peer()}", daemon=True)
+        reader.start()
+        try:
+            while True:
+                item = sink.queue.get()
+                if item is None:
+                    return
+                if isinstance(item, P4RTError):
+                    log.info("stream of %s ended: %s", session.describe(), item)
+                    context.abort(grpc_code(item.code), item.message)
+                yield item
+        finally:
+            self.device.arbiter.leave(session)
+            log.info("stream closed: %s", session.describe())
+
+    def _read_stream(self, requests: Iterator[p4runtime_pb2.StreamMessageRequest],
+                     session: Session, sink: _Sink) -> None:
+        device = self.device
+        try:
+            for req in requests:
+                kind = req.WhichOneof("update")
+                if kind == "arbitration":
+                    try:
+                        device.arbiter.arbitrate(session, req.arbitration)
+                    except P4RTError as exc:
+                        sink.fail(exc)
+                        return
+                    log.info("arbitration: %s is %s", session.describe(),
+                             "primary" if device.arbiter.is_primary(session) else "backup")
+                elif kind == "packet":
+                    try:
+                        device.packet_out(session, req.packet)
+                    except P4RTError as exc:
+                        log.info("PacketOut dropped: %s", exc)
+                        sink.send(stream_error(exc, packet=req.packet))
+                elif kind == "digest_ack":
+                    try:
+                        device.digest_ack(session, req.digest_ack)
+                    except P4RTError as exc:
+                        sink.send(stream_error(exc, ack=req.digest_ack))
+                else:
+                    sink.send(stream_error(P4RTError(
+                        code_pb2.UNIMPLEMENTED,
+                        f"stream message {kind or 'without content'} is not supported")))
+        except grpc.RpcError:
+            pass  # the client went away
+        except Exception:
+            log.exception("stream reader failed")
+        finally:
+            sink.close()
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+def service_handler(service: P4RuntimeService) -> grpc.GenericRpcHandler:
+    """The P4Runtime service, with Read responses passed through as ready wire bytes."""
+    P = p4runtime_pb2
+    return grpc.method_handlers_generic_handler(SERVICE, {
+        "Write": grpc.unary_unary_rpc_method_handler(
+            service.Write, P.WriteRequest.FromString, P.WriteResponse.SerializeToString),
+        "Read": grpc.unary_stream_rpc_method_handler(
+            service.Read, P.ReadRequest.FromString, _identity),
+        "SetForwardingPipelineConfig": grpc.unary_unary_rpc_method_handler(
+            service.SetForwardingPipelineConfig, P.SetForwardingPipelineConfigRequest.FromString,
+            P.SetForwardingPipelineConfigResponse.SerializeToString),
+        "GetForwardingPipelineConfig": grpc.unary_unary_rpc_method_handler(
+            service.GetForwardingPipelineConfig, P.GetForwardingPipelineConfigRequest.FromString,
+            P.GetForwardingPipelineConfigResponse.SerializeToString),
+        "StreamChannel": grpc.stream_stream_rpc_method_handler(
+            service.StreamChannel, P.StreamMessageRequest.FromString,
+            P.StreamMessageResponse.SerializeToString),
+        "Capabilities": grpc.unary_unary_rpc_method_handler(
+            service.Capabilities, P.CapabilitiesRequest.FromString,
+            P.CapabilitiesResponse.SerializeToString),
+    })
+
+
+def start_server(device: KernelDevice, address: str) -> tuple[grpc.Server, int]:
+    """Serve `device` on `address`; returns the server and the bound port."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="p4rt"),
+        options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                 ("grpc.so_reuseport", 0)],
+    )
+    server.add_generic_rpc_handlers((service_handler(P4RuntimeService(device)),))
+    port = server.add_insecure_port(address)  # raises RuntimeError when it cannot bind
+    if not port:
+        raise RuntimeError(f"cannot listen on {address}")
+    server.start()
+    return server, port
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+def default_p4info() -> Path | None:
+    """$HBMON_P4INFO, else the repository's p4src/build file, else an installed copy."""
+    env = os.environ.get("HBMON_P4INFO")
+    if env:
+        return Path(env)
+    for candidate in (Path(__file__).resolve().parents[2] / "p4src" / "build" / P4INFO_NAME,
+                      Path(sys.prefix) / "share" / "hbmon" / P4INFO_NAME):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _port_spec(text: str) -> tuple[int, str]:
+    port, sep, iface = text.partition("@")
+    if not sep or not iface:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected PORT@INTERFACE, e.g. 1@veth0")
+    try:
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: port {port!r} is not a number") from None
+    if not 0 <= number <= 511:
+        raise argparse.ArgumentTypeError(f"{text!r}: port {number} outside 0..511 (9 bits)")
+    return number, iface
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="hbmon-kernel-target",
+        description="The hbmon kernel data plane (XDP/tc eBPF) behind a P4Runtime server.")
+    ap.add_argument("-i", "--interface", dest="ports", action="append", type=_port_spec,
+                    required=True, metavar="PORT@IFACE",
+                    help="a data-plane port: P4 port number @ interface (repeat per port)")
+    ap.add_argument("--grpc-addr", default="127.0.0.1:9559",
+                    help="P4Runtime listen address (default 127.0.0.1:9559; port 0 = any)")
+    ap.add_argument("--device-id", type=int, default=1, help="P4Runtime device id (default 1)")
+    ap.add_argument("--cpu-port", type=int, default=255,
+                    help="CPU port number (packet-out; default 255)")
+    ap.add_argument("--p4info", type=Path, default=None,
+                    help="the P4Info the target implements (default: $HBMON_P4INFO, else "
+                         f"p4src/build/{P4INFO_NAME})")
+    ap.add_argument("--bpf-dir", type=Path, default=None,
+                    help="directory of hb_xdp.o/hb_tc.o (default: $HBMON_BPF_DIR, build/bpf)")
+    ap.add_argument("--log-level", default="info",
+                    choices=["debug", "info", "warning", "error"])
+    args = ap.parse_args(argv)
+    ports: dict[int, str] = {}
+    for number, iface in args.ports:
+        if number in ports:
+            ap.error(f"port {number} given twice ({ports[number]}, {iface})")
+        if iface in ports.values():
+            ap.error(f"interface {iface} given twice")
+        if number == args.cpu_port:
+            ap.error(f"port {number} is the CPU port (--cpu-port {args.cpu_port})")
+        ports[number] = iface
+    args.ports = ports
+    if not 0 <= args.cpu_port <= 511:
+        ap.error(f"--cpu-port {args.cpu_port} outside 0..511")
+    if args.device_id < 0:
+        ap.error("--device-id must not be negative")
+    return args
+
+
+class _Stop(Exception):
+    """A signal arrived while starting: unwind through every clean-up."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def refuse(message: str) -> int:
+        print(f"hbmon-kernel-target: error: {message}", file=sys.stderr, flush=True)
+        return EXIT_REFUSED
+
+    stop = threading.Event()
+    serving = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+        if not serving:
+            raise _Stop(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    p4info_path = args.p4info or default_p4info()
+    if p4info_path is None:
+        return refuse(f"no P4Info: {P4INFO_NAME} not found in p4src/build/; pass --p4info")
+    try:
+        pipeline = Pipeline.load(p4info_path)
+    except (OSError, ValueError) as exc:
+        return refuse(f"cannot load the P4Info {p4info_path}: {exc}")
+
+    from .datapath import Datapath, DatapathError, PeerEvent  # needs libbpf; after the checks
+
+    sizes = [r.size for r in pipeline.registers.values()]
+    dp = Datapath(args.ports, cpu_port=args.cpu_port, bpf_dir=args.bpf_dir,
+                  max_peers=max(sizes) if sizes else 65536)
+    server: grpc.Server | None = None
+    pump: threading.Thread | None = None
+    try:
+        try:
+            dp.start()
+        except DatapathError as exc:
+            return refuse(str(exc))
+        try:
+            device = KernelDevice(dp, pipeline, device_id=args.device_id, ports=args.ports,
+                                  cpu_port=args.cpu_port,
+                                  event_fields=dataclass_fields(PeerEvent))
+        except ValueError as exc:
+            return refuse(str(exc))
+        try:
+            server, port = start_server(device, args.grpc_addr)
+        except RuntimeError as exc:
+            return refuse(f"cannot listen on {args.grpc_addr}: {exc}")
+        pump = threading.Thread(target=device.pump_events, args=(stop,), name="digests",
+                                daemon=True)
+        pump.start()
+        serving = True
+        host = args.grpc_addr.rsplit(":", 1)[0]
+        ports = ", ".join(f"{p}@{i}" for p, i in sorted(args.ports.items()))
+        print(f"hbmon-kernel-target: device {args.device_id}, ports {ports}, CPU port "
+              f"{args.cpu_port}; P4Runtime server listening on {host}:{port}", flush=True)
+        stop.wait()
+        log.info("stopping")
+        return 0
+    except _Stop as exc:
+        log.info("stopped by %s while starting", exc)
+        return 0
+    finally:
+        stop.set()
+        if server is not None:
+            server.stop(grace=1.0).wait(5)
+        if pump is not None:
+            pump.join(timeout=5)
+        dp.close()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
