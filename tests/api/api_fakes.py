@@ -12,7 +12,7 @@ import dataclasses
 import ipaddress
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from hbmon.model import (
@@ -63,14 +63,14 @@ class FakeService:
                 raise NotFoundError("peer", name)
             return dataclasses.replace(self._peers[name])
 
-    def _free_indexes(self, switch: str) -> list[int]:
+    def _free_indexes(self, switch: str) -> Iterator[int]:
         used = {p.index for p in self._peers.values() if p.switch == switch}
-        return [i for i in range(65536) if i not in used]
+        return (i for i in range(65536) if i not in used)
 
     def add_peers(self, peers: Sequence[Peer]) -> list[Peer]:
         with self._lock:
             placed = []
-            free: dict[str, list[int]] = {}
+            free: dict[str, Iterator[int]] = {}
             for i, peer in enumerate(peers):
                 if peer.switch not in self._switches:
                     raise ValidationError(
@@ -78,8 +78,9 @@ class FakeService:
                         f"unknown switch {peer.switch!r}")
                 peer = dataclasses.replace(peer, labels=dict(peer.labels))
                 if peer.index is None:
-                    pool = free.setdefault(peer.switch, self._free_indexes(peer.switch))
-                    peer.index = pool.pop(0)
+                    if peer.switch not in free:
+                        free[peer.switch] = self._free_indexes(peer.switch)
+                    peer.index = next(free[peer.switch])
                 placed.append(peer)
             self.store.add_peers(placed)  # raises ConflictError; nothing applied then
             now = time.time()

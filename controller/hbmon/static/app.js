@@ -368,7 +368,7 @@ async function renderDetail(fetchHistory) {
     + `<button class="close" title="Close">✕</button></h3>`
     + `<div class="muted">${esc(p.address)} · ${esc(p.switch)}${p.group ? " · " + esc(p.group) : ""} · slot ${p.index ?? "–"} · id ${p.peer_id}</div>`
     + `<dl><dt>since</dt><dd>${fmtAgo(p.since)}</dd><dt>reason</dt><dd>${esc(p.reason || "")}</dd>`
-    + `<dt>RTT</dt><dd>${fmtRtt(h.rtt_last_us)}</dd><dt>avg</dt><dd>${fmtRtt(h.rtt_avg_us)}</dd>`
+    + `<dt>${p.state === "DOWN" ? "last RTT" : "RTT"}</dt><dd>${fmtRtt(h.rtt_last_us)}</dd><dt>avg</dt><dd>${fmtRtt(h.rtt_avg_us)}</dd>`
     + `<dt>min</dt><dd>${fmtRtt(h.rtt_min_us)}</dd><dt>max</dt><dd>${fmtRtt(h.rtt_max_us)}</dd>`
     + `<dt>rx</dt><dd>${h.rx_count ?? "–"}</dd><dt>tx</dt><dd>${h.tx_count ?? "–"}</dd>`
     + `<dt>missed</dt><dd>${h.miss_count ?? "–"}</dd><dt>dup</dt><dd>${h.dup_count ?? "–"}</dd>`
@@ -525,7 +525,7 @@ ui.grid.addEventListener("mousemove", (ev) => {
   const h = p.health || {};
   ui.tooltip.innerHTML = `<b>${esc(p.name)}</b> <span class="badge b-${p.state}">${LABEL[p.state]}</span><br>`
     + `<span class="muted">${esc(p.address)} · ${esc(p.switch)}${p.group ? " · " + esc(p.group) : ""}</span><br>`
-    + `RTT ${fmtRtt(h.rtt_last_us)} · loss ${fmtLoss(h.loss_ratio)} · since ${fmtAgo(p.since)}`;
+    + `${p.state === "DOWN" ? "last RTT" : "RTT"} ${fmtRtt(h.rtt_last_us)} · loss ${fmtLoss(h.loss_ratio)} · since ${fmtAgo(p.since)}`;
   ui.tooltip.hidden = false;
   const x = Math.min(ev.clientX + 14, window.innerWidth - ui.tooltip.offsetWidth - 8);
   const y = Math.min(ev.clientY + 14, window.innerHeight - ui.tooltip.offsetHeight - 8);
