@@ -84,10 +84,12 @@ class WebhookConfig:
 
 
 def read_secret(env_var: str, file_env_var: str, file: str | None = None) -> bytes | None:
-    """A secret from an env var, or from a file (path given or named by another env var)."""
-    value = os.environ.get(env_var)
-    if value:
-        return value.strip().encode()
+    """A secret from `file` if given (explicit configuration wins), else from the env var
+    `env_var`, else from the file named by the env var `file_env_var`."""
+    if file is None:
+        value = os.environ.get(env_var)
+        if value:
+            return value.strip().encode()
     path = file or os.environ.get(file_env_var)
     if path:
         try:

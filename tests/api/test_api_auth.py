@@ -84,6 +84,10 @@ def test_settings_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     s = ApiSettings.from_env(read_auth=True)
     assert s.token == "from-the-env-456" and s.read_auth
     assert "from-the-env-456" not in repr(s)
+    # an explicitly configured file beats the environment
+    explicit = tmp_path / "explicit"
+    explicit.write_text("explicit-789\n")
+    assert ApiSettings.from_env(token_file=str(explicit)).token == "explicit-789"
     monkeypatch.delenv("HBMON_API_TOKEN")
     token_file.write_text("")
     with pytest.raises(ValidationError):
