@@ -295,8 +295,8 @@ class KernelDevice:
                 if self.saved is None:
                     raise P4RTError(code_pb2.NOT_FOUND,
                                     "no saved config to commit (VERIFY_AND_SAVE first)")
-                if req.HasField("config") and (req.config.HasField("p4info")
-                                               or req.config.p4_device_config):
+                # an empty config message is no config (some clients always send one)
+                if req.config.p4info.ByteSize() or req.config.p4_device_config:
                     raise invalid("COMMIT takes no config (it commits the saved one)")
                 self.config, self.saved = self.saved, None
                 log.info("pipeline committed (saved config)")

@@ -137,7 +137,8 @@ class PacketMetadataSpec:
 
 
 def _bitstring_width(spec: p4types_pb2.P4DataTypeSpec) -> int | None:
-    if spec.WhichOneof("type_spec") == "bitstring" and spec.bitstring.WhichOneof("type_spec") == "bit":
+    if spec.WhichOneof("type_spec") == "bitstring" \
+            and spec.bitstring.WhichOneof("type_spec") == "bit":
         return int(spec.bitstring.bit.bitwidth)
     return None
 
