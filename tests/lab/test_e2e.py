@@ -1,0 +1,99 @@
+"""End to end: `hbmon demo` and a Mininet lab with the kernel target, controller and API."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hbmon.responder import ControlClient
+from hbmon_topo.mn import MininetLab
+from hbmon_topo.model import Faults, star
+from hbmon_topo.stack import Stack, StackOptions, expected_states
+
+pytestmark = pytest.mark.netns
+
+HBMON = str(Path(sys.executable).with_name("hbmon"))
+
+
+def leftovers(prefix: str) -> list[str]:
+    ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    return [w for w in (ns + links).replace(":", " ").replace("@", " ").split()
+            if w.startswith(prefix)]
+
+
+def lab_prefix(output: str) -> str:
+    match = re.search(r"monitor ports 1@(hb[0-9a-f]+)m1", output)
+    assert match, f"no lab line in the demo's output:\n{output}"
+    return match.group(1)
+
+
+def test_demo_once_shows_healthy_up_and_faulty_down() -> None:
+    proc = subprocess.run(
+        [HBMON, "demo", "--once", "--api-port", "0", "--timeout", "90"],
+        capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "every peer shows its expected state" in out
+    assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/", out)
+    assert re.search(r"peer04 .*DOWN", out) and re.search(r"peer01 .*UP", out)
+    assert "lab removed" in out
+    assert leftovers(lab_prefix(out)) == []
+
+
+def test_demo_ctrl_c_removes_everything() -> None:
+    proc = subprocess.Popen([HBMON, "demo", "--api-port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
+                            env={**os.environ, "COLUMNS": "200"})
+    assert proc.stdout is not None
+    seen = ""
+    try:
+        deadline = time.monotonic() + 120
+        while "dashboard:" not in seen:
+            line = proc.stdout.readline()
+            if not line or time.monotonic() > deadline:
+                pytest.fail(f"demo did not come up:\n{seen}")
+            seen += line
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+        seen += rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "lab removed" in seen, seen
+    assert leftovers(lab_prefix(seen)) == []
+
+
+def test_demo_on_bmv2_names_what_is_missing() -> None:
+    env = {**os.environ, "SIMPLE_SWITCH_GRPC": "/nonexistent/simple_switch_grpc"}
+    proc = subprocess.run([HBMON, "demo", "--target", "bmv2", "--once"], capture_output=True,
+                          text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
+    assert proc.returncode != 0
+    assert "simple_switch_grpc" in proc.stderr and "missing" in proc.stderr
+
+
+def test_mininet_kernel_topology_all_peers_up_then_one_down() -> None:
+    topo = star(6, faults={5: Faults(status="draining")})
+    with MininetLab(topo, target="kernel") as lab:
+        ctl = lab.start_responders()
+        with Stack(lab, StackOptions(api_port=0, interval_ms=50, poll_interval_ms=100)) as st:
+            states = st.wait_for(expected_states(topo), timeout=60)
+            assert [states[p.name] for p in topo.peers[:5]] == ["UP"] * 5
+            ControlClient(ctl["peer02"]).set(mute=True)
+            st.wait_for({"peer02": {"DOWN"}}, timeout=30)
+            ControlClient(ctl["peer02"]).set(mute=False)
+            st.wait_for({"peer02": {"UP"}}, timeout=30)
+            rows = {r["name"]: r for r in st.health()}
+            assert rows["peer01"]["rx_count"] > 0 and rows["peer01"]["tx_count"] > 0
+            assert rows["peer06"]["reported_status"] == 2
+        prefix = lab.prefix
+    assert leftovers(prefix) == []
