@@ -177,6 +177,16 @@ class RawStream:
             if msg.WhichOneof("update") == kind:
                 return msg  # type: ignore[no-any-return]
 
+    def next_any(self, timeout: float = 5.0) -> p4runtime_pb2.StreamMessageResponse | None:
+        """The next message whatever its kind (None: ended or deadline)."""
+        try:
+            msg = self._in.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if msg is None:
+            self._in.put(None)
+        return msg  # type: ignore[no-any-return]
+
     def wait_end(self, timeout: float = 5.0) -> grpc.RpcError | None:
         self._thread.join(timeout)
         return self.ended

@@ -1,0 +1,291 @@
+"""What P4Runtime programs on the real hbmon-kernel-target reaches the kernel data plane:
+PacketOut fan-out arriving at the peers' namespaces, direct packet-out, responses recorded
+in the registers and counters read back over P4Runtime, and UP/DOWN digests on the stream
+(batched per DigestEntry, acknowledged)."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from functools import partial
+
+import pytest
+from google.rpc import code_pb2
+from hbmon.p4info import (
+    CounterRead,
+    DigestEntry,
+    DigestMessage,
+    MulticastGroup,
+    P4Schema,
+    PacketOut,
+    RegisterRead,
+    Replica,
+    TableEntry,
+)
+from hbmon.p4rt import P4RuntimeClient
+from hbmon.protocol import FANOUT_GROUP, REQUEST_PORT, Heartbeat, MsgType, PlaneState, Reason
+from p4.v1 import p4runtime_pb2
+
+from .bpf_lab import Capture, Lab, ip_int, mac_bytes, request_template, response_frame
+from .server_harness import P4INFO, KernelTarget, RawStream, wait_for
+
+pytestmark = pytest.mark.netns
+
+ELECTION = 50
+MONITOR_IP = ip_int("198.18.0.1")
+MONITOR_MAC = 0x02DD00000001
+
+
+class Peer:
+    def __init__(self, index: int, port: int) -> None:
+        self.index = index
+        self.port = port
+        self.addr = ip_int("198.18.1.0") + index
+        self.peer_id = 5000 + index
+        self.mac = 0x02CC00000000 + index
+
+
+@pytest.fixture(scope="module")
+def schema() -> P4Schema:
+    return P4Schema.load(P4INFO)
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    with Lab(2) as lab:
+        yield lab
+
+
+@pytest.fixture(scope="module")
+def target(lab: Lab) -> Iterator[KernelTarget]:
+    with KernelTarget(lab.ports) as t:
+        yield t
+
+
+@pytest.fixture(scope="module")
+def captures(lab: Lab, target: KernelTarget) -> dict[int, Capture]:
+    return {port: lab.capture(port) for port in (1, 2)}
+
+
+class Controller:
+    """A primary client with the digests it received (not auto-acknowledged)."""
+
+    def __init__(self, address: str, schema: P4Schema) -> None:
+        self.schema = schema
+        self.digests: list[DigestMessage] = []
+        self.client = P4RuntimeClient(address, 1, election_id=ELECTION, schema=schema,
+                                      on_digest=self._digest, auto_ack_digests=False)
+
+    def _digest(self, msg: p4runtime_pb2.DigestList) -> None:
+        self.digests.append(DigestMessage.decode(self.schema, msg))
+
+    def program(self, peers: list[Peer], detect_mult: int = 3) -> None:
+        entities: list[TableEntry | MulticastGroup] = []
+        for p in peers:
+            entities += [
+                TableEntry("HbIngress.peers", {"src_addr": p.addr, "peer_id": p.peer_id},
+                           "HbIngress.set_peer_index", {"index": p.index}),
+                TableEntry("HbIngress.peer_ids", {"peer_id": p.peer_id},
+                           "HbIngress.peer_id_known"),
+                TableEntry("HbEgress.peer_requests", {"index": p.index},
+                           "HbEgress.rewrite_request",
+                           {"dst_mac": p.mac, "dst_addr": p.addr, "peer_id": p.peer_id,
+                            "detect_mult": detect_mult}),
+            ]
+        entities.append(MulticastGroup(FANOUT_GROUP, tuple(Replica(p.port, p.index)
+                                                           for p in peers)))
+        self.client.insert(entities)
+
+    def packet_out(self, frame: bytes, egress_port: int = 0, mcast_grp: int = FANOUT_GROUP,
+                   ) -> None:
+        self.client.packet_out(PacketOut(frame, {"egress_port": egress_port,
+                                                 "mcast_grp": mcast_grp}))
+
+    def reasons(self) -> dict[int, int]:
+        return {e.counter_entry.index.index: e.counter_entry.data.packet_count
+                for e in self.client.read([CounterRead("hb_reason")])}
+
+    def register(self, name: str, index: int) -> int:
+        (e,) = self.client.read_all([RegisterRead(name, index)])
+        return int.from_bytes(e.register_entry.data.bitstring, "big")
+
+
+@pytest.fixture
+def ctl(target: KernelTarget, schema: P4Schema,
+        captures: dict[int, Capture]) -> Iterator[Controller]:
+    assert target.address is not None
+    c = Controller(target.address, schema)
+    try:
+        assert c.client.connect(timeout=10), c.client.last_error
+        c.client.set_pipeline(schema)  # a clean slate for every test
+        for cap in captures.values():
+            cap.drain()
+        yield c
+    finally:
+        c.client.close()
+
+
+def is_request(frame: bytes) -> bool:
+    return (len(frame) >= 66 and frame[12:14] == b"\x08\x00" and frame[23] == 17
+            and frame[36:38] == struct.pack("!H", REQUEST_PORT))
+
+
+def at_least(n: int, frames: list[bytes]) -> bool:
+    return len(frames) >= n
+
+
+def template(seq: int) -> bytes:
+    return request_template(monitor_mac=MONITOR_MAC, monitor_ip=MONITOR_IP, seq=seq)
+
+
+def answer(lab: Lab, peer: Peer, seq: int, tx_us: int) -> None:
+    """The peer's host answers request `seq` (from its namespace, out of its port)."""
+    frame = response_frame(peer_ip=peer.addr, monitor_ip=MONITOR_IP, peer_id=peer.peer_id,
+                           seq=seq, tx_us=tx_us, status=1, load=37)
+    lab.sender(peer.port).send(frame)
+
+
+def test_packet_out_fans_out_to_every_peer(ctl: Controller, captures: dict[int, Capture],
+                                           ) -> None:
+    peers = [Peer(i, 1 + i % 2) for i in range(6)]
+    ctl.program(peers)
+    ctl.packet_out(template(77))
+    by_id = {p.peer_id: p for p in peers}
+    for port in (1, 2):
+        frames = captures[port].frames(partial(at_least, 3), is_request)
+        assert len(frames) == 3, f"port {port}"
+        for f in frames:
+            hb = Heartbeat.unpack(f[42:], expect=MsgType.REQUEST)
+            peer = by_id[hb.peer_id]
+            assert peer.port == port and hb.sequence == 77
+            assert f[0:6] == mac_bytes(peer.mac)
+            assert int.from_bytes(f[30:34], "big") == peer.addr
+    assert wait_for(lambda: ctl.reasons()[Reason.REQUEST_SENT] == 6)
+    assert [ctl.register("hb_tx_count", p.index) for p in peers] == [1] * 6
+    assert ctl.register("hb_tx_count", 6) == 0
+
+
+def test_direct_packet_out(ctl: Controller, captures: dict[int, Capture]) -> None:
+    frame = template(5)
+    ctl.packet_out(frame, egress_port=2, mcast_grp=0)
+    got = captures[2].frames(partial(at_least, 1), lambda f: True)
+    assert got[:1] == [frame]
+    assert ctl.reasons()[Reason.REQUEST_SENT] == 0  # sent as it is, not a fan-out
+
+
+def test_bad_packet_out_reported_on_the_stream(ctl: Controller, target: KernelTarget,
+                                               schema: P4Schema) -> None:
+    assert target.address is not None
+    with RawStream(target.address) as s:
+        s.arbitrate(1, ELECTION + 1)  # takes over from ctl for this test
+        msg = s.next("arbitration")
+        assert msg is not None and msg.arbitration.status.code == code_pb2.OK
+        meta = schema.packet_metadata("packet_out")
+        cases = {
+            "unknown id": [(99, b"\x01")],
+            "egress_port missing": [(meta.field("mcast_grp").id, b"\x00")],
+            "egress_port not a port": [(meta.field("egress_port").id, b"\x09"),
+                                       (meta.field("mcast_grp").id, b"\x00")],
+            "egress_port wider than 9 bits": [(meta.field("egress_port").id, b"\x02\x00"),
+                                              (meta.field("mcast_grp").id, b"\x00")],
+        }
+        for name, fields in cases.items():
+            pkt = p4runtime_pb2.PacketOut(payload=template(1))
+            for mid, value in fields:
+                pkt.metadata.add(metadata_id=mid, value=value)
+            s.send(p4runtime_pb2.StreamMessageRequest(packet=pkt))
+            err = s.next("error")
+            assert err is not None, name
+            assert err.error.canonical_code == code_pb2.INVALID_ARGUMENT, name
+            assert err.error.packet_out.packet_out == pkt
+
+
+def test_response_recorded_and_up_down_digests(ctl: Controller, lab: Lab,
+                                               captures: dict[int, Capture]) -> None:
+    peer = Peer(3, 1)
+    ctl.program([peer], detect_mult=1)
+    ctl.client.insert([DigestEntry("peer_event_t", max_timeout_ns=0, max_list_size=1,
+                                   ack_timeout_ns=10**9)])
+    ctl.packet_out(template(10))
+    (req,) = captures[1].frames(partial(at_least, 1), is_request)
+    tx_us = Heartbeat.unpack(req[42:]).tx_timestamp_us
+    answer(lab, peer, 10, tx_us)
+    assert wait_for(lambda: ctl.digests), "no UP digest"
+    up = ctl.digests[0]
+    assert up.name == "peer_event_t" and up.list_id == 1
+    assert len(up.data) == 1
+    row = up.data[0]
+    assert (row["index"], row["state"], row["last_seq"]) == (3, PlaneState.UP, 10)
+    assert row["time_us"] == ctl.register("hb_last_rx_us", 3)
+    assert ctl.reasons()[Reason.RESPONSE_RECORDED] == 1
+    assert (ctl.register("hb_rx_count", 3), ctl.register("hb_last_seq", 3),
+            ctl.register("hb_peer_status", 3), ctl.register("hb_peer_load", 3)) == (1, 10, 1, 37)
+    ctl.client.ack_digest(p4runtime_pb2.DigestList(digest_id=up.digest_id, list_id=1))
+    # two rounds without an answer: the second finds detect_mult (1) misses -> DOWN
+    for seq in (11, 12):
+        ctl.packet_out(template(seq))
+        captures[1].frames(partial(at_least, 1), is_request)
+    assert wait_for(lambda: len(ctl.digests) >= 2), "no DOWN digest"
+    down = ctl.digests[1]
+    assert down.list_id == 2
+    assert (down.data[0]["index"], down.data[0]["state"], down.data[0]["last_seq"]) == (
+        3, PlaneState.DOWN, 10)
+    assert ctl.register("hb_state", 3) == PlaneState.DOWN
+
+
+def test_digests_batched_per_config(ctl: Controller, lab: Lab,
+                                    captures: dict[int, Capture]) -> None:
+    peers = [Peer(1, 1), Peer(2, 2)]
+    ctl.program(peers)
+    # a list goes out when it holds 2 distinct notifications (timeout far away)
+    ctl.client.insert([DigestEntry("peer_event_t", max_timeout_ns=60 * 10**9,
+                                   max_list_size=2, ack_timeout_ns=10**9)])
+    ctl.packet_out(template(3))
+    for p in peers:
+        (req,) = captures[p.port].frames(partial(at_least, 1), is_request)
+        answer(lab, p, 3, Heartbeat.unpack(req[42:]).tx_timestamp_us)
+    assert wait_for(lambda: ctl.digests), "no digest list"
+    assert len(ctl.digests) == 1
+    assert sorted((r["index"], r["state"]) for r in ctl.digests[0].data) == [
+        (1, PlaneState.UP), (2, PlaneState.UP)]
+
+
+def test_no_digest_before_digest_entry(ctl: Controller, lab: Lab,
+                                       captures: dict[int, Capture]) -> None:
+    first, second = Peer(4, 1), Peer(5, 2)
+    ctl.program([first, second])
+    ctl.packet_out(template(8))
+    reqs = {p.port: captures[p.port].frames(partial(at_least, 1), is_request)[0]
+            for p in (first, second)}
+    answer(lab, first, 8, Heartbeat.unpack(reqs[1][42:]).tx_timestamp_us)
+    assert wait_for(lambda: ctl.register("hb_state", 4) == PlaneState.UP)
+    # the event of `first` happened while digests were off; enabling them now must not
+    # bring it back: the first digest is the one of `second`
+    ctl.client.insert([DigestEntry("peer_event_t")])
+    answer(lab, second, 8, Heartbeat.unpack(reqs[2][42:]).tx_timestamp_us)
+    assert wait_for(lambda: ctl.digests), "no digest"
+    assert [r["index"] for r in ctl.digests[0].data] == [5]
+
+
+def test_digests_go_to_the_primary_only(ctl: Controller, lab: Lab, target: KernelTarget,
+                                        captures: dict[int, Capture]) -> None:
+    assert target.address is not None
+    with RawStream(target.address) as backup:
+        backup.arbitrate(1, ELECTION - 1)
+        assert backup.next("arbitration") is not None
+        peer = Peer(6, 2)
+        ctl.program([peer])
+        ctl.client.insert([DigestEntry("peer_event_t")])
+        ctl.packet_out(template(4))
+        (req,) = captures[2].frames(partial(at_least, 1), is_request)
+        answer(lab, peer, 4, Heartbeat.unpack(req[42:]).tx_timestamp_us)
+        assert wait_for(lambda: ctl.digests), "no digest at the primary"
+        # a marker: a client with a higher id makes the target notify every client; had
+        # the backup been sent the digest, it would come before this notification
+        with RawStream(target.address) as marker:
+            marker.arbitrate(1, ELECTION + 1)
+            first = backup.next_any()
+            assert first is not None and first.WhichOneof("update") == "arbitration"
+    wildcard = ctl.client.read_all([p4runtime_pb2.Entity(
+        digest_entry=p4runtime_pb2.DigestEntry())])
+    assert len(wildcard) == 1
