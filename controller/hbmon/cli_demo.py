@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import click
+from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -28,21 +29,22 @@ def _fault_text(faults: Any) -> str:
     if faults.loss_pct:
         parts.append(f"loss {faults.loss_pct:g}%")
     if faults.delay_ms:
-        parts.append(f"delay {faults.delay_ms:g} ms")
+        parts.append(f"+{faults.delay_ms:g}ms")
     if faults.flap_s:
-        parts.append(f"flapping {faults.flap_s:g}s")
+        parts.append(f"flap {faults.flap_s:g}s")
     if faults.status != "healthy":
-        parts.append(f"reports {faults.status}")
-    return ", ".join(parts) or "-"
+        parts.append(f"says {faults.status}")
+    return ", ".join(parts)
 
 
 def _table(topology: Any, rows: list[dict[str, Any]], title: str) -> Table:
     by_name = {r["name"]: r for r in rows}
-    table = Table(title=title, title_justify="left", expand=False)
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True)
     for col, justify in (("peer", "left"), ("address", "left"), ("state", "left"),
                          ("since", "right"), ("rtt µs", "right"), ("loss", "right"),
-                         ("rx/tx", "right"), ("reported", "left"), ("injected fault", "left")):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+                         ("rx/tx", "right"), ("says", "left"), ("injected", "left")):
+        table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     now = time.time()
     for peer in topology.peers:
         row = by_name.get(peer.name, {})
@@ -54,8 +56,7 @@ def _table(topology: Any, rows: list[dict[str, Any]], title: str) -> Table:
             str(row.get("rtt_last_us", "-")),
             f"{100 * row['loss_ratio']:.0f}%" if "loss_ratio" in row else "-",
             f"{row.get('rx_count', 0)}/{row.get('tx_count', 0)}",
-            {0: "healthy", 1: "degraded", 2: "draining"}.get(row.get("reported_status", -1),
-                                                             "-"),
+            {0: "ok", 1: "degr", 2: "drain"}.get(row.get("reported_status", -1), "-"),
             _fault_text(peer.faults),
         )
     return table
