@@ -78,6 +78,7 @@ _SLOT_FIELDS = tuple(f.name for f in dataclasses.fields(Slot))
 _REGISTER_FIELD = {name: name[3:] for name in REGISTERS}
 assert set(_REGISTER_FIELD.values()) == set(_SLOT_FIELDS)
 _U32 = 0xFFFFFFFF
+SEEDED_SETTING = "controller.config_peers_seeded"  # store setting: config peers already added
 
 
 class DataPlaneError(RuntimeError):
@@ -666,7 +667,11 @@ class Fabric:
         reserved as persisted, and assigned (and persisted) where missing or clashing."""
         now = self.clock()
         stored = {p.name: p for p in self.store.list_peers()}
-        seeds = [dataclasses.replace(p) for p in self.config.peers if p.name not in stored]
+        # the config file seeds the inventory once per peer name: a config peer removed
+        # over the API stays removed after a restart
+        seeded = set(self.store.get_setting(SEEDED_SETTING) or [])
+        seeds = [dataclasses.replace(p) for p in self.config.peers
+                 if p.name not in stored and p.name not in seeded]
         fixes: list[Peer] = []
         for peer in stored.values():
             driver = self.drivers.get(peer.switch)
@@ -686,6 +691,9 @@ class Fabric:
             self.store.update_peer(peer)
         if seeds:
             self.store.add_peers(seeds)
+        names = seeded | {p.name for p in self.config.peers}
+        if names != seeded:
+            self.store.set_setting(SEEDED_SETTING, sorted(names))
         self._emit([self._inventory_event(EventKind.PEER_ADDED, p, now, "config")
                     for p in seeds])
         for peer in [*stored.values(), *seeds]:

@@ -335,3 +335,20 @@ def test_entry_already_present_is_taken_over(harness: Harness, server: TestP4Run
     [req] = entries(server, schema, "HbEgress.peer_requests")
     assert req.params["peer_id"] == 1 and req.params["detect_mult"] == 3
     assert req.params["dst_mac"] == 0x020000000101
+
+
+def test_config_peers_seed_the_inventory_once(server: TestP4RuntimeServer,
+                                              tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'hb.db'}"
+    a = {"name": "a", "address": "198.18.1.1", "peer_id": 1, "mac": "02:00:00:00:01:01",
+         "port": 1}
+    b = {"name": "b", "address": "198.18.1.2", "peer_id": 2, "mac": "02:00:00:00:01:02",
+         "port": 1}
+    first = Harness(make_config(server.port, peers=[a]), url)
+    assert [p.name for p in first.fabric.list_peers()] == ["a"]
+    first.fabric.remove_peers(["a"])
+    first.store.close()
+    # "a" was removed over the API: it stays removed; "b" is new in the file: it is added
+    second = Harness(make_config(server.port, peers=[a, b]), url)
+    assert [p.name for p in second.fabric.list_peers()] == ["b"]
+    second.store.close()
