@@ -99,16 +99,22 @@ def serve(config: dict[str, Any], workdir: Path) -> Iterator[subprocess.Popen[by
 
 
 def cpu_run(config: dict[str, Any], workdir: Path, warmup: float, window: float,
-            ready: Callable[[], bool]) -> dict[str, float]:
+            ready: Callable[[], bool], target_pid: int | None = None) -> dict[str, float]:
     with serve(config, workdir) as proc:
         wait_for(lambda: ready() or proc.poll() is not None, 120, "controller programmed")
         if proc.poll() is not None:
             raise RuntimeError((workdir / "serve.log").read_text()[-2000:])
         threading.Event().wait(warmup)  # steady state: programming and first polls done
         c0, t0 = proc_cpu_seconds(proc.pid), time.monotonic()
+        s0 = proc_cpu_seconds(target_pid) if target_pid else 0.0
         threading.Event().wait(window)
         c1, t1 = proc_cpu_seconds(proc.pid), time.monotonic()
-    return {"cpu_s_per_s": round((c1 - c0) / (t1 - t0), 4), "window_s": round(t1 - t0, 2)}
+        s1 = proc_cpu_seconds(target_pid) if target_pid else 0.0
+    out = {"cpu_s_per_s": round((c1 - c0) / (t1 - t0), 4), "window_s": round(t1 - t0, 2)}
+    if target_pid:
+        # the target's P4Runtime server process (not the BPF programs, which run in softirq)
+        out["target_server_cpu_s_per_s"] = round((s1 - s0) / (t1 - t0), 4)
+    return out
 
 
 def bench_cpu_fake(peers: int, rates: list[float], warmup: float, window: float,
@@ -147,7 +153,8 @@ def bench_cpu_kernel(peers: int, rates: list[float], warmup: float, window: floa
         lab.start_responders(log=False)
         grpc_addr = f"127.0.0.1:{free_port()}"
         with targets.start_target("kernel", lab.port_map, grpc_addr=grpc_addr,
-                                  output_path=workdir / "kernel-target.log", wait=60):
+                                  output_path=workdir / "kernel-target.log",
+                                  wait=60) as target:
             for rate in rates:
                 config = {
                     "interval_ms": 1000.0 / rate, "poll_interval_ms": 500, "detect_mult": 3,
@@ -163,7 +170,7 @@ def bench_cpu_kernel(peers: int, rates: list[float], warmup: float, window: floa
                 def answering(base: int = base, ctl: ControlClient = ctl) -> bool:
                     return bool(ctl.get()["stats"]["answered"] > base + peers)
 
-                result = cpu_run(config, workdir, warmup, window, answering)
+                result = cpu_run(config, workdir, warmup, window, answering, target.pid)
                 stats = ctl.get()["stats"]
                 result["responder_answered_total"] = stats["answered"]
                 out[f"{rate:g}Hz"] = result
