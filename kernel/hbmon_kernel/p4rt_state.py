@@ -372,6 +372,7 @@ class _Group:
     sessions: list[Session] = field(default_factory=list)
     highest: int | None = None  # highest election id ever seen for this (device, role)
     primary: Session | None = None
+    primary_id: int | None = None  # the primary's election id when everyone was last told
 
 
 class Arbiter:
@@ -394,14 +395,15 @@ class Arbiter:
         self.lock = lock if lock is not None else threading.RLock()
         self._groups: dict[str, _Group] = {}
         self._seq = 0
-        self.on_primary_change: Callable[[str, Session | None], None] | None = None
 
     # -- queries ----------------------------------------------------------------------------
 
     def primary(self, role: str = "") -> Session | None:
-        with self.lock:
-            group = self._groups.get(role)
-            return group.primary if group else None
+        # Without the lock on purpose: digests are sent from under a digest engine's lock,
+        # and a Write holding the device lock may be waiting for that engine's lock. One
+        # dict lookup and one attribute read are atomic under the GIL.
+        group = self._groups.get(role)
+        return group.primary if group else None
 
     def sessions(self, role: str = "") -> list[Session]:
         with self.lock:
@@ -480,7 +482,7 @@ class Arbiter:
                 session.election_id = election_id
             if election_id is not None and (group.highest is None or election_id > group.highest):
                 group.highest = election_id
-            self._elect(role, group, asker=session)
+            self._elect(group, asker=session)
 
     def leave(self, session: Session) -> None:
         with self.lock:
@@ -493,7 +495,7 @@ class Arbiter:
             was_primary = group.primary is session
             if was_primary:
                 group.primary = None
-                self._elect(session.role, group, asker=None)
+                self._elect(group, asker=None)
 
     @staticmethod
     def _check_unique(group: _Group, election_id: int | None, session: Session) -> None:
@@ -504,16 +506,16 @@ class Arbiter:
                 raise invalid(f"election id {election_id} is already used by another client "
                               f"({other.describe()})")
 
-    def _elect(self, role: str, group: _Group, asker: Session | None) -> None:
+    def _elect(self, group: _Group, asker: Session | None) -> None:
         candidates = [s for s in group.sessions if s.election_id is not None]
         new = max(candidates, key=lambda s: s.election_id or 0) if candidates else None
-        old = group.primary
+        old, old_id = group.primary, group.primary_id
         group.primary = new
-        if new is not old:
+        group.primary_id = new.election_id if new is not None else None
+        if new is not old or group.primary_id != old_id:
+            # a new primary, none any more, or the primary changed its id: everyone is told
             for s in group.sessions:
                 self._notify(s, group)
-            if self.on_primary_change is not None:
-                self.on_primary_change(role, new)
         elif asker is not None:
             self._notify(asker, group)
 

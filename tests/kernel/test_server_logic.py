@@ -279,6 +279,16 @@ def test_re_arbitration_can_demote_and_promote() -> None:
     assert sb.statuses()[-1] == (EXISTS, 5)
 
 
+def test_primary_raising_its_id_tells_everyone() -> None:
+    arb = Arbiter(1)
+    a, sa = _session(arb, 5)
+    _b, sb = _session(arb, 3)
+    arb.arbitrate(a, _update(1, 6))
+    assert sa.statuses()[-1] == (OK, 6) and sb.statuses()[-1] == (EXISTS, 6)
+    arb.arbitrate(a, _update(1, 6))  # the same again: only the sender hears back
+    assert len(sb.got) == 2 and sa.statuses()[-1] == (OK, 6)
+
+
 def test_roles_are_independent() -> None:
     arb = Arbiter(1)
     a, _ = _session(arb, 5)
