@@ -97,3 +97,42 @@ def test_mininet_kernel_topology_all_peers_up_then_one_down() -> None:
             assert rows["peer06"]["reported_status"] == 2
         prefix = lab.prefix
     assert leftovers(prefix) == []
+
+
+def _bmv2_or_skip() -> None:
+    from hbmon_topo.stack import missing_for
+
+    missing = missing_for("bmv2")
+    if missing:
+        pytest.skip("bmv2 lab needs: " + "; ".join(missing))
+
+
+@pytest.mark.bmv2
+def test_demo_once_on_bmv2() -> None:
+    _bmv2_or_skip()
+    proc = subprocess.run(
+        [HBMON, "demo", "--target", "bmv2", "--once", "--api-port", "0", "--timeout", "120"],
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "every peer shows its expected state" in out
+    assert leftovers(lab_prefix(out)) == []
+
+
+@pytest.mark.bmv2
+def test_mininet_bmv2_topology_all_peers_up_then_one_down() -> None:
+    _bmv2_or_skip()
+    from hbmon_topo.stack import free_tcp_port
+
+    topo = star(4, ports=4)  # one peer per switch port, as a P4 switch is cabled
+    with MininetLab(topo, target="bmv2", grpc_addr=f"127.0.0.1:{free_tcp_port()}",
+                    thrift_port=free_tcp_port()) as lab:
+        ctl = lab.start_responders()
+        options = StackOptions(target="bmv2", api_port=0, interval_ms=100,
+                               poll_interval_ms=250)
+        with Stack(lab, options, target_running=True) as st:
+            st.wait_for({p.name: {"UP"} for p in topo.peers}, timeout=90)
+            ControlClient(ctl["peer03"]).set(mute=True)
+            st.wait_for({"peer03": {"DOWN"}}, timeout=30)
+        prefix = lab.prefix
+    assert leftovers(prefix) == []
