@@ -1025,9 +1025,6 @@ class KernelDevice:
                 for engine in engines:
                     engine.add([sample_of(engine.spec, ev) for ev in events])
 
-    def digest_engines(self) -> list[DigestEngine]:
-        return list(self._digests.values())
-
 
 def stream_error(exc: P4RTError, *, packet: p4runtime_pb2.PacketOut | None = None,
                  ack: p4runtime_pb2.DigestListAck | None = None,
