@@ -9,7 +9,6 @@ the event loop that serves SSE and the dashboard.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time
@@ -20,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response, StreamingResponse
@@ -77,9 +77,10 @@ class AppState:
 
 
 def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    # Bypasses FastAPI's jsonable_encoder: the domain objects' to_dict() is already plain.
-    body = json.dumps(content, separators=(",", ":"), allow_nan=False).encode()
-    return Response(body, status, headers=headers, media_type="application/json")
+    # Bypasses FastAPI's jsonable_encoder (the domain objects' to_dict() is already plain);
+    # orjson serialises a 4,096-peer list several times faster than the json module.
+    return Response(orjson.dumps(content), status, headers=headers,
+                    media_type="application/json")
 
 
 def _error(status: int, field_name: str, message: str) -> Response:
@@ -165,7 +166,7 @@ def _event_kinds(kind: list[str] | None) -> list[EventKind] | None:
 
 
 def _sse(event: Event) -> str:
-    data = json.dumps(event.to_dict(), separators=(",", ":"), default=str)
+    data = orjson.dumps(event.to_dict(), default=str).decode()
     return f"id: {event.id}\nevent: {event.kind}\ndata: {data}\n\n"
 
 
@@ -227,7 +228,9 @@ def create_app(
         docs_url="/docs", redoc_url=None, openapi_url="/openapi.json",
     )
     app.state.hbmon = state
-    app.add_middleware(GZipMiddleware, minimum_size=4096, compresslevel=5)
+    # Level 1: most of the size win at a fraction of the CPU of the default 9 (big lists
+    # are mostly repeated keys).
+    app.add_middleware(GZipMiddleware, minimum_size=4096, compresslevel=1)
     app.add_middleware(_RequestMetrics, metrics=metrics)
 
     # ---- error mapping: every client error names the field --------------------------

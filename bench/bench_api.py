@@ -1,0 +1,145 @@
+"""Latency of GET /api/v1/peers with 4,096 peers (issue 6 closing number). Reported only.
+
+A real uvicorn server on 127.0.0.1 serves the app over an in-memory service (the test
+fake: what is measured is the API's own cost: filtering, joining health, JSON, gzip, HTTP)
+and a real SQLite store. Sequential requests on one keep-alive connection, then 4 clients
+at once; p50/p90/p99/max per variant.
+
+Usage: python bench/bench_api.py [--peers 4096] [--requests 400] [--out bench/results/api.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "api"))
+
+import httpx  # noqa: E402
+from api_fakes import FakeService, make_peers  # noqa: E402
+from hbmon.api import ApiServer, ApiSettings, create_app  # noqa: E402
+from hbmon.events import EventBus  # noqa: E402
+from hbmon.metrics import ControllerMetrics  # noqa: E402
+from hbmon.model import Health  # noqa: E402
+from hbmon.store import open_store  # noqa: E402
+
+
+def percentiles(samples_ms: list[float]) -> dict[str, float]:
+    ordered = sorted(samples_ms)
+
+    def pct(p: float) -> float:
+        # nearest-rank: the smallest sample with at least p% of samples at or below it
+        rank = max(1, int(-(-p * len(ordered) // 100)))
+        return round(ordered[rank - 1], 2)
+
+    return {"p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99),
+            "max_ms": round(ordered[-1], 2), "mean_ms": round(statistics.fmean(ordered), 2),
+            "requests": len(ordered)}
+
+
+def run_variant(url: str, params: dict[str, str], encoding: str, requests: int,
+                clients: int) -> dict[str, object]:
+    samples: list[float] = []
+    sizes: list[int] = []
+    lock = threading.Lock()
+    per_client = requests // clients
+
+    def worker() -> None:
+        headers = {"Accept-Encoding": encoding}
+        with httpx.Client(base_url=url, headers=headers, timeout=30) as c:
+            for _ in range(5):  # warm the connection and caches
+                c.get("/api/v1/peers", params=params)
+            local = []
+            for _ in range(per_client):
+                t0 = time.perf_counter()
+                r = c.get("/api/v1/peers", params=params)
+                local.append((time.perf_counter() - t0) * 1000)
+                assert r.status_code == 200 and r.json()["total"] > 0
+            with lock:
+                samples.extend(local)
+                sizes.append(r.num_bytes_downloaded)  # on the wire (compressed or not)
+
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    out: dict[str, object] = dict(percentiles(samples))
+    out["clients"] = clients
+    out["encoding"] = encoding
+    out["params"] = params
+    out["response_bytes_on_wire"] = sizes[0] if sizes else 0
+    out["requests_per_s"] = round(len(samples) / wall, 1)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--peers", type=int, default=4096)
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "api.json"))
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="hbmon-bench-api-") as tmp:
+        store = open_store(f"sqlite:///{tmp}/bench.db")
+        bus = EventBus(store)
+        service = FakeService(store, bus)
+        peers = make_peers(args.peers, groups=16)
+        service.add_peers(peers)
+        service.set_states({p.name: Health.UP for p in peers})
+        for _ in range(5):
+            service.tick()
+        app = create_app(service, store, bus, ApiSettings(port=0, token="bench-token-x"),
+                         ControllerMetrics())
+        server = ApiServer(app, "127.0.0.1", 0).start()
+        try:
+            variants = [
+                ("inventory, identity", {}, "identity", 1),
+                ("inventory, gzip", {}, "gzip", 1),
+                ("inventory+health, gzip", {"include": "health"}, "gzip", 1),
+                ("filtered state=DOWN (0 rows)", {"state": "DOWN"}, "identity", 1),
+                ("inventory, identity, 4 clients", {}, "identity", 4),
+            ]
+            results = []
+            for label, params, encoding, clients in variants:
+                if label.startswith("filtered"):
+                    # one DOWN peer so the response is not empty
+                    service.set_state(peers[0].name, Health.DOWN)
+                r = run_variant(server.url, params, encoding, args.requests, clients)
+                r["variant"] = label
+                results.append(r)
+                print(f"{label:34s} p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  "
+                      f"max {r['max_ms']:7.2f} ms  {r['requests_per_s']:6.1f} req/s  "
+                      f"{r['response_bytes_on_wire']} B")
+        finally:
+            server.stop()
+            store.close()
+
+    report = {
+        "bench": "api_get_peers",
+        "peers": args.peers,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "load_avg_at_end": os.getloadavg()[0],
+        "note": "shared VM, other jobs running; in-memory service under a real uvicorn",
+        "results": results,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"p99 GET /api/v1/peers, {args.peers} peers, one client: "
+          f"{results[0]['p99_ms']} ms (identity), {results[1]['p99_ms']} ms (gzip)")
+
+
+if __name__ == "__main__":
+    main()
