@@ -4,6 +4,12 @@
 subscribers (SSE streams), to listeners and to the webhook dispatcher. Fan-out never
 blocks: subscribers have bounded buffers, and one that falls behind is told so and catches
 up from the store, which is also where a reconnecting client resumes (`Last-Event-ID`).
+
+With a store shared by controller replicas (PostgreSQL: `store.shared` is true) the bus
+*follows the store*: subscribers get every replica's events, from a thread that tails the
+events table in id order (woken at once by a local publish, else every `follow_interval`).
+The store commits events in id order, so the tail never skips one. Webhooks and listeners
+still see only this replica's own events, so a receiver is not called once per replica.
 """
 
 from __future__ import annotations
@@ -97,7 +103,7 @@ class EventBus:
 
     def __init__(
         self, store: Store, webhooks: WebhookDispatcher | None = None,
-        *, max_buffer: int = 10_000,
+        *, max_buffer: int = 10_000, follow_interval: float | None = None,
     ) -> None:
         self.store = store
         self.webhooks = webhooks
@@ -106,9 +112,21 @@ class EventBus:
         self._lock = threading.Lock()
         self._subscriptions: set[Subscription] = set()
         self._listeners: list[Listener] = []
-        self._last_id = self._initial_last_id()
+        self._last_id = self._initial_last_id()  # newest id handed to subscribers
         self.published: collections.Counter[str] = collections.Counter()
         self._closed = False
+        if follow_interval is None and getattr(store, "shared", False):
+            follow_interval = 0.5
+        self.follow_interval = follow_interval
+        self._follow_wake = threading.Event()
+        self._follow_stop = threading.Event()
+        self._follower: threading.Thread | None = None
+        if follow_interval is not None:
+            if follow_interval <= 0:
+                raise ValueError("follow_interval must be > 0")
+            self._follower = threading.Thread(
+                target=self._follow, name="hbmon-events-follow", daemon=True)
+            self._follower.start()
 
     def _initial_last_id(self) -> int:
         last = getattr(self.store, "last_event_id", None)
@@ -127,12 +145,13 @@ class EventBus:
             return []
         with self._lock:
             stored = self.store.append_events(pending)
-            if stored:
-                self._last_id = max(self._last_id, stored[-1].id)
             for event in stored:
                 self.published[str(event.kind)] += 1
-            for sub in list(self._subscriptions):
-                sub._offer(stored)
+            if self._follower is None:
+                if stored:
+                    self._last_id = max(self._last_id, stored[-1].id)
+                for sub in list(self._subscriptions):
+                    sub._offer(stored)
             for listener in list(self._listeners):
                 try:
                     listener(stored)
@@ -142,7 +161,31 @@ class EventBus:
                     log.exception("event listener %r failed", listener)
         if self.webhooks is not None:
             self.webhooks.submit(stored)
+        if self._follower is not None:
+            self._follow_wake.set()
         return stored
+
+    def _follow(self) -> None:
+        """Tail the shared store: every replica's events reach this replica's streams."""
+        assert self.follow_interval is not None
+        while not self._follow_stop.is_set():
+            self._follow_wake.wait(self.follow_interval)
+            self._follow_wake.clear()
+            if self._follow_stop.is_set():
+                return
+            try:
+                while True:
+                    page = self.store.events(after_id=self._last_id, limit=1000)
+                    if not page:
+                        break
+                    with self._lock:
+                        self._last_id = page[-1].id
+                        for sub in list(self._subscriptions):
+                            sub._offer(page)
+            except Exception:
+                # The database may be restarting; the next round reconnects and resumes
+                # from the same id, so nothing is skipped.
+                log.exception("following the event store failed")
 
     def subscribe(self, loop: asyncio.AbstractEventLoop | None = None) -> Subscription:
         loop = loop or asyncio.get_running_loop()
@@ -189,6 +232,10 @@ class EventBus:
 
     def close(self) -> None:
         """End every live stream (server shutdown); later subscriptions start closed."""
+        self._follow_stop.set()
+        self._follow_wake.set()
+        if self._follower is not None and self._follower is not threading.current_thread():
+            self._follower.join(10)
         with self._lock:
             self._closed = True
             subs = list(self._subscriptions)

@@ -106,6 +106,7 @@ class SqlStore:
 
     placeholder = "?"
     url: str
+    shared = False
 
     def __init__(self) -> None:
         # One connection per store, used by one thread at a time: the controller's poll
@@ -479,6 +480,7 @@ _PG_SCHEMA = [
 
 class PostgresStore(SqlStore):
     placeholder = "%s"
+    shared = True  # other controller replicas write here too (EventBus follows it)
 
     def __init__(self, url: str, *, connect_timeout: float = 10.0) -> None:
         super().__init__()

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Callable
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from api_fakes import FakeService
@@ -33,3 +38,74 @@ class Running:
 
 
 ServerFactory = Callable[..., Running]
+
+
+class SseReader:
+    """Reads an SSE stream in a thread; `next(deadline)` returns parsed frames."""
+
+    first_comment: str | None = None
+
+    def __init__(self, url: str, headers: dict[str, str], params: dict[str, Any]) -> None:
+        self.frames: queue.Queue[dict[str, Any] | BaseException] = queue.Queue()
+        self.comments: queue.Queue[str] = queue.Queue()
+        self.status: int | None = None
+        self.connected = threading.Event()
+        self._client = httpx.Client(timeout=httpx.Timeout(10.0, read=None))
+        self._thread = threading.Thread(target=self._run, args=(url, headers, params),
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, url: str, headers: dict[str, str], params: dict[str, Any]) -> None:
+        try:
+            with self._client.stream("GET", url, headers=headers, params=params) as r:
+                self.status = r.status_code
+                self.content_type = r.headers.get("content-type", "")
+                self.connected.set()
+                frame: dict[str, Any] = {}
+                for line in r.iter_lines():
+                    if line == "":
+                        if "data" in frame:
+                            frame["json"] = json.loads(frame["data"])
+                            self.frames.put(frame)
+                        frame = {}
+                    elif line.startswith(":"):
+                        self.comments.put(line[1:].strip())
+                    else:
+                        key, _, value = line.partition(":")
+                        frame[key] = value.removeprefix(" ")
+        except BaseException as exc:
+            self.frames.put(exc)
+        finally:
+            self.connected.set()
+
+    def next(self, timeout: float = 10.0) -> dict[str, Any]:
+        item = self.frames.get(timeout=timeout)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def take(self, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        return [self.next(timeout) for _ in range(n)]
+
+    def close(self) -> None:
+        # A read blocked in another thread cannot be interrupted portably; the thread ends
+        # when the server closes the stream (server stop), so it is not joined here.
+        self._client.close()
+
+
+@contextmanager
+def sse(run: Running, *, last_event_id: int | None = None,
+        **params: Any) -> Iterator[SseReader]:
+    headers = {"Authorization": f"Bearer {TOKEN}", "Accept": "text/event-stream"}
+    if last_event_id is not None:
+        headers["Last-Event-ID"] = str(last_event_id)
+    reader = SseReader(run.url + "/api/v1/events", headers, params)
+    assert reader.connected.wait(10), "no response to the SSE request"
+    if reader.status == 200:
+        # The server sends its first comment right after subscribing: from then on,
+        # every published event reaches this stream.
+        reader.first_comment = reader.comments.get(timeout=10)
+    try:
+        yield reader
+    finally:
+        reader.close()

@@ -36,9 +36,9 @@ def make_server(tmp_path: Path) -> Iterator[ServerFactory]:
     def make(
         *, switches: tuple[str, ...] = ("default", "leaf-2"),
         webhooks: WebhookDispatcher | None = None, db: str = "hbmon.db",
-        **settings_kwargs: object,
+        store_url: str | None = None, **settings_kwargs: object,
     ) -> Running:
-        store = open_store(f"sqlite:///{tmp_path / db}")
+        store = open_store(store_url or f"sqlite:///{tmp_path / db}")
         bus = EventBus(store, webhooks)
         service = FakeService(store, bus, switches)
         settings_kwargs.setdefault("token", TOKEN)

@@ -8,12 +8,12 @@ from pathlib import Path
 
 from api_fakes import make_peers
 from api_harness import TOKEN, Running
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 from hbmon.cli import main
 from hbmon.model import Health
 
 
-def run(api: Running, *args: str, token: str | None = TOKEN, **env: str):  # type: ignore[no-untyped-def]
+def run(api: Running, *args: str, token: str | None = TOKEN, **env: str) -> Result:
     full_env = {"HBMON_URL": api.url, "COLUMNS": "200", **env}
     if token:
         full_env["HBMON_API_TOKEN"] = token

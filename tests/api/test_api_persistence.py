@@ -102,7 +102,7 @@ def test_kill_9_server_mid_write_loses_nothing_acknowledged(tmp_path: Path) -> N
         added: set[str] = set()
         before = None
         while True:
-            params: dict[str, object] = {"limit": 1000, "kind": "peer_added"}
+            params: dict[str, str | int] = {"limit": 1000, "kind": "peer_added"}
             if before:
                 params["before"] = before
             page = c.get("/api/v1/events/history", params=params).json()

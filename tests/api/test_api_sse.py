@@ -2,91 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import queue
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-import httpx
 from api_fakes import make_peers
-from api_harness import TOKEN, Running, ServerFactory
+from api_harness import Running, ServerFactory, sse
 from hbmon.events import EventBus
 from hbmon.model import Event, EventKind, Health
-
-
-class SseReader:
-    """Reads an SSE stream in a thread; `next(deadline)` returns parsed frames."""
-
-    def __init__(self, url: str, headers: dict[str, str], params: dict[str, Any]) -> None:
-        self.frames: queue.Queue[dict[str, Any] | BaseException] = queue.Queue()
-        self.comments: queue.Queue[str] = queue.Queue()
-        self.status: int | None = None
-        self.connected = threading.Event()
-        self._client = httpx.Client(timeout=httpx.Timeout(10.0, read=None))
-        self._thread = threading.Thread(target=self._run, args=(url, headers, params),
-                                        daemon=True)
-        self._thread.start()
-
-    def _run(self, url: str, headers: dict[str, str], params: dict[str, Any]) -> None:
-        try:
-            with self._client.stream("GET", url, headers=headers, params=params) as r:
-                self.status = r.status_code
-                self.content_type = r.headers.get("content-type", "")
-                self.connected.set()
-                frame: dict[str, Any] = {}
-                for line in r.iter_lines():
-                    if line == "":
-                        if "data" in frame:
-                            frame["json"] = json.loads(frame["data"])
-                            self.frames.put(frame)
-                        frame = {}
-                    elif line.startswith(":"):
-                        self.comments.put(line[1:].strip())
-                    else:
-                        key, _, value = line.partition(":")
-                        frame[key] = value.removeprefix(" ")
-        except BaseException as exc:
-            self.frames.put(exc)
-        finally:
-            self.connected.set()
-
-    def next(self, timeout: float = 10.0) -> dict[str, Any]:
-        item = self.frames.get(timeout=timeout)
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def take(self, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-        return [self.next(timeout) for _ in range(n)]
-
-    def close(self) -> None:
-        # A read blocked in another thread cannot be interrupted portably; the thread ends
-        # when the server closes the stream (server stop), so it is not joined here.
-        self._client.close()
-
-
-@contextmanager
-def sse(run: Running, *, last_event_id: int | None = None, bus: EventBus | None = None,
-        **params: Any) -> Iterator[SseReader]:
-    headers = {"Authorization": f"Bearer {TOKEN}", "Accept": "text/event-stream"}
-    if last_event_id is not None:
-        headers["Last-Event-ID"] = str(last_event_id)
-    bus = bus or run.bus
-    subs_before = bus.subscriber_count
-    reader = SseReader(run.url + "/api/v1/events", headers, params)
-    reader.connected.wait(10)
-    # The stream is live once the server subscribed: poll with a deadline.
-    wait = threading.Event()
-    for _ in range(1000):
-        if bus.subscriber_count > subs_before or reader.status not in (None, 200):
-            break
-        wait.wait(0.01)
-    try:
-        yield reader
-    finally:
-        reader.close()
 
 
 def test_live_events_in_order(api: Running) -> None:
@@ -154,7 +75,7 @@ def test_slow_consumer_catches_up_from_the_store(make_server: ServerFactory) -> 
     run.server.app.state.hbmon.bus = small
     run.service.sink = small
     run.service.add_peers(make_peers(50))
-    with sse(run, bus=small) as s:
+    with sse(run) as s:
         published = run.service.set_states({f"peer-{i:04d}": Health.UP for i in range(50)})
         frames = s.take(50)
     assert [int(f["id"]) for f in frames] == [e.id for e in published]
@@ -163,9 +84,9 @@ def test_slow_consumer_catches_up_from_the_store(make_server: ServerFactory) -> 
 def test_keepalive_comments(make_server: ServerFactory) -> None:
     run = make_server(sse_keepalive=0.05)
     with sse(run) as s:
-        comments = [s.comments.get(timeout=10) for _ in range(3)]
-        assert comments[0].startswith("hbmon events")
-        assert comments[1:] == ["keepalive", "keepalive"]
+        assert s.first_comment is not None and s.first_comment.startswith("hbmon events")
+        comments = [s.comments.get(timeout=10) for _ in range(2)]
+        assert comments == ["keepalive", "keepalive"]
         run.service.add_peers(make_peers(1))  # events still flow between keepalives
         assert s.next()["event"] == "peer_added"
 

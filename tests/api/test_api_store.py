@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -22,7 +23,7 @@ from hbmon.store import PostgresStore, SqliteStore, SqlStore, StoreError, open_s
 
 
 @pytest.fixture
-def st(any_url: str) -> SqlStore:
+def st(any_url: str) -> Iterator[SqlStore]:
     s = open_store(any_url)
     yield s
     s.close()
