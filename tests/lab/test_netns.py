@@ -187,3 +187,19 @@ def test_cleanup_stale_after_kill_9() -> None:
         time.sleep(0.02)
     assert not pid_alive(child)
     assert leftovers(prefix) == []
+
+
+def test_in_netns_runs_code_inside_a_peer(netns_lab: MakeLab) -> None:
+    import socket
+
+    topo = star(2)
+    lab = netns_lab(topo)
+
+    def addresses() -> list[str]:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            # a UDP connect sends nothing: it only asks the namespace's routing for a source
+            s.connect((topo.peer("peer02").address, 9))
+            return [s.getsockname()[0]]
+
+    assert lab.in_netns("peer01", addresses) == [topo.peer("peer01").address]
+    assert lab.in_netns("peer02", addresses) == [topo.peer("peer02").address]  # its own
