@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 from typing import Any
 
 import httpx
@@ -288,3 +289,48 @@ def test_concurrent_adds_get_unique_indexes(make_server: ServerFactory) -> None:
     assert len(run.store.list_peers()) == 64
     added = [e for e in run.store.events(limit=1000) if e.kind == EventKind.PEER_ADDED]
     assert len(added) == 64
+
+
+def test_listing_cache_follows_every_change(client: httpx.Client, api: Running) -> None:
+    cache = api.server.app.state.hbmon.listing
+    client.post("/api/v1/peers/bulk", json={"peers": [p.to_dict() for p in make_peers(5)]})
+    first = client.get("/api/v1/peers").json()
+    hits = cache.hits
+    assert client.get("/api/v1/peers").json() == first
+    assert cache.hits == hits + 1  # served from the cache
+    # a transition (an event) shows at once
+    api.service.set_state("peer-0003", Health.DOWN)
+    rows = {p["name"]: p["state"] for p in client.get("/api/v1/peers").json()["peers"]}
+    assert rows["peer-0003"] == "DOWN"
+    # so do writes through the API, even before the controller publishes their events
+    client.delete("/api/v1/peers/peer-0004")
+    assert client.get("/api/v1/peers").json()["total"] == 4
+    client.patch("/api/v1/peers/peer-0000", json={"group": "moved"})
+    assert client.get("/api/v1/peers", params={"group": "moved"}).json()["total"] == 1
+    # a change that came without any event is still bounded by max_age
+    client.get("/api/v1/peers")
+    cache.max_age = 0.05
+    api.service._health["peer-0001"].state = Health.DEGRADED  # silently
+    gate = threading.Event()
+    for _ in range(500):
+        rows = {p["name"]: p["state"] for p in client.get("/api/v1/peers").json()["peers"]}
+        if rows["peer-0001"] == "DEGRADED":
+            break
+        gate.wait(0.01)
+    assert rows["peer-0001"] == "DEGRADED"
+    # health listings are never cached
+    api.service.tick({"peer-0000": 111})
+    h = client.get("/api/v1/peers", params={"include": "health"}).json()["peers"][0]
+    assert h["health"]["tx_count"] == 1
+
+
+def test_listing_cache_refuses_bodies_computed_across_an_invalidation() -> None:
+    from hbmon.api.app import ListingCache
+
+    cache = ListingCache()
+    generation = cache.generation
+    cache.invalidate()  # something changed while the body was being computed
+    cache.put(("k",), generation, b"stale")
+    assert cache.get(("k",)) is None
+    cache.put(("k",), cache.generation, b"fresh")
+    assert cache.get(("k",)) == b"fresh"

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -55,6 +55,45 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 _SSE_PAGE = 500
 
 
+class ListingCache:
+    """Serialized peer listings, dropped whenever something they show may have changed.
+
+    A listing without `include=health` shows the inventory and each peer's state, which
+    change only with an event (transition, peer added/updated/removed) or an API write; both
+    invalidate. A body computed while an invalidation happened is not stored (generation
+    check), and `max_age` bounds staleness should a change ever come without an event.
+    """
+
+    def __init__(self, max_age: float = 2.0, max_entries: int = 64) -> None:
+        self.max_age = max_age
+        self.max_entries = max_entries
+        self._lock = threading.Lock()
+        self._entries: dict[tuple[Any, ...], tuple[float, bytes]] = {}
+        self.generation = 0
+        self.hits = 0
+
+    def invalidate(self, *_: object) -> None:
+        with self._lock:
+            self.generation += 1
+            self._entries.clear()
+
+    def get(self, key: tuple[Any, ...]) -> bytes | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or time.monotonic() - entry[0] > self.max_age:
+                return None
+            self.hits += 1
+            return entry[1]
+
+    def put(self, key: tuple[Any, ...], generation: int, body: bytes) -> None:
+        with self._lock:
+            if generation != self.generation:
+                return
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+            self._entries[key] = (time.monotonic(), body)
+
+
 @dataclass
 class AppState:
     service: HbmonService
@@ -64,6 +103,7 @@ class AppState:
     metrics: ControllerMetrics
     rtt: RttHistory
     streams: set[Subscription] = field(default_factory=set)
+    listing: ListingCache = field(default_factory=ListingCache)
     closing: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -207,6 +247,7 @@ def create_app(
         rtt=RttHistory(service, settings.rtt_sample_interval, settings.rtt_samples),
     )
     metrics.attach_service(service, _service_extras(state))
+    bus.add_listener(state.listing.invalidate)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -330,6 +371,13 @@ def _router(state: AppState) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=65_536)] = 10_000,
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> Response:
+        full = include == "health"  # health values change every poll: never cached
+        key = (switch, group, state_, q, limit, offset)
+        if not full:
+            cached = state.listing.get(key)
+            if cached is not None:
+                return Response(cached, media_type="application/json")
+        generation = state.listing.generation
         peers = service.list_peers()
         health = _health_map(service)
         needle = q.lower() if q else None
@@ -347,14 +395,18 @@ def _router(state: AppState) -> APIRouter:
                 continue
             rows.append((peer, h))
         page = rows[offset:offset + limit]
-        return _json({"total": len(rows),
-                      "peers": [_peer_row(p, h, include == "health") for p, h in page]})
+        body = orjson.dumps({"total": len(rows), "peers": [_peer_row(p, h, full)
+                                                           for p, h in page]})
+        if not full:
+            state.listing.put(key, generation, body)
+        return Response(body, media_type="application/json")
 
     @r.post("/peers", tags=["peers"], dependencies=write, status_code=201,
             summary="Add one peer", responses={201: {"model": schemas.PeerOut}})
     def add_peer(body: schemas.PeerIn) -> Response:
         peer = Peer.from_dict(body.model_dump())
-        added = service.add_peers([peer])
+        with _changes(state):
+            added = service.add_peers([peer])
         return _json(added[0].to_dict(), 201,
                      headers={"Location": f"/api/v1/peers/{added[0].name}"})
 
@@ -372,7 +424,8 @@ def _router(state: AppState) -> APIRouter:
                 peers.append(Peer.from_dict(item.model_dump()))
             except ValidationError as exc:
                 raise ValidationError(f"peers[{i}].{exc.field}", exc.message) from exc
-        added = service.add_peers(peers)
+        with _changes(state):
+            added = service.add_peers(peers)
         return _json({"total": len(added), "peers": [p.to_dict() for p in added]}, 201)
 
     @r.post("/peers/bulk-delete", tags=["peers"], dependencies=write,
@@ -382,7 +435,8 @@ def _router(state: AppState) -> APIRouter:
         if not body.names:
             raise ValidationError("names", "must not be empty")
         names = list(dict.fromkeys(body.names))
-        service.remove_peers(names)
+        with _changes(state):
+            service.remove_peers(names)
         return _json({"removed": names})
 
     @r.get("/peers/{name}", tags=["peers"], dependencies=read, summary="One peer",
@@ -411,13 +465,15 @@ def _router(state: AppState) -> APIRouter:
         current = service.get_peer(name)
         merged = Peer(**{**current.to_dict(), **changes})
         merged.validate()  # the API answers 422 before the controller touches anything
-        updated = service.update_peer(name, changes)
+        with _changes(state):
+            updated = service.update_peer(name, changes)
         return _json(updated.to_dict())
 
     @r.delete("/peers/{name}", tags=["peers"], dependencies=write, status_code=204,
               summary="Remove a peer")
     def remove_peer(name: str) -> Response:
-        service.remove_peers([name])
+        with _changes(state):
+            service.remove_peers([name])
         return Response(status_code=204)
 
     @r.get("/peers/{name}/health", tags=["health"], dependencies=read,
@@ -542,6 +598,16 @@ def _router(state: AppState) -> APIRouter:
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return r
+
+
+@contextmanager
+def _changes(state: AppState) -> Iterator[None]:
+    """Around a write: the controller may publish its events later (asynchronously), so
+    cached listings go now, or a client could miss what it just wrote."""
+    try:
+        yield
+    finally:
+        state.listing.invalidate()
 
 
 def app_version() -> str:
