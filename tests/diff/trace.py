@@ -1,0 +1,305 @@
+#!/usr/bin/env python3
+"""The differential test's recorded trace: a script of steps, generated deterministically.
+
+    python tests/diff/trace.py            # rewrite tests/diff/trace.json
+    python tests/diff/trace.py --check    # exit 1 if trace.json differs from this generator
+
+Why a script and not a pcap: a response must echo the `tx_timestamp_us` the target itself
+wrote into the request it answers, and that is only known once the target has sent it. So
+each step says what to do ("send template round r3", "peer A answers r3 with status 1, load
+37, its echoed time moved 40 ms back", "peer C answers r1 again") and the player builds the
+bytes from the requests each target actually emitted. Everything else in a frame is fixed by
+this file; nothing is random.
+
+Every packet carries `expect` (the reason the contract gives it, or ORDINARY for traffic that
+is not a heartbeat) and `why`. `model.py` derives the same reasons from the bytes, and a test
+fails when the two disagree, so the script's intent is checked too.
+
+Peers (`index` = the slot in every register, `dm` = detect_mult):
+
+| name | index | port | peer_id | dm | role |
+| --- | --- | --- | --- | --- | --- |
+| A | 0 | 1 | 1001 | 3 | answers every round; status, load and RTT vary |
+| B | 7 | 2 | 1002 | 2 | stops answering long enough for DOWN, then answers again |
+| C | 300 | 1 | 1003 | 3 | duplicates, old and reordered answers, an echoed time in the future |
+| D | 65535 | 2 | 0xFFFFFFFF | 1 | silent from the start (UNKNOWN -> DOWN), answers at the end |
+| E | 12 | 1 | 1005 | 0 | detection off: silent for a long time, never DOWN |
+| F | 4096 | 2 | 1006 | 3 | serial-number edges (2^31 apart), DOWN while its answers are old |
+| G | 2 | 2 | 1007 | 3 | slot reset by the controller in the middle, then answers an old round |
+| H | 1 | 1 | 1008 | 255 | its `peers` entry removed (answers become SPOOFED), then restored |
+
+Group 1 also holds a replica (port 1, instance 9) for an index without `peer_requests`:
+every round counts one REQUEST_NO_PEER. Round sequences walk across 2^32 (0 .. 8, then
+0x40000000, 0x80000000, 0xC0000000, 0xFFFFFFFF, 0, 1) so every answering peer crosses the wrap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+TRACE_PATH = Path(__file__).with_name("trace.json")
+FORMAT_VERSION = 1
+
+Packet = dict[str, Any]
+Step = dict[str, Any]
+
+MONITOR = {"ip": "198.18.0.1", "mac": "02:dd:00:00:00:01"}
+STRANGER_IP = "198.18.9.9"  # an address no peer has
+UNKNOWN_ID = 4242  # a peer_id nobody registered
+
+PEERS: list[dict[str, Any]] = [
+    {"name": "A", "index": 0, "port": 1, "ip": "198.18.1.1", "peer_id": 1001, "dm": 3},
+    {"name": "B", "index": 7, "port": 2, "ip": "198.18.2.2", "peer_id": 1002, "dm": 2},
+    {"name": "C", "index": 300, "port": 1, "ip": "198.18.1.3", "peer_id": 1003, "dm": 3},
+    {"name": "D", "index": 65535, "port": 2, "ip": "198.18.2.4", "peer_id": 0xFFFFFFFF,
+     "dm": 1},
+    {"name": "E", "index": 12, "port": 1, "ip": "198.18.1.5", "peer_id": 1005, "dm": 0},
+    {"name": "F", "index": 4096, "port": 2, "ip": "198.18.2.6", "peer_id": 1006, "dm": 3},
+    {"name": "G", "index": 2, "port": 2, "ip": "198.18.2.7", "peer_id": 1007, "dm": 3},
+    {"name": "H", "index": 1, "port": 1, "ip": "198.18.1.8", "peer_id": 1008, "dm": 255},
+]
+for _n, _p in enumerate(PEERS, start=1):
+    _p["mac"] = f"02:cc:00:00:00:{_n:02x}"
+
+EXTRA_REPLICAS = [{"port": 1, "instance": 9}]  # no peer_requests entry: REQUEST_NO_PEER
+
+
+def ans(peer: str, rnd: str, expect: str = "RESPONSE_RECORDED", *, why: str = "",
+        **fields: Any) -> Packet:
+    """`peer` answers its request of round `rnd` (echoing that request's seq and tx time)."""
+    pkt: Packet = {"from": peer, "echo": rnd, "expect": expect}
+    pkt.update(fields)
+    if why:
+        pkt["why"] = why
+    return pkt
+
+
+def ordinary(peer: str, rnd: str, why: str, **frame: Any) -> Packet:
+    """A frame that is not a heartbeat (parser says so): no reason, no slot touched."""
+    return {"from": peer, "echo": rnd, "frame": frame, "expect": "ORDINARY", "why": why}
+
+
+def rnd(label: str, seq: int, packets: list[Packet], why: str = "") -> Step:
+    step: Step = {"op": "round", "round": label, "seq": seq, "packets": packets}
+    if why:
+        step["why"] = why
+    return step
+
+
+# RTT variations of the steady peer: its echoed time is moved back by these many µs, so the
+# samples are ordered by the script rather than by the machine's jitter.
+A_OFFSETS = [0, 40_000, 10_000, 5_000, 80_000, 0, 20_000, 60_000, 1_000, 30_000, 15_000,
+             70_000, 2_000, 50_000, 25_000]
+A_STATUS = [(0, 10), (1, 37), (2, 255), (0, 0), (1, 99), (0, 100), (7, 5), (0, 1), (2, 50),
+            (0, 33), (1, 66), (0, 77), (0, 88), (0, 12), (1, 3)]
+
+
+def a_answer(i: int, label: str, **extra: Any) -> Packet:
+    status, load = A_STATUS[i]
+    return ans("A", label, status=status, load=load, tx={"offset_us": A_OFFSETS[i]}, **extra)
+
+
+def build() -> dict[str, Any]:
+    steps: list[Step] = []
+
+    steps.append(rnd("r0", 0, [
+        a_answer(0, "r0", why="first response of a slot: fresh although its sequence is 0"),
+        ans("B", "r0", load=1), ans("C", "r0", load=2), ans("F", "r0", load=3),
+        ans("G", "r0", load=4), ans("H", "r0", load=5),
+    ], why="first round: six peers come UP; D and E stay silent"))
+
+    steps.append(rnd("r1", 1, [
+        a_answer(1, "r1"),
+        ans("B", "r1", load=1, tx={"offset_us": 3_000}),
+        ans("C", "r1", load=2, tx={"offset_us": 7_000}),
+        ans("C", "r1", "DUPLICATE", why="the same answer twice"),
+        ans("F", "r1", load=3), ans("G", "r1", load=4), ans("H", "r1", load=5),
+    ], why="D (detect_mult 1) had one unanswered request: DOWN from UNKNOWN"))
+
+    malformed = [
+        ans("A", "r2", "TRUNCATED", frame={"truncate_hb": 23}, why="one byte short"),
+        ans("A", "r2", "TRUNCATED", frame={"truncate_hb": 0}, why="UDP header only"),
+        ans("A", "r2", "TRUNCATED", hb={"magic": 0x4141}, frame={"truncate_hb": 10},
+            why="truncated wins over a bad magic"),
+        ans("A", "r2", "BAD_MAGIC", hb={"magic": 0x4843}),
+        ans("A", "r2", "BAD_MAGIC", hb={"magic": 0x0000, "version": 9},
+            why="magic is checked before version"),
+        ans("A", "r2", "BAD_VERSION", hb={"version": 0}),
+        ans("A", "r2", "BAD_VERSION", hb={"version": 2, "type": 1},
+            why="version is checked before type"),
+        ans("A", "r2", "BAD_TYPE", hb={"type": 1}, why="a REQUEST sent to the monitor"),
+        ans("A", "r2", "BAD_TYPE", hb={"type": 3}),
+        ans("A", "r2", "BAD_TYPE", hb={"type": 0}, frame={"extra": 4},
+            why="type is checked before the lengths"),
+        ans("A", "r2", "BAD_LENGTH", frame={"extra": 4}, why="UDP length 36"),
+        ans("A", "r2", "BAD_LENGTH", frame={"extra": 4, "udp_len": 32},
+            why="UDP length 32 but IPv4 total length 56"),
+        ans("A", "r2", "BAD_LENGTH", frame={"udp_len": 31}, why="UDP length field 31"),
+        ans("A", "r2", "BAD_LENGTH", frame={"ip_total_len": 53},
+            why="IPv4 total length field 53"),
+        ans("A", "r2", "BAD_LENGTH", peer_id=UNKNOWN_ID, frame={"extra": 8},
+            why="lengths are checked before the peer lookup"),
+    ]
+    steps.append(rnd("r2", 2, [
+        *malformed,
+        a_answer(2, "r2", frame={"trailer": 8},
+                 why="Ethernet trailer after a correct IPv4 length: still a valid response"),
+        ans("C", "r2", load=2),
+        ans("C", "r1", "OLD_SEQUENCE", why="an answer to round 1 after round 2's"),
+        ans("F", "r2", load=3), ans("G", "r2", load=4), ans("H", "r2", load=5),
+    ], why="every malformed kind, from A's port with A's identity; B stops answering"))
+
+    steps.append(rnd("r3", 3, [
+        ans("B", "r3", "SPOOFED", src_ip="198.18.1.1", port=1,
+            why="B's request answered from A's address"),
+        ans("A", "r3", "SPOOFED", src_ip=STRANGER_IP, why="A's id from an unknown address"),
+        ans("A", "r3", "UNKNOWN_PEER", peer_id=UNKNOWN_ID, why="unknown id, known address"),
+        ans("A", "r3", "UNKNOWN_PEER", peer_id=UNKNOWN_ID, src_ip=STRANGER_IP),
+        ans("A", "r3", "UNKNOWN_PEER", peer_id=0, why="peer_id 0 is never registered"),
+        ans("A", "r3", "SPOOFED", peer_id=1002,
+            why="B's id, registered for another source, from A's address"),
+        ordinary("A", "r3", "IPv4 options (IHL 6): not a heartbeat", ihl=6),
+        ordinary("A", "r3", "a first fragment (MF)", frag_off=0x2000),
+        ordinary("A", "r3", "a later fragment (offset 8)", frag_off=0x0001),
+        ordinary("A", "r3", "UDP to the request port", dport=9190),
+        ordinary("A", "r3", "protocol TCP", proto=6),
+        ordinary("A", "r3", "not IPv4 (ARP ethertype)", ethertype=0x0806),
+        a_answer(3, "r3", why="after the ordinary frames on the same port: they are done"),
+        ans("F", "r3", load=3), ans("G", "r3", load=4), ans("H", "r3", load=5),
+    ], why="identity faults and ordinary traffic; C skips this round (answers it late)"))
+
+    steps.append(rnd("r4", 4, [
+        a_answer(4, "r4"),
+        ans("C", "r4", load=2),
+        ans("C", "r3", "OLD_SEQUENCE", why="reordered: round 3's answer after round 4's"),
+        ans("F", "r4", load=3), ans("G", "r4", load=4), ans("H", "r4", load=5),
+    ], why="B's third request since its last answer finds 2 misses (detect_mult): DOWN"))
+
+    steps.append(rnd("r5", 5, [
+        a_answer(5, "r5"),
+        ans("C", "r5", load=2, tx={"future": True},
+            why="echoed time later than the arrival: RTT 0 (min becomes 0)"),
+        ans("F", "r5", "OLD_SEQUENCE", seq_add=0x80000000 - 1,
+            why="sequence 4 + 2^31 (last is 4): exactly half the space away counts as old"),
+        ans("F", "r5", load=3),
+        ans("G", "r5", load=4), ans("H", "r5", load=5),
+    ], why="B stays DOWN without a second digest"))
+
+    steps.append({"op": "reset_slot", "peer": "G",
+                  "why": "the controller zeroes G's slot before reusing the index"})
+
+    steps.append(rnd("r6", 6, [
+        ans("G", "r4", load=4, why="first response after a reset: fresh though older (4)"),
+        ans("G", "r6", load=4),
+        a_answer(6, "r6"),
+        ans("B", "r6", load=1, why="B answers again: UP"),
+        ans("C", "r6", load=2),
+        ans("F", "r6", seq=0x80000004, load=3,
+            why="0x80000004 = 5 + 2^31 - 1 is newer than 5: recorded, F jumps far ahead"),
+        ans("E", "r6", load=6, why="E's first answer after seven unanswered requests"),
+        ans("H", "r6", load=5),
+    ]))
+
+    steps.append({"op": "delete", "table": "peers", "peer": "H",
+                  "why": "H's (source, id) row goes; its peer_ids row stays"})
+
+    steps.append(rnd("r7", 7, [
+        ans("H", "r7", "SPOOFED", why="id still known, (source, id) not: SPOOFED"),
+        a_answer(7, "r7"), ans("B", "r7", load=1), ans("C", "r7", load=2),
+        ans("F", "r7", "OLD_SEQUENCE", load=3, why="7 is before 0x80000004"),
+        ans("G", "r7", load=4),
+    ]))
+
+    steps.append({"op": "insert", "table": "peers", "peer": "H",
+                  "why": "H's row comes back: its answers count again"})
+
+    templates = [
+        {"hb": {"type": 2}, "why": "a RESPONSE is not a template"},
+        {"frame": {"dport": 9191}, "why": "destination port 9191"},
+        {"frame": {"sport": 9999}, "why": "source port not 9191"},
+        {"hb": {"magic": 0x4141}, "why": "bad magic"},
+        {"hb": {"version": 3}, "why": "bad version"},
+        {"frame": {"truncate_hb": 16}, "why": "cut 8 bytes short"},
+        {"frame": {"ihl": 6}, "why": "IPv4 options"},
+        {"frame": {"udp_len": 33}, "why": "UDP length 33"},
+        {"frame": {"extra": 4}, "why": "4 bytes too long (UDP 36, IPv4 56)"},
+    ]
+    steps.append({"op": "bad_templates", "seq": 100, "templates": templates,
+                  "direct": [{"port": 2, "why": "mcast_grp 0: sent unchanged out of port 2"}],
+                  "why": "PacketOuts for the fan-out group that are not templates"})
+
+    steps.append(rnd("r8", 8, [
+        ans("H", "r8", load=5, why="recorded again"),
+        a_answer(8, "r8"), ans("B", "r8", load=1), ans("C", "r8", load=2),
+        ans("G", "r8", load=4),
+    ], why="F and E stay silent"))
+
+    wrap = [("r9", 0x40000000), ("r10", 0x80000000), ("r11", 0xC0000000),
+            ("r12", 0xFFFFFFFF), ("r13", 0), ("r14", 1)]
+    for n, (label, seq) in enumerate(wrap):
+        i = 9 + n
+        packets = [a_answer(i, label), ans("B", label, load=1), ans("C", label, load=2),
+                   ans("G", label, load=4), ans("H", label, load=5)]
+        if label in ("r9", "r10"):
+            packets.append(ans("F", label, "OLD_SEQUENCE", load=3,
+                               why="still behind F's 0x80000004"))
+        elif label == "r11":
+            packets.append(ans("F", label, load=3, why="0xC0000000 is after 0x80000004: UP"))
+        else:
+            packets.append(ans("F", label, load=3))
+        if label == "r14":
+            packets.append(ans("D", label, load=9, why="D's only answer: UP"))
+            packets.append(ans("A", "r13", "OLD_SEQUENCE", why="0 is before 1, across the wrap"))
+            packets.append(ans("B", label, "DUPLICATE", why="1 again"))
+        steps.append(rnd(label, seq, packets,
+                         why="rounds walk across 2^32 in steps below 2^31"))
+
+    return {
+        "format": FORMAT_VERSION,
+        "generator": "tests/diff/trace.py",
+        "monitor": MONITOR,
+        "ports": [1, 2],
+        "fanout_group": 1,
+        "peers": PEERS,
+        "extra_replicas": EXTRA_REPLICAS,
+        "digest": {"max_timeout_ns": 0, "max_list_size": 1, "ack_timeout_ns": 1_000_000_000},
+        "steps": steps,
+    }
+
+
+def render() -> str:
+    return json.dumps(build(), indent=1) + "\n"
+
+
+def load(path: Path = TRACE_PATH) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text())
+    if data.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{path}: format {data.get('format')!r}, expected {FORMAT_VERSION}")
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--check", action="store_true", help="compare instead of writing")
+    ap.add_argument("--out", type=Path, default=TRACE_PATH)
+    args = ap.parse_args(argv)
+    text = render()
+    if args.check:
+        current = args.out.read_text() if args.out.exists() else ""
+        if current != text:
+            print(f"{args.out} differs from the generator: run python {__file__}",
+                  file=sys.stderr)
+            return 1
+        print(f"{args.out}: up to date")
+        return 0
+    args.out.write_text(text)
+    print(f"wrote {args.out} ({len(build()['steps'])} steps)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
