@@ -10,6 +10,8 @@ two services:
           joining health, JSON, gzip, HTTP)
 
 Sequential requests on one keep-alive connection, then 4 clients at once; p50/p90/p99/max.
+The inventory listing is cached between changes (see `ListingCache`); "cold" variants turn
+the cache off to show the cost right after a transition.
 
 Usage: python bench/bench_api.py [--peers 4096] [--requests 400] [--service fabric|fake|both]
                                  [--out bench/results/api.json]
@@ -93,8 +95,12 @@ def run_variant(url: str, params: dict[str, str], encoding: str, requests: int,
     return out
 
 
+# label, query, Accept-Encoding, clients; "cold" = listing cache off (a transition before
+# every request would have the same effect)
 VARIANTS = [
     ("inventory, identity", {}, "identity", 1),
+    ("inventory, identity, cold", {}, "identity", 1),
+    ("inventory, gzip, cold", {}, "gzip", 1),
     ("inventory, gzip", {}, "gzip", 1),
     ("inventory+health, gzip", {"include": "health"}, "gzip", 1),
     ("filtered state=DOWN (few rows)", {"state": "DOWN"}, "identity", 1),
@@ -126,7 +132,9 @@ def bench_service(kind: str, n_peers: int, requests: int, tmp: str) -> list[dict
     server = ApiServer(app, "127.0.0.1", 0).start()
     results = []
     try:
+        cache = app.state.hbmon.listing
         for label, params, encoding, clients in VARIANTS:
+            cache.max_age = -1.0 if label.endswith("cold") else 2.0
             r = run_variant(server.url, params, encoding, requests, clients)
             r["variant"] = label
             r["service"] = kind
@@ -170,7 +178,7 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     for r in results:
-        if r["variant"] in ("inventory, identity", "inventory, gzip"):
+        if r["variant"] in ("inventory, identity", "inventory, identity, cold"):
             print(f"p99 GET /api/v1/peers, {args.peers} peers, one client, {r['service']}, "
                   f"{r['encoding']}: {r['p99_ms']} ms")
 
