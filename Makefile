@@ -108,10 +108,9 @@ p4-build: setup-venv
 ptf: setup
 	$(PY) $(ROOT)/tools/ptf_run.py --target $(TARGET) $(PTF_ARGS)
 
+# every bench/bench_*.py one at a time, then a summary with ratios (BENCH_ARGS: see --help)
 bench: setup
-	@cd $(ROOT); shopt -s nullglob; ran=0; \
-	for b in bench/bench_*.py; do echo "== $$b"; $(PY) "$$b"; ran=1; done; \
-	if [ $$ran -eq 0 ]; then echo "bench: no bench/bench_*.py yet" >&2; exit 1; fi
+	cd $(ROOT) && $(PY) bench/run_all.py $(BENCH_ARGS)
 
 lint: setup-venv
 	cd $(ROOT) && $(VENV)/bin/ruff check controller kernel topo tests tools bench ptf_tests
