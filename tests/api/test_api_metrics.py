@@ -96,3 +96,11 @@ def test_registries_are_independent(tmp_path: object) -> None:
     text_a, text_b = a.render()[0].decode(), b.render()[0].decode()
     assert 'hbmon_poll_duration_seconds_count{switch="s"} 1.0' in text_a
     assert 'switch="s"' not in text_b
+
+
+def test_label_values_are_escaped(api: Running, client: httpx.Client) -> None:
+    peer = make_peers(1)[0]
+    peer.group = 'odd "rack"\\ with\nnewline'
+    api.service.add_peers([peer])
+    s = scrape(client)
+    assert value(s, "hbmon_peer_health", peer=peer.name, group=peer.group) == 0
