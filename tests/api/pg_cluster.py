@@ -83,11 +83,12 @@ def cluster() -> Iterator[Cluster]:
     datadir = base / "data"
     log = base / "server.log"
     started = False
+    # cwd=base everywhere: the server user may not be allowed into the caller's directory.
     try:
         subprocess.run(
             [*run_as, initdb, "-D", str(datadir), "-U", user, "-A", "trust", "-E", "UTF8",
              "--no-sync", "--no-instructions"],
-            check=True, capture_output=True, timeout=120)
+            check=True, capture_output=True, timeout=120, cwd=base)
         last_error = ""
         for _attempt in range(5):  # the free port may be taken between probe and bind
             port = free_port()
@@ -96,7 +97,7 @@ def cluster() -> Iterator[Cluster]:
             proc = subprocess.run(
                 [*run_as, pg_ctl, "-D", str(datadir), "-l", str(log), "-o", options,
                  "-w", "-t", "60", "start"],
-                capture_output=True, text=True, timeout=90)
+                capture_output=True, text=True, timeout=90, cwd=base)
             if proc.returncode == 0:
                 started = True
                 break
@@ -110,7 +111,7 @@ def cluster() -> Iterator[Cluster]:
             pid = int(pid_file.read_text().split()[0]) if pid_file.exists() else None
             stop = subprocess.run(
                 [*run_as, pg_ctl, "-D", str(datadir), "-m", "immediate", "-w", "-t", "30", "stop"],
-                capture_output=True, timeout=60)
+                capture_output=True, timeout=60, cwd=base)
             if stop.returncode != 0 and pid is not None:
                 # SIGQUIT is PostgreSQL's immediate shutdown; the postmaster is ours by PID.
                 with contextlib.suppress(ProcessLookupError):
