@@ -258,15 +258,13 @@ def create_app(
             state.close_streams()
             state.rtt.stop()
 
-    try:
-        version = metadata.version("hbmon")
-    except metadata.PackageNotFoundError:
-        version = "0"
+    # No /docs: Swagger UI loads its assets from a CDN, and hbmon serves nothing that
+    # needs the internet. The document itself is at /openapi.json.
     app = FastAPI(
-        title="hbmon", version=version, lifespan=lifespan,
+        title="hbmon", version=app_version(), lifespan=lifespan,
         description="Heartbeat monitoring offloaded to a P4 / eBPF data plane: peers, health, "
                     "transition history, live events.",
-        docs_url="/docs", redoc_url=None, openapi_url="/openapi.json",
+        docs_url=None, redoc_url=None, openapi_url="/openapi.json",
     )
     app.state.hbmon = state
     # Level 1: most of the size win at a fraction of the CPU of the default 9 (big lists
