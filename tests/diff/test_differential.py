@@ -43,6 +43,9 @@ def bmv2_missing() -> str | None:
     return None
 
 
+BMV2_MISSING = bmv2_missing()
+
+
 def report(diffs: list[str]) -> str:
     shown = diffs[:MAX_SHOWN]
     more = f"\n... and {len(diffs) - MAX_SHOWN} more" if len(diffs) > MAX_SHOWN else ""
@@ -144,11 +147,9 @@ def test_kernel_target_follows_the_contract(trace: dict[str, Any],
 
 @pytest.mark.bmv2
 @pytest.mark.netns
+@pytest.mark.skipif(BMV2_MISSING is not None, reason=BMV2_MISSING or "")
 def test_bmv2_and_kernel_target_agree(trace: dict[str, Any], schema: P4Schema,
                                       kernel_run: Observation) -> None:
-    missing = bmv2_missing()
-    if missing:
-        pytest.skip(missing)
     bmv2_run = play(targets.BMV2, trace, schema, LOG_DIR)
     diffs = compare_targets(bmv2_run, kernel_run)
     diffs += check_model(trace, bmv2_run, run_model(trace, bmv2_run))
