@@ -23,8 +23,9 @@ const bit<16> HB_UDP_LEN        = 32;     /* 8 (UDP) + 24 (heartbeat) */
 const bit<16> HB_IPV4_TOTAL_LEN = 52;     /* 20 (IPv4, no options) + 32 */
 
 /* ---- target ---- */
-const bit<9>  CPU_PORT     = 255;  /* simple_switch_grpc --cpu-port 255 */
-const bit<16> FANOUT_GROUP = 1;    /* multicast group of the request fan-out */
+const bit<9>  CPU_PORT = 255;  /* simple_switch_grpc --cpu-port 255 */
+/* The fan-out group is multicast group 1; the data plane only sees it as a PacketOut's
+ * nonzero mcast_grp, so it needs no constant here. */
 
 /* Peer slots: index 0 .. 65535 (bmv2's replication id egress_rid is 16 bits). */
 #define HB_MAX_PEERS 65536
@@ -55,7 +56,6 @@ const reason_t REASON_PEER_DOWN_EVENT   = 13;
 const reason_t REASON_PEER_UP_EVENT     = 14;
 
 /* ---- v1model instance types (bmv2 simple_switch) ---- */
-const bit<32> INSTANCE_TYPE_NORMAL      = 0;
 const bit<32> INSTANCE_TYPE_RECIRC      = 4;
 const bit<32> INSTANCE_TYPE_REPLICATION = 5;
 

@@ -1,8 +1,8 @@
 /*
  * hbmon data plane: egress (request fan-out and miss detection).
  *
- * The controller sends ONE REQUEST template per interval to multicast group FANOUT_GROUP.
- * Each replica carries egress_rid = its peer's index; peer_requests[index] says where and
+ * The controller sends ONE REQUEST template per interval to multicast group 1 (the fan-out
+ * group). Each replica carries egress_rid = its peer's index; peer_requests[index] says where and
  * to whom it goes. The rewrite stamps tx_timestamp_us with the egress time, so the RTT the
  * response yields covers the wire and the peer, not the controller.
  *

@@ -8,7 +8,7 @@
 
 /* Prepended by the P4Runtime server to every PacketOut (ingress port CPU_PORT).
  * mcast_grp = 0: send the frame unchanged out of egress_port.
- * mcast_grp = FANOUT_GROUP: the frame is a REQUEST template, replicated to every peer. */
+ * mcast_grp = 1 (the fan-out group): the frame is a REQUEST template, replicated to every peer. */
 @controller_header("packet_out")
 header packet_out_t {
     bit<9>  egress_port;
