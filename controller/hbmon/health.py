@@ -225,8 +225,10 @@ class HealthEngine:
                                    "time_us": time_us}
         if state == PlaneState.UP:
             t.last_up_event_us = max(t.last_up_event_us, time_us)
+            why = "data plane: first response" if t.alive is None \
+                else "data plane: response after silence"
             self._set_alive(t, True, now)
-            return self._evaluate(t, now, "data plane: response after silence", details)
+            return self._evaluate(t, now, why, details)
         if state == PlaneState.DOWN:
             if time_us and time_us < t.last_up_event_us:
                 return []  # older than an UP we already applied (digests may reorder)

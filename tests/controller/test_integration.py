@@ -43,6 +43,9 @@ INTERVAL_MS = 50
 DETECT = 3
 POLL_MS = 100
 N_PEERS = 4
+# the committed p4c outputs unless overridden (e.g. to try a fresh compile before committing)
+P4INFO = Path(os.environ.get("HBMON_P4INFO") or DEFAULT_P4INFO)
+BMV2_JSON = Path(os.environ.get("HBMON_BMV2_JSON") or DEFAULT_BMV2_JSON)
 HBMON = str(Path(sys.executable).with_name("hbmon"))
 
 
@@ -75,11 +78,11 @@ class Target:
 
     def switch_config(self) -> dict[str, Any]:
         sw: dict[str, Any] = {"name": "s1", "kind": self.kind, "grpc": self.grpc,
-                              "device_id": 1, "p4info": str(DEFAULT_P4INFO),
+                              "device_id": 1, "p4info": str(P4INFO),
                               "ports": {k: v for k, v in self.lab.port_map.items()}}
         if self.kind == "bmv2":
             sw["thrift_port"] = self.thrift_port
-            sw["bmv2_json"] = str(DEFAULT_BMV2_JSON)
+            sw["bmv2_json"] = str(BMV2_JSON)
         return sw
 
     def config(self, peers: list[str] | None = None, **extra: Any) -> dict[str, Any]:
@@ -106,8 +109,8 @@ def target(request: pytest.FixtureRequest) -> Iterator[Target]:
     if kind == "bmv2":
         if targets.find_simple_switch_grpc() is None:
             pytest.skip("bmv2 simple_switch_grpc not found (PATH or $SIMPLE_SWITCH_GRPC)")
-        if not DEFAULT_BMV2_JSON.exists():
-            pytest.skip(f"compiled P4 program {DEFAULT_BMV2_JSON} missing (p4c: make p4-build)")
+        if not BMV2_JSON.exists():
+            pytest.skip(f"compiled P4 program {BMV2_JSON} missing (p4c: make p4-build)")
     if os.geteuid() != 0:
         pytest.fail("network-namespace tests need root (CI runs as root)")
     topology = star(N_PEERS, faults={})
@@ -187,7 +190,7 @@ def controller_factory(target: Target, tmp_path: Path) -> Iterator[Callable[...,
 def read_state(target: Target) -> tuple[list[TableEntry], list[MulticastGroup]]:
     """What the target holds, read by a separate backup client (does not disturb the
     controller's mastership)."""
-    schema = P4Schema.load(DEFAULT_P4INFO)
+    schema = P4Schema.load(P4INFO)
     with P4RuntimeClient(target.grpc, 1, election_id=1, schema=schema) as client:
         client.connect(timeout=10)
         tables = [TableEntry(t) for t in
