@@ -53,6 +53,8 @@ from hbmon_topo.netns import NetnsLab  # noqa: E402
 from tests.controller.p4rt_testserver import TestP4RuntimeServer  # noqa: E402
 
 HBMON = str(Path(sys.executable).with_name("hbmon"))
+P4INFO = Path(os.environ.get("HBMON_P4INFO") or DEFAULT_P4INFO)
+BMV2_JSON = Path(os.environ.get("HBMON_BMV2_JSON") or DEFAULT_BMV2_JSON)
 RESULTS = ROOT / "bench" / "results" / "controller.json"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -129,7 +131,7 @@ def bench_cpu_fake(peers: int, rates: list[float], warmup: float, window: float,
                 "interval_ms": 1000.0 / rate, "poll_interval_ms": 500, "detect_mult": 3,
                 "store": f"sqlite:///{workdir / f'fake-{rate}.db'}",
                 "switches": [{"name": "s1", "grpc": f"127.0.0.1:{server.port}",
-                              "p4info": str(DEFAULT_P4INFO)}],
+                              "p4info": str(P4INFO)}],
                 "peers": topo.peer_dicts("s1"),
             }
 
@@ -161,7 +163,7 @@ def bench_cpu_kernel(peers: int, rates: list[float], warmup: float, window: floa
                     "monitor": {"mac": topo.port(1).mac, "ip": topo.monitor_address},
                     "store": f"sqlite:///{workdir / f'kernel-{rate}.db'}",
                     "switches": [{"name": "s1", "grpc": grpc_addr,
-                                  "p4info": str(DEFAULT_P4INFO)}],
+                                  "p4info": str(P4INFO)}],
                     "peers": topo.peer_dicts("s1"),
                 }
                 ctl = ControlClient(lab.ctl_path(topo.peers[0].name))
@@ -203,9 +205,9 @@ def detection_latency(kind: str, interval_ms: float, detect: int, trials: int,
         grpc_addr = f"127.0.0.1:{free_port()}"
         thrift = free_port()
         sw: dict[str, Any] = {"name": "s1", "kind": kind, "grpc": grpc_addr,
-                              "p4info": str(DEFAULT_P4INFO)}
+                              "p4info": str(P4INFO)}
         if kind == "bmv2":
-            sw.update(thrift_port=thrift, bmv2_json=str(DEFAULT_BMV2_JSON))
+            sw.update(thrift_port=thrift, bmv2_json=str(BMV2_JSON))
         with targets.start_target(kind, lab.port_map, grpc_addr=grpc_addr, thrift_port=thrift,
                                   output_path=workdir / f"{kind}-latency.log", wait=60):
             config = parse_config({
@@ -320,14 +322,14 @@ def main() -> int:
                                                           workdir)
             latency["kernel_10ms_x3"]["goal_ms"] = 35
             print("latency kernel:", latency["kernel_10ms_x3"], flush=True)
-            if targets.find_simple_switch_grpc() is not None and DEFAULT_BMV2_JSON.exists():
+            if targets.find_simple_switch_grpc() is not None and BMV2_JSON.exists():
                 latency["bmv2_100ms_x3"] = detection_latency("bmv2", 100, 3,
                                                              max(5, args.trials // 2), workdir)
                 latency["bmv2_100ms_x3"]["goal_ms"] = 350
                 print("latency bmv2:", latency["bmv2_100ms_x3"], flush=True)
             else:
                 latency["bmv2_100ms_x3"] = {"skipped": "simple_switch_grpc or "
-                                            f"{DEFAULT_BMV2_JSON.name} missing"}
+                                            f"{BMV2_JSON.name} missing"}
             results["detection_latency"] = latency
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
