@@ -180,7 +180,7 @@ def main() -> None:
     for r in results:
         if r["variant"] in ("inventory, identity", "inventory, identity, cold"):
             print(f"p99 GET /api/v1/peers, {args.peers} peers, one client, {r['service']}, "
-                  f"{r['encoding']}: {r['p99_ms']} ms")
+                  f"{r['variant']}: {r['p99_ms']} ms (p50 {r['p50_ms']} ms)")
 
 
 if __name__ == "__main__":
