@@ -308,7 +308,11 @@ class HbTest(BaseTest):
         deadline = time.monotonic() + timeout
         while True:
             values = self.slot(index)
-            if predicate(values) or time.monotonic() > deadline:
+            if predicate(values):
+                # a slot is read cell by cell: the read that saw the predicate may have caught
+                # the update half-way, so the values returned come from a read after it
+                return self.slot(index)
+            if time.monotonic() > deadline:
                 return values
             _pause()
 

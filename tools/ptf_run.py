@@ -157,6 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="seconds to wait for the target's gRPC server")
     ap.add_argument("--bmv2-log", action="store_true",
                     help="also write bmv2's packet trace (slow) to build/ptf/")
+    ap.add_argument("--p4info", type=Path, default=P4INFO,
+                    help="P4Info to push (default: the committed one)")
+    ap.add_argument("--bmv2-json", type=Path, default=BMV2_JSON,
+                    help="bmv2 JSON to push as device config (default: the committed one)")
     ap.add_argument("--ptf-arg", action="append", default=[],
                     help="extra argument for ptf (repeatable), e.g. --ptf-arg=--failfast")
     ap.add_argument("tests", nargs="*", help="ptf test specs (default: all)")
@@ -171,9 +175,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         say(f"ERROR: {exc}")
         return 2
-    for path in (P4INFO, BMV2_JSON):
+    p4info, bmv2_json = args.p4info.resolve(), args.bmv2_json.resolve()
+    for path in (p4info, bmv2_json):
         if not path.is_file():
-            say(f"ERROR: {path.relative_to(ROOT)} missing (committed output of `make p4-build`)")
+            say(f"ERROR: {path} missing (p4src/build/ holds the committed output of "
+                "`make p4-build`)")
             return 2
     ptf = Path(sys.executable).with_name("ptf")
     if not ptf.is_file():
@@ -208,8 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{time.monotonic() - started:.2f}s")
             params = ";".join([
                 f"grpcaddr='{grpc_addr}'",
-                f"p4info='{P4INFO}'",
-                f"bmv2_json='{BMV2_JSON}'",
+                f"p4info='{p4info}'",
+                f"bmv2_json='{bmv2_json}'",
                 f"target='{kind}'",
                 f"thrift_port={args.thrift_port}",
                 f"device_id={args.device_id}",
