@@ -233,12 +233,17 @@ def load1() -> float:
 
 def wait_for_load(limit: float, deadline_s: float) -> float:
     """Poll the 1-minute load average until it is below `limit` or the deadline passes."""
-    end = time.monotonic() + deadline_s
+    start = time.monotonic()
+    said = -1e9
     while True:
         now = load1()
-        if now < limit or time.monotonic() > end:
+        waited = time.monotonic() - start
+        if now < limit or waited > deadline_s:
             return now
-        print(f"   load {now:.2f} >= {limit}: waiting (up to {deadline_s:.0f}s)", flush=True)
+        if waited - said >= 120:  # say it now and then, not every poll
+            print(f"   load {now:.2f} >= {limit}: waiting ({waited:.0f}s of at most "
+                  f"{deadline_s:.0f}s)", flush=True)
+            said = waited
         time.sleep(15)
 
 
@@ -287,12 +292,12 @@ def meets(value: float, ref: Reference, better: str) -> bool:
     return value >= ref.value if better == "higher" else value <= ref.value
 
 
-def summarize(started: float | None) -> list[Row]:
+def summarize(started: float | None, results: Path = RESULTS) -> list[Row]:
     rows: list[Row] = []
     cache: dict[str, tuple[dict[str, Any] | None, float]] = {}
     for m in METRICS:
         if m.result not in cache:
-            path = RESULTS / f"{m.result}.json"
+            path = results / f"{m.result}.json"
             try:
                 cache[m.result] = (json.loads(path.read_text()), path.stat().st_mtime)
             except (OSError, ValueError):
@@ -328,7 +333,7 @@ def fmt(v: float | None) -> str:
     return f"{v:.3g}"
 
 
-def print_table(rows: list[Row]) -> None:
+def print_table(rows: list[Row], results: Path = RESULTS) -> None:
     print()
     print("Summary (one run on this machine; ratios = measured / reference, never asserted)")
     current = None
@@ -348,13 +353,13 @@ def print_table(rows: list[Row]) -> None:
                 verdict = "  MEETS" if c["meets"] else "  MISSES"
             print(f"      vs {c['kind']} {c['name']} ({fmt(c['value'])}): {c['text']}{verdict}")
     known = {m.result for m in METRICS}
-    others = sorted(p.stem for p in RESULTS.glob("*.json")
+    others = sorted(p.stem for p in results.glob("*.json")
                     if p.stem not in known and p.name != SUMMARY.name)
     if others:
         print(f"\nresult files without summary rules here: {', '.join(others)}")
 
 
-def write_summary(rows: list[Row], runs: list[BenchRun]) -> None:
+def write_summary(rows: list[Row], runs: list[BenchRun], results: Path = RESULTS) -> Path:
     out = {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
@@ -367,8 +372,10 @@ def write_summary(rows: list[Row], runs: list[BenchRun]) -> None:
         } for r in rows],
         "note": "ratios from one run on a shared machine; never asserted",
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    SUMMARY.write_text(json.dumps(out, indent=2) + "\n")
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / SUMMARY.name
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -380,6 +387,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--skip", nargs="+", metavar="NAME", default=[])
     ap.add_argument("--summary-only", action="store_true",
                     help="run nothing; summarize the result files as they are")
+    ap.add_argument("--results", type=Path, default=RESULTS,
+                    help="with --summary-only: read result files from (and write summary.json "
+                         "to) this directory; the benches always write bench/results")
     ap.add_argument("--timeout", type=float, default=1800.0, help="per bench, seconds")
     ap.add_argument("--max-load", type=float, default=None,
                     help="wait before each bench until the 1-minute load is below this")
@@ -389,6 +399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     benches = discover()
     names = {n for n, _ in benches}
+    if args.results != RESULTS and not args.summary_only:
+        ap.error("--results only goes with --summary-only")
     unknown = [n for n in [*(args.only or []), *args.skip] if n not in names]
     if unknown:
         ap.error(f"unknown bench {unknown}; known: {sorted(names)}")
@@ -403,14 +415,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if (args.only and name not in args.only) or name in args.skip:
                 continue
             runs.append(run_bench(name, script, args))
-    rows = summarize(started)
-    print_table(rows)
+    rows = summarize(started, args.results)
+    print_table(rows, args.results)
     if runs:
         print("\nbench runs:")
         for r in runs:
             print(f"  {r.script}: {r.status}, {r.seconds}s (load before {r.load_before})")
-    write_summary(rows, runs)
-    print(f"\nwritten: {SUMMARY.relative_to(ROOT)}")
+    written = write_summary(rows, runs, args.results)
+    print(f"\nwritten: {written}")
     failed = [r for r in runs if r.status != "ok"]
     if failed:
         print(f"run_all: {len(failed)} bench(es) did not finish: "

@@ -1,0 +1,73 @@
+"""bench/run_all.py's summary logic (pure: result files written here, no bench is run)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "run_all.py"
+
+
+@pytest.fixture(scope="module")
+def run_all() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("run_all", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["run_all"] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_select_follows_keys_indexes_and_row_filters(run_all: ModuleType) -> None:
+    data = {"results": [{"peers": 4096, "mmap": {"median_ms": 1.5}},
+                        {"peers": 65536, "mmap": {"median_ms": 20.0}}]}
+    assert run_all.select(data, ("results", {"peers": 65536}, "mmap", "median_ms")) == 20.0
+    assert run_all.select(data, ("results", 0, "peers")) == 4096
+    assert run_all.select(data, ("results", {"peers": 1}, "mmap")) is None
+    assert run_all.select(data, ("results", 5)) is None
+    assert run_all.select(data, ("nope", "x")) is None
+
+
+def test_ratios_read_the_right_way_round(run_all: ModuleType) -> None:
+    ref = run_all.Reference("r", 50.0, "s")
+    assert run_all.ratio_text(20.0, ref, "lower") == "0.400x (2.5x better)"
+    assert run_all.ratio_text(100.0, ref, "lower") == "2.00x (2.0x worse)"
+    assert run_all.ratio_text(100.0, ref, "higher") == "2.00x"
+    assert run_all.ratio_text(25.0, ref, "higher") == "0.500x (below)"
+    assert run_all.meets(50.0, ref, "lower") and not run_all.meets(50.1, ref, "lower")
+    assert run_all.meets(50.0, ref, "higher") and not run_all.meets(49.9, ref, "higher")
+
+
+def test_summary_only_uses_the_result_files(tmp_path: Path) -> None:
+    (tmp_path / "read.json").write_text(json.dumps({"results": [
+        {"peers": 65536, "registers": 14, "mmap": {"median_ms": 100.0},
+         "batch_syscalls": {"median_ms": 917.504}}]}))
+    (tmp_path / "mystery.json").write_text("{}")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--summary-only", "--results",
+                           str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "whole-structure read, 65,536 peers (mmap): 100.0 ms" in out
+    assert "2.00x (2.0x worse)  MISSES" in out  # target 50 ms: reported, exit status 0
+    assert "batched lookup syscalls, per entry (65,536 peers): 1 us/entry" in out
+    assert "without summary rules here: mystery" in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    by_label = {m["label"]: m for m in summary["metrics"]}
+    read = by_label["whole-structure read, 65,536 peers (mmap)"]
+    assert read["value"] == 100.0
+    assert read["comparisons"][0]["meets"] is False
+    assert by_label["XDP cost per response on veth"]["value"] is None
+
+
+def test_unknown_bench_name_is_refused() -> None:
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--only", "nosuch"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "unknown bench ['nosuch']" in proc.stderr
