@@ -195,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     grpc_addr = f"127.0.0.1:{args.grpc_port}"
     lab = Lab(tag, [p4 for _, p4 in pairs])
     target: targets.TargetProcess | None = None
+    proc: subprocess.Popen[str] | None = None
     rc = 1
     with terminate_as_interrupt():
         try:
@@ -247,10 +248,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             say(f"ERROR: {exc}")
             rc = 2
         finally:
+            if proc is not None:
+                targets.stop_process(proc)
             if target is not None:
                 target.stop()
             lab.close()
-            say(f"cleaned up (target stopped, namespace {lab.netns} deleted); "
+            say(f"cleaned up (ptf and target stopped, namespace {lab.netns} deleted); "
                 f"logs in {LOG_DIR.relative_to(ROOT)}/")
     return rc
 

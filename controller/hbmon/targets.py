@@ -21,7 +21,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import grpc
 
@@ -168,7 +168,7 @@ class TargetProcess:
         self.stop()
 
 
-def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> int | None:
+def stop_process(process: subprocess.Popen[Any], timeout: float = 10.0) -> int | None:
     """End one process we started, by its PID: SIGTERM, wait, SIGKILL if it lingers."""
     if process.poll() is not None:
         return process.returncode
