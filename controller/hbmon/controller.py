@@ -46,6 +46,7 @@ from .inventory import (
 )
 from .model import (
     ConflictError,
+    DataPlaneError,
     Event,
     EventKind,
     Health,
@@ -79,10 +80,6 @@ _REGISTER_FIELD = {name: name[3:] for name in REGISTERS}
 assert set(_REGISTER_FIELD.values()) == set(_SLOT_FIELDS)
 _U32 = 0xFFFFFFFF
 SEEDED_SETTING = "controller.config_peers_seeded"  # store setting: config peers already added
-
-
-class DataPlaneError(RuntimeError):
-    """A switch refused or could not take a change; nothing was left half applied."""
 
 
 class PollMetrics(Protocol):

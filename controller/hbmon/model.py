@@ -59,6 +59,10 @@ class NotFoundError(KeyError):
         return f"{self.what} {self.name!r} not found"
 
 
+class DataPlaneError(RuntimeError):
+    """A switch refused or could not take a change; nothing was left half applied (API 503)."""
+
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")
 _MAC = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
 

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from hbmon.model import (
+    DataPlaneError,
     Event,
     EventKind,
     Health,
@@ -38,6 +39,7 @@ class FakeService:
         self.store = store
         self.sink = sink
         self._lock = threading.RLock()
+        self.refuse_writes: str | None = None
         self._switches = {
             name: SwitchInfo(name=name, address=f"127.0.0.1:{9559 + i}", device_id=i + 1,
                              kind="kernel", connected=True, primary=True,
@@ -69,6 +71,8 @@ class FakeService:
 
     def add_peers(self, peers: Sequence[Peer]) -> list[Peer]:
         with self._lock:
+            if self.refuse_writes is not None:  # a switch that cannot take the change
+                raise DataPlaneError(self.refuse_writes)
             placed = []
             free: dict[str, Iterator[int]] = {}
             for i, peer in enumerate(peers):

@@ -89,6 +89,17 @@ def test_conflicts_are_409(client: httpx.Client) -> None:
     assert r.status_code == 201
 
 
+def test_switch_refusal_is_503_and_nothing_added(client: httpx.Client, api: Running) -> None:
+    api.service.refuse_writes = "switch default: gRPC UNAVAILABLE"
+    try:
+        r = client.post("/api/v1/peers", json=body())
+    finally:
+        api.service.refuse_writes = None
+    assert r.status_code == 503, r.text
+    assert detail(r)["field"] == "switch" and "UNAVAILABLE" in detail(r)["message"]
+    assert client.get("/api/v1/peers/web-1").status_code == 404
+
+
 def test_bulk_add_all_or_nothing(client: httpx.Client, api: Running) -> None:
     peers = [p.to_dict() for p in make_peers(20)]
     peers[13]["address"] = "not-an-ip"

@@ -35,6 +35,7 @@ from ..events import EventBus, Subscription
 from ..metrics import ControllerMetrics
 from ..model import (
     ConflictError,
+    DataPlaneError,
     Event,
     EventKind,
     Health,
@@ -285,6 +286,11 @@ def create_app(
     @app.exception_handler(NotFoundError)
     async def _not_found(_: Request, exc: NotFoundError) -> Response:
         return _error(404, exc.what, str(exc))
+
+    @app.exception_handler(DataPlaneError)
+    async def _data_plane(_: Request, exc: DataPlaneError) -> Response:
+        # the request was fine and nothing was applied; the switch could not take it now
+        return _error(503, "switch", str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _request_validation(_: Request, exc: RequestValidationError) -> Response:
