@@ -106,6 +106,9 @@ class _Tracker:
     last_flip: float = 0.0
     damped: bool = False
     last_up_event_us: int = 0  # data-plane time of the newest UP digest (stale-read guard)
+    # recovered by digest, between polls: the next fresh poll's deltas still span the end of
+    # the outage, so that poll only sets the baseline of the loss window
+    rebase: bool = False
 
 
 class HealthEngine:
@@ -175,10 +178,13 @@ class HealthEngine:
         else:
             rx_delta = counter_delta(slot.rx_count, prev.rx_count)
             tx_delta = counter_delta(slot.tx_count, prev.tx_count)
-        if prev is not None:
+        stale = slot.last_rx_us < t.last_up_event_us  # read taken before a newer UP digest
+        if prev is not None and not t.rebase:
             t.window.append((tx_delta, rx_delta))
             while len(t.window) > cfg.loss_window:
                 t.window.popleft()
+        if not stale:
+            t.rebase = False
         tx_sum = sum(w[0] for w in t.window)
         rx_sum = sum(w[1] for w in t.window)
         if tx_sum >= cfg.loss_min_requests:
@@ -186,7 +192,6 @@ class HealthEngine:
         else:
             t.loss_ratio = 0.0
 
-        stale = slot.last_rx_us < t.last_up_event_us  # read taken before a newer UP digest
         reason = ""
         if slot.miss_count > t.detect_mult and not stale:
             t_alive: bool | None
@@ -227,6 +232,8 @@ class HealthEngine:
             t.last_up_event_us = max(t.last_up_event_us, time_us)
             why = "data plane: first response" if t.alive is None \
                 else "data plane: response after silence"
+            if not t.alive:
+                t.rebase = True
             self._set_alive(t, True, now)
             return self._evaluate(t, now, why, details)
         if state == PlaneState.DOWN:

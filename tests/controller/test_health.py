@@ -199,6 +199,28 @@ def test_digests_update_between_polls(engine: HealthEngine) -> None:
     assert engine.plane_event("p1", PlaneState.DOWN, now=p.now, time_us=8_000_000) == []
 
 
+def test_recovery_by_digest_does_not_count_the_outage_as_loss(engine: HealthEngine) -> None:
+    p = Peer(engine)
+    for _ in range(5):
+        p.poll()
+    for _ in range(4):
+        p.poll(answered=0)
+    assert p.state == Health.DOWN
+    # still silent for 3 more requests after that poll; then an answer, announced by digest
+    p.slot = replace(p.slot, tx_count=p.slot.tx_count + 3, miss_count=p.slot.miss_count + 3)
+    events = engine.plane_event("p1", PlaneState.UP, now=p.now, time_us=int(p.now * 1e6))
+    assert [e.new_state for e in events] == [Health.UP]
+    # the next poll's deltas still span the end of the outage: not loss of a live peer
+    assert p.poll() == [] and p.state == Health.UP
+    assert engine.health("p1").loss_ratio == 0.0
+    for _ in range(4):
+        assert p.poll() == []
+    # loss after the recovery still counts
+    for answered in (0, 1, 0, 1):
+        p.poll(answered=answered)
+    assert p.state == Health.DEGRADED
+
+
 def test_admin_down_overrides_and_resumes(engine: HealthEngine) -> None:
     p = Peer(engine)
     p.poll()
