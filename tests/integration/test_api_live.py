@@ -31,7 +31,7 @@ from hbmon.protocol import PeerStatus, Reason
 from hbmon_topo.model import peer_address, star
 from hbmon_topo.netns import NetnsLab
 from hbmon_topo.stack import Stack, StackOptions
-from playwright.sync_api import Browser
+from playwright.sync_api import Browser, Page
 from test_api_dashboard import SCREENSHOTS, browser, open_page, tile_states
 from test_api_grafana import DASHBOARD as GRAFANA
 from test_api_metrics import pick, scrape, value
@@ -387,23 +387,25 @@ def test_metrics_show_peer_states_and_dataplane_reasons(live: Live) -> None:
                       Reason.PEER_DOWN_EVENT.name, Reason.PEER_UP_EVENT.name}
 
 
+def tiles_up(page: Page, names: list[str]) -> None:
+    page.wait_for_function(
+        "names => names.every(n => document.querySelector("
+        "`[data-name=\"${n}\"][data-state=\"UP\"]`))", arg=names, timeout=30_000)
+
+
 def test_dashboard_follows_a_stopped_peer_live(live: Live, browser: Browser) -> None:
     peer = "peer03"
     w = open_page(browser, live)  # type: ignore[arg-type]  # only .url is used
     page = w.page
     try:
-        page.wait_for_function(
-            "names => names.every(n => document.querySelector("
-            "`[data-name=\"${n}\"][data-state=\"UP\"]`))", arg=live.names, timeout=30_000)
+        tiles_up(page, live.names)
         assert tile_states(page) == dict.fromkeys(live.names, "UP")
         live.target.ctl(peer).set(mute=True)
         page.wait_for_selector(f'[data-name="{peer}"][data-state="DOWN"]', timeout=30_000)
         page.wait_for_selector(f'#event-log [data-peer="{peer}"]', timeout=30_000)
         # the others stay UP on the page (waited for: on a loaded machine one may blink)
         others = [n for n in live.names if n != peer]
-        page.wait_for_function(
-            "names => names.every(n => document.querySelector("
-            "`[data-name=\"${n}\"][data-state=\"UP\"]`))", arg=others, timeout=30_000)
+        tiles_up(page, others)
         assert tile_states(page) == {**dict.fromkeys(others, "UP"), peer: "DOWN"}
         assert live.stack.states()[peer] == "DOWN"
         page.mouse.move(0, 0)
