@@ -162,9 +162,9 @@ class FakeService:
             for sw in self._switches:
                 rx = sum(h.slot.rx_count for h in self._health.values() if h.switch == sw)
                 tx = sum(h.slot.tx_count for h in self._health.values() if h.switch == sw)
-                out[sw] = {r.name.lower(): (0, 0) for r in Reason}
-                out[sw]["response_recorded"] = (rx, rx * 74)
-                out[sw]["request_sent"] = (tx, tx * 74)
+                out[sw] = {r.name: (0, 0) for r in Reason}
+                out[sw]["RESPONSE_RECORDED"] = (rx, rx * 74)
+                out[sw]["REQUEST_SENT"] = (tx, tx * 74)
             return out
 
     def ready(self) -> bool:

@@ -56,10 +56,10 @@ def test_peer_series(api: Running, client: httpx.Client) -> None:
     assert value(s, "hbmon_peers", switch="leaf-2", state="UP") == 0
     assert value(s, "hbmon_switch_connected", switch="default", kind="kernel") == 1
     assert value(s, "hbmon_dataplane_packets_total", switch="default",
-                 reason="response_recorded") == 2
+                 reason="RESPONSE_RECORDED") == 2
     # two rounds, a request to each of the three monitored peers, 74 bytes each
     assert value(s, "hbmon_dataplane_bytes_total", switch="default",
-                 reason="request_sent") == 2 * 3 * 74
+                 reason="REQUEST_SENT") == 2 * 3 * 74
     assert value(s, "hbmon_ready") == 1
     assert value(s, "hbmon_events_total", kind="peer_added") == 3
     assert value(s, "hbmon_events_total", kind="transition") == 2

@@ -247,7 +247,7 @@ def test_switches_counters_probes(client: httpx.Client, api: Running) -> None:
     api.service.set_state("web-1", Health.UP)
     api.service.tick()
     c = client.get("/api/v1/dataplane/counters").json()["switches"]
-    assert c["default"]["response_recorded"]["packets"] == 1
+    assert c["default"]["RESPONSE_RECORDED"]["packets"] == 1
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").status_code == 200
     api.service.is_ready = False
