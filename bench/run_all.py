@@ -56,7 +56,8 @@ class Metric:
     unit: str
     path: tuple[Step, ...] = ()
     better: str = "higher"  # or "lower"
-    derive: Callable[[dict[str, Any]], float | None] | None = None  # instead of `path`
+    # instead of `path`: (this result, the results directory) -> value
+    derive: Callable[[dict[str, Any], Path], float | None] | None = None
     target: Reference | None = None
     references: tuple[Reference, ...] = ()
 
@@ -94,8 +95,9 @@ PY_UDP_ASYNCIO = Reference("Python asyncio datagram endpoint (10-18 kpps)", 18_0
                            "measured on this machine kind (anchors.md)")
 
 
-def _per_entry_us(method: str, peers: int) -> Callable[[dict[str, Any]], float | None]:
-    def derive(data: dict[str, Any]) -> float | None:
+def _per_entry_us(method: str, peers: int,
+                  ) -> Callable[[dict[str, Any], Path], float | None]:
+    def derive(data: dict[str, Any], results: Path) -> float | None:
         row = select(data, ("results", {"peers": peers}))
         ms = select(row, (method, "median_ms")) if row is not None else None
         if ms is None:
@@ -104,8 +106,8 @@ def _per_entry_us(method: str, peers: int) -> Callable[[dict[str, Any]], float |
     return derive
 
 
-def _heartbeats_per_cpu_s(rate: str) -> Callable[[dict[str, Any]], float | None]:
-    def derive(data: dict[str, Any]) -> float | None:
+def _heartbeats_per_cpu_s(rate: str) -> Callable[[dict[str, Any], Path], float | None]:
+    def derive(data: dict[str, Any], results: Path) -> float | None:
         peers = select(data, ("cpu", "peers"))
         cpu = select(data, ("cpu", "kernel_target", rate, "cpu_s_per_s"))
         hz = float(rate.removesuffix("Hz"))
@@ -113,6 +115,18 @@ def _heartbeats_per_cpu_s(rate: str) -> Callable[[dict[str, Any]], float | None]
             return None
         return float(peers) * hz / float(cpu)
     return derive
+
+
+def _bmv2_over_xdp(data: dict[str, Any], results: Path) -> float | None:
+    bmv2_us = select(data, ("run", "bmv2_us_per_packet"))
+    try:
+        xdp = json.loads((results / "xdp.json").read_text())
+    except (OSError, ValueError):
+        return None
+    xdp_ns = select(xdp, ("veth_flood", "xdp_ns_per_packet_on_veth"))
+    if not bmv2_us or not xdp_ns:
+        return None
+    return float(bmv2_us) * 1000.0 / float(xdp_ns)
 
 
 METRICS: tuple[Metric, ...] = (
@@ -132,6 +146,13 @@ METRICS: tuple[Metric, ...] = (
            ("veth_flood", "end_to_end_mpps_one_core_gen_plus_rx"),
            target=Reference("issue 4: >= 1 Mpps per core", 1.0, "issue 4"),
            references=(BMV2_PPS,)),
+    Metric("bmv2", "bmv2 responses recorded per second (p4src/, this build)", "pps",
+           ("run", "responses_per_s"),
+           references=(Reference(BMV2_PPS.name, BMV2_PPS.value * 1e6, BMV2_PPS.source),)),
+    Metric("bmv2", "bmv2 CPU per packet", "us/packet", ("run", "bmv2_us_per_packet"),
+           better="lower"),
+    Metric("bmv2", "bmv2 CPU per packet / XDP on veth per packet (same machine)", "x",
+           derive=_bmv2_over_xdp, better="lower"),
     Metric("read", "whole-structure read, 65,536 peers (mmap)", "ms",
            ("results", {"peers": 65536}, "mmap", "median_ms"), better="lower",
            target=Reference("issue 4: <= 50 ms", 50.0, "issue 4")),
@@ -320,7 +341,7 @@ def summarize(started: float | None, results: Path = RESULTS) -> list[Row]:
         data, mtime = cache[m.result]
         value: float | None = None
         if data is not None:
-            raw = m.derive(data) if m.derive else select(data, m.path)
+            raw = m.derive(data, results) if m.derive else select(data, m.path)
             value = float(raw) if isinstance(raw, int | float) else None
         row = Row(m, value)
         if data is not None and started is not None and mtime < started:

@@ -59,7 +59,7 @@ def run_model(trace: dict[str, Any], obs: Observation) -> list[Expected]:
                 rnd = obs.rounds[sent.echo_round]
                 tx = rnd.requests[sent.echo_peer].tx_us
                 lo = sent.t_sent - rnd.t_cap
-                hi = so.t_done - rnd.t_po
+                hi = (sent.t_counted or so.t_done) - rnd.t_po
                 arrival = Span(tx + max(0, lo - slack(lo)), tx + hi + slack(hi))
                 reasons.append(model.response(sent.frame, arrival, sent.echoed, digests))
         elif op == "reset_slot":

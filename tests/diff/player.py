@@ -93,6 +93,7 @@ class Sent:
     echo_round: str | None
     echo_peer: str | None
     echoed: int  # tx_timestamp_us in the frame (0 when it has no heartbeat)
+    t_counted: int | None = None  # host µs once a reason counted it (None: ordinary traffic)
 
 
 @dataclass
@@ -496,12 +497,31 @@ class Player:
         self._send(step.get("packets", []), obs)
 
     def _send(self, packets: list[dict[str, Any]], obs: StepObs) -> None:
+        """One frame at a time: each heartbeat is counted before the next one goes. bmv2
+        captures in libpcap's immediate mode, whose ring holds about 8 frames of the default
+        snap length; a burst longer than that would be lost before bmv2 saw it. (Ordinary
+        frames are not counted anywhere: the trace follows at most 6 of them with a
+        heartbeat on the same port.)"""
         for pkt in packets:
             port, frame, echoed = response_for(self.trace, pkt, self.obs.rounds)
-            obs.sent.append(Sent(frame, port, now_us(), pkt["echo"], pkt["from"], echoed))
+            sent = Sent(frame, port, now_us(), pkt["echo"], pkt["from"], echoed)
+            obs.sent.append(sent)
             self.senders[port].send(frame)
             if pkt["expect"] != "ORDINARY":
                 self.heartbeats_sent += 1
+                sent.t_counted = self._wait_counted()
+
+    def _wait_counted(self) -> int:
+        deadline = time.monotonic() + STEP_DEADLINE_S
+        while True:
+            reasons = self.target.reasons()
+            classified = sum(reasons[r][0] for r in CLASSIFIED)
+            if classified >= self.heartbeats_sent:
+                return now_us()
+            if time.monotonic() > deadline:
+                raise StepTimeout(f"heartbeat #{self.heartbeats_sent} not counted after "
+                                  f"{STEP_DEADLINE_S}s ({classified} counted)")
+            time.sleep(0.002)
 
     def _reset_slot(self, step: dict[str, Any], obs: StepObs) -> None:
         self.target.reset_slot(self.peers[step["peer"]]["index"])

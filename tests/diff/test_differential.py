@@ -126,11 +126,34 @@ def test_declared_reasons_are_the_contracts(trace: dict[str, Any]) -> None:
             model.insert_peer(peers[step["peer"]], [step["table"]])
         states |= {d.state for d in digests}
     assert not wrong, "\n".join(wrong)
+    assert not _unpaced_ordinary(trace)
     missing = [r for r in Reason if model.reasons[r] == 0]
     assert not missing, f"the trace never reaches {[r.name for r in missing]}"
     assert {1, 2} <= states
     assert "ORDINARY" in seen
     assert template_ok(template_frame(trace, 5))  # the valid template the rounds send
+
+
+def _unpaced_ordinary(trace: dict[str, Any]) -> list[str]:
+    """The player waits for each heartbeat to be counted; ordinary frames are counted
+    nowhere, so at most 6 in a row, then a heartbeat from the same port (bmv2's capture ring
+    holds about 8 frames)."""
+    peers = {p["name"]: p for p in trace["peers"]}
+    bad = []
+    for step in trace["steps"]:
+        run: list[int] = []
+        for pkt in step.get("packets", []):
+            port = pkt.get("port", peers[pkt["from"]]["port"])
+            if pkt["expect"] == "ORDINARY":
+                run.append(port)
+            elif run:
+                if len(run) > 6 or set(run) != {port}:
+                    bad.append(f"{step['round']}: {len(run)} ordinary frames on {set(run)}, "
+                               f"then a heartbeat on port {port}")
+                run = []
+        if run:
+            bad.append(f"{step['round']}: ends with ordinary frames")
+    return bad
 
 
 # -- the targets ---------------------------------------------------------------------------------
