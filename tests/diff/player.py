@@ -36,6 +36,7 @@ from hbmon.p4info import (
     MulticastGroup,
     P4Schema,
     PacketOut,
+    RegisterCell,
     RegisterRead,
     Replica,
     TableEntry,
@@ -331,8 +332,6 @@ class KernelSide(Target):
         return out
 
     def reset_slot(self, index: int) -> None:
-        from hbmon.p4info import RegisterCell
-
         assert self.client is not None
         self.client.modify([RegisterCell(n, index, 0) for n in REGISTERS])
 
