@@ -8,7 +8,6 @@ PID and a random tag; everything is removed in `close()`, also after a failure.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import secrets
@@ -16,19 +15,17 @@ import select
 import socket
 import struct
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import TypeVar
 
 from hbmon import protocol
+from hbmon_topo.netns import run_in_netns
 
 T = TypeVar("T")
 ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def ip(*args: str) -> str:
@@ -38,30 +35,8 @@ def ip(*args: str) -> str:
     return out.stdout
 
 
-def in_netns(ns: str, fn: Callable[[], T]) -> T:
-    """Run fn in namespace ns (in a helper thread: setns only moves the calling thread)."""
-    result: list[T] = []
-    error: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns({ns}): {os.strerror(err)}")
-            finally:
-                os.close(fd)
-            result.append(fn())
-        except BaseException as exc:
-            error.append(exc)
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if error:
-        raise error[0]
-    return result[0]
+# one implementation of "run this in that namespace" for labs and tests
+in_netns = run_in_netns
 
 
 def mac_int(text: str) -> int:
