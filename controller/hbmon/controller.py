@@ -68,6 +68,7 @@ from .p4info import (
     TableEntry,
 )
 from .p4rt import DELETE, INSERT, MODIFY, P4RuntimeClient, P4RuntimeError, WriteError, make_update
+from .pbwire import varint
 from .protocol import REGISTERS, Heartbeat, MsgType, PlaneState, Reason, seq_newer
 from .registers import P4RuntimeRegisterAccess, RegisterAccess, open_register_access
 from .service import EventSink, Store
@@ -125,32 +126,20 @@ def next_sequence(previous: int, now: float) -> int:
     return candidate if seq_newer(candidate, previous) else (previous + 1) & _U32
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def register_cells_request(register_ids: Sequence[int], indexes: Sequence[int],
                            ) -> p4runtime_pb2.ReadRequest:
     """ReadRequest for cells `indexes` of every register in `register_ids`, built as wire
     bytes (Entity.register_entry = 11, RegisterEntry.register_id = 1, .index = 2,
     Index.index = 1): a tenth of the cost of building 50K messages field by field."""
     parts: list[bytes] = []
-    index_fields = [b"\x12" + _varint(len(v)) + v
-                    for v in (b"\x08" + _varint(i) if i else b"" for i in indexes)]
+    index_fields = [b"\x12" + varint(len(v)) + v
+                    for v in (b"\x08" + varint(i) if i else b"" for i in indexes)]
     for rid in register_ids:
-        head = b"\x08" + _varint(rid)
+        head = b"\x08" + varint(rid)
         for field in index_fields:
             entry = head + field
-            entity = b"\x5a" + _varint(len(entry)) + entry
-            parts.append(b"\x12" + _varint(len(entity)) + entity)
+            entity = b"\x5a" + varint(len(entry)) + entry
+            parts.append(b"\x12" + varint(len(entity)) + entity)
     return p4runtime_pb2.ReadRequest.FromString(b"".join(parts))
 
 

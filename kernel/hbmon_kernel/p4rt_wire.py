@@ -24,24 +24,13 @@ import struct
 from collections.abc import Iterable, Iterator, Sequence
 
 from google.protobuf import message
+from hbmon.pbwire import varint
 
 # A ReadResponse message never exceeds this (the default gRPC receive limit of clients such
 # as p4runtime-shell is 4 MiB).
 MAX_RESPONSE_BYTES = 1 << 20
 
 _PACK_U64 = struct.Struct(">Q").pack
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        low = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
 
 
 def entities_field(entity: bytes | message.Message) -> bytes:
