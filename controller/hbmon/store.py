@@ -168,22 +168,16 @@ class SqlStore:
     def _check_conflicts(self, cur: _Cursor, peer: Peer, *, exclude: str | None) -> None:
         if exclude is None and self._one(cur, "SELECT 1 FROM peers WHERE name = ?", (peer.name,)):
             raise ConflictError("name", f"a peer named {peer.name!r} already exists")
-        other = self._one(
-            cur, "SELECT name FROM peers WHERE switch = ? AND address = ? AND name <> ?",
-            (peer.switch, peer.address, exclude or ""),
-        )
-        if other:
-            raise ConflictError(
-                "address", f"{peer.address} is already used by peer {other[0]!r} "
-                f"on switch {peer.switch!r}")
-        other = self._one(
-            cur, "SELECT name FROM peers WHERE switch = ? AND peer_id = ? AND name <> ?",
-            (peer.switch, peer.peer_id, exclude or ""),
-        )
-        if other:
-            raise ConflictError(
-                "peer_id", f"peer id {peer.peer_id} is already used by peer {other[0]!r} "
-                f"on switch {peer.switch!r}")
+        # what must be unique per switch: the column, and how to name its value
+        for column, shown in (("address", peer.address), ("peer_id", f"peer id {peer.peer_id}")):
+            other = self._one(
+                cur, f"SELECT name FROM peers WHERE switch = ? AND {column} = ? AND name <> ?",
+                (peer.switch, getattr(peer, column), exclude or ""),
+            )
+            if other:
+                raise ConflictError(
+                    column, f"{shown} is already used by peer {other[0]!r} "
+                    f"on switch {peer.switch!r}")
 
     # ---- inventory -----------------------------------------------------------------
 
