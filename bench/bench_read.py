@@ -12,7 +12,6 @@ Usage: python bench/bench_read.py [--rounds N]   (root)
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
@@ -28,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from hbmon.protocol import REGISTERS  # noqa: E402
 from hbmon_kernel.datapath import Datapath  # noqa: E402
+from results_io import write_result  # noqa: E402
 
 
 def timed(fn: Callable[[], object], rounds: int) -> dict[str, float]:
@@ -103,10 +103,7 @@ def main() -> int:
         "results": runs,
         "note": "shared 2-core VM; numbers vary with load from other jobs",
     }
-    out = ROOT / "bench" / "results" / "read.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result("read", result)
     return 0
 
 

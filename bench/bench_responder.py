@@ -11,7 +11,6 @@ Usage: python bench/bench_responder.py [--peers 4096] [--rounds 20]   (root)
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -24,6 +23,7 @@ from hbmon.responder import ControlClient  # noqa: E402
 from hbmon_topo.model import multi  # noqa: E402
 from hbmon_topo.netns import NetnsLab  # noqa: E402
 from hbmon_topo.probe import Probe, request_frame  # noqa: E402
+from results_io import write_result  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> float:
@@ -74,10 +74,7 @@ def main() -> int:
     ratio = result["batched"]["answers_per_cpu_s"] / max(
         1, result["per_datagram"]["answers_per_cpu_s"])
     result["ratio_batched_to_per_datagram"] = round(ratio, 2)
-    out = ROOT / "bench" / "results" / "responder.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result("responder", result)
     return 0
 
 

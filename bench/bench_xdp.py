@@ -15,7 +15,6 @@ Usage: python bench/bench_xdp.py [--frames N] [--repeat N]   (root)
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import socket
@@ -29,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 from hbmon.protocol import Heartbeat, MsgType, Reason  # noqa: E402
 from hbmon_kernel import libbpf as lb  # noqa: E402
 from hbmon_kernel.datapath import Datapath, default_bpf_dir  # noqa: E402
+from results_io import write_result  # noqa: E402
 
 from tests.kernel.bpf_lab import (  # noqa: E402
     Lab,
@@ -144,10 +144,7 @@ def main() -> int:
         "veth_flood": flood,
         "note": "shared 2-core VM; numbers vary with load from other jobs",
     }
-    out = ROOT / "bench" / "results" / "xdp.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result("xdp", result)
     return 0
 
 
