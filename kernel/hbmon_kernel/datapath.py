@@ -650,6 +650,10 @@ class Datapath:
     def register_read(self, name: str, index: int) -> int:
         return self._register(name).read(index)
 
+    def register_take(self, name: str, indexes: Any = None) -> Any:
+        """Cells of a register as a numpy array (all, or at an int array of indexes)."""
+        return self._register(name).take(indexes)
+
     def register_write(self, name: str, index: int, value: int) -> None:
         self._register(name).write(index, value)
 

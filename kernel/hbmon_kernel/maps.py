@@ -12,6 +12,9 @@ import struct
 import sys
 import threading
 
+import numpy as np
+import numpy.typing as npt
+
 from .libbpf import BpfMap, libbpf
 
 _FORMAT = {1: "B", 2: "H", 4: "I", 8: "Q"}
@@ -63,6 +66,27 @@ class RegisterArray:
     def read(self, index: int) -> int:
         self.check_index(index)
         return int(self._view()[index * self._step])
+
+    def take(self, indexes: npt.NDArray[np.intp] | None = None) -> npt.NDArray[np.unsignedinteger]:
+        """A copy of the cells at `indexes` (all cells when None) as a numpy array, read
+        straight from the mapping with the map's stride (no per-cell Python work).
+
+        The numpy view over the mapping lives only inside the lock: a view still held
+        when close() runs would make the mmap refuse to close."""
+        with self._lock:
+            if self._raw is None:
+                raise ValueError(f"register {self.name} is closed")
+            view = np.ndarray((self.size,), dtype=np.dtype(f"=u{self.value_size}"),
+                              buffer=self._raw, strides=(self.stride,))
+            try:
+                if indexes is None:
+                    return view.copy()
+                if len(indexes) and not (int(indexes.min()) >= 0
+                                         and int(indexes.max()) < self.size):
+                    raise IndexError(f"{self.name}: index outside 0..{self.size - 1}")
+                return view[indexes]
+            finally:
+                del view
 
     def write(self, index: int, value: int) -> None:
         self.check_index(index)

@@ -13,10 +13,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
+import numpy.typing as npt
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2
 from p4.config.v1 import p4info_pb2
 from p4.v1 import p4runtime_pb2
@@ -173,8 +177,27 @@ class WriteFailed(Exception):
         self.results = results
 
 
-# a Read request turned into what to send: ready wire fields, or a register to encode
+# a Read request turned into what to send: ("fields", ready wire fields) or ("cells",
+# (register id, indexes, values)) to encode
 ReadJob = tuple[str, Any]
+
+# Memoised read plans (see KernelDevice.read_plan_bytes): a controller sends the same
+# indexed ReadRequest every poll; at most this many plans and key bytes are kept.
+PLAN_CACHE_ENTRIES = 8
+PLAN_CACHE_BYTES = 32 << 20
+
+
+@dataclass(frozen=True)
+class CellRead:
+    """Cells of one register a Read asks for: `indexes` in request order (None = all)."""
+
+    spec: ArraySpec
+    indexes: npt.NDArray[np.intp] | None
+
+
+# what one Read resolves to, in request order: register cells to fetch at send time, or
+# jobs already made (tables, PRE, counters, digests: read under the same lock)
+ReadStep = CellRead | list[ReadJob]
 
 
 class KernelDevice:
@@ -235,6 +258,10 @@ class KernelDevice:
             check_event_fields(dspec, event_fields)
             self._digests[dspec.id] = DigestEngine(dspec, self._send_digest)
         self.packets_out = 0
+        # read_plan_bytes: serialized ReadRequest -> (device id, steps, entity count)
+        self._plans: OrderedDict[bytes, tuple[int, list[ReadStep], int]] = OrderedDict()
+        self._plans_bytes = 0
+        self._plans_lock = threading.Lock()
 
     def _bind_table(self, b: TableBinding) -> _BoundTable:
         p = self.pipeline
@@ -798,35 +825,136 @@ class KernelDevice:
         """What to send for each request of a Read (under the lock, so the answer is one
         consistent state), and each request's error. RPC-level failures raise."""
         self._check_device(req.device_id)
-        jobs: list[ReadJob] = []
-        errors: list[P4RTError | None] = []
         with self.lock:
             self._require_pipeline()
-            for entity in req.entities:
-                try:
-                    jobs.extend(self._read_entity(entity))
-                    errors.append(None)
-                except P4RTError as exc:
-                    errors.append(exc)
-                except Exception as exc:
-                    log.exception("read failed")
-                    errors.append(P4RTError(code_pb2.INTERNAL, f"{type(exc).__name__}: {exc}"))
+            steps, errors = self._resolve(req)
+            return self._fetch(steps), errors
+
+    def read_plan_bytes(self, raw: bytes) -> tuple[list[ReadJob], list[P4RTError | None]]:
+        """read_plan for a serialized ReadRequest. A request that only names register cells
+        is resolved once and its plan kept, keyed by its bytes: the controller repeats the
+        same 57K-entity request every poll, and parsing it entity by entity would cost more
+        than answering it."""
+        with self._plans_lock:
+            cached = self._plans.get(raw)
+            if cached is not None:
+                self._plans.move_to_end(raw)
+        if cached is not None:
+            device_id, steps, entities = cached
+            self._check_device(device_id)
+            with self.lock:
+                self._require_pipeline()
+                return self._fetch(steps), [None] * entities
+        try:
+            req = p4runtime_pb2.ReadRequest.FromString(raw)
+        except DecodeError as exc:
+            raise invalid(f"ReadRequest does not parse: {exc}") from None
+        self._check_device(req.device_id)
+        with self.lock:
+            self._require_pipeline()
+            steps, errors = self._resolve(req)
+            jobs = self._fetch(steps)
+        if all(isinstance(step, CellRead) for step in steps) and not any(errors):
+            self._remember(raw, req.device_id, steps, len(errors))
         return jobs, errors
+
+    def _remember(self, raw: bytes, device_id: int, steps: list[ReadStep],
+                  entities: int) -> None:
+        if len(raw) > PLAN_CACHE_BYTES:
+            return
+        with self._plans_lock:
+            self._plans[raw] = (device_id, steps, entities)
+            self._plans_bytes += len(raw)
+            while len(self._plans) > PLAN_CACHE_ENTRIES or self._plans_bytes > PLAN_CACHE_BYTES:
+                old, _ = self._plans.popitem(last=False)
+                self._plans_bytes -= len(old)
+
+    def _resolve(self, req: p4runtime_pb2.ReadRequest,
+                 ) -> tuple[list[ReadStep], list[P4RTError | None]]:
+        """Each entity of a Read checked and turned into steps (lock held). Consecutive
+        cells of one register become one CellRead, so a request listing 57K cells is a
+        handful of vectorised reads."""
+        steps: list[ReadStep] = []
+        errors: list[P4RTError | None] = []
+        run_spec: ArraySpec | None = None  # the register of the open run of single cells
+        run: list[int] = []
+
+        def close_run() -> None:
+            nonlocal run_spec, run
+            if run_spec is not None:
+                steps.append(CellRead(run_spec, np.array(run, dtype=np.intp)))
+            run_spec, run = None, []
+
+        for entity in req.entities:
+            try:
+                if entity.WhichOneof("entity") == "register_entry":
+                    entry = entity.register_entry
+                    if entry.register_id and entry.HasField("index"):
+                        spec = self._register(entry.register_id)
+                        index = self._index(spec, entry, "register")
+                        assert index is not None
+                        if spec is not run_spec:
+                            close_run()
+                            run_spec = spec
+                        run.append(index)
+                    else:
+                        close_run()
+                        steps.extend(self._read_registers(entry))
+                else:
+                    close_run()
+                    steps.append(self._read_entity(entity))
+                errors.append(None)
+            except P4RTError as exc:
+                errors.append(exc)
+            except Exception as exc:
+                log.exception("read failed")
+                errors.append(P4RTError(code_pb2.INTERNAL, f"{type(exc).__name__}: {exc}"))
+        close_run()
+        return steps, errors
+
+    def _fetch(self, steps: Sequence[ReadStep]) -> list[ReadJob]:
+        """The values of the register cells the steps name, now (lock held)."""
+        jobs: list[ReadJob] = []
+        for step in steps:
+            if not isinstance(step, CellRead):
+                jobs.extend(step)
+                continue
+            spec = step.spec
+            try:
+                values = self._cells(spec, step.indexes)
+            except Exception as exc:
+                raise _datapath_error(exc, f"register {spec.name}") from exc
+            indexes = step.indexes if step.indexes is not None \
+                else np.arange(spec.size, dtype=np.intp)
+            jobs.append(("cells", (spec.id, indexes, values)))
+        return jobs
+
+    def _cells(self, spec: ArraySpec, indexes: npt.NDArray[np.intp] | None,
+               ) -> npt.NDArray[Any]:
+        """A copy of the cells (all when None) as a numpy array: straight from the mapped
+        BPF array when the data plane offers it (Datapath.register_take), else from
+        register_read_all (test data planes)."""
+        take = getattr(self.dp, "register_take", None)
+        if take is not None:
+            values = np.asarray(take(spec.name, indexes))
+        else:
+            values = np.asarray(self.dp.register_read_all(spec.name), dtype=np.uint64)
+            if indexes is not None:
+                values = values[indexes]
+        return values if indexes is not None else values[:spec.size]
 
     @staticmethod
     def encode(jobs: Sequence[ReadJob]) -> Iterator[bytes]:
-        """Serialized ReadResponses for a read plan (the expensive part, outside the lock)."""
+        """Serialized ReadResponses for a read plan (the expensive part, outside the lock),
+        each at most MAX_RESPONSE_BYTES and cut only between entities."""
         chunker = wire.ResponseChunker()
         for kind, data in jobs:
             if kind == "fields":
                 yield from chunker.add(data)
-            else:  # "register": (register id, values, first index)
-                register_id, values, start = data
-                if start == 0 and len(values) > 1:
-                    for chunk in wire.register_chunks(register_id, values):
-                        yield from chunker.add_chunk(chunk)
-                else:
-                    yield from chunker.add(wire.register_fields(register_id, values, start))
+            else:  # "cells": (register id, indexes, values)
+                register_id, indexes, values = data
+                blob, ends = wire.encode_register_cells(register_id, indexes, values)
+                yield from chunker.add_block(blob, ends)
         if chunker.pending:
             yield chunker.flush()
 
@@ -837,7 +965,7 @@ class KernelDevice:
         if which == "packet_replication_engine_entry":
             return [("fields", self._read_pre(entity.packet_replication_engine_entry))]
         if which == "register_entry":
-            return self._read_registers(entity.register_entry)
+            return self._fetch(self._read_registers(entity.register_entry))
         if which == "counter_entry":
             return [("fields", self._read_counters(entity.counter_entry))]
         if which == "digest_entry":
@@ -906,22 +1034,15 @@ class KernelDevice:
         group = self._groups.get(gid)
         return [group.field] if group is not None else []
 
-    def _read_registers(self, entry: p4runtime_pb2.RegisterEntry) -> list[ReadJob]:
+    def _read_registers(self, entry: p4runtime_pb2.RegisterEntry) -> list[CellRead]:
         specs = list(self._registers.values()) if entry.register_id == 0 \
             else [self._register(entry.register_id)]
-        jobs: list[ReadJob] = []
+        out: list[CellRead] = []
         for spec in specs:
             index = self._index(spec, entry, "register") if entry.register_id else None
-            try:
-                if index is None:
-                    values = self.dp.register_read_all(spec.name)[:spec.size]
-                    jobs.append(("register", (spec.id, values, 0)))
-                else:
-                    jobs.append(("register", (spec.id, [self.dp.register_read(spec.name, index)],
-                                              index)))
-            except Exception as exc:
-                raise _datapath_error(exc, f"register {spec.name}") from exc
-        return jobs
+            out.append(CellRead(spec, None if index is None
+                                else np.array([index], dtype=np.intp)))
+        return out
 
     def _read_counters(self, entry: p4runtime_pb2.CounterEntry) -> list[bytes]:
         specs = list(self._counters.values()) if entry.counter_id == 0 \

@@ -127,10 +127,10 @@ class P4RuntimeService:
             _abort_batch(context, "Write", exc.results)
         return p4runtime_pb2.WriteResponse()
 
-    def Read(self, request: p4runtime_pb2.ReadRequest,
-             context: grpc.ServicerContext) -> Iterator[bytes]:
+    def Read(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        # the serialized ReadRequest: the device memoises plans by these bytes
         try:
-            jobs, errors = self.device.read_plan(request)
+            jobs, errors = self.device.read_plan_bytes(request)
         except P4RTError as exc:
             context.abort(grpc_code(exc.code), exc.message)
             return
@@ -202,13 +202,13 @@ def _identity(data: bytes) -> bytes:
 
 
 def service_handler(service: P4RuntimeService) -> grpc.GenericRpcHandler:
-    """The P4Runtime service, with Read responses passed through as ready wire bytes."""
+    """The P4Runtime service, with Read requests and responses as wire bytes."""
     P = p4runtime_pb2
     return grpc.method_handlers_generic_handler(SERVICE, {
         "Write": grpc.unary_unary_rpc_method_handler(
             service.Write, P.WriteRequest.FromString, P.WriteResponse.SerializeToString),
         "Read": grpc.unary_stream_rpc_method_handler(
-            service.Read, P.ReadRequest.FromString, _identity),
+            service.Read, _identity, _identity),
         "SetForwardingPipelineConfig": grpc.unary_unary_rpc_method_handler(
             service.SetForwardingPipelineConfig, P.SetForwardingPipelineConfigRequest.FromString,
             P.SetForwardingPipelineConfigResponse.SerializeToString),
