@@ -3,9 +3,10 @@
 No I/O and no clock of its own: callers pass `now` (wall-clock seconds), which makes every
 rule unit-testable. Two kinds of input feed the same per-peer state machine:
 
-- `observe(name, slot, now)`: one poll's read of the peer's slot of the health-check
-  structure. Deltas of `rx_count` / `tx_count` against the previous poll give fresh
-  evidence of life and the loss ratio over a sliding window of polls;
+- `observe_rows(rows, columns, now)`: one poll's read of the slots of many peers at once,
+  one column per register in index order (what a poll of a switch returns). Deltas of
+  `rx_count` / `tx_count` against the previous poll give fresh evidence of life and the
+  loss ratio over a sliding window of polls; `observe(name, slot, now)` is a batch of one;
 - `plane_event(name, state, ...)`: a `peer_event_t` digest (UP / DOWN decided by the data
   plane between polls).
 
@@ -15,18 +16,41 @@ DEGRADED for slow (RTT), lossy (loss ratio), self-reported DEGRADED/DRAINING pee
 enter/exit hysteresis; flap damping (too many alive/dead changes within a window hold the
 peer DEGRADED until it has been stable for the hold-down time); ADMIN_DOWN overrides all.
 Every change of the reported state is returned as a `model.Event` (kind TRANSITION).
+
+Cost: a poll of thousands of peers must cost about as much as a poll of one, so the
+per-peer numbers (last read, loss window, hysteresis flags, raw liveness) live in numpy
+arrays indexed by a row per peer, and `observe_rows` applies each rule to all rows at once.
+Only peers whose verdict inputs (the `_inputs` bit set: admin, liveness, peer-reported
+status, slow, lossy) differ from what their last verdict saw, or that are flap-damped (their
+verdict depends on the clock), go through the per-peer Python verdict. In a steady state
+that is none of them.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from .model import Event, EventKind, Health, PeerHealth, Slot, ValidationError
 from .protocol import PeerStatus, PlaneState
 
 _U32 = 1 << 32
+
+# Slot fields in contract (register) order: the rows of the engine's slot matrix.
+SLOT_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Slot))
+_FIELD = {name: i for i, name in enumerate(SLOT_FIELDS)}
+_RX, _TX, _MISS = _FIELD["rx_count"], _FIELD["tx_count"], _FIELD["miss_count"]
+_LAST_RX, _STATUS, _STATE = _FIELD["last_rx_us"], _FIELD["peer_status"], _FIELD["state"]
+_RTT = {"ewma": _FIELD["rtt_ewma_us"], "last": _FIELD["rtt_last_us"]}
+
+# bits of a peer's verdict inputs (see `HealthEngine._inputs_of`)
+_IN_ADMIN, _IN_ALIVE_SHIFT, _IN_STATUS, _IN_SLOW, _IN_LOSSY = 1, 1, 8, 16, 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,50 +99,105 @@ class HealthConfig:
             return self.rtt_recover_us
         return self.rtt_degraded_us * 4 // 5
 
+    @property
+    def verdict_fields(self) -> tuple[str, ...]:
+        """The slot fields the verdicts depend on (a poll must read these every time)."""
+        rtt = "rtt_ewma_us" if self.rtt_metric == "ewma" else "rtt_last_us"
+        return tuple(f for f in SLOT_FIELDS if f in (
+            "rx_count", "tx_count", "miss_count", "last_rx_us", "peer_status", "state", rtt))
+
+
+_Ints = npt.NDArray[np.int64]
+
+
+def _deltas(new: _Ints, old: _Ints) -> _Ints:
+    wrapped = (old >= 0xF0000000) & (new < 0x10000000)
+    return np.where(new >= old, new - old, np.where(wrapped, new + _U32 - old, new))
+
 
 def counter_delta(new: int, old: int) -> int:
     """Increase of a 32-bit counter; a decrease that is not a wrap is a reset (slot reuse,
     target restart) and counts from zero."""
-    if new >= old:
-        return new - old
-    if old >= 0xF0000000 and new < 0x10000000:
-        return new + _U32 - old
-    return new
+    return int(_deltas(np.array([new], np.int64), np.array([old], np.int64))[0])
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Tracker:
+    """What stays per peer in Python: the reported state and the flap history. The numbers
+    behind the verdict are in the engine's arrays at `row`."""
+
     name: str
     switch: str
-    detect_mult: int
-    admin_down: bool
+    row: int
+    order: int  # when added: events of one call come in this order
     state: Health = Health.UNKNOWN
     since: float = 0.0
     reason: str = "added"
-    alive: bool | None = None  # raw liveness; None = no evidence yet
-    slot: Slot | None = None
-    sampled_at: float = 0.0
-    window: collections.deque[tuple[int, int]] = field(default_factory=collections.deque)
-    loss_ratio: float = 0.0
-    slow: bool = False
-    lossy: bool = False
     flaps: collections.deque[float] = field(default_factory=collections.deque)
     last_flip: float = 0.0
-    damped: bool = False
-    last_up_event_us: int = 0  # data-plane time of the newest UP digest (stale-read guard)
-    # recovered by digest, between polls: the next fresh poll's deltas still span the end of
-    # the outage, so that poll only sets the baseline of the loss window
-    rebase: bool = False
 
 
 class HealthEngine:
     """Per-peer health from polls and digests. Not thread-safe: one owner (the controller
     serialises calls per switch under its lock)."""
 
+    # per-row arrays: name -> (dtype, per window position?)
+    _ARRAYS: dict[str, Any] = {
+        "_has_slot": np.bool_, "_sampled_at": np.float64, "_win_pos": np.int64,
+        "_win_tx_sum": np.int64, "_win_rx_sum": np.int64, "_loss": np.float64,
+        "_slow": np.bool_, "_lossy": np.bool_, "_rebase": np.bool_, "_admin": np.bool_,
+        "_damped": np.bool_, "_alive": np.int8, "_mult": np.int64, "_up_us": np.uint64,
+        "_inputs": np.int16,
+    }
+
     def __init__(self, config: HealthConfig | None = None) -> None:
         self.config = config or HealthConfig()
         self.config.validate()
         self._peers: dict[str, _Tracker] = {}
+        self._by_row: list[_Tracker | None] = []
+        self._free: list[int] = []
+        self._damped_peers: dict[str, _Tracker] = {}
+        self._added = 0
+        self._cap = 0
+        self._rtt_field = _RTT[self.config.rtt_metric]
+        # the newest read of every slot field (rows of SLOT_FIELDS x peer rows)
+        self._slots = np.zeros((len(SLOT_FIELDS), 0), np.uint64)
+        # loss window: the (tx, rx) deltas of the last loss_window polls, a ring per peer;
+        # sums kept alongside so a poll costs O(peers), not O(peers x window)
+        self._win_tx = np.zeros((self.config.loss_window, 0), np.int64)
+        self._win_rx = np.zeros((self.config.loss_window, 0), np.int64)
+        self._has_slot = np.zeros(0, np.bool_)  # slot read since add / reset_evidence
+        self._sampled_at = np.zeros(0, np.float64)
+        self._win_pos = np.zeros(0, np.int64)
+        self._win_tx_sum = np.zeros(0, np.int64)
+        self._win_rx_sum = np.zeros(0, np.int64)
+        self._loss = np.zeros(0, np.float64)
+        self._slow = np.zeros(0, np.bool_)
+        self._lossy = np.zeros(0, np.bool_)
+        # recovered by digest, between polls: the next fresh poll's deltas still span the
+        # end of the outage, so that poll only sets the baseline of the loss window
+        self._rebase = np.zeros(0, np.bool_)
+        self._admin = np.zeros(0, np.bool_)
+        self._damped = np.zeros(0, np.bool_)
+        self._alive = np.zeros(0, np.int8)  # raw liveness: -1 no evidence yet, 0 dead, 1 alive
+        self._mult = np.zeros(0, np.int64)
+        self._up_us = np.zeros(0, np.uint64)  # data-plane time of the newest UP digest
+        self._inputs = np.zeros(0, np.int16)  # verdict inputs as of the last verdict
+        self._grow(64)
+
+    def _grow(self, cap: int) -> None:
+        extra = cap - self._cap
+        self._slots = np.concatenate(
+            [self._slots, np.zeros((len(SLOT_FIELDS), extra), np.uint64)], axis=1)
+        for ring in ("_win_tx", "_win_rx"):
+            old = getattr(self, ring)
+            setattr(self, ring, np.concatenate(
+                [old, np.zeros((old.shape[0], extra), np.int64)], axis=1))
+        for name, dtype in self._ARRAYS.items():
+            setattr(self, name, np.concatenate([getattr(self, name), np.zeros(extra, dtype)]))
+        self._by_row.extend([None] * extra)
+        self._free.extend(range(cap - 1, self._cap - 1, -1))  # lowest row first
+        self._cap = cap
 
     # -- inventory --------------------------------------------------------------------------
 
@@ -126,13 +205,30 @@ class HealthEngine:
             admin_down: bool = False) -> list[Event]:
         if name in self._peers:
             raise ValueError(f"peer {name!r} is already tracked")
-        t = _Tracker(name, switch, detect_mult or self.config.detect_mult, admin_down,
-                     since=now)
+        if not self._free:
+            self._grow(self._cap * 2)
+        row = self._free.pop()
+        self._slots[:, row] = 0
+        self._win_tx[:, row] = 0
+        self._win_rx[:, row] = 0
+        for array in self._ARRAYS:
+            getattr(self, array)[row] = 0
+        self._alive[row] = -1
+        self._inputs[row] = -1  # no verdict yet
+        self._mult[row] = detect_mult or self.config.detect_mult
+        self._admin[row] = admin_down
+        t = _Tracker(name, switch, row, self._added, since=now)
+        self._added += 1
         self._peers[name] = t
+        self._by_row[row] = t
         return self._evaluate(t, now, "admin down" if admin_down else "added")
 
     def remove(self, name: str) -> None:
-        self._peers.pop(name, None)
+        t = self._peers.pop(name, None)
+        if t is not None:
+            self._damped_peers.pop(name, None)
+            self._by_row[t.row] = None
+            self._free.append(t.row)
 
     def __contains__(self, name: str) -> bool:
         return name in self._peers
@@ -140,195 +236,283 @@ class HealthEngine:
     def names(self) -> list[str]:
         return list(self._peers)
 
+    def rows(self, names: Sequence[str]) -> npt.NDArray[np.intp]:
+        """The rows of `names` for `observe_rows` (valid until one of them is removed)."""
+        peers = self._peers
+        return np.fromiter((peers[n].row for n in names), np.intp, len(names))
+
     def set_admin_down(self, name: str, admin_down: bool, now: float) -> list[Event]:
         t = self._peers[name]
-        if t.admin_down == admin_down:
+        row = t.row
+        if bool(self._admin[row]) == admin_down:
             return []
-        t.admin_down = admin_down
+        self._admin[row] = admin_down
         if not admin_down:
             # monitoring resumes from scratch: old evidence says nothing about now
-            t.alive, t.window, t.flaps, t.damped = None, collections.deque(), \
-                collections.deque(), False
-            t.slow = t.lossy = False
-            t.loss_ratio = 0.0
+            self._alive[row] = -1
+            self._clear_window(row)
+            t.flaps = collections.deque()
+            self._set_damped(t, False)
+            self._slow[row] = self._lossy[row] = False
+            self._loss[row] = 0.0
         return self._evaluate(t, now, "admin down" if admin_down else "admin up")
 
     def set_detect_mult(self, name: str, detect_mult: int | None) -> None:
-        self._peers[name].detect_mult = detect_mult or self.config.detect_mult
+        self._mult[self._peers[name].row] = detect_mult or self.config.detect_mult
 
     def reset_evidence(self, name: str) -> None:
         """Forget counter baselines (the slot was reset, e.g. after a target restart)."""
-        t = self._peers[name]
-        t.slot = None
-        t.window.clear()
+        row = self._peers[name].row
+        self._has_slot[row] = False
+        self._slots[:, row] = 0
+        self._clear_window(row)
 
     # -- inputs -----------------------------------------------------------------------------
 
     def observe(self, name: str, slot: Slot, now: float) -> list[Event]:
-        """One poll's read of the peer's slot."""
-        t = self._peers[name]
+        """One poll's read of the peer's slot (a batch of one)."""
+        column = np.array([[getattr(slot, f)] for f in SLOT_FIELDS], np.uint64)
+        return self.observe_rows(np.array([self._peers[name].row], np.intp), column, now)
+
+    def observe_rows(self, rows: npt.ArrayLike, columns: npt.ArrayLike, now: float,
+                     fields: Sequence[str] = SLOT_FIELDS) -> list[Event]:
+        """One poll's read of many peers: `columns[i][j]` is slot field `fields[i]` of the
+        peer at `rows[j]` (see `rows`). Fields not in `fields` keep their previous read;
+        `fields` must include `HealthConfig.verdict_fields`."""
         cfg = self.config
-        prev = t.slot
-        t.slot, t.sampled_at = slot, now
-        if t.admin_down:
-            return self._evaluate(t, now, "admin down")
-        if prev is None:
-            rx_delta = slot.rx_count
-            tx_delta = 0  # no baseline: the window starts with the next poll
+        rows = np.asarray(rows, np.intp)
+        if rows.size == 0:
+            return []
+        slots = self._slots
+        prev_rx = slots[_RX, rows].astype(np.int64)
+        prev_tx = slots[_TX, rows].astype(np.int64)
+        had = self._has_slot[rows]
+        field_rows = [_FIELD[f] for f in fields]
+        if len(field_rows) == len(SLOT_FIELDS) and field_rows == list(range(len(SLOT_FIELDS))):
+            slots[:, rows] = columns
         else:
-            rx_delta = counter_delta(slot.rx_count, prev.rx_count)
-            tx_delta = counter_delta(slot.tx_count, prev.tx_count)
-        stale = slot.last_rx_us < t.last_up_event_us  # read taken before a newer UP digest
-        if prev is not None and not t.rebase:
-            t.window.append((tx_delta, rx_delta))
-            while len(t.window) > cfg.loss_window:
-                t.window.popleft()
-        if not stale:
-            t.rebase = False
-        tx_sum = sum(w[0] for w in t.window)
-        rx_sum = sum(w[1] for w in t.window)
-        if tx_sum >= cfg.loss_min_requests:
-            t.loss_ratio = max(0, tx_sum - rx_sum) / tx_sum
-        else:
-            t.loss_ratio = 0.0
+            slots[np.ix_(np.array(field_rows, np.intp), rows)] = columns
+        self._has_slot[rows] = True
+        self._sampled_at[rows] = now
+        admin = self._admin[rows]
+        live = ~admin  # an admin-down peer's read is kept, its evidence is not used
 
-        reason = ""
-        if slot.miss_count > t.detect_mult and not stale:
-            t_alive: bool | None
-            t_alive, reason = False, (
-                f"{slot.miss_count - 1} consecutive requests unanswered "
-                f"(detect multiplier {t.detect_mult})")
-        elif slot.state == PlaneState.DOWN and rx_delta == 0 and not stale:
-            t_alive, reason = False, "data plane reports DOWN"
-        elif rx_delta > 0 and slot.miss_count <= t.detect_mult:
-            t_alive, reason = True, "responses received"
-        else:
-            t_alive = t.alive  # no fresh evidence either way
-        self._set_alive(t, t_alive, now)
+        rx = slots[_RX, rows].astype(np.int64)
+        tx = slots[_TX, rows].astype(np.int64)
+        miss = slots[_MISS, rows].astype(np.int64)
+        rx_delta = np.where(had, _deltas(rx, prev_rx), rx)
+        tx_delta = np.where(had, _deltas(tx, prev_tx), 0)  # no baseline: window starts next
+        stale = slots[_LAST_RX, rows] < self._up_us[rows]  # read before a newer UP digest
+        rebase = self._rebase[rows]
+        append = live & had & ~rebase
+        if append.any():
+            self._window_append(rows[append], tx_delta[append], rx_delta[append])
+        self._rebase[rows] = rebase & (stale | admin)
+        tx_sum = self._win_tx_sum[rows]
+        rx_sum = self._win_rx_sum[rows]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(tx_sum >= cfg.loss_min_requests,
+                             np.maximum(tx_sum - rx_sum, 0) / tx_sum, 0.0)
+        self._loss[rows] = np.where(live, ratio, self._loss[rows])
 
-        rtt = slot.rtt_ewma_us if cfg.rtt_metric == "ewma" else slot.rtt_last_us
-        if t.slow:
-            t.slow = rtt >= cfg.rtt_exit_us
-        else:
-            t.slow = rtt > cfg.rtt_degraded_us
-        if t.lossy:
-            t.lossy = t.loss_ratio > cfg.loss_recover
-        else:
-            t.lossy = t.loss_ratio > cfg.loss_degraded
-        details = {"source": "poll", "rx_delta": rx_delta, "tx_delta": tx_delta,
-                   "miss_count": slot.miss_count, "rtt_us": rtt,
-                   "loss_ratio": round(t.loss_ratio, 4)}
-        return self._evaluate(t, now, reason, details)
+        mult = self._mult[rows]
+        dead_miss = (miss > mult) & ~stale
+        dead_plane = (slots[_STATE, rows] == PlaneState.DOWN) & (rx_delta == 0) & ~stale
+        answered = (rx_delta > 0) & (miss <= mult)
+        # 1: misses beyond the multiplier, 2: the data plane says DOWN, 3: responses, 0: none
+        why = np.select([dead_miss, dead_plane, answered], [1, 2, 3], 0)
+        alive = np.select([dead_miss | dead_plane, answered], [0, 1], -1)
+        flip = live & (alive >= 0) & (alive != self._alive[rows])
+        for j in np.flatnonzero(flip).tolist():
+            t = self._by_row[rows[j]]
+            assert t is not None
+            self._set_alive(t, bool(alive[j]), now)
+
+        rtt = slots[self._rtt_field, rows].astype(np.int64)
+        slow = self._slow[rows]
+        self._slow[rows] = np.where(
+            live, np.where(slow, rtt >= cfg.rtt_exit_us, rtt > cfg.rtt_degraded_us), slow)
+        lossy, loss = self._lossy[rows], self._loss[rows]
+        self._lossy[rows] = np.where(
+            live, np.where(lossy, loss > cfg.loss_recover, loss > cfg.loss_degraded), lossy)
+
+        # the verdict is a function of these inputs (and of the clock while damped)
+        changed = (self._inputs_of(rows) != self._inputs[rows]) | self._damped[rows]
+        events: list[Event] = []
+        for j in np.flatnonzero(changed).tolist():
+            row = int(rows[j])
+            t = self._by_row[row]
+            assert t is not None
+            if admin[j]:
+                events.extend(self._evaluate(t, now, "admin down"))
+                continue
+            reason = ""
+            if why[j] == 1:
+                reason = (f"{int(miss[j]) - 1} consecutive requests unanswered "
+                          f"(detect multiplier {int(mult[j])})")
+            elif why[j] == 2:
+                reason = "data plane reports DOWN"
+            elif why[j] == 3:
+                reason = "responses received"
+            details = {"source": "poll", "rx_delta": int(rx_delta[j]),
+                       "tx_delta": int(tx_delta[j]), "miss_count": int(miss[j]),
+                       "rtt_us": int(rtt[j]), "loss_ratio": round(float(self._loss[row]), 4)}
+            events.extend(self._evaluate(t, now, reason, details))
+        return events
 
     def plane_event(self, name: str, state: int, *, now: float, last_seq: int = 0,
                     time_us: int = 0) -> list[Event]:
         """A data-plane notification (`peer_event_t`): UP or DOWN decided between polls."""
         t = self._peers[name]
-        if t.admin_down:
+        row = t.row
+        if self._admin[row]:
             return []
         details: dict[str, Any] = {"source": "digest", "last_seq": last_seq,
                                    "time_us": time_us}
         if state == PlaneState.UP:
-            t.last_up_event_us = max(t.last_up_event_us, time_us)
-            why = "data plane: first response" if t.alive is None \
+            self._up_us[row] = max(int(self._up_us[row]), time_us)
+            alive = int(self._alive[row])
+            why = "data plane: first response" if alive < 0 \
                 else "data plane: response after silence"
-            if not t.alive:
-                t.rebase = True
+            if alive != 1:
+                self._rebase[row] = True
             self._set_alive(t, True, now)
             return self._evaluate(t, now, why, details)
         if state == PlaneState.DOWN:
-            if time_us and time_us < t.last_up_event_us:
+            if time_us and time_us < int(self._up_us[row]):
                 return []  # older than an UP we already applied (digests may reorder)
             self._set_alive(t, False, now)
             return self._evaluate(
-                t, now, f"data plane: {t.detect_mult} intervals without a response", details)
+                t, now, f"data plane: {int(self._mult[row])} intervals without a response",
+                details)
         return []
 
     def tick(self, now: float) -> list[Event]:
         """Release flap damping whose hold-down has passed (call periodically)."""
         events: list[Event] = []
-        for t in self._peers.values():
-            if t.damped and now - t.last_flip >= self.config.hold_down_s:
+        for t in sorted(self._damped_peers.values(), key=lambda t: t.order):
+            if now - t.last_flip >= self.config.hold_down_s:
                 events.extend(self._evaluate(t, now, "stable for the hold-down time"))
         return events
 
     # -- outputs ----------------------------------------------------------------------------
 
+    def slot(self, name: str) -> Slot:
+        row = self._peers[name].row
+        return Slot(*self._slots[:, row].tolist()) if self._has_slot[row] else Slot()
+
     def health(self, name: str) -> PeerHealth:
         t = self._peers[name]
-        slot = t.slot or Slot()
+        slot = self.slot(name)
         return PeerHealth(
             name=t.name, switch=t.switch, state=t.state, since=t.since, reason=t.reason,
-            slot=slot, loss_ratio=t.loss_ratio, rtt_avg_us=slot.rtt_ewma_us,
-            sampled_at=t.sampled_at,
+            slot=slot, loss_ratio=float(self._loss[t.row]), rtt_avg_us=slot.rtt_ewma_us,
+            sampled_at=float(self._sampled_at[t.row]),
         )
 
     def state(self, name: str) -> Health:
         return self._peers[name].state
 
     def damped(self, name: str) -> bool:
-        return self._peers[name].damped
+        return bool(self._damped[self._peers[name].row])
 
     # -- internals --------------------------------------------------------------------------
 
-    def _set_alive(self, t: _Tracker, alive: bool | None, now: float) -> None:
-        if alive is None or alive == t.alive:
+    def _window_append(self, rows: npt.NDArray[np.intp], tx: _Ints, rx: _Ints) -> None:
+        pos = self._win_pos[rows]
+        self._win_tx_sum[rows] += tx - self._win_tx[pos, rows]
+        self._win_rx_sum[rows] += rx - self._win_rx[pos, rows]
+        self._win_tx[pos, rows] = tx
+        self._win_rx[pos, rows] = rx
+        self._win_pos[rows] = (pos + 1) % self.config.loss_window
+
+    def _clear_window(self, row: int) -> None:
+        self._win_tx[:, row] = 0
+        self._win_rx[:, row] = 0
+        self._win_tx_sum[row] = self._win_rx_sum[row] = 0
+
+    def _set_damped(self, t: _Tracker, damped: bool) -> None:
+        self._damped[t.row] = damped
+        if damped:
+            self._damped_peers[t.name] = t
+        else:
+            self._damped_peers.pop(t.name, None)
+
+    def _set_alive(self, t: _Tracker, alive: bool, now: float) -> None:
+        row = t.row
+        old = int(self._alive[row])
+        if old == int(alive):
             return
-        if t.alive is not None:  # a flip, not the first verdict
+        if old >= 0:  # a flip, not the first verdict
             t.flaps.append(now)
             t.last_flip = now
         if alive:
             # the silence before a recovery is an outage, not loss of a live peer
-            t.window.clear()
-            t.loss_ratio = 0.0
-            t.lossy = False
-        t.alive = alive
+            self._clear_window(row)
+            self._loss[row] = 0.0
+            self._lossy[row] = False
+        self._alive[row] = int(alive)
         cfg = self.config
         while t.flaps and now - t.flaps[0] > cfg.flap_window_s:
             t.flaps.popleft()
         if len(t.flaps) >= cfg.flap_count:
-            t.damped = True
+            self._set_damped(t, True)
 
-    def _verdict(self, t: _Tracker, now: float, why: str) -> tuple[Health, str]:
+    def _inputs_of(self, rows: npt.NDArray[np.intp]) -> npt.NDArray[np.int16]:
+        """Everything the verdict reads besides damping, one bit set per peer."""
+        has = self._has_slot[rows]
+        status = self._slots[_STATUS, rows]
+        reports = has & (self._slots[_RX, rows] != 0) & (
+            (status == PeerStatus.DEGRADED) | (status == PeerStatus.DRAINING))
+        bits = (self._admin[rows].astype(np.int16) * _IN_ADMIN
+                + ((self._alive[rows].astype(np.int16) + 1) << _IN_ALIVE_SHIFT)
+                + reports * _IN_STATUS + (self._slow[rows] & has) * _IN_SLOW
+                + self._lossy[rows] * _IN_LOSSY)
+        return bits.astype(np.int16)
+
+    def _verdict(self, t: _Tracker, now: float, why: str, inputs: int) -> tuple[Health, str]:
         cfg = self.config
-        if t.admin_down:
+        if inputs & _IN_ADMIN:
             return Health.ADMIN_DOWN, "admin down"
-        if t.damped:
+        if self._damped[t.row]:
             if now - t.last_flip >= cfg.hold_down_s:
-                t.damped = False
+                self._set_damped(t, False)
                 t.flaps.clear()
             else:
                 return Health.DEGRADED, (
                     f"flapping: {len(t.flaps)} changes within {cfg.flap_window_s:g}s, held "
                     f"until stable for {cfg.hold_down_s:g}s")
-        if t.alive is None:
+        alive = (inputs >> _IN_ALIVE_SHIFT) % 4 - 1
+        if alive < 0:
             return Health.UNKNOWN, why or "no response yet"
-        if not t.alive:
+        if not alive:
             return Health.DOWN, why or "no responses"
         reasons: list[str] = []
-        slot = t.slot
-        if slot is not None and slot.rx_count and slot.peer_status in (
-                PeerStatus.DEGRADED, PeerStatus.DRAINING):
-            reasons.append(f"peer reports {PeerStatus(slot.peer_status).name}")
-        if t.slow and slot is not None:
-            rtt = slot.rtt_ewma_us if cfg.rtt_metric == "ewma" else slot.rtt_last_us
+        if inputs & _IN_STATUS:
+            status = int(self._slots[_STATUS, t.row])
+            reasons.append(f"peer reports {PeerStatus(status).name}")
+        if inputs & _IN_SLOW:
+            rtt = int(self._slots[self._rtt_field, t.row])
             reasons.append(f"RTT {rtt} us above {cfg.rtt_degraded_us} us")
-        if t.lossy:
-            reasons.append(f"loss {t.loss_ratio:.0%} above {cfg.loss_degraded:.0%}")
+        if inputs & _IN_LOSSY:
+            reasons.append(f"loss {float(self._loss[t.row]):.0%} above {cfg.loss_degraded:.0%}")
         if reasons:
             return Health.DEGRADED, "; ".join(reasons)
         return Health.UP, why or "healthy"
 
     def _evaluate(self, t: _Tracker, now: float, why: str,
                   details: dict[str, Any] | None = None) -> list[Event]:
-        new, reason = self._verdict(t, now, why)
+        row = np.array([t.row], np.intp)
+        inputs = int(self._inputs_of(row)[0])
+        self._inputs[t.row] = inputs
+        new, reason = self._verdict(t, now, why, inputs)
         if new == t.state:
             return []
         old, old_since = t.state, t.since
         t.state, t.since, t.reason = new, now, reason
         info = dict(details or {})
         info["previous_since"] = old_since
-        if t.damped:
+        if self._damped[t.row]:
             info["damped"] = True
         return [Event(kind=EventKind.TRANSITION, time=now, peer=t.name, switch=t.switch,
                       old_state=old, new_state=new, reason=reason, details=info)]
