@@ -6,7 +6,8 @@ inventory. Example (every key but `switches` is optional)::
 
     interval_ms: 100           # heartbeat period
     detect_mult: 3             # missed requests before DOWN
-    poll_interval_ms: 500      # how often the whole structure is read
+    poll_interval_ms: 800      # verdict registers read this often (loss/RTT verdicts <= 1 s)
+    detail_interval_ms: 5000   # all 14 registers and the hb_reason counters this often
     monitor: {mac: "02:00:00:00:00:01", ip: 198.18.0.1}
     election_id: 10
     store: sqlite:///hbmon.db
@@ -75,7 +76,13 @@ class SwitchConfig:
     ports: Mapping[int, str] = field(default_factory=dict)
     interval_ms: float = 100.0
     detect_mult: int = 3
-    poll_interval_ms: float = 500.0
+    # Verdict registers (rx, tx, miss, state, last_rx_us, peer_status, the RTT metric) are
+    # read every poll_interval_ms: a loss or RTT verdict reaches the API within
+    # poll_interval_ms + one read (UP/DOWN also come at once by digest), so the default stays
+    # below 1 s. The other registers (dup, last_seq, last_tx_us, RTT min/max/other, load) and
+    # the hb_reason counters are informational: read every detail_interval_ms.
+    poll_interval_ms: float = 800.0
+    detail_interval_ms: float = 5000.0
     monitor: MonitorAddress = field(default_factory=MonitorAddress)
     # "auto": push when the device runs another P4Info; "always"; "never"
     push_pipeline: str = "auto"
@@ -87,6 +94,10 @@ class SwitchConfig:
     @property
     def poll_interval_s(self) -> float:
         return self.poll_interval_ms / 1000.0
+
+    @property
+    def detail_interval_s(self) -> float:
+        return self.detail_interval_ms / 1000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +194,8 @@ def _monitor(data: Any, where: str, default: MonitorAddress) -> MonitorAddress:
 
 _SWITCH_KEYS = {
     "name", "grpc", "device_id", "kind", "thrift_port", "p4info", "bmv2_json", "ports",
-    "interval_ms", "detect_mult", "poll_interval_ms", "monitor", "push_pipeline",
+    "interval_ms", "detect_mult", "poll_interval_ms", "detail_interval_ms", "monitor",
+    "push_pipeline",
 }
 
 
@@ -241,6 +253,9 @@ def _switch(data: Any, i: int, base: Path, defaults: dict[str, Any]) -> SwitchCo
                             maximum=255, integer=True),
         poll_interval_ms=_number(data, "poll_interval_ms", where,
                                  defaults["poll_interval_ms"], minimum=1, maximum=600_000),
+        detail_interval_ms=_number(data, "detail_interval_ms", where,
+                                   defaults["detail_interval_ms"], minimum=1,
+                                   maximum=3_600_000),
         monitor=_monitor(data.get("monitor"), f"{where}monitor.", defaults["monitor"]),
         push_pipeline=push,
     )
@@ -282,15 +297,18 @@ def parse_config(data: Any, base: Path | None = None, path: Path | None = None,
         data = {}
     _expect(data, dict, "config", "a mapping")
     _check_keys(data, {
-        "interval_ms", "detect_mult", "poll_interval_ms", "monitor", "election_id", "store",
+        "interval_ms", "detect_mult", "poll_interval_ms", "detail_interval_ms", "monitor",
+        "election_id", "store",
         "health", "api", "webhooks", "switches", "peers", "write_batch_size",
     }, "")
     defaults = {
         "interval_ms": _number(data, "interval_ms", "", 100.0, minimum=1, maximum=60_000),
         "detect_mult": _number(data, "detect_mult", "", 3, minimum=1, maximum=255,
                                integer=True),
-        "poll_interval_ms": _number(data, "poll_interval_ms", "", 500.0, minimum=1,
+        "poll_interval_ms": _number(data, "poll_interval_ms", "", 800.0, minimum=1,
                                     maximum=600_000),
+        "detail_interval_ms": _number(data, "detail_interval_ms", "", 5000.0, minimum=1,
+                                      maximum=3_600_000),
         "monitor": _monitor(data.get("monitor"), "monitor.", MonitorAddress()),
     }
     raw_switches = data.get("switches")

@@ -32,11 +32,13 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+import numpy.typing as npt
 from p4.v1 import p4runtime_pb2
 
 from . import protocol
 from .config import FabricConfig, SwitchConfig
-from .health import HealthEngine
+from .health import SLOT_FIELDS, HealthEngine
 from .inventory import (
     IndexAllocator,
     desired_state,
@@ -177,7 +179,10 @@ class SwitchDriver:
         self._hb_thread: threading.Thread | None = None
         self._mac = config.monitor.mac
         self._ip = config.monitor.ip
-        self._poll_request: tuple[tuple[int, ...], p4runtime_pb2.ReadRequest] | None = None
+        # per register set a poll reads: (cells key, request)
+        self._poll_requests: dict[tuple[str, ...],
+                                  tuple[tuple[int, ...], p4runtime_pb2.ReadRequest]] = {}
+        self._next_detail = 0.0  # monotonic time of the next full read (all registers)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -481,11 +486,11 @@ class SwitchDriver:
         if isinstance(self.registers, P4RuntimeRegisterAccess) and len(indexes) * 4 < size:
             ids = {self.schema.register(n).id: n for n in names}
             key = (*ids, -1, *indexes)
-            cached = self._poll_request
+            cached = self._poll_requests.get(tuple(names))
             if cached is None or cached[0] != key:
                 cached = (key, register_cells_request(list(ids), indexes))
-                if list(names) == list(REGISTERS):
-                    self._poll_request = cached
+                if len(names) > 2:  # a poll's set (verdict or all), not _init_sequence's
+                    self._poll_requests[tuple(names)] = cached
             position = {index: i for i, index in enumerate(indexes)}
             out = {n: [0] * len(indexes) for n in names}
             columns = {rid: out[n] for rid, n in ids.items()}
@@ -502,31 +507,40 @@ class SwitchDriver:
         return {n: [whole[n][i] for i in indexes] for n in names}
 
     def poll(self) -> bool:
+        """Read the verdict registers of every peer (all registers and the hb_reason
+        counters every detail interval) and feed the health engine in one batch."""
         started = time.perf_counter()
-        members = self.fabric._members_of(self.name)  # [(name, index)]
+        members = self.fabric._poll_members(self.name)
+        detail = time.monotonic() >= self._next_detail
+        fields = SLOT_FIELDS if detail else self.fabric.engine.config.verdict_fields
         try:
-            indexes = [index for _, index in members]
-            cells = self._read_registers(list(REGISTERS), indexes) if indexes else {}
-            counters: dict[str, tuple[int, int]] = {}
-            for e in self.client.read([CounterRead("hb_reason")]):
-                cell = CounterCell.decode(self.schema, e)
-                try:
-                    reason = Reason(cell.index).name
-                except ValueError:
-                    reason = f"reason_{cell.index}"
-                counters[reason] = (cell.packets, cell.bytes)
+            indexes = members.indexes
+            cells = self._read_registers([f"hb_{f}" for f in fields], indexes) \
+                if indexes else {}
+            counters: dict[str, tuple[int, int]] | None = None
+            if detail:
+                counters = {}
+                for e in self.client.read([CounterRead("hb_reason")]):
+                    cell = CounterCell.decode(self.schema, e)
+                    try:
+                        reason = Reason(cell.index).name
+                    except ValueError:
+                        reason = f"reason_{cell.index}"
+                    counters[reason] = (cell.packets, cell.bytes)
         except Exception as exc:
             self.info.last_error = f"poll: {exc}"
             if self.fabric.metrics is not None:
                 self.fabric.metrics.poll_failed(self.name)
             log.warning("%s: poll failed: %s", self.name, exc)
             return False
-        slots: dict[str, Slot] = {}
-        columns = [cells[n] for n in REGISTERS] if indexes else []
-        for pos, (name, _) in enumerate(members):
-            slots[name] = Slot(*(col[pos] for col in columns))
-        self.counters = counters
-        self.fabric._observe(self, slots, members)
+        if counters is not None:
+            self.counters = counters
+            self._next_detail = time.monotonic() + self.config.detail_interval_s
+        if indexes:
+            columns = np.empty((len(fields), len(indexes)), np.uint64)
+            for i, f in enumerate(fields):
+                columns[i] = cells[f"hb_{f}"]
+            self.fabric._observe(self, members, fields, columns)
         self.polls += 1
         self.info.last_poll = time.time()
         if self.fabric.metrics is not None:
@@ -536,6 +550,17 @@ class SwitchDriver:
 
 # ---------------------------------------------------------------------------------------------
 # the fabric
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Members:
+    """A switch's polled peers as of inventory `version`: names and indexes in index order,
+    and the health engine's rows of the same peers."""
+
+    version: int
+    names: list[str]
+    indexes: list[int]
+    rows: npt.NDArray[np.intp]
 
 
 class Fabric:
@@ -554,6 +579,8 @@ class Fabric:
         self._admin_lock = threading.RLock()  # serialises inventory changes
         self._peers: dict[str, Peer] = {}
         self._by_index: dict[tuple[str, int], str] = {}
+        self._inventory_version = 0  # bumped on every change of peers, indexes or rows
+        self._members_cache: dict[str, _Members] = {}
         schemas: dict[Path, P4Schema] = {}
         self.drivers: dict[str, SwitchDriver] = {}
         for sw in config.switches:
@@ -687,6 +714,7 @@ class Fabric:
 
     def _register(self, peer: Peer, now: float) -> list[Event]:
         with self._state_lock:
+            self._inventory_changed()
             self._peers[peer.name] = peer
             if peer.index is not None:
                 self._by_index[(peer.switch, peer.index)] = peer.name
@@ -697,6 +725,7 @@ class Fabric:
 
     def _unregister(self, peer: Peer) -> None:
         with self._state_lock:
+            self._inventory_changed()
             self._peers.pop(peer.name, None)
             if peer.index is not None:
                 self._by_index.pop((peer.switch, peer.index), None)
@@ -718,15 +747,37 @@ class Fabric:
                            if p.switch == switch and p.index is not None),
                           key=lambda m: m[1])
 
-    def _observe(self, driver: SwitchDriver, slots: dict[str, Slot],
-                 members: list[tuple[str, int]]) -> None:
-        now = self.clock()
-        events: list[Event] = []
+    def _poll_members(self, switch: str) -> _Members:
+        """The peers a poll of `switch` reads, in index order, with their engine rows:
+        built once per inventory change, not per poll."""
         with self._state_lock:
-            for name, index in members:
-                if self._by_index.get((driver.name, index)) != name:
-                    continue  # removed or moved while the poll was reading
-                events.extend(self.engine.observe(name, slots[name], now))
+            cached = self._members_cache.get(switch)
+            if cached is None or cached.version != self._inventory_version:
+                members = self._members_of(switch)
+                names = [n for n, _ in members]
+                cached = _Members(self._inventory_version, names, [i for _, i in members],
+                                  self.engine.rows(names))
+                self._members_cache[switch] = cached
+            return cached
+
+    def _inventory_changed(self) -> None:
+        """Peers, indexes or engine rows changed (call under the state lock)."""
+        self._inventory_version += 1
+
+    def _observe(self, driver: SwitchDriver, members: _Members, fields: Sequence[str],
+                 columns: npt.NDArray[np.uint64]) -> None:
+        """One poll's read: `columns[i]` is register field `fields[i]` of every member."""
+        now = self.clock()
+        with self._state_lock:
+            rows = members.rows
+            if members.version != self._inventory_version:
+                # peers were removed or moved while the poll was reading: drop their cells
+                keep = [pos for pos, (name, index) in enumerate(zip(
+                    members.names, members.indexes, strict=True))
+                    if self._by_index.get((driver.name, index)) == name]
+                columns = columns[:, keep]
+                rows = self.engine.rows([members.names[pos] for pos in keep])
+            events = self.engine.observe_rows(rows, columns, now, fields)
             events.extend(self.engine.tick(now))
             self._emit(events)
 
@@ -910,6 +961,7 @@ class Fabric:
             self.store.update_peer(new)
             now = self.clock()
             with self._state_lock:
+                self._inventory_changed()
                 self._peers[name] = new
                 if old.index is not None:
                     self._by_index.pop((old.switch, old.index), None)
@@ -933,6 +985,7 @@ class Fabric:
                 # put the old peer back everywhere, then make the targets match it again
                 self.store.update_peer(old)
                 with self._state_lock:
+                    self._inventory_changed()
                     self._peers[name] = old
                     self._by_index.pop((new.switch, new.index or 0), None)
                     if old.index is not None:
