@@ -128,6 +128,7 @@ class PeerTable:
             deque(maxlen=rules.loss_window + 1) for _ in range(n)]
         self.loss = [0.0] * n
         self.rounds = 0
+        self.degraded_by = {"status": 0, "rtt": 0, "loss": 0}  # of the last evaluation
         self.counters = {"received": 0, "recorded": 0, "duplicate": 0, "old_sequence": 0,
                          "bad": 0, "unknown_peer": 0, "spoofed": 0}
 
@@ -206,6 +207,7 @@ class PeerTable:
         dead_after = r.detect_mult * r.interval_us
         rounds = self.rounds if settled_rounds is None else settled_rounds
         counts = dict.fromkeys(STATES, 0)
+        why = self.degraded_by = {"status": 0, "rtt": 0, "loss": 0}
         for i in range(len(self.peer_ids)):
             tx = rounds - self.tx_base[i]
             win = self.window[i]
@@ -218,9 +220,15 @@ class PeerTable:
                 state = UNKNOWN
             elif now - self.last_rx_us[i] > dead_after:
                 state = DOWN
-            elif (self.status[i] != 0 or self.rtt_ewma_us[i] > r.rtt_degraded_us
-                  or self.loss[i] > r.loss_degraded):
+            elif self.status[i] != 0:
                 state = DEGRADED
+                why["status"] += 1
+            elif self.rtt_ewma_us[i] > r.rtt_degraded_us:
+                state = DEGRADED
+                why["rtt"] += 1
+            elif self.loss[i] > r.loss_degraded:
+                state = DEGRADED
+                why["loss"] += 1
             else:
                 state = UP
             self.state[i] = state
@@ -416,7 +424,8 @@ class Monitor:
             "pid": os.getpid(), "peers": len(t.peer_ids), "rounds": t.rounds,
             "late_rounds": self.late_rounds, "evaluations": self.evaluations,
             "uptime_s": round((now_us() - self.started_us) / 1e6, 3),
-            "states": self.counts, "down_peers": down[:20], **t.counters,
+            "states": self.counts, "degraded_by": t.degraded_by, "down_peers": down[:20],
+            **t.counters,
         }
         if not brief:
             out["peers_sample"] = [t.peer_dict(i) for i in range(min(3, len(t.peer_ids)))]
