@@ -93,6 +93,15 @@ PY_UDP_TUNED = Reference("Python blocking recv loop, one core (>= 150 kpps)", 15
                          "measured on this machine kind (anchors.md)")
 PY_UDP_ASYNCIO = Reference("Python asyncio datagram endpoint (10-18 kpps)", 18_000,
                            "measured on this machine kind (anchors.md)")
+# issue 9: a plain Python monitor doing hbmon's job at 4,096 peers x 10 Hz on this machine
+# kind (user 0.11 + sys 0.29); the goal is hbmon's user-space CPU <= 1/20 of it
+PLAIN_MONITOR = Reference("plain Python monitor, 4,096 peers x 10 Hz", 0.41, "issue 9")
+OFFLOAD_GOAL = Reference("issue 9: <= 1/20 of the plain monitor", round(0.41 / 20, 4),
+                         "issue 9")
+
+
+def _offload(monitor: str, peers: int, rate: float, key: str) -> tuple[Step, ...]:
+    return ("rows", {"monitor": monitor, "peers": peers, "rate_hz": rate}, key)
 
 
 def _per_entry_us(method: str, peers: int,
@@ -212,6 +221,37 @@ METRICS: tuple[Metric, ...] = (
     Metric("api", "GET /api/v1/peers, 4,096 peers, p99 (controller, gzip)", "ms",
            ("results", {"service": "fabric", "variant": "inventory, gzip"}, "p99_ms"),
            better="lower"),
+    Metric("offload", "hbmon user-space CPU (controller + target), 4,096 peers x 10 Hz",
+           "CPU-s/s", _offload("hbmon", 4096, 10.0, "user_cpu_s_per_s"), better="lower",
+           target=OFFLOAD_GOAL, references=(PLAIN_MONITOR,)),
+    Metric("offload", "hbmon user-space CPU, 4,096 peers x 1 Hz", "CPU-s/s",
+           _offload("hbmon", 4096, 1.0, "user_cpu_s_per_s"), better="lower",
+           target=OFFLOAD_GOAL),
+    Metric("offload", "hbmon user-space CPU, 4,096 peers x 100 Hz", "CPU-s/s",
+           _offload("hbmon", 4096, 100.0, "user_cpu_s_per_s"), better="lower",
+           target=OFFLOAD_GOAL),
+    Metric("offload", "hbmon user CPU at 100 Hz / at 1 Hz (4,096 peers)", "x",
+           ("goal", "hbmon_100Hz_over_1Hz"), better="lower",
+           # "flat from 1 Hz to 100 Hz": read as 100x the rate for at most 25 % more CPU
+           target=Reference("issue 9: flat (<= 1.25)", 1.25, "issue 9")),
+    Metric("offload", "hbmon user-space CPU, 65,536 peers x 10 Hz", "CPU-s/s",
+           _offload("hbmon", 65536, 10.0, "user_cpu_s_per_s"), better="lower",
+           target=OFFLOAD_GOAL),
+    Metric("offload", "hbmon data-plane BPF CPU (kernel, bpf_stats), 4,096 peers x 10 Hz",
+           "CPU-s/s", _offload("hbmon", 4096, 10.0, "bpf_cpu_s_per_s"), better="lower"),
+    Metric("offload", "DOWN in the API after the data-plane deadline, 4,096 x 10 Hz", "s",
+           _offload("hbmon", 4096, 10.0, "down_freshness_s"), better="lower",
+           target=Reference("issue 9: within 1 s", 1.0, "issue 9")),
+    Metric("offload", "baseline monitor (tuned Python) CPU, 4,096 peers x 10 Hz", "CPU-s/s",
+           _offload("baseline-tuned", 4096, 10.0, "user_cpu_s_per_s"), better="lower",
+           # the baseline must be at least as fast as the plain one, or it flatters hbmon
+           references=(PLAIN_MONITOR,)),
+    Metric("offload", "baseline monitor (asyncio) CPU, 4,096 peers x 10 Hz", "CPU-s/s",
+           _offload("baseline-asyncio", 4096, 10.0, "user_cpu_s_per_s"), better="lower",
+           references=(PLAIN_MONITOR,)),
+    Metric("offload", "tuned baseline CPU / hbmon user CPU, 4,096 peers x 10 Hz", "x",
+           ("comparison", "4096x10Hz", "baseline_tuned_over_hbmon"),
+           target=Reference("issue 9: >= 20x", 20.0, "issue 9")),
     Metric("responder", "responder answers per CPU-second (batched)", "answers/CPU-s",
            ("batched", "answers_per_cpu_s"), references=(PY_UDP_TUNED, PY_UDP_ASYNCIO)),
     Metric("responder", "responder answers per CPU-second (one datagram per syscall)",

@@ -71,3 +71,28 @@ def test_unknown_bench_name_is_refused() -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "unknown bench ['nosuch']" in proc.stderr
+
+
+def test_offload_rows_pick_the_monitor_peers_and_rate(tmp_path: Path) -> None:
+    rows = [{"monitor": m, "peers": 4096, "rate_hz": hz, "user_cpu_s_per_s": cpu,
+             "down_freshness_s": 0.2}
+            for m, hz, cpu in (("hbmon", 1.0, 0.01), ("hbmon", 10.0, 0.04),
+                               ("hbmon", 100.0, 0.05), ("baseline-tuned", 10.0, 0.3))]
+    (tmp_path / "offload.json").write_text(json.dumps({
+        "rows": rows, "goal": {"hbmon_100Hz_over_1Hz": 5.0},
+        "comparison": {"4096x10Hz": {"baseline_tuned_over_hbmon": 7.5}}}))
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--summary-only", "--results",
+                           str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    by_label = {m["label"]: m for m in json.loads(
+        (tmp_path / "summary.json").read_text())["metrics"]}
+    ten = by_label["hbmon user-space CPU (controller + target), 4,096 peers x 10 Hz"]
+    assert ten["value"] == 0.04
+    goal = next(c for c in ten["comparisons"] if c["kind"] == "target")
+    assert goal["value"] == 0.0205 and goal["meets"] is False
+    assert by_label["hbmon user-space CPU, 4,096 peers x 1 Hz"]["value"] == 0.01
+    assert by_label["baseline monitor (tuned Python) CPU, 4,096 peers x 10 Hz"]["value"] == 0.3
+    ratio = by_label["tuned baseline CPU / hbmon user CPU, 4,096 peers x 10 Hz"]
+    assert ratio["value"] == 7.5 and ratio["comparisons"][0]["meets"] is False
+    assert by_label["hbmon user CPU at 100 Hz / at 1 Hz (4,096 peers)"]["value"] == 5.0
+    assert by_label["hbmon user-space CPU, 65,536 peers x 10 Hz"]["value"] is None
