@@ -38,9 +38,10 @@ from ..netns import run_in_netns
 OBJECT = "hb_farm.o"
 PROGRAM = "hb_farm"
 PASS_PROGRAM = "hb_farm_pass"
+SINK_PROGRAM = "hb_farm_sink"
 
 # enum farm_outcome in hb_farm.c
-ANSWERED, MUTED, LOST, NOT_REQUEST, OUTSIDE = range(5)
+ANSWERED, MUTED, LOST, NOT_REQUEST, OUTSIDE, SUNK = range(6)
 # struct farm_peer flags
 F_MUTE, F_ABSENT, F_LOSS_ALL = 0x01, 0x02, 0x04
 
@@ -280,12 +281,14 @@ class PassProgram:
 
     Native XDP_TX into a veth is only received if the receiving veth has an XDP program
     (which gives it the NAPI ring); the kernel target's XDP is one, this is for labs without.
+    `sink=True`: hb_farm_sink instead, which counts (`sunk()`) and drops every frame (benches).
     """
 
     def __init__(self, ifname: str, netns: str | None = None,
-                 bpf_dir: Path | None = None) -> None:
+                 bpf_dir: Path | None = None, *, sink: bool = False) -> None:
         self.ifname = ifname
         self.netns = netns
+        self.program = SINK_PROGRAM if sink else PASS_PROGRAM
         self.bpf_dir = Path(bpf_dir) if bpf_dir is not None else default_bpf_dir()
         self._obj: lb.BpfObject | None = None
         self._ifindex: int | None = None
@@ -298,7 +301,7 @@ class PassProgram:
         try:
             self._obj = lb.BpfObject(self.bpf_dir / OBJECT)
             self._obj.load()
-            self._fd = self._obj.program_fd(PASS_PROGRAM)
+            self._fd = self._obj.program_fd(self.program)
             ifname, fd = self.ifname, self._fd
             ifindex = self._in_ns(lambda: socket.if_nametoindex(ifname))
             self._in_ns(lambda: lb.xdp_attach(
@@ -312,6 +315,17 @@ class PassProgram:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+    @property
+    def prog_fd(self) -> int:
+        return self._fd
+
+    def sunk(self) -> int:
+        """Frames hb_farm_sink counted (summed over CPUs)."""
+        if self._obj is None:
+            raise FarmError("not loaded")
+        raw = self._obj.map("farm_counters").lookup(_U32.pack(SUNK)) or b""
+        return sum(v for (v,) in _U64.iter_unpack(raw))
 
     def close(self) -> None:
         if self._ifindex is not None:

@@ -32,6 +32,7 @@ enum farm_outcome {
 	FARM_LOST = 2,        /* lost to the address's loss probability: dropped */
 	FARM_NOT_REQUEST = 3, /* UDP to 9190 but not a valid REQUEST: passed, not answered */
 	FARM_OUTSIDE = 4,     /* valid REQUEST to an address the farm does not own: passed */
+	FARM_SUNK = 5,        /* hb_farm_sink: frames a bench's far end counted and dropped */
 	FARM_OUTCOMES = 8,
 };
 
@@ -204,6 +205,60 @@ SEC("xdp")
 int hb_farm_pass(struct xdp_md *ctx)
 {
 	return XDP_PASS;
+}
+
+/* The far end for benches: counts (FARM_SUNK) and drops what the farm sends back, so the
+ * answers cost neither the host stack nor a socket. */
+SEC("xdp")
+int hb_farm_sink(struct xdp_md *ctx)
+{
+	return outcome(FARM_SUNK, XDP_DROP);
+}
+
+/* Bench traffic generator (bench/bench_farm.py), run with BPF_PROG_TEST_RUN in
+ * BPF_F_TEST_XDP_LIVE_FRAMES mode: writes the whole REQUEST template into each frame (live
+ * frames are recycled pages, and the farm rewrote the last one into a RESPONSE), gives it
+ * the next sequence number and one of n_addrs consecutive destination addresses, and
+ * redirects it out of `ifindex` (into the farm at the other end of the veth). */
+struct farm_gen {
+	__u32 ifindex;
+	__u32 n_addrs; /* destinations: template's daddr + 0 .. n_addrs - 1 (0: template's) */
+	__u32 seq;     /* next sequence number */
+	__u32 pad;
+	__u8 frame[HB_FRAME_LEN + 6]; /* the REQUEST template, HB_FRAME_LEN bytes used */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct farm_gen);
+	__uint(max_entries, 1);
+} farm_gen SEC(".maps");
+
+SEC("xdp")
+int hb_farm_gen(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 zero = 0;
+	struct farm_gen *gen = bpf_map_lookup_elem(&farm_gen, &zero);
+
+	if (!gen || data + HB_FRAME_LEN > data_end)
+		return XDP_ABORTED;
+	__builtin_memcpy(data, gen->frame, HB_FRAME_LEN);
+
+	struct iphdr *iph = data + sizeof(struct ethhdr);
+	struct hb_hdr *hb = data + sizeof(struct ethhdr) + sizeof(struct iphdr) +
+			    sizeof(struct udphdr);
+	__u32 seq = __sync_fetch_and_add(&gen->seq, 1);
+
+	hb->sequence = bpf_htonl(seq);
+	if (gen->n_addrs > 1) {
+		iph->daddr = bpf_htonl(bpf_ntohl(iph->daddr) + seq % gen->n_addrs);
+		iph->check = 0;
+		iph->check = ~fold(ipv4_sum(iph));
+	}
+	return bpf_redirect(gen->ifindex, 0);
 }
 
 char _license[] SEC("license") = "GPL";
