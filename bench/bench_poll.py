@@ -1,0 +1,195 @@
+"""The controller's CPU per poll once the cells are read: 4,096 and 65,536 peers, before/after.
+
+Pure logic (no target): a `Fabric` with N peers is fed synthetic register columns as a poll
+returns them, and the CPU time (process_time) of the rest of the poll is measured:
+
+  before  the per-peer path as it was until the batch engine (commit 036ec29), replayed with
+          the frozen per-peer engine (tests/controller/health_reference.py): the members
+          sorted per poll, a `Slot` per peer, `HealthEngine.observe` per peer, `tick` over
+          every peer; all 14 registers per poll, every 500 ms (the old default);
+  after   `SwitchDriver.poll`'s tail today: cached members, one `observe_rows` per switch
+          over numpy columns of the verdict registers (a full read every detail interval),
+          `tick` over damped peers only; every 800 ms (the new default).
+
+Two inputs each: `steady` (every peer UP, counters advancing) and `churn` (1 % of the peers
+change their reported status each poll, so they go through the per-peer verdict). The
+read itself (gRPC / BPF maps) is not in these numbers: bench_read.py and bench_controller.py
+measure it. Reported, never asserted.
+
+Usage: python bench/bench_poll.py [--polls N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from hbmon.config import parse_config  # noqa: E402
+from hbmon.controller import Fabric  # noqa: E402
+from hbmon.health import SLOT_FIELDS  # noqa: E402
+from hbmon.metrics import ServiceMetrics  # noqa: E402
+from hbmon.model import Peer, Slot  # noqa: E402
+from hbmon.protocol import MAX_PEERS, REGISTERS, PeerStatus, PlaneState  # noqa: E402
+from hbmon.store import open_store  # noqa: E402
+from results_io import write_result  # noqa: E402
+
+from tests.controller import health_reference  # noqa: E402
+
+P4INFO = ROOT / "p4src" / "build" / "heartbeat.p4info.txtpb"
+BEFORE_POLL_S = 0.5  # the old default poll_interval_ms
+_F = {name: i for i, name in enumerate(SLOT_FIELDS)}
+
+
+def columns_for(k: int, n: int, churn: bool) -> np.ndarray:
+    """Poll k's register columns (all 14 fields, index order) for n peers."""
+    cols = np.zeros((len(SLOT_FIELDS), n), np.uint64)
+    cols[_F["rx_count"]] = cols[_F["tx_count"]] = 5 * k
+    cols[_F["last_seq"]] = 5 * k
+    cols[_F["last_rx_us"]] = cols[_F["last_tx_us"]] = 1_000_000 * k
+    cols[_F["rtt_ewma_us"]] = cols[_F["rtt_last_us"]] = 300
+    cols[_F["state"]] = PlaneState.UP
+    if churn:  # a different 1 % reports DEGRADED each poll: 2 % change per poll
+        step = 100
+        cols[_F["peer_status"], (k % step)::step] = PeerStatus.DEGRADED
+    return cols
+
+
+def make_fabric(n: int, clock: Callable[[], float]) -> Fabric:
+    switches = max(1, n // MAX_PEERS)
+    cfg = parse_config({
+        "switches": [{"name": f"s{s}", "grpc": f"127.0.0.1:{9 + s}", "p4info": str(P4INFO)}
+                     for s in range(switches)]})
+    fabric = Fabric(cfg, open_store("sqlite://:memory:"), None, clock=clock)
+    per = n // switches
+    fabric.add_peers([
+        Peer(name=f"p{i}", address=f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}",
+             peer_id=i % per + 1, mac="02:00:00:00:00:01", port=1, switch=f"s{i // per}")
+        for i in range(n)])
+    return fabric
+
+
+def measure(fn: Callable[[int], float], polls: int) -> dict[str, float]:
+    """`fn(k)` runs poll k and returns the CPU seconds of the part measured."""
+    for k in range(1, 4):  # first polls: every peer UNKNOWN -> UP, baselines
+        fn(k)
+    samples = [fn(k) for k in range(4, 4 + polls)]
+    samples.sort()
+    return {"median_ms": round(samples[len(samples) // 2] * 1000, 3),
+            "mean_ms": round(sum(samples) / len(samples) * 1000, 3),
+            "min_ms": round(samples[0] * 1000, 3), "polls": polls}
+
+
+def before(n: int, churn: bool, polls: int) -> dict[str, float]:
+    """The per-peer path (old Fabric._observe and SwitchDriver.poll tail), replayed."""
+    clock = [1000.0]
+    fabric = make_fabric(n, lambda: clock[0])
+    engine = health_reference.HealthEngine(fabric.config.health)  # type: ignore[arg-type]
+    for name in fabric._peers:
+        engine.add(name, fabric._peers[name].switch, now=clock[0])
+
+    def poll(k: int) -> float:
+        clock[0] += BEFORE_POLL_S
+        now = clock[0]
+        spent = 0.0
+        for sw in fabric.drivers:
+            full = columns_for(k, len(fabric._members_of(sw)), churn)
+            cells = {name: full[_F[name[3:]]].tolist() for name in REGISTERS}  # as read
+            t0 = time.process_time()
+            members = fabric._members_of(sw)
+            slots: dict[str, Slot] = {}
+            columns = [cells[r] for r in REGISTERS]
+            for pos, (name, _) in enumerate(members):
+                slots[name] = Slot(*(col[pos] for col in columns))
+            events = []
+            for name, index in members:
+                if fabric._by_index.get((sw, index)) != name:
+                    continue
+                events.extend(engine.observe(name, slots[name], now))
+            events.extend(engine.tick(now))
+            spent += time.process_time() - t0
+        return spent
+
+    return measure(poll, polls)
+
+
+def after(n: int, churn: bool, polls: int, as_lists: bool) -> dict[str, float]:
+    """SwitchDriver.poll's tail today: cached members, one batch per switch."""
+    clock = [1000.0]
+    fabric = make_fabric(n, lambda: clock[0])
+    fields = fabric.engine.config.verdict_fields
+    sel = [_F[f] for f in fields]
+
+    def poll(k: int) -> float:
+        clock[0] += fabric.drivers["s0"].config.poll_interval_s
+        spent = 0.0
+        for sw, driver in fabric.drivers.items():
+            full = columns_for(k, len(fabric._poll_members(sw).indexes), churn)[sel]
+            cells: dict[str, Any] = {f"hb_{f}": full[i].tolist() if as_lists else full[i]
+                                        for i, f in enumerate(fields)}
+            t0 = time.process_time()
+            members = fabric._poll_members(sw)
+            columns = np.empty((len(fields), len(members.indexes)), np.uint64)
+            for i, f in enumerate(fields):
+                columns[i] = cells[f"hb_{f}"]
+            fabric._observe(driver, members, fields, columns)
+            spent += time.process_time() - t0
+        return spent
+
+    result = measure(poll, polls)
+    started = time.process_time()
+    text = ServiceMetrics(fabric).text()  # a scrape: the only per-peer metrics work
+    result["scrape_ms"] = round((time.process_time() - started) * 1000, 1)
+    result["scrape_bytes"] = len(text)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--polls", type=int, default=20)
+    args = parser.parse_args()
+    poll_after_s = parse_config({"switches": [{"name": "s", "grpc": "h:1"}]}) \
+        .switches[0].poll_interval_s
+    rows: dict[str, object] = {}
+    for n in (4096, 65536):
+        polls = args.polls if n <= 4096 else max(3, args.polls // 4)
+        for scenario in ("steady", "churn"):
+            churn = scenario == "churn"
+            old = before(n, churn, polls)
+            new = after(n, churn, polls, as_lists=False)
+            new_lists = after(n, churn, polls, as_lists=True)
+            rows[f"{n}_{scenario}"] = {
+                "peers": n,
+                "before": {**old, "poll_interval_s": BEFORE_POLL_S,
+                           "cpu_s_per_s": round(old["median_ms"] / 1000 / BEFORE_POLL_S, 5)},
+                "after_numpy_columns": {
+                    **new, "poll_interval_s": poll_after_s,
+                    "cpu_s_per_s": round(new["median_ms"] / 1000 / poll_after_s, 5)},
+                "after_list_columns": {
+                    **new_lists, "poll_interval_s": poll_after_s,
+                    "cpu_s_per_s": round(new_lists["median_ms"] / 1000 / poll_after_s, 5)},
+                "per_poll_speedup": round(old["median_ms"] / max(new["median_ms"], 1e-3), 1),
+            }
+            print(n, scenario, old["median_ms"], new["median_ms"], new_lists["median_ms"],
+                  file=sys.stderr)
+    write_result("controller_poll", {
+        "bench": "controller_poll",
+        "what": "controller CPU per poll after the read (health engine + fabric), pure logic",
+        "host": platform.node(), "python": platform.python_version(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "results": rows,
+    })
+
+
+if __name__ == "__main__":
+    main()
