@@ -5,8 +5,12 @@ request frames, faults (mute, loss, status/load, addresses it does not own) on t
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
+import signal
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -410,3 +414,31 @@ def test_ipv4_checksum_helper_agrees_with_doc() -> None:
     """Guards the test's own rule: the doc's packets carry valid header checksums."""
     assert ipv4_checksum(EX.REQUEST[:20]) == 0
     assert ipv4_checksum(EX.RESPONSE[:20]) == 0
+
+
+@pytest.mark.netns
+def test_cli_runs_a_farm_until_sigterm(wire_lab: WireLab) -> None:
+    argv = [sys.executable, "-m", "hbmon_topo.farm", "--ifname", "eth0", "--netns",
+            wire_lab.farm_ns, "--prefix", PREFIX, "--exclude", MONITOR_IP,
+            "--mute", "198.18.1.3", "--status", "198.18.1.4=2", "--interval", "60"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # printed once the farm is attached
+        assert json.loads(first)["answered"] == 0, first
+        frames = [req(sequence=501, dst="198.18.1.3"), req(sequence=502, dst="198.18.1.4")]
+        answers = wire_lab.exchange(frames, marker_seq=599)
+        assert set(answers) == {502}
+        assert answers[502] == expected_response(frames[1], 2, 0)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert json.loads(out.splitlines()[-1]) == {"answered": 2, "muted": 1, "lost": 0,
+                                                "not_request": 0, "outside": 0}
+    link = subprocess.run(["ip", "-n", wire_lab.farm_ns, "-j", "link", "show", "eth0"],
+                          capture_output=True, text=True, check=True).stdout
+    assert "xdp" not in json.loads(link)[0], "the farm detached on exit"
