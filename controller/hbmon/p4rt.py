@@ -38,6 +38,7 @@ class Encodable(Protocol):
 
 EntityLike = p4runtime_pb2.Entity | Encodable
 
+READ_METHOD = "/p4.v1.P4Runtime/Read"
 INSERT = p4runtime_pb2.Update.INSERT
 MODIFY = p4runtime_pb2.Update.MODIFY
 DELETE = p4runtime_pb2.Update.DELETE
@@ -534,6 +535,20 @@ class P4RuntimeClient:
         request.device_id = self.device_id
         try:
             yield from self._stub.Read(request, timeout=self.rpc_timeout)
+        except grpc.RpcError as err:
+            raise _rpc_error("Read", err) from err
+
+    def read_raw(self, request: p4runtime_pb2.ReadRequest | bytes) -> list[bytes]:
+        """The serialized ReadResponses of a Read, unparsed, for callers that decode a
+        known shape themselves (hbmon.registers.decode_cells). A ReadRequest gets this
+        client's device id; bytes are sent as they are (the caller set the device id)."""
+        if isinstance(request, p4runtime_pb2.ReadRequest):
+            request.device_id = self.device_id
+            request = request.SerializeToString()
+        # no deserializer: grpc hands over each response message's bytes
+        read = self._channel.unary_stream(READ_METHOD)
+        try:
+            return list(read(request, timeout=self.rpc_timeout))
         except grpc.RpcError as err:
             raise _rpc_error("Read", err) from err
 
