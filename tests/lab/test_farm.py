@@ -442,3 +442,29 @@ def test_cli_runs_a_farm_until_sigterm(wire_lab: WireLab) -> None:
     link = subprocess.run(["ip", "-n", wire_lab.farm_ns, "-j", "link", "show", "eth0"],
                           capture_output=True, text=True, check=True).stdout
     assert "xdp" not in json.loads(link)[0], "the farm detached on exit"
+
+
+def test_bench_generator_writes_fresh_requests(loaded: PeerFarm) -> None:
+    """hb_farm_gen (bench/bench_farm.py): whatever the recycled frame holds, it becomes the
+    template with the next sequence and the next of n_addrs destinations, redirected."""
+    from hbmon_kernel import libbpf as lb
+    from hbmon_kernel.datapath import default_bpf_dir
+
+    XDP_REDIRECT = 4
+    gen = lb.BpfObject(default_bpf_dir() / "hb_farm.o")
+    try:
+        gen.load()
+        fd = gen.program_fd("hb_farm_gen")
+        template = req(sequence=0, dst="198.18.0.2")
+        gen.map("farm_gen").update(struct.pack("=I", 0), struct.pack(
+            "=IIII72s", 1, 3, 41, 0, template))
+        stale = expected_response(template, 2, 9)  # what the farm left in the page
+        outs = [lb.prog_test_run(fd, stale) for _ in range(4)]
+    finally:
+        gen.close()
+    assert [o.retval for o in outs] == [XDP_REDIRECT] * 4
+    for i, out in enumerate(outs):
+        seq = 41 + i
+        dst = f"198.18.0.{2 + seq % 3}"
+        assert out.data_out == req(sequence=seq, dst=dst), f"frame {i}"
+        assert loaded.test_run(out.data_out).retval == XDP_TX
