@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import subprocess
 import textwrap
 from collections.abc import Iterator
@@ -155,3 +156,103 @@ def test_shell_pushes_pipeline_and_writes(shell_python: Path, target: KernelTarg
     assert peers_of(result) == {(ip_int("198.18.7.7"), 77, 12)}
     assert len(result["hb_reason"]) == 16
 
+
+
+REGISTER_SCRIPT = textwrap.dedent('''
+    import json, sys
+    import p4runtime_sh.shell as sh
+    from p4.v1 import p4runtime_pb2
+
+    addr, rids, indexes = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+    sh.setup(device_id=1, grpc_addr=addr, election_id=(0, 1), verbose=False)
+
+    def cells(responses):
+        out, sizes = [], []
+        for resp in responses:
+            sizes.append(resp.ByteSize())
+            out += [[e.register_entry.register_id, e.register_entry.index.index,
+                     int.from_bytes(e.register_entry.data.bitstring, "big")]
+                    for e in resp.entities]
+        return {"cells": out, "sizes": sizes}
+
+    def entity(rid, index=None):
+        e = p4runtime_pb2.Entity()
+        e.register_entry.register_id = rid
+        if index is not None:
+            e.register_entry.index.index = index
+        return e
+
+    # by index: every register x every index in one ReadRequest (the controller's poll)
+    req = p4runtime_pb2.ReadRequest(device_id=1)
+    req.entities.extend(entity(r, i) for r in rids for i in indexes)
+    out = {"indexed": cells(sh.client.stub.Read(req)),
+           "one": cells(sh.client.read_one(entity(rids[0], indexes[1]))),
+           "wildcard": cells(sh.client.read_one(entity(rids[0])))}
+    sh.teardown()
+    print("RESULT " + json.dumps(out))
+''')
+
+
+def test_shell_reads_registers_by_index_and_wildcard(shell_python: Path, target: KernelTarget,
+                                                     tmp_path: Path) -> None:
+    """More than 1 MiB of RegisterEntry cells each way, read by the ecosystem's client in
+    its own protobuf (3.x) runtime: every value as written, no message over the limit."""
+    from hbmon.protocol import REGISTERS
+    from hbmon_kernel.p4rt_wire import MAX_RESPONSE_BYTES
+    from p4.v1 import p4runtime_pb2
+
+    assert target.address is not None
+    schema = P4Schema.load(P4INFO)
+    rng = random.Random(4)
+    indexes = [0, *rng.sample(range(1, 65536), 8999)]
+    expected: dict[int, dict[int, int]] = {}
+    with P4RuntimeClient(target.address, 1, election_id=10, schema=schema,
+                         batch_size=4096) as ctl:
+        assert ctl.connect(timeout=10)
+        ctl.set_pipeline(schema, b"{}")
+        updates = []
+        for name, width in REGISTERS.items():
+            rid = schema.register(name).id
+            fill = p4runtime_pb2.Entity()
+            fill.register_entry.register_id = rid
+            fill.register_entry.data.bitstring = b"\xff" * (width // 8)  # every cell
+            updates.append(p4runtime_pb2.Update(type=p4runtime_pb2.Update.MODIFY, entity=fill))
+            cells = expected[rid] = {}
+            for i in indexes[:1500]:
+                cells[i] = rng.randrange(1 << width)
+                e = p4runtime_pb2.Entity()
+                e.register_entry.register_id = rid
+                e.register_entry.index.index = i
+                e.register_entry.data.bitstring = cells[i].to_bytes(width // 8, "big")
+                updates.append(p4runtime_pb2.Update(type=p4runtime_pb2.Update.MODIFY, entity=e))
+        ctl.write(updates)
+        rids = [schema.register(n).id for n in REGISTERS]
+        top = {schema.register(n).id: (1 << w) - 1 for n, w in REGISTERS.items()}
+
+        def value(rid: int, index: int) -> int:
+            return expected[rid].get(index, top[rid])
+
+        result = run_shell_script(shell_python, tmp_path, REGISTER_SCRIPT, target.address,
+                                  json.dumps(rids), json.dumps(indexes))
+    indexed = result["indexed"]
+    assert sum(indexed["sizes"]) > 1 << 20 and len(indexed["sizes"]) > 1
+    assert indexed["cells"] == [[r, i, value(r, i)] for r in rids for i in indexes]
+    assert result["one"]["cells"] == [[rids[0], indexes[1], value(rids[0], indexes[1])]]
+    wildcard = result["wildcard"]
+    assert sum(wildcard["sizes"]) > 1 << 20 and len(wildcard["sizes"]) > 1
+    assert sorted(map(tuple, wildcard["cells"])) == \
+        [(rids[0], i, value(rids[0], i)) for i in range(65536)]
+    assert max(indexed["sizes"] + wildcard["sizes"]) <= MAX_RESPONSE_BYTES
+
+
+def run_shell_script(python: Path, tmp_path: Path, script_text: str,
+                     *args: str) -> dict[str, Any]:
+    script = tmp_path / "shell_script.py"
+    script.write_text(script_text)
+    proc = subprocess.run([str(python), str(script), *args], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, f"p4runtime-shell failed:\n{proc.stdout}\n{proc.stderr}"
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    assert line is not None, proc.stdout + proc.stderr
+    result: dict[str, Any] = json.loads(line[len("RESULT "):])
+    return result
