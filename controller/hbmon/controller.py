@@ -584,6 +584,7 @@ class Fabric:
         self._by_index: dict[tuple[str, int], str] = {}
         self._inventory_version = 0  # bumped on every change of peers, indexes or rows
         self._members_cache: dict[str, _Members] = {}
+        self._sorted_cache: tuple[int, list[str], npt.NDArray[np.intp]] | None = None
         schemas: dict[Path, P4Schema] = {}
         self.drivers: dict[str, SwitchDriver] = {}
         for sw in config.switches:
@@ -1025,7 +1026,24 @@ class Fabric:
 
     def all_health(self) -> list[PeerHealth]:
         with self._state_lock:
-            return [self.engine.health(n) for n in sorted(self._peers)]
+            return self.engine.health_many(self._sorted_peers()[0])
+
+    def rtt_sample(self) -> tuple[list[str], npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+        """Every peer by name, its last RTT and whether that is current (UP or DEGRADED
+        and answered): what the dashboard's RTT history samples every second, as arrays."""
+        with self._state_lock:
+            names, rows = self._sorted_peers()
+            rtt, answering = self.engine.rtt_sample(rows)
+            return names, rtt, answering
+
+    def _sorted_peers(self) -> tuple[list[str], npt.NDArray[np.intp]]:
+        """Peer names sorted, and their engine rows, once per inventory change."""
+        cached = self._sorted_cache
+        if cached is None or cached[0] != self._inventory_version:
+            names = sorted(self._peers)
+            cached = (self._inventory_version, names, self.engine.rows(names))
+            self._sorted_cache = cached
+        return cached[1], cached[2]
 
     def summary(self) -> dict[Health, int]:
         counts = dict.fromkeys(Health, 0)

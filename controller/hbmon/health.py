@@ -147,7 +147,7 @@ class HealthEngine:
         "_win_tx_sum": np.int64, "_win_rx_sum": np.int64, "_loss": np.float64,
         "_slow": np.bool_, "_lossy": np.bool_, "_rebase": np.bool_, "_admin": np.bool_,
         "_damped": np.bool_, "_alive": np.int8, "_mult": np.int64, "_up_us": np.uint64,
-        "_inputs": np.int16,
+        "_inputs": np.int16, "_answering": np.bool_,
     }
 
     def __init__(self, config: HealthConfig | None = None) -> None:
@@ -183,6 +183,7 @@ class HealthEngine:
         self._mult = np.zeros(0, np.int64)
         self._up_us = np.zeros(0, np.uint64)  # data-plane time of the newest UP digest
         self._inputs = np.zeros(0, np.int16)  # verdict inputs as of the last verdict
+        self._answering = np.zeros(0, np.bool_)  # reported state UP or DEGRADED
         self._grow(64)
 
     def _grow(self, cap: int) -> None:
@@ -419,6 +420,29 @@ class HealthEngine:
             sampled_at=float(self._sampled_at[t.row]),
         )
 
+    def health_many(self, names: Sequence[str]) -> list[PeerHealth]:
+        """`health` of each of `names`, with one array read for all of them."""
+        peers = [self._peers[n] for n in names]
+        rows = np.fromiter((t.row for t in peers), np.intp, len(peers))
+        slots = np.where(self._has_slot[rows], self._slots[:, rows], 0).T.tolist()
+        loss = self._loss[rows].tolist()
+        sampled = self._sampled_at[rows].tolist()
+        out = []
+        for t, values, ratio, at in zip(peers, slots, loss, sampled, strict=True):
+            slot = Slot(*values)
+            out.append(PeerHealth(name=t.name, switch=t.switch, state=t.state, since=t.since,
+                                  reason=t.reason, slot=slot, loss_ratio=ratio,
+                                  rtt_avg_us=slot.rtt_ewma_us, sampled_at=at))
+        return out
+
+    def rtt_sample(self, rows: npt.ArrayLike) -> tuple[_Ints, npt.NDArray[np.bool_]]:
+        """The last RTT of the peers at `rows`, and whether it is current (the peer is UP
+        or DEGRADED and has answered): the dashboard's sparklines, without a `PeerHealth`
+        per peer."""
+        at = np.asarray(rows, np.intp)
+        answering = self._answering[at] & (self._slots[_RX, at] != 0) & self._has_slot[at]
+        return self._slots[_FIELD["rtt_last_us"], at].astype(np.int64), answering
+
     def state(self, name: str) -> Health:
         return self._peers[name].state
 
@@ -529,6 +553,7 @@ class HealthEngine:
             return []
         old, old_since = t.state, t.since
         t.state, t.since, t.reason = new, now, reason
+        self._answering[t.row] = new in (Health.UP, Health.DEGRADED)
         info = dict(details or {})
         info["previous_since"] = old_since
         if self._damped[t.row]:

@@ -87,9 +87,17 @@ class Twin:
     def same(self, got: list[Event], want: list[Event]) -> None:
         assert [_event_key(e) for e in got] == [_event_key(e) for e in want]
         self.events += len(got)
-        for name in self.order:
-            assert self.batch.health(name) == self.ref.health(name), name
+        want_health = [self.ref.health(name) for name in self.order]
+        assert self.batch.health_many(self.order) == want_health
+        for name, health in zip(self.order, want_health, strict=True):
+            assert self.batch.health(name) == health, name
             assert self.batch.damped(name) == self.ref.damped(name), name
+        # the sparkline rule (hbmon.api.rtt): the last RTT while UP/DEGRADED and answered
+        rtt, answering = self.batch.rtt_sample(self.batch.rows(self.order))
+        assert answering.tolist() == [
+            h.state in (Health.UP, Health.DEGRADED) and h.slot.rx_count > 0
+            for h in want_health]
+        assert rtt.tolist() == [h.slot.rtt_last_us for h in want_health]
 
     def add(self, name: str, now: float, **kw: object) -> None:
         self.order.append(name)
