@@ -1,0 +1,144 @@
+"""What a poll reads and when, and the batch path from a poll's columns to health.
+
+- over real gRPC (the in-memory P4Runtime test server, as in test_fabric.py): the verdict
+  registers are read every poll, so a new RTT verdict reaches the API by the next poll, while
+  the informational registers (dup_count, ...) are read every `detail_interval_ms`;
+- pure logic (a `Fabric` that is never started: no switch is needed to feed it a poll's
+  columns): a peer removed while a poll was reading is dropped from that poll, and the RTT
+  history samples the engine's arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from hbmon.api.rtt import RttHistory
+from hbmon.config import parse_config
+from hbmon.controller import Fabric
+from hbmon.health import SLOT_FIELDS
+from hbmon.model import Health, Peer
+from hbmon.p4info import P4Schema
+from hbmon.protocol import PlaneState
+from hbmon.store import open_store
+
+from .p4rt_testserver import TestP4RuntimeServer
+from .test_fabric import P4INFO, Harness, make_config, peer, set_slot, wait_for
+
+
+@pytest.fixture
+def server() -> Iterator[TestP4RuntimeServer]:
+    srv = TestP4RuntimeServer()
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def test_verdict_registers_every_poll_details_every_detail_interval(
+        server: TestP4RuntimeServer) -> None:
+    schema = P4Schema.load(P4INFO)
+    config = make_config(server.port, detail_interval_ms=3_600_000, peers=[
+        {"name": "a", "address": "198.18.1.1", "peer_id": 1, "mac": "02:00:00:00:01:01",
+         "port": 1}])
+    h = Harness(config)
+    h.fabric.start()
+    try:
+        assert h.fabric.wait_ready(15), h.fabric.switches()
+        index = h.fabric.get_peer("a").index
+        assert index is not None
+        set_slot(server, schema, index, rx_count=5, tx_count=5, rtt_ewma_us=300,
+                 state=PlaneState.UP, dup_count=7, last_seq=99)
+        wait_for(lambda: h.fabric.health("a").state == Health.UP, what="UP")
+        # a slow peer: the RTT is a verdict register, read every poll
+        set_slot(server, schema, index, rx_count=6, tx_count=6, rtt_ewma_us=900_000)
+        wait_for(lambda: h.fabric.health("a").state == Health.DEGRADED, what="DEGRADED")
+        slot = h.fabric.health("a").slot
+        assert (slot.rx_count, slot.rtt_ewma_us) == (6, 900_000)
+        # the first poll read everything (all zero then); dup_count and last_seq are
+        # informational, next read an hour later
+        assert (slot.dup_count, slot.last_seq) == (0, 0)
+    finally:
+        h.fabric.stop()
+        h.store.close()
+
+
+def test_details_follow_the_detail_interval(server: TestP4RuntimeServer) -> None:
+    schema = P4Schema.load(P4INFO)
+    config = make_config(server.port, detail_interval_ms=1, peers=[
+        {"name": "a", "address": "198.18.1.1", "peer_id": 1, "mac": "02:00:00:00:01:01",
+         "port": 1}])
+    h = Harness(config)
+    h.fabric.start()
+    try:
+        assert h.fabric.wait_ready(15), h.fabric.switches()
+        index = h.fabric.get_peer("a").index
+        assert index is not None
+        set_slot(server, schema, index, rx_count=5, tx_count=5, dup_count=7, last_seq=99,
+                 peer_load=42, state=PlaneState.UP)
+        wait_for(lambda: h.fabric.health("a").slot.dup_count == 7, what="dup_count read")
+        slot = h.fabric.health("a").slot
+        assert (slot.last_seq, slot.peer_load, slot.rx_count) == (99, 42, 5)
+        assert h.fabric.dataplane_counters()["s1"] is not None
+    finally:
+        h.fabric.stop()
+        h.store.close()
+
+
+def _offline_fabric(*peers: Peer) -> Fabric:
+    """A Fabric whose switch is never connected: its health engine is fed by hand."""
+    fabric = Fabric(make_config(1), open_store("sqlite://:memory:"), None)
+    fabric.add_peers(list(peers))
+    return fabric
+
+
+def _columns(n: int, k: int, **values: int) -> np.ndarray:
+    cols = np.zeros((len(SLOT_FIELDS), n), np.uint64)
+    cols[SLOT_FIELDS.index("rx_count")] = cols[SLOT_FIELDS.index("tx_count")] = 5 * k
+    cols[SLOT_FIELDS.index("state")] = PlaneState.UP
+    for name, value in values.items():
+        cols[SLOT_FIELDS.index(name)] = value
+    return cols
+
+
+def test_peer_removed_while_a_poll_reads_is_dropped_from_that_poll() -> None:
+    fabric = _offline_fabric(peer(1), peer(2), peer(3))
+    driver = fabric.drivers["s1"]
+    members = fabric._poll_members("s1")
+    assert members.names == ["p1", "p2", "p3"]
+    assert fabric._poll_members("s1") is members  # cached until the inventory changes
+    fabric.remove_peers(["p2"])
+    fabric.add_peers([peer(4)])  # may reuse p2's engine row: must not get p2's cells
+    fabric._observe(driver, members, SLOT_FIELDS, _columns(3, 1, rtt_ewma_us=7))
+    assert fabric.health("p1").state == Health.UP
+    assert fabric.health("p3").state == Health.UP
+    assert fabric.health("p4").state == Health.UNKNOWN
+    assert fabric.health("p4").slot.rx_count == 0
+    fresh = fabric._poll_members("s1")
+    assert fresh.names == ["p1", "p4", "p3"] and fresh is not members  # p4 took index 1
+
+
+def test_rtt_history_samples_the_engine_arrays() -> None:
+    fabric = _offline_fabric(peer(1), peer(2))
+    driver = fabric.drivers["s1"]
+    history = RttHistory(fabric, interval=1.0, samples=3)
+    history.sample()  # nothing answered yet: gaps
+    for k, rtt in enumerate((100, 200, 300, 400), start=1):
+        fabric._observe(driver, fabric._poll_members("s1"), SLOT_FIELDS,
+                        _columns(2, k, rtt_last_us=rtt))
+        history.sample()
+    assert history.snapshot() == {"p1": [200, 300, 400], "p2": [200, 300, 400]}
+    fabric.update_peer("p2", {"admin_down": True})
+    fabric.add_peers([peer(3)])
+    history.sample()
+    # p1 keeps its history, p2 is not answering (admin down), p3 has one sample
+    assert history.snapshot() == {"p1": [300, 400, 400], "p2": [300, 400, None],
+                                  "p3": [None]}
+    assert history.snapshot({"p3", "nobody"}) == {"p3": [None]}
+
+
+def test_default_poll_keeps_verdicts_within_a_second() -> None:
+    """The documented default: a loss/RTT verdict within 1 s needs a poll period below it."""
+    switch = parse_config({"switches": [{"name": "s", "grpc": "h:1"}]}).switches[0]
+    assert switch.poll_interval_s < 1.0
+    assert switch.detail_interval_s >= switch.poll_interval_s
