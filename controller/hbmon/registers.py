@@ -188,6 +188,14 @@ def decode_cells(responses: Sequence[bytes], register_ids: Sequence[int],
     else:
         asked = np.asarray(indexes, dtype=np.uint64)
         want = [asked] * len(register_ids)
+    # the usual answer (hbmon's target): every cell once, in request order, register by
+    # register: then the columns are slices of the values
+    counts = [len(w) for w in want]
+    if len(which) == sum(counts) \
+            and np.array_equal(which, np.repeat(np.arange(len(want)), counts)) \
+            and np.array_equal(index, np.concatenate(want) if want else index):
+        bounds = np.cumsum([0, *counts])
+        return [value[bounds[r]:bounds[r + 1]] for r in range(len(want))]
     out: list[npt.NDArray[np.uint64]] = []
     for r, rid in enumerate(register_ids):
         sel = which == r

@@ -83,88 +83,122 @@ def register_fields(register_id: int, values: Sequence[int], start: int = 0) -> 
     return out
 
 
-def _varint_len(values: npt.NDArray[np.uint64], most: int) -> npt.NDArray[np.int64]:
-    """Bytes of each value's base-128 varint (at least 1), for values < 2**(7*most)."""
-    n = np.ones(len(values), np.int64)
-    for k in range(1, most):
-        n += values >= np.uint64(1 << (7 * k))
-    return n
+def _varint_bytes(values: npt.NDArray[np.uint64], width: int,
+                  ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
+    """Base-128 varints of values < 2**(7*width): (n, width) byte matrix (bytes past a
+    varint's length are 0) and each varint's length."""
+    n = len(values)
+    length = np.ones(n, np.uint8)
+    for k in range(1, width):
+        length += values >= np.uint64(1 << (7 * k))
+    out = np.empty((n, width), np.uint8)
+    for k in range(width):
+        byte = ((values >> np.uint64(7 * k)) & np.uint64(0x7F)).astype(np.uint8)
+        byte |= (length > k + 1).view(np.uint8) << np.uint8(7)
+        out[:, k] = np.where(length > k, byte, 0)
+    return out, length
+
+
+class CellEncoder:
+    """`ReadResponse.entities` fields for a fixed list of register cells (register id and
+    index per cell), vectorised; `encode(values)` gives the bytes the official encoder
+    writes for those RegisterEntry entities (and register_fields, joined) and where each
+    entity ends (ResponseChunker.add_block cuts only there).
+
+    Each entity is one row of a byte matrix with a column for every byte an entity of
+    this list can have; a mask drops the bytes a cell does not have (the high bytes of its
+    varints, the leading zero bytes of its value, spec 8.4) and taking the kept bytes row
+    by row gives the wire stream, with no Python loop per cell. Everything that depends on
+    the cells and not on their values is built once here: a target keeps the encoder of a
+    request it answers every poll."""
+
+    def __init__(self, register_ids: npt.ArrayLike, indexes: npt.ArrayLike) -> None:
+        idx = np.asarray(indexes, dtype=np.uint64).ravel()
+        rid = np.broadcast_to(np.asarray(register_ids, dtype=np.uint64), idx.shape)
+        self.size = n = len(idx)
+        rw = len(varint(int(rid.max()))) if n else 1
+        top = int(idx.max()) if n else 0
+        iw = len(varint(top)) if top else 0  # varint columns the largest index needs
+        reg, rlen = _varint_bytes(rid, rw)
+        if iw:
+            ibytes, ilen = _varint_bytes(idx, iw)
+            ilen[idx == 0] = 0  # index 0: an empty Index message (proto3 drops the default)
+        else:
+            ibytes, ilen = np.zeros((n, 0), np.uint8), np.zeros(n, np.uint8)
+        xlen = ilen + (ilen > 0)  # Index message: 08 varint(index), or nothing
+        # RegisterEntry length without the value: 08 reg, 12 Lx [08 index], 1a . 0a .
+        self._fixed = (1 + rlen + 2 + xlen + 4).astype(np.uint8)
+        # columns: 0a L1 5a L2 | 08 reg | 12 Lx [08 index] | 1a Ld+2 0a Ld | value
+        c_reg = 4
+        c_idx = c_reg + 1 + rw
+        c_data = c_idx + 2 + (1 + iw if iw else 0)
+        self._c_data = c_data
+        rows = np.zeros((n, c_data + 4), np.uint8)
+        rows[:, 0] = 0x0A
+        rows[:, 2] = 0x5A
+        rows[:, c_reg] = 0x08
+        rows[:, c_reg + 1:c_idx] = reg
+        rows[:, c_idx] = 0x12
+        rows[:, c_idx + 1] = xlen
+        if iw:
+            rows[:, c_idx + 2] = 0x08
+            rows[:, c_idx + 3:c_data] = ibytes
+        rows[:, c_data] = 0x1A
+        rows[:, c_data + 2] = 0x0A
+        self._template = rows
+        # which columns a cell keeps depends on (rlen, ilen) here and on its value's
+        # length at encode time: one mask row per combination, picked per cell
+        shape = np.zeros((rw + 1, iw + 1, c_data + 4), bool)
+        shape[:, :, :c_reg + 1] = True
+        shape[:, :, c_idx:c_idx + 2] = True
+        shape[:, :, c_data:] = True
+        for r in range(1, rw + 1):
+            shape[r, :, c_reg + 1:c_reg + 1 + r] = True
+        for i in range(1, iw + 1):
+            shape[:, i, c_idx + 2:c_idx + 3 + i] = True
+        self._shapes = shape.reshape(-1, c_data + 4)
+        self._shape_of = rlen.astype(np.intp) * (iw + 1) + ilen
+
+    def encode(self, values: npt.ArrayLike) -> tuple[bytes, npt.NDArray[np.int64]]:
+        val = np.asarray(values, dtype=np.uint64).ravel()
+        n = self.size
+        if len(val) != n:
+            raise ValueError(f"{n} cells but {len(val)} values")
+        if n == 0:
+            return b"", np.zeros(0, np.int64)
+        vlen = np.ones(n, np.uint8)  # canonical bytestring: no leading zero byte, >= 1
+        for k in range(1, 8):
+            vlen += val >= np.uint64(1 << (8 * k))
+        vw = int(vlen.max())  # value columns this read needs
+        base = self._c_data + 4
+        width = base + vw
+        inner = self._fixed + vlen  # RegisterEntry length (< 128: one-byte lengths)
+        rows = np.empty((n, width), np.uint8)
+        rows[:, :base] = self._template
+        rows[:, 1] = inner + 2
+        rows[:, 3] = inner
+        rows[:, self._c_data + 1] = vlen + 2
+        rows[:, self._c_data + 3] = vlen
+        rows[:, base:] = val.astype(">u8").view(np.uint8).reshape(n, 8)[:, 8 - vw:]
+        # keep-masks per (cell shape, value length), gathered as one fixed-size item per
+        # row (np.take of a void view and np.compress: several times faster than the
+        # equivalent fancy and boolean indexing)
+        shapes = len(self._shapes)
+        table = np.empty((9, shapes, width), bool)
+        table[:, :, :base] = self._shapes
+        for v in range(9):
+            table[v, :, base:] = np.arange(vw) >= vw - v
+        pick = vlen.astype(np.intp) * shapes + self._shape_of
+        keep = np.take(table.reshape(9 * shapes, width).view(f"V{width}").ravel(),
+                       pick).view(bool)
+        ends = np.cumsum(inner, dtype=np.int64) + 4 * np.arange(1, n + 1, dtype=np.int64)
+        return np.compress(keep, rows.ravel()).tobytes(), ends
 
 
 def encode_register_cells(register_id: int, indexes: npt.ArrayLike, values: npt.ArrayLike,
                           ) -> tuple[bytes, npt.NDArray[np.int64]]:
-    """`ReadResponse.entities` fields for cells (indexes[k], values[k]) of one register,
-    vectorised: the bytes equal `register_fields` joined (and the official encoder's), and
-    `ends[k]` is where entity k ends in them (ResponseChunker.add_block cuts only there).
-
-    Each entity is laid out as one row of a byte matrix with a column for every byte an
-    entity of this batch can have; a mask drops the bytes a cell does not have (the high
-    varint bytes of its index, the leading zero bytes of its value) and taking the kept
-    bytes row by row gives the wire stream, with no Python loop per cell."""
-    idx = np.asarray(indexes, dtype=np.uint64).ravel()
-    val = np.asarray(values, dtype=np.uint64).ravel()
-    n = len(idx)
-    if len(val) != n:
-        raise ValueError(f"{n} indexes but {len(val)} values")
-    if n == 0:
-        return b"", np.zeros(0, np.int64)
-    reg = np.frombuffer(b"\x08" + varint(register_id), np.uint8)
-    nreg = len(reg)
-    top = int(idx.max())
-    iw = len(varint(top)) if top else 0  # varint columns the largest index needs
-    # varint bytes of the index; 0 for index 0, whose Index message is empty (proto3 drops
-    # the default value, as the official encoder does)
-    ilen = np.zeros(n, np.uint8)
-    if iw:
-        ilen += idx > 0
-        for k in range(1, iw):
-            ilen += idx >= np.uint64(1 << (7 * k))
-    vlen = np.ones(n, np.uint8)  # canonical bytestring (spec 8.4): no leading zero byte
-    for k in range(1, 8):
-        vlen += val >= np.uint64(1 << (8 * k))
-    vw = int(vlen.max())  # value columns this batch needs
-    xlen = ilen + (ilen > 0)  # Index message: 08 varint(index), or nothing
-    inner = xlen + vlen + np.uint8(nreg + 6)  # RegisterEntry length (< 126: 1-byte lengths)
-    # columns: 0a L1 5a L2 | 08 reg | 12 Lx [08 varint(index)] | 1a Ld+2 0a Ld | value
-    c_reg = 4
-    c_idx = c_reg + nreg
-    c_data = c_idx + 2 + (1 + iw if iw else 0)
-    c_val = c_data + 4
-    width = c_val + vw
-    rows = np.empty((n, width), np.uint8)
-    rows[:, 0] = 0x0A
-    rows[:, 1] = inner + 2
-    rows[:, 2] = 0x5A
-    rows[:, 3] = inner
-    rows[:, c_reg:c_idx] = reg
-    rows[:, c_idx] = 0x12
-    rows[:, c_idx + 1] = xlen
-    if iw:
-        rows[:, c_idx + 2] = 0x08
-        for k in range(iw):
-            byte = (idx >> np.uint64(7 * k)) & np.uint64(0x7F)
-            rows[:, c_idx + 3 + k] = byte
-            rows[:, c_idx + 3 + k] |= (ilen > k + 1).view(np.uint8) << np.uint8(7)
-    rows[:, c_data] = 0x1A
-    rows[:, c_data + 1] = vlen + 2
-    rows[:, c_data + 2] = 0x0A
-    rows[:, c_data + 3] = vlen
-    rows[:, c_val:] = val.astype(">u8").view(np.uint8).reshape(n, 8)[:, 8 - vw:]
-    # which columns a cell keeps depends only on (ilen, vlen): one mask row per pair
-    table = np.ones(((iw + 1) * 9, width), bool)
-    for i in range(iw + 1):
-        for v in range(1, 9):
-            row = table[i * 9 + v]
-            row[c_idx + 2:c_idx + 3 + iw] = False
-            if i:
-                row[c_idx + 2:c_idx + 3 + i] = True
-            row[c_val:c_val + max(0, vw - v)] = False
-    # (row gathers as one fixed-size item each, and np.compress: both several times faster
-    # than the equivalent fancy and boolean indexing)
-    pair = ilen.astype(np.intp) * 9 + vlen
-    keep = np.take(table.view(f"V{width}").ravel(), pair).view(bool)
-    ends = np.cumsum(inner, dtype=np.int64) + 4 * np.arange(1, n + 1, dtype=np.int64)
-    return np.compress(keep, rows.ravel()).tobytes(), ends
+    """CellEncoder for cells `indexes` of one register, used once."""
+    return CellEncoder(register_id, indexes).encode(values)
 
 
 def register_chunks(register_id: int, values: Sequence[int],
