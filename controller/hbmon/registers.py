@@ -84,7 +84,10 @@ def decode_register_entities(response: bytes, register_ids: Sequence[int]) -> Ce
     buf = np.frombuffer(data, np.uint8)
     word = np.ndarray((len(data) - 7,), dtype="<u8", buffer=data, strides=(1,))
     shortest = 11 + width  # an entity has at least this many bytes
-    start = np.flatnonzero(buf[:max(0, n - shortest + 1)] == 0x0A)
+    # 0a . 5a: the entities tag two bytes before the register_entry tag (a bitstring's
+    # 0a tag is not followed so, which halves the candidates)
+    last = max(0, n - shortest + 1)
+    start = np.flatnonzero((buf[:last] == 0x0A) & (buf[2:last + 2] == 0x5A))
     head = word[start]
     # 0a L1 5a L2 08 with L1 = L2 + 2 < 0x80
     l1 = (head >> _U64(8)) & _U64(0xFF)
