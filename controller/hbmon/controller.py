@@ -585,6 +585,7 @@ class Fabric:
         self._inventory_version = 0  # bumped on every change of peers, indexes or rows
         self._members_cache: dict[str, _Members] = {}
         self._sorted_cache: tuple[int, list[str], npt.NDArray[np.intp]] | None = None
+        self._labels_cache: tuple[int, list[str], list[str]] | None = None
         schemas: dict[Path, P4Schema] = {}
         self.drivers: dict[str, SwitchDriver] = {}
         for sw in config.switches:
@@ -1035,6 +1036,19 @@ class Fabric:
             names, rows = self._sorted_peers()
             rtt, answering = self.engine.rtt_sample(rows)
             return names, rtt, answering
+
+    def peer_columns(self) -> tuple[list[str], list[str], list[str], dict[str, npt.NDArray[Any]]]:
+        """Every peer sorted by name, its switch and group, and its health as arrays
+        (`HealthEngine.columns`): what /metrics exports, without an object per peer. The
+        lists are shared and stay the same objects until the inventory changes."""
+        with self._state_lock:
+            names, rows = self._sorted_peers()
+            cached = self._labels_cache
+            if cached is None or cached[0] != self._inventory_version:
+                cached = (self._inventory_version, [self._peers[n].switch for n in names],
+                          [self._peers[n].group or "" for n in names])
+                self._labels_cache = cached
+            return names, cached[1], cached[2], self.engine.columns(rows)
 
     def _sorted_peers(self) -> tuple[list[str], npt.NDArray[np.intp]]:
         """Peer names sorted, and their engine rows, once per inventory change."""

@@ -49,6 +49,11 @@ _RX, _TX, _MISS = _FIELD["rx_count"], _FIELD["tx_count"], _FIELD["miss_count"]
 _LAST_RX, _STATUS, _STATE = _FIELD["last_rx_us"], _FIELD["peer_status"], _FIELD["state"]
 _RTT = {"ewma": _FIELD["rtt_ewma_us"], "last": _FIELD["rtt_last_us"]}
 
+# reported states by number (index in this tuple) in the engine's `_state` array
+HEALTHS: tuple[Health, ...] = tuple(Health)
+_HEALTH_INDEX = {h: i for i, h in enumerate(HEALTHS)}
+assert HEALTHS[0] == Health.UNKNOWN  # a zeroed row
+
 # bits of a peer's verdict inputs (see `HealthEngine._inputs_of`)
 _IN_ADMIN, _IN_ALIVE_SHIFT, _IN_STATUS, _IN_SLOW, _IN_LOSSY = 1, 1, 8, 16, 32
 
@@ -147,7 +152,7 @@ class HealthEngine:
         "_win_tx_sum": np.int64, "_win_rx_sum": np.int64, "_loss": np.float64,
         "_slow": np.bool_, "_lossy": np.bool_, "_rebase": np.bool_, "_admin": np.bool_,
         "_damped": np.bool_, "_alive": np.int8, "_mult": np.int64, "_up_us": np.uint64,
-        "_inputs": np.int16, "_answering": np.bool_,
+        "_inputs": np.int16, "_answering": np.bool_, "_state": np.int8, "_since": np.float64,
     }
 
     def __init__(self, config: HealthConfig | None = None) -> None:
@@ -184,6 +189,8 @@ class HealthEngine:
         self._up_us = np.zeros(0, np.uint64)  # data-plane time of the newest UP digest
         self._inputs = np.zeros(0, np.int16)  # verdict inputs as of the last verdict
         self._answering = np.zeros(0, np.bool_)  # reported state UP or DEGRADED
+        self._state = np.zeros(0, np.int8)  # reported state (index in HEALTHS), for exports
+        self._since = np.zeros(0, np.float64)  # ... and since when
         self._grow(64)
 
     def _grow(self, cap: int) -> None:
@@ -218,6 +225,7 @@ class HealthEngine:
         self._inputs[row] = -1  # no verdict yet
         self._mult[row] = detect_mult or self.config.detect_mult
         self._admin[row] = admin_down
+        self._since[row] = now
         t = _Tracker(name, switch, row, self._added, since=now)
         self._added += 1
         self._peers[name] = t
@@ -443,6 +451,19 @@ class HealthEngine:
         answering = self._answering[at] & (self._slots[_RX, at] != 0) & self._has_slot[at]
         return self._slots[_FIELD["rtt_last_us"], at].astype(np.int64), answering
 
+    def columns(self, rows: npt.ArrayLike) -> dict[str, npt.NDArray[Any]]:
+        """The health of the peers at `rows` as arrays (for exports such as /metrics):
+        `health` (index in HEALTHS), `since`, `loss_ratio`, `sampled_at`, and every slot
+        field by name (zero before the first read, as in `health`)."""
+        at = np.asarray(rows, np.intp)
+        slots = np.where(self._has_slot[at], self._slots[:, at], 0)
+        out: dict[str, npt.NDArray[Any]] = {
+            "health": self._state[at], "since": self._since[at], "loss_ratio": self._loss[at],
+            "sampled_at": self._sampled_at[at]}
+        for i, name in enumerate(SLOT_FIELDS):
+            out[name] = slots[i]
+        return out
+
     def state(self, name: str) -> Health:
         return self._peers[name].state
 
@@ -554,6 +575,8 @@ class HealthEngine:
         old, old_since = t.state, t.since
         t.state, t.since, t.reason = new, now, reason
         self._answering[t.row] = new in (Health.UP, Health.DEGRADED)
+        self._state[t.row] = _HEALTH_INDEX[new]
+        self._since[t.row] = now
         info = dict(details or {})
         info["previous_since"] = old_since
         if self._damped[t.row]:

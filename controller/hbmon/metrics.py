@@ -7,22 +7,27 @@ Two kinds of metrics:
 - read from the running service on every scrape by `ServiceMetrics` (per-peer health,
   per-reason data-plane counters, switch connection state), so nothing is sampled twice
   and a peer that was removed disappears from the next scrape. These are written straight
-  in the text format (4,096 peers x 14 series) rather than through the registry.
+  in the text format (4,096 peers x 14 series) rather than through the registry. Nothing
+  per peer is updated per poll: a scrape reads the health engine's arrays
+  (`Fabric.peer_columns`) when the service has them, else one `PeerHealth` per peer.
 
 Names follow Prometheus conventions: seconds, `_total` for counters, state as a label.
 """
 
 from __future__ import annotations
 
+import collections
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from .health import HEALTHS
 from .model import Health
 from .service import HbmonService
 
@@ -114,6 +119,14 @@ class _Exposition:
         self.parts.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
         self.parts.extend(f"{sample}{{{labels}}} {_num(value)}\n" for labels, value in rows)
 
+    def columns(self, name: str, kind: str, help_text: str, labels: list[str],
+                values: list[Any]) -> None:
+        """A family from parallel lists; values are finite ints and floats (str() is then
+        the text format's number)."""
+        sample = f"{name}_total" if kind == "counter" else name
+        self.parts.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
+        self.parts.extend(map((sample + "{{{}}} {}\n").format, labels, values))
+
     def text(self) -> str:
         return "".join(self.parts)
 
@@ -123,10 +136,76 @@ class ServiceMetrics:
 
     def __init__(self, service: HbmonService) -> None:
         self.service = service
+        # escaped label sets, kept while the service returns the same inventory lists
+        self._labels: tuple[list[str], list[str], list[str], list[str]] | None = None
 
     def text(self) -> str:
         started = time.perf_counter()
         out = _Exposition()
+        columns = getattr(self.service, "peer_columns", None)
+        if columns is not None:
+            per_switch = self._peers_from_columns(out, *columns())
+        else:
+            per_switch = self._peers_from_health(out)
+        self._service_families(out, per_switch)
+        out.parts.append("# HELP hbmon_scrape_collect_seconds Time to collect the service's "
+                         "metrics\n# TYPE hbmon_scrape_collect_seconds gauge\n"
+                         f"hbmon_scrape_collect_seconds {time.perf_counter() - started!r}\n")
+        return out.text()
+
+    def _peers_from_columns(self, out: _Exposition, names: list[str], switches: list[str],
+                            groups: list[str], cols: dict[str, Any],
+                            ) -> dict[str, dict[Health, int]]:
+        """The per-peer families from the engine's arrays: a list per family, no object
+        per peer (the same text as `_peers_from_health`)."""
+        cached = self._labels
+        if cached is None or not (cached[0] is names and cached[1] is switches
+                                  and cached[2] is groups):
+            labels = [f'peer="{_esc(n)}",switch="{_esc(s)}",group="{_esc(g)}"'
+                      for n, s, g in zip(names, switches, groups, strict=True)]
+            cached = self._labels = (names, switches, groups, labels)
+        labels = cached[3]
+        healths = [HEALTHS[i] for i in cols["health"].tolist()]
+        codes = [HEALTH_CODE[h] for h in healths]
+        out.parts.append("# HELP hbmon_peer_state 1 for the peer's current health state\n"
+                         "# TYPE hbmon_peer_state gauge\n")
+        out.parts.extend(map('hbmon_peer_state{{{},state="{}"}} 1\n'.format, labels, healths))
+        out.columns("hbmon_peer_health", "gauge",
+                    "Peer health as a number: 0 UNKNOWN, 1 UP, 2 DEGRADED, 3 DOWN, 4 ADMIN_DOWN",
+                    labels, codes)
+        out.columns("hbmon_peer_state_since_timestamp_seconds", "gauge",
+                    "Wall-clock time of the last transition", labels, cols["since"].tolist())
+        for name, help_text, field in (
+                ("hbmon_peer_rtt_seconds", "Last heartbeat round-trip time", "rtt_last_us"),
+                ("hbmon_peer_rtt_avg_seconds", "Round-trip time, data-plane EWMA",
+                 "rtt_ewma_us"),
+                ("hbmon_peer_rtt_min_seconds", "Smallest round-trip time seen", "rtt_min_us"),
+                ("hbmon_peer_rtt_max_seconds", "Largest round-trip time seen", "rtt_max_us")):
+            out.columns(name, "gauge", help_text, labels, (cols[field] / 1e6).tolist())
+        out.columns("hbmon_peer_loss_ratio", "gauge",
+                    "Heartbeat loss over the health engine's window", labels,
+                    cols["loss_ratio"].tolist())
+        for name, kind, help_text, field in (
+                ("hbmon_peer_rx_heartbeats", "counter", "Responses recorded by the data plane",
+                 "rx_count"),
+                ("hbmon_peer_tx_heartbeats", "counter", "Requests sent by the data plane",
+                 "tx_count"),
+                ("hbmon_peer_duplicate_heartbeats", "counter", "Duplicate responses",
+                 "dup_count"),
+                ("hbmon_peer_missed_heartbeats", "counter", "Requests that got no response",
+                 "miss_count"),
+                ("hbmon_peer_reported_status", "gauge",
+                 "Status the peer reports: 0 healthy, 1 degraded, 2 draining", "peer_status"),
+                ("hbmon_peer_load", "gauge", "Load (0-255) the peer reports", "peer_load")):
+            out.columns(name, kind, help_text, labels, cols[field].tolist())
+        per_switch: dict[str, dict[Health, int]] = {}
+        counts = collections.Counter(zip(switches, healths, strict=True))
+        for (switch, health), n in counts.items():
+            per_switch.setdefault(switch, dict.fromkeys(Health, 0))[health] += n
+        return per_switch
+
+    def _peers_from_health(self, out: _Exposition) -> dict[str, dict[Health, int]]:
+        """The per-peer families from one `PeerHealth` per peer (any `HbmonService`)."""
         groups = {p.name: p.group or "" for p in self.service.list_peers()}
         health = self.service.all_health()
         labels = [f'peer="{_esc(h.name)}",switch="{_esc(h.switch)}",'
@@ -164,11 +243,14 @@ class ServiceMetrics:
                    ((lab, h.slot.peer_status) for lab, h in pairs))
         out.family("hbmon_peer_load", "gauge", "Load (0-255) the peer reports",
                    ((lab, h.slot.peer_load) for lab, h in pairs))
-
-        switches = self.service.switches()
         per_switch: dict[str, dict[Health, int]] = {}
         for h in health:
             per_switch.setdefault(h.switch, dict.fromkeys(Health, 0))[h.state] += 1
+        return per_switch
+
+    def _service_families(self, out: _Exposition,
+                          per_switch: dict[str, dict[Health, int]]) -> None:
+        switches = self.service.switches()
         for sw in switches:
             per_switch.setdefault(sw.name, dict.fromkeys(Health, 0))
         out.family("hbmon_peers", "gauge", "Peers per switch and state",
@@ -198,10 +280,6 @@ class ServiceMetrics:
                     for reason, (_, n_bytes) in sorted(reasons.items())))
         out.parts.append("# HELP hbmon_ready 1 once every switch has been read\n"
                          f"# TYPE hbmon_ready gauge\nhbmon_ready {int(self.service.ready())}\n")
-        out.parts.append("# HELP hbmon_scrape_collect_seconds Time to collect the service's "
-                         "metrics\n# TYPE hbmon_scrape_collect_seconds gauge\n"
-                         f"hbmon_scrape_collect_seconds {time.perf_counter() - started!r}\n")
-        return out.text()
 
 
 class _Extra(Collector):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
-from hbmon.health import SLOT_FIELDS, HealthConfig, HealthEngine
+from hbmon.health import HEALTHS, SLOT_FIELDS, HealthConfig, HealthEngine
 from hbmon.model import Event, Health, Slot
 from hbmon.protocol import PeerStatus, PlaneState
 
@@ -98,6 +98,11 @@ class Twin:
             h.state in (Health.UP, Health.DEGRADED) and h.slot.rx_count > 0
             for h in want_health]
         assert rtt.tolist() == [h.slot.rtt_last_us for h in want_health]
+        columns = self.batch.columns(self.batch.rows(self.order))
+        assert [HEALTHS[i] for i in columns["health"]] == [h.state for h in want_health]
+        assert columns["since"].tolist() == [h.since for h in want_health]
+        assert columns["loss_ratio"].tolist() == [h.loss_ratio for h in want_health]
+        assert columns["peer_load"].tolist() == [h.slot.peer_load for h in want_health]
 
     def add(self, name: str, now: float, **kw: object) -> None:
         self.order.append(name)
