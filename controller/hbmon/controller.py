@@ -21,6 +21,7 @@ switch, persisted in the `Store`), the health engine, and publishes every event 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import logging
@@ -126,6 +127,19 @@ def request_template(src_mac: str, src_ip: str, sequence: int) -> bytes:
     return eth + ip + udp + hb
 
 
+# The kernel target keeps rounds itself; the controller re-states its template this often.
+REARM_S = 5.0
+_SEQ_AT = 14 + 20 + 8 + 8  # Ethernet, IPv4, UDP, then magic..peer_id
+_TX_AT = _SEQ_AT + 4
+
+
+def _with_round(template: bytes, sequence: int, period_us: int) -> bytes:
+    """The template for a round: its sequence, and in tx_timestamp_us (which every replica
+    overwrites) the round period asked of a target that keeps time (0: this round only)."""
+    return (template[:_SEQ_AT] + struct.pack("!IQ", sequence & _U32, period_us)
+            + template[_TX_AT + 8:])
+
+
 def next_sequence(previous: int, now: float) -> int:
     """The next round number: wall-clock milliseconds when that is newer (so a restarted
     controller continues above what peers last echoed), else previous + 1."""
@@ -181,6 +195,9 @@ class SwitchDriver:
         self._program_lock = threading.RLock()  # setup, reconcile and peer programming
         self._wake = threading.Event()
         self._stop = threading.Event()
+        # the kernel target runs rounds itself (a timer in the data plane); bmv2 has none
+        self.target_keeps_time = config.kind == "kernel"
+        self._rounds_changed = threading.Event()  # re-state the template now
         self._setup_needed = True
         self._thread: threading.Thread | None = None
         self._hb_thread: threading.Thread | None = None
@@ -207,6 +224,7 @@ class SwitchDriver:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        self._rounds_changed.set()
         for thread in (self._thread, self._hb_thread):
             if thread is not None:
                 thread.join(timeout=10)
@@ -286,18 +304,24 @@ class SwitchDriver:
                 self._wake.clear()
 
     def _heartbeat_loop(self) -> None:
-        """One PacketOut per interval, on a fixed schedule (missed slots are skipped)."""
-        interval = self.config.interval_s
+        """Request rounds: kept by the target where it can keep time (the kernel target: one
+        template asking for a period, re-stated every REARM_S), else one PacketOut per
+        interval on a fixed schedule (bmv2; missed slots are skipped)."""
         template = request_template(self._mac, self._ip, 0)
-        seq_at = 14 + 20 + 8 + 8  # Ethernet, IPv4, UDP, then magic..peer_id
         packet = PacketOut(template, {"egress_port": 0, "mcast_grp": protocol.FANOUT_GROUP}) \
             .encode(self.schema)
+        if self.target_keeps_time:
+            self._arm_rounds(packet, template)
+        else:
+            self._send_rounds(packet, template)
+
+    def _send_rounds(self, packet: p4runtime_pb2.PacketOut, template: bytes) -> None:
+        interval = self.config.interval_s
         next_hb = time.monotonic()
         while not self._stop.is_set():
             if self.programmable and self.group_replicas:
                 self.sequence = next_sequence(self.sequence, time.time())
-                packet.payload = (template[:seq_at] + struct.pack("!I", self.sequence)
-                                  + template[seq_at + 4:])
+                packet.payload = _with_round(template, self.sequence, 0)
                 try:
                     self.client.packet_out(packet)
                     self.heartbeats += 1
@@ -308,6 +332,30 @@ class SwitchDriver:
             if next_hb <= now:
                 next_hb = now + interval
             self._stop.wait(next_hb - now)
+
+    def _arm_rounds(self, packet: p4runtime_pb2.PacketOut, template: bytes) -> None:
+        """Ask the target for a round every interval. Asking again with the same period keeps
+        the target's phase and sequence (docs/dataplane.md), so the template is re-stated
+        every REARM_S in case a target restart or a lost carrier ended the schedule, and at
+        once after every setup or when the fan-out group stops being empty."""
+        period_us = round(self.config.interval_s * 1_000_000)
+        while not self._stop.is_set():
+            self._rounds_changed.clear()
+            if self.programmable and self.group_replicas:
+                self.sequence = next_sequence(self.sequence, time.time())
+                packet.payload = _with_round(template, self.sequence, period_us)
+                try:
+                    self.client.packet_out(packet)
+                    self.heartbeats += 1
+                except P4RuntimeError as exc:
+                    self.info.last_error = f"packet out: {exc}"
+            self._rounds_changed.wait(REARM_S)
+        if self.programmable and self.group_replicas:
+            # a clean stop ends the schedule (one last round); a crash leaves the target
+            # monitoring on its own until a controller comes back
+            packet.payload = _with_round(template, next_sequence(self.sequence, time.time()), 0)
+            with contextlib.suppress(P4RuntimeError):
+                self.client.packet_out(packet)
 
     # -- setup and reconcile ----------------------------------------------------------------
 
@@ -327,6 +375,7 @@ class SwitchDriver:
                 self.reconcile()
             self._init_sequence()
             self._setup_needed = False
+            self._rounds_changed.set()  # a (re)started target has no schedule yet
             self.polls = 0
             self.info.last_error = None
         log.info("%s: set up (%s)", self.name, "primary" if primary else "backup")
@@ -381,7 +430,7 @@ class SwitchDriver:
             if plan.group is not None and plan.group_action is not None:
                 kind = {"insert": INSERT, "modify": MODIFY, "delete": DELETE}[plan.group_action]
                 self.client.write([make_update(kind, plan.group, self.schema)])
-            self.group_replicas = len(desired.group.replicas)
+            self._group_programmed(len(desired.group.replicas))
             return plan.summary()
 
     def _write(self, kind: p4runtime_pb2.Update.Type, entities: Sequence[Any],
@@ -392,6 +441,11 @@ class SwitchDriver:
             real = [e for e in exc.errors if e.code_name != ignore]
             if real or exc.not_attempted:
                 raise
+
+    def _group_programmed(self, replicas: int) -> None:
+        if replicas and not self.group_replicas:
+            self._rounds_changed.set()  # a target's rounds may have stopped with the group
+        self.group_replicas = replicas
 
     def _reset_slots(self, indexes: Sequence[int]) -> None:
         if not indexes:
@@ -480,7 +534,7 @@ class SwitchDriver:
                 self.client.write([make_update(other, group, self.schema)])
         elif self.group_replicas:
             self._write(DELETE, [MulticastGroup(group.id)], ignore="NOT_FOUND")
-        self.group_replicas = len(group.replicas)
+        self._group_programmed(len(group.replicas))
 
     # -- polling ----------------------------------------------------------------------------
 

@@ -23,6 +23,15 @@
 #define HB_MAX_GROUPS 256
 #define HB_REASON_COUNT 16
 #define HB_EVENTS_BYTES (256 * 1024)
+#define HB_FANOUT_GROUP 1 /* the fan-out group (docs/dataplane.md); deadlines use its period */
+
+/* Fan-out bursts and the round timer (docs/dataplane.md "Rounds kept by the target").
+ * A burst is at most HB_BURST replicas: each clone lands in a 256-entry veth ring or the
+ * per-CPU backlog, so a round is cut into bursts; the burst pacer (a tbf qdisc the loader
+ * sets on the CPU port) spaces them so the receivers drain what the previous burst queued. */
+#define HB_BURST 128
+#define HB_PERIOD_MIN_US 100ULL             /* shortest round period a template may ask */
+#define HB_PERIOD_MAX_US 3600000000ULL      /* longest: one hour */
 
 /* hb_reason counter index = reason code (docs/dataplane.md "Counter") */
 enum hb_reason {
@@ -57,6 +66,8 @@ enum hb_plane_state {
 /* CPU port: every frame written by Datapath.packet_out() ends with struct hb_cpu_trailer
  * carrying this magic; anything else arriving there (e.g. the host's own chatter) is dropped. */
 #define HB_CPU_TRAILER_MAGIC 0x48424350 /* "HBCP" */
+/* skb->mark of the copy that empties the burst pacer; the CPU port drops it */
+#define HB_PRIMER_MARK 0x48425052 /* "HBPR" */
 
 /* tc return codes (linux/pkt_cls.h would drag in more than needed) */
 #ifndef TC_ACT_OK

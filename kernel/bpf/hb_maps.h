@@ -62,6 +62,30 @@ struct {
 	__uint(max_entries, 2 * HB_MAX_PEERS);
 } mcast_replicas SEC(".maps");
 
+/* The round schedule, and the loader's CPU-port facts */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE); /* the target process replaces the template in place */
+	__type(key, __u32);
+	__type(value, struct hb_round);
+	__uint(max_entries, 1);
+} hb_rounds SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct hb_config);
+	__uint(max_entries, 1);
+} hb_config SEC(".maps");
+
+/* DOWN deadlines, one timer per peer index (armed by hb_xdp_rx while rounds are periodic) */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct hb_deadline);
+	__uint(max_entries, HB_MAX_PEERS);
+} hb_deadlines SEC(".maps");
+
 /* ---- registers: one mmap-able array per register, indexed by peer index ---- */
 
 #define HB_REGISTER(name, vtype)                      \

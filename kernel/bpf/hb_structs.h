@@ -78,13 +78,41 @@ struct hb_event {
 };
 
 /* Appended (not prepended: bpf_skb_adjust_room only handles IP frames) by
- * Datapath.packet_out() to every frame it writes into the CPU port. */
+ * Datapath.packet_out() to every frame it writes into the CPU port, and kept by the
+ * "carrier": the template frame that hb_tc_cpu sends back through a pacer of the CPU port
+ * to run the next burst of a round, or the next round. */
 struct hb_cpu_trailer {
 	__u32 magic;       /* HB_CPU_TRAILER_MAGIC */
 	__u16 egress_port; /* used when mcast_grp == 0 */
 	__u16 mcast_grp;
-	__u32 start; /* first replica position handled by this injection */
-	__u32 count; /* number of replicas handled by this injection */
+	__u32 start;       /* first replica position of this burst (0: a round starts) */
+	__u16 generation;  /* 0: a single round; else the schedule (hb_round) it drives */
+	__u16 lap;         /* passes through the round pacer so far in this round */
+};
+
+/* The one schedule of periodic rounds the kernel target keeps (hb_rounds[0]). The target
+ * process writes it when a template asks for a period; the carrier runs the rounds. */
+struct hb_round {
+	__u64 period_ns;  /* 0: no periodic rounds */
+	__u64 round_ns;   /* when the current round started (CLOCK_MONOTONIC) */
+	__u32 laps;       /* passes through the round pacer per round (long periods) */
+	__u32 sequence;   /* sequence of the current round */
+	__u16 generation; /* of the live carrier; a new schedule bumps it and the old carrier dies */
+	__u16 group;      /* the multicast group the rounds fan out to */
+	__u8 frame[HB_FRAME_LEN]; /* the request template */
+	__u8 pad[6];
+};
+
+/* CPU-port facts the loader fills in (hb_config[0]) */
+struct hb_config {
+	__u32 round_ifindex; /* CPU-port end whose tbf paces rounds (one pass = one lap) */
+	__u32 burst_ifindex; /* CPU-port end whose tbf spaces the bursts of a round */
+};
+
+/* One DOWN deadline per peer index (hb_deadlines): armed at each fresh response for
+ * detect_mult x the fan-out period, so DOWN is declared at last answer + detection time. */
+struct hb_deadline {
+	struct bpf_timer timer;
 };
 
 #endif

@@ -2,7 +2,10 @@
 /* tc programs:
  *  - hb_tc_l2:  ordinary forwarding (HbIngress.l2_forward) on every monitored port's ingress;
  *  - hb_tc_cpu: the CPU port (ingress of the loader's veth pair end): PacketOut delivery and
- *    the in-kernel request fan-out (packet replication engine + HbEgress.peer_requests). */
+ *    the in-kernel request fan-out (packet replication engine + HbEgress.peer_requests), in
+ *    bursts, and the round timer: the carrier of a periodic schedule keeps circulating
+ *    through the CPU port, held by a tbf qdisc until its next round, with no user-space
+ *    wake-up (docs/dataplane.md "Rounds kept by the target"). */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
@@ -118,7 +121,7 @@ static long fanout_one(__u32 i, void *arg)
 	put_be32(fr + OFF_HB_PEER_ID, req->peer_id);
 	put_be32(fr + OFF_HB_TX_US, now >> 32);
 	put_be32(fr + OFF_HB_TX_US + 4, now);
-	if (bpf_skb_store_bytes(f->skb, 0, fr, HB_FRAME_LEN, 0))
+	if (bpf_skb_store_bytes(f->skb, 0, fr, HB_FRAME_LEN, BPF_F_INVALIDATE_HASH))
 		return 1; /* cannot write the skb: give up this injection */
 
 	__sync_fetch_and_add(tx, 1);
@@ -159,17 +162,49 @@ static __always_inline int template_ok(const __u8 *fr)
 	       hb->type == HB_TYPE_REQUEST;
 }
 
+/* Send the carrier (this skb: a template plus its trailer) back into the CPU port through
+ * one of its pacers (tbf qdiscs): it arrives again when the pacer lets it go, without waking
+ * any user-space process. */
+static __always_inline int carry_on(struct __sk_buff *skb, struct hb_cpu_trailer *tr,
+				    int round_pacer)
+{
+	__u32 key = 0;
+	struct hb_config *cfg = bpf_map_lookup_elem(&hb_config, &key);
+	__u32 ifindex = cfg ? (round_pacer ? cfg->round_ifindex : cfg->burst_ifindex) : 0;
+
+	if (!ifindex)
+		return TC_ACT_SHOT;
+	if (bpf_skb_change_tail(skb, HB_FRAME_LEN + sizeof(*tr), 0) ||
+	    bpf_skb_store_bytes(skb, HB_FRAME_LEN, tr, sizeof(*tr), 0))
+		return TC_ACT_SHOT;
+	return bpf_redirect(ifindex, 0);
+}
+
+/* Empty the burst pacer's bucket so the round's second burst waits a full gap after the
+ * first: a trailer-less copy passes the pacer and is dropped on the other side. */
+static __always_inline void prime_burst_pacer(struct __sk_buff *skb)
+{
+	__u32 key = 0;
+	struct hb_config *cfg = bpf_map_lookup_elem(&hb_config, &key);
+
+	if (cfg && cfg->burst_ifindex) {
+		skb->mark = HB_PRIMER_MARK;
+		bpf_clone_redirect(skb, cfg->burst_ifindex, 0);
+		skb->mark = 0;
+	}
+}
+
 SEC("tc")
 int hb_tc_cpu(struct __sk_buff *skb)
 {
 	struct hb_cpu_trailer tr;
 	__u32 len = skb->len;
 
-	if (len < ETH_HLEN + sizeof(tr))
+	if (len < ETH_HLEN + sizeof(tr) || skb->mark == HB_PRIMER_MARK)
 		return TC_ACT_SHOT;
 	if (bpf_skb_load_bytes(skb, len - sizeof(tr), &tr, sizeof(tr)) ||
 	    tr.magic != HB_CPU_TRAILER_MAGIC)
-		return TC_ACT_SHOT; /* not a PacketOut (host chatter on the CPU veth) */
+		return TC_ACT_SHOT; /* not a PacketOut (host chatter, a pacer primer) */
 	len -= sizeof(tr);
 	if (bpf_skb_change_tail(skb, len, 0))
 		return TC_ACT_SHOT;
@@ -185,14 +220,38 @@ int hb_tc_cpu(struct __sk_buff *skb)
 		.group = tr.mcast_grp,
 		.start = tr.start,
 	};
+	__u32 zero = 0;
+	struct hb_round *r = 0;
 
+	if (tr.generation) {
+		r = bpf_map_lookup_elem(&hb_rounds, &zero);
+		/* a carrier whose schedule was replaced or stopped ends at a round boundary, so a
+		 * round in progress always completes */
+		if (!r)
+			return TC_ACT_SHOT;
+		if (tr.start == 0) {
+			if (r->generation != tr.generation || !r->period_ns || r->group != tr.mcast_grp)
+				return TC_ACT_SHOT;
+			if (++tr.lap < r->laps) /* a long period: more laps before the round */
+				return carry_on(skb, &tr, 1);
+			tr.lap = 0;
+			r->round_ns = bpf_ktime_get_ns();
+			r->sequence++;
+			/* the schedule's template, which the controller may have replaced */
+			__builtin_memcpy(f.frame, r->frame, HB_FRAME_LEN);
+			put_be32(f.frame + OFF_HB + 8, r->sequence);
+			if (len < HB_FRAME_LEN)
+				return TC_ACT_SHOT;
+			goto loaded;
+		}
+	}
 	if (len < HB_FRAME_LEN || bpf_skb_load_bytes(skb, 0, f.frame, HB_FRAME_LEN) ||
 	    !template_ok(f.frame)) {
-		/* a round is split into several injections: count the template once */
-		if (tr.start == 0)
+		if (tr.start == 0) /* counted once per PacketOut, not per burst */
 			hb_count(HB_BAD_TEMPLATE, 1, len);
 		return TC_ACT_SHOT;
 	}
+loaded:
 	if (len > HB_FRAME_LEN && bpf_skb_change_tail(skb, HB_FRAME_LEN, 0))
 		return TC_ACT_SHOT; /* Ethernet padding */
 
@@ -212,14 +271,26 @@ int hb_tc_cpu(struct __sk_buff *skb)
 	struct mcast_group *grp = bpf_map_lookup_elem(&mcast_groups, &f.group);
 	__u32 total = grp ? grp->count : 0;
 
-	if (tr.start >= total)
-		return TC_ACT_SHOT;
+	if (tr.start >= total) /* empty group: nothing this round (the schedule goes on) */
+		goto next_round;
 	__u32 n = total - tr.start;
 
-	if (n > tr.count)
-		n = tr.count;
+	if (n > HB_BURST)
+		n = HB_BURST;
+	if (tr.start == 0 && n < total)
+		prime_burst_pacer(skb);
 	bpf_loop(n, fanout_one, &f, 0);
-	return TC_ACT_SHOT; /* the template itself goes nowhere */
+
+	if (tr.start + n < total) { /* the rest of the round, one burst after the other */
+		tr.start += n;
+		return carry_on(skb, &tr, 0);
+	}
+next_round:
+	if (tr.generation) {
+		tr.start = 0;
+		return carry_on(skb, &tr, 1);
+	}
+	return TC_ACT_SHOT; /* a single round is done */
 }
 
 char _license[] SEC("license") = "GPL";

@@ -286,6 +286,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                          f"p4src/build/{P4INFO_NAME})")
     ap.add_argument("--bpf-dir", type=Path, default=None,
                     help="directory of hb_xdp.o/hb_tc.o (default: $HBMON_BPF_DIR, build/bpf)")
+    ap.add_argument("--burst-gap-us", type=int, default=None,
+                    help="spacing of the fan-out's 128-replica bursts within a round, in us "
+                         "(default 200; raise it when the peers' side "
+                         "drops bursts, e.g. a veth with XDP on its far end)")
     ap.add_argument("--log-level", default="info",
                     choices=["debug", "info", "warning", "error"])
     args = ap.parse_args(argv)
@@ -336,11 +340,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         return refuse(f"cannot load the P4Info {p4info_path}: {exc}")
 
-    from .datapath import Datapath, DatapathError, PeerEvent  # needs libbpf; after the checks
+    from .datapath import (  # needs libbpf; after the checks
+        BURST_GAP_NS,
+        Datapath,
+        DatapathError,
+        PeerEvent,
+    )
 
     sizes = [r.size for r in pipeline.registers.values()]
     dp = Datapath(args.ports, cpu_port=args.cpu_port, bpf_dir=args.bpf_dir,
-                  max_peers=max(sizes) if sizes else 65536)
+                  max_peers=max(sizes) if sizes else 65536,
+                  burst_gap_ns=(args.burst_gap_us * 1000 if args.burst_gap_us is not None
+                                else BURST_GAP_NS))
     server: grpc.Server | None = None
     pump: threading.Thread | None = None
     try:

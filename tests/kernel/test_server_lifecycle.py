@@ -90,7 +90,7 @@ def _tc_filters(iface: str) -> str:
 
 def _cpu_ports(pid: int) -> list[str]:
     names = [link["ifname"] for link in json.loads(ip("-j", "link", "show"))]
-    return [n for n in names if re.fullmatch(rf"hbc{pid}x\d+[ab]", n)]
+    return [n for n in names if re.fullmatch(rf"hbc{pid}x\d+[abcd]", n)]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -100,7 +100,7 @@ def test_clean_exit_on_signal(lab: Lab, signum: int) -> None:
         pid = target.pid
         assert all(_xdp_attached(i) for i in lab.ports.values())
         assert all(_tc_filters(i) for i in lab.ports.values())
-        assert len(_cpu_ports(pid)) == 2
+        assert len(_cpu_ports(pid)) == 4  # two veth pairs: packet-out + round pacer, bursts
         target.signal(signum)
         assert target.wait() == 0, target.output
     finally:
