@@ -251,7 +251,8 @@ def steady_window(pids: dict[str, int], window: float, peers: Peers,
     farm1 = bpf_runtime_ns(os.getpid(), ("hb_farm",))
     ans1, t1 = peers.answered(), time.monotonic()
     dt = t1 - t0
-    out: dict[str, Any] = {"window_s": round(dt, 2)}
+    # other engineers share these 2 cores: the load says how quiet the window was
+    out: dict[str, Any] = {"window_s": round(dt, 2), "load1_at_end": round(os.getloadavg()[0], 2)}
     for k in pids:
         u = (after[k][0] - before[k][0]) / dt
         s = (after[k][1] - before[k][1]) / dt
@@ -642,6 +643,9 @@ def main() -> int:
                          "keep up on 2 cores and only slows the sweep)")
     ap.add_argument("--responder", choices=["auto", "farm", "responder"], default="auto")
     ap.add_argument("--plot-only", action="store_true")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the rows of bench/results/offload.json this run does not "
+                         "measure (e.g. rerun only --monitors hbmon after a product change)")
     args = ap.parse_args()
     out_path = RESULTS_DIR / "offload.json"
     if args.plot_only:
@@ -666,6 +670,8 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     kinds: set[str] = set()
     started = time.time()
+    commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+                            capture_output=True, text=True, check=False).stdout.strip()
     with bpf_stats_enabled() as stats_on, \
             tempfile.TemporaryDirectory(prefix="hbmon-offload-") as tmp:
         for n in sorted(plan):
@@ -676,8 +682,18 @@ def main() -> int:
                 print(f"   baseline skipped above {args.baseline_max_peers} peers", flush=True)
             lab_args = argparse.Namespace(**{**vars(args), "monitors": monitors})
             lab_rows, kind = run_lab(n, sorted(plan[n]), lab_args, use_farm, Path(tmp))
+            for row in lab_rows:  # which product was measured, when (rows may be merged)
+                row["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+                row["commit"] = commit
             rows += lab_rows
             kinds.add(kind)
+    if args.merge and out_path.exists():
+        measured = {(r["monitor"], r["peers"], r["rate_hz"]) for r in rows}
+        old_result = json.loads(out_path.read_text())
+        kept = [r for r in old_result.get("rows", [])
+                if (r["monitor"], r["peers"], r["rate_hz"]) not in measured]
+        rows = sorted(kept + rows, key=lambda r: (r["peers"], r["rate_hz"], r["monitor"]))
+        kinds.update(old_result.get("peers_answered_by", []))
     result: dict[str, Any] = {
         "bench": "offload",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
