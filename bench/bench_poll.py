@@ -11,6 +11,10 @@ returns them, and the CPU time (process_time) of the rest of the poll is measure
           over numpy columns of the verdict registers (a full read every detail interval),
           `tick` over damped peers only; every 800 ms (the new default).
 
+Also (`N_background`): the RTT history sample (every second) and a /metrics scrape, from
+the engine's arrays and from a PeerHealth per peer (the generic path, as before), and the
+controller's steady CPU-s/s from polls + RTT history + one scrape per 15 s.
+
 Two inputs each: `steady` (every peer UP, counters advancing) and `churn` (1 % of the peers
 change their reported status each poll, so they go through the per-peer verdict). The
 read itself (gRPC / BPF maps) is not in these numbers: bench_read.py and bench_controller.py
@@ -35,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from hbmon.api.rtt import RttHistory  # noqa: E402
 from hbmon.config import parse_config  # noqa: E402
 from hbmon.controller import Fabric  # noqa: E402
 from hbmon.health import SLOT_FIELDS  # noqa: E402
@@ -48,6 +53,7 @@ from tests.controller import health_reference  # noqa: E402
 
 P4INFO = ROOT / "p4src" / "build" / "heartbeat.p4info.txtpb"
 BEFORE_POLL_S = 0.5  # the old default poll_interval_ms
+SCRAPE_S = 15.0  # a usual Prometheus scrape interval
 _F = {name: i for i, name in enumerate(SLOT_FIELDS)}
 
 
@@ -146,12 +152,43 @@ def after(n: int, churn: bool, polls: int, as_lists: bool) -> dict[str, float]:
             spent += time.process_time() - t0
         return spent
 
-    result = measure(poll, polls)
-    started = time.process_time()
-    text = ServiceMetrics(fabric).text()  # a scrape: the only per-peer metrics work
-    result["scrape_ms"] = round((time.process_time() - started) * 1000, 1)
-    result["scrape_bytes"] = len(text)
-    return result
+    return measure(poll, polls)
+
+
+class _Generic:
+    """The fabric without its array exports: what the API sees of any other service (and
+    what the scrape and the RTT history cost before the array paths)."""
+
+    def __init__(self, fabric: Fabric) -> None:
+        self._fabric = fabric
+
+    def __getattr__(self, name: str) -> object:
+        if name in ("peer_columns", "rtt_sample"):
+            raise AttributeError(name)
+        return getattr(self._fabric, name)
+
+
+def background(n: int, rounds: int) -> dict[str, float]:
+    """What hbmon serve does besides polls with no client busy: the RTT history sample
+    (every second) and a Prometheus scrape, each by arrays and by PeerHealth per peer."""
+    fabric = make_fabric(n, time.time)
+    for k in range(1, 4):
+        for sw, driver in fabric.drivers.items():
+            members = fabric._poll_members(sw)
+            fabric._observe(driver, members, SLOT_FIELDS,
+                            columns_for(k, len(members.indexes), False))
+    out: dict[str, float] = {}
+    generic = _Generic(fabric)
+    for label, service in (("arrays", fabric), ("per_peer", generic)):
+        scrape = ServiceMetrics(service)  # type: ignore[arg-type]
+        rtt = RttHistory(service, 1.0, 120)  # type: ignore[arg-type]
+        for what, fn in (("scrape", scrape.text), ("rtt_sample", rtt.sample)):
+            fn()
+            t0 = time.process_time()
+            for _ in range(rounds):
+                fn()
+            out[f"{what}_ms_{label}"] = round((time.process_time() - t0) / rounds * 1000, 2)
+    return out
 
 
 def main() -> None:
@@ -182,6 +219,20 @@ def main() -> None:
             }
             print(n, scenario, old["median_ms"], new["median_ms"], new_lists["median_ms"],
                   file=sys.stderr)
+        bg = background(n, 5 if n <= 4096 else 2)
+        steady = rows[f"{n}_steady"]["after_numpy_columns"]  # type: ignore[index]
+        rows[f"{n}_background"] = {
+            "peers": n, **bg,
+            "assumed": {"rtt_sample_interval_s": 1.0, "scrape_interval_s": SCRAPE_S},
+            # poll (after) + RTT history + scrapes: the controller's share with no client busy
+            "steady_cpu_s_per_s": round(steady["cpu_s_per_s"] + bg["rtt_sample_ms_arrays"] / 1000
+                                        + bg["scrape_ms_arrays"] / 1000 / SCRAPE_S, 5),
+            "steady_cpu_s_per_s_before": round(
+                rows[f"{n}_steady"]["before"]["cpu_s_per_s"]  # type: ignore[index]
+                + bg["rtt_sample_ms_per_peer"] / 1000
+                + bg["scrape_ms_per_peer"] / 1000 / SCRAPE_S, 5),
+        }
+        print(n, "background", bg, file=sys.stderr)
     write_result("controller_poll", {
         "bench": "controller_poll",
         "what": "controller CPU per poll after the read (health engine + fabric), pure logic",
