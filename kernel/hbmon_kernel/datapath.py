@@ -115,6 +115,16 @@ class PeerEvent:
     time_us: int
 
 
+def is_request_template(frame: bytes) -> bool:
+    """A fan-out template as docs/dataplane.md "Templates" defines it (hb_tc.c template_ok):
+    only such a frame's tx_timestamp_us is a round period."""
+    return (len(frame) >= 66 and frame[12:14] == b"\x08\x00" and frame[14] == 0x45
+            and frame[23] == 17 and frame[16:18] == b"\x00\x34"
+            and int.from_bytes(frame[20:22], "big") & 0x3FFF == 0
+            and frame[34:40] == b"\x23\xe7\x23\xe6\x00\x20"
+            and frame[42:46] == b"\x48\x42\x01\x01")
+
+
 def default_bpf_dir() -> Path:
     env = os.environ.get("HBMON_BPF_DIR")
     if env:
@@ -773,7 +783,8 @@ class Datapath:
             raise ValueError(f"frame of {len(frame)} bytes is larger than the CPU port allows")
         frame = bytes(frame)
         period_us = 0
-        if mcast_grp and len(frame) >= _TX_AT + 8:
+        if mcast_grp and is_request_template(frame):
+            # (anything else goes to the kernel as it is, which counts it BAD_TEMPLATE)
             period_us = int.from_bytes(frame[_TX_AT:_TX_AT + 8], "big")
         if period_us and not PERIOD_MIN_US <= period_us <= PERIOD_MAX_US:
             raise ValueError(f"round period {period_us} us (the template's tx_timestamp_us) "
