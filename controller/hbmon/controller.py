@@ -207,6 +207,9 @@ class SwitchDriver:
         self._poll_requests: dict[tuple[str, ...],
                                   tuple[tuple[int, ...], bytes]] = {}
         self._next_detail = 0.0  # monotonic time of the next full read (all registers)
+        # one register read at a time: a poll, or an API client's read of a peer's details
+        # (bmv2's Thrift register client is not thread-safe)
+        self._read_lock = threading.Lock()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -563,6 +566,14 @@ class SwitchDriver:
         whole = self.registers.snapshot(list(names))
         return {n: [whole[n][i] for i in indexes] for n in names}
 
+    def read_details(self, index: int) -> dict[str, int]:
+        """The registers of slot `index` that polls read only every detail interval, read
+        now (an API client asks for one peer's details): slot field -> value."""
+        fields = self.fabric.engine.config.detail_fields
+        with self._read_lock:
+            cells = self._read_registers([f"hb_{f}" for f in fields], [index])
+        return {f: int(cells[f"hb_{f}"][0]) for f in fields}
+
     def poll(self) -> bool:
         """Read the verdict registers of every peer (all registers and the hb_reason
         counters every detail interval) and feed the health engine in one batch."""
@@ -572,8 +583,9 @@ class SwitchDriver:
         fields = SLOT_FIELDS if detail else self.fabric.engine.config.verdict_fields
         try:
             indexes = members.indexes
-            cells = self._read_registers([f"hb_{f}" for f in fields], indexes) \
-                if indexes else {}
+            with self._read_lock:
+                cells = self._read_registers([f"hb_{f}" for f in fields], indexes) \
+                    if indexes else {}
             counters: dict[str, tuple[int, int]] | None = None
             if detail:
                 counters = {}
@@ -1074,6 +1086,23 @@ class Fabric:
     # -- HbmonService: health ---------------------------------------------------------------
 
     def health(self, name: str) -> PeerHealth:
+        """One peer's health, its informational registers read now (polls read them only
+        every detail interval): what one client asks for is never older than a poll."""
+        with self._state_lock:
+            peer = self._peers.get(name)
+            if peer is None:
+                raise NotFoundError("peer", name)
+            switch, index = peer.switch, peer.index
+        driver = self.drivers.get(switch)
+        if driver is not None and index is not None and driver.ready:
+            try:
+                details = driver.read_details(index)
+            except Exception as exc:  # the poll reports read failures; keep the last read
+                log.debug("%s: reading details of %s failed: %s", switch, name, exc)
+            else:
+                with self._state_lock:
+                    if self._by_index.get((switch, index)) == name:
+                        self.engine.set_details(name, details)
         with self._state_lock:
             if name not in self._peers:
                 raise NotFoundError("peer", name)

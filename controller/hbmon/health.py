@@ -105,6 +105,11 @@ class HealthConfig:
         return self.rtt_degraded_us * 4 // 5
 
     @property
+    def detail_fields(self) -> tuple[str, ...]:
+        """The slot fields no verdict uses (informational: a poll may read them less often)."""
+        return tuple(f for f in SLOT_FIELDS if f not in self.verdict_fields)
+
+    @property
     def verdict_fields(self) -> tuple[str, ...]:
         """The slot fields the verdicts depend on (a poll must read these every time)."""
         rtt = "rtt_ewma_us" if self.rtt_metric == "ewma" else "rtt_last_us"
@@ -277,6 +282,17 @@ class HealthEngine:
         self._clear_window(row)
 
     # -- inputs -----------------------------------------------------------------------------
+
+    def set_details(self, name: str, values: dict[str, int]) -> None:
+        """A newer read of informational slot fields (`HealthConfig.detail_fields`) of one
+        peer: shown in its health, no evidence for any verdict."""
+        row = self._peers[name].row
+        if not self._has_slot[row]:
+            return  # not polled yet: the first poll reads every field
+        for field_name, value in values.items():
+            if field_name in self.config.verdict_fields:
+                raise ValueError(f"{field_name} is a verdict field: only polls update it")
+            self._slots[_FIELD[field_name], row] = value
 
     def observe(self, name: str, slot: Slot, now: float) -> list[Event]:
         """One poll's read of the peer's slot (a batch of one)."""

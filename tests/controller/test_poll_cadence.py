@@ -2,7 +2,8 @@
 
 - over real gRPC (the in-memory P4Runtime test server, as in test_fabric.py): the verdict
   registers are read every poll, so a new RTT verdict reaches the API by the next poll, while
-  the informational registers (dup_count, ...) are read every `detail_interval_ms`;
+  the informational registers (dup_count, ...) are polled every `detail_interval_ms` and
+  read at once when a client asks for one peer;
 - pure logic (a `Fabric` that is never started: no switch is needed to feed it a poll's
   columns): a peer removed while a poll was reading is dropped from that poll, and the RTT
   history samples the engine's arrays.
@@ -49,15 +50,19 @@ def test_verdict_registers_every_poll_details_every_detail_interval(
         assert index is not None
         set_slot(server, schema, index, rx_count=5, tx_count=5, rtt_ewma_us=300,
                  state=PlaneState.UP, dup_count=7, last_seq=99)
-        wait_for(lambda: h.fabric.health("a").state == Health.UP, what="UP")
+        wait_for(lambda: h.fabric.all_health()[0].state == Health.UP, what="UP")
         # a slow peer: the RTT is a verdict register, read every poll
         set_slot(server, schema, index, rx_count=6, tx_count=6, rtt_ewma_us=900_000)
-        wait_for(lambda: h.fabric.health("a").state == Health.DEGRADED, what="DEGRADED")
-        slot = h.fabric.health("a").slot
-        assert (slot.rx_count, slot.rtt_ewma_us) == (6, 900_000)
+        wait_for(lambda: h.fabric.all_health()[0].state == Health.DEGRADED, what="DEGRADED")
+        listed = h.fabric.all_health()[0].slot
+        assert (listed.rx_count, listed.rtt_ewma_us) == (6, 900_000)
         # the first poll read everything (all zero then); dup_count and last_seq are
-        # informational, next read an hour later
-        assert (slot.dup_count, slot.last_seq) == (0, 0)
+        # informational, next polled an hour later: a listing shows that read ...
+        assert (listed.dup_count, listed.last_seq) == (0, 0)
+        # ... while a client asking for this one peer gets them read now
+        slot = h.fabric.health("a").slot
+        assert (slot.dup_count, slot.last_seq, slot.rx_count) == (7, 99, 6)
+        assert h.fabric.all_health()[0].slot.dup_count == 7
     finally:
         h.fabric.stop()
         h.store.close()
@@ -76,8 +81,9 @@ def test_details_follow_the_detail_interval(server: TestP4RuntimeServer) -> None
         assert index is not None
         set_slot(server, schema, index, rx_count=5, tx_count=5, dup_count=7, last_seq=99,
                  peer_load=42, state=PlaneState.UP)
-        wait_for(lambda: h.fabric.health("a").slot.dup_count == 7, what="dup_count read")
-        slot = h.fabric.health("a").slot
+        # polls (a listing shows what they read) read everything again and again
+        wait_for(lambda: h.fabric.all_health()[0].slot.dup_count == 7, what="dup_count polled")
+        slot = h.fabric.all_health()[0].slot
         assert (slot.last_seq, slot.peer_load, slot.rx_count) == (99, 42, 5)
         assert h.fabric.dataplane_counters()["s1"] is not None
     finally:
@@ -142,3 +148,14 @@ def test_default_poll_keeps_verdicts_within_a_second() -> None:
     switch = parse_config({"switches": [{"name": "s", "grpc": "h:1"}]}).switches[0]
     assert switch.poll_interval_s < 1.0
     assert switch.detail_interval_s >= switch.poll_interval_s
+
+
+def test_details_never_overwrite_verdict_fields() -> None:
+    fabric = _offline_fabric(peer(1))
+    fabric._observe(fabric.drivers["s1"], fabric._poll_members("s1"), SLOT_FIELDS,
+                    _columns(1, 1))
+    fabric.engine.set_details("p1", {"dup_count": 3})
+    assert fabric.engine.health("p1").slot.dup_count == 3
+    with pytest.raises(ValueError):
+        fabric.engine.set_details("p1", {"rx_count": 0})
+    assert fabric.engine.health("p1").slot.rx_count == 5
