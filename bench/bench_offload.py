@@ -344,6 +344,8 @@ def hbmon_row(topo: Topology, rate: float, grpc_addr: str, target_pid: int, peer
     row["user_cpu_s_per_s"] = round(m["controller"]["cpu_s_per_s"] + m["target"]["cpu_s_per_s"],
                                     4)
     row["states_at_end"] = final
+    # the data plane really sent every round: every peer but the muted one answered each
+    row["keeps_up"] = m["answers_per_s"] >= 0.98 * (n - 1) * rate
     row["muted_state_at_end"] = h.get("state")
     return finish_row(row, n, interval_ms)
 
@@ -507,6 +509,7 @@ def report(row: dict[str, Any]) -> None:
     print(f"  {row['monitor']:16} {row['peers']:6} peers {row['rate_hz']:5g} Hz: user "
           f"{row['user_cpu_s_per_s']:.4f} CPU-s/s  bpf {row.get('bpf_cpu_s_per_s', '-')}  "
           f"answers/s {row['answers_per_s']:.0f}  valid {row['valid']}"
+          + (f"  keeps up {row['keeps_up']}" if "keeps_up" in row else "")
           + (f"  ({'; '.join(row.get('invalid_because', []))})" if not row["valid"] else ""),
           flush=True)
 
@@ -611,14 +614,18 @@ def plot(result: dict[str, Any]) -> list[Path]:
 
 
 def markdown_table(result: dict[str, Any]) -> str:
-    lines = ["| monitor | peers | rate | user CPU (CPU-s/s) | of which sys | BPF CPU | "
-             "answers/s | valid |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines = ["| monitor | peers | rate | user-space CPU (CPU-s/s) | of which sys | "
+             "data-plane BPF CPU | answers/s (of expected) | fresh | keeps up |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
     for r in result.get("rows", []):
         sys_s = sum(v["sys"] for k, v in r.items() if isinstance(v, dict) and "sys" in v)
+        expected = max(1.0, (r["peers"] - 1) * r["rate_hz"])  # the muted peer is silent
         lines.append(
             f"| {r['monitor']} | {r['peers']:,} | {r['rate_hz']:g} Hz | "
             f"{r['user_cpu_s_per_s']:.4f} | {sys_s:.4f} | {r.get('bpf_cpu_s_per_s', '-')} | "
-            f"{r['answers_per_s']:,.0f} | {'yes' if r['valid'] else 'no'} |")
+            f"{r['answers_per_s']:,.0f} ({r['answers_per_s'] / expected:.0%}) | "
+            f"{'yes' if r['valid'] else 'no'} | "
+            f"{'-' if 'keeps_up' not in r else 'yes' if r['keeps_up'] else 'no'} |")
     return "\n".join(lines)
 
 
