@@ -239,17 +239,25 @@ def farm_available() -> tuple[bool, str]:
 # ---- one measurement window ----------------------------------------------------------------
 
 
+def machine_softirq_s() -> float:
+    """Softirq CPU seconds of the whole machine (/proc/stat): where XDP/tc and BPF timer
+    callbacks run. bpf_stats does not count timer callbacks, so this is the cross-check
+    (it includes the peer farm and anyone else's traffic: context, not hbmon's bill)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return int(fields[7]) / CLK_TCK
+
+
 def steady_window(pids: dict[str, int], window: float, peers: Peers,
                   bpf_pid: int | None) -> dict[str, Any]:
     before = {k: proc_cpu(p) for k, p in pids.items()}
     bpf0 = bpf_runtime_ns(bpf_pid) if bpf_pid else {}
     farm0 = bpf_runtime_ns(os.getpid(), ("hb_farm",))  # this process loaded the farm
-    ans0, t0 = peers.answered(), time.monotonic()
+    ans0, t0, soft0 = peers.answered(), time.monotonic(), machine_softirq_s()
     pause(window)
     after = {k: proc_cpu(p) for k, p in pids.items()}
     bpf1 = bpf_runtime_ns(bpf_pid) if bpf_pid else {}
     farm1 = bpf_runtime_ns(os.getpid(), ("hb_farm",))
-    ans1, t1 = peers.answered(), time.monotonic()
+    ans1, t1, soft1 = peers.answered(), time.monotonic(), machine_softirq_s()
     dt = t1 - t0
     # other engineers share these 2 cores: the load says how quiet the window was
     out: dict[str, Any] = {"window_s": round(dt, 2), "load1_at_end": round(os.getloadavg()[0], 2)}
@@ -264,6 +272,7 @@ def steady_window(pids: dict[str, int], window: float, peers: Peers,
     out["peer_side_bpf_cpu_s_per_s"] = round(
         (sum(farm1.values()) - sum(farm0.values())) / 1e9 / dt, 5)
     out["answers_per_s"] = round((ans1 - ans0) / dt, 1)
+    out["machine_softirq_cpu_s_per_s"] = round((soft1 - soft0) / dt, 4)
     return out
 
 
