@@ -566,6 +566,18 @@ class SwitchDriver:
         whole = self.registers.snapshot(list(names))
         return {n: [whole[n][i] for i in indexes] for n in names}
 
+    def read_counters(self) -> dict[str, tuple[int, int]]:
+        """The `hb_reason` counters now: reason name -> (packets, bytes)."""
+        counters: dict[str, tuple[int, int]] = {}
+        for e in self.client.read([CounterRead("hb_reason")]):
+            cell = CounterCell.decode(self.schema, e)
+            try:
+                reason = Reason(cell.index).name
+            except ValueError:
+                reason = f"reason_{cell.index}"
+            counters[reason] = (cell.packets, cell.bytes)
+        return counters
+
     def read_details(self, index: int) -> dict[str, int]:
         """The registers of slot `index` that polls read only every detail interval, read
         now (an API client asks for one peer's details): slot field -> value."""
@@ -586,16 +598,7 @@ class SwitchDriver:
             with self._read_lock:
                 cells = self._read_registers([f"hb_{f}" for f in fields], indexes) \
                     if indexes else {}
-            counters: dict[str, tuple[int, int]] | None = None
-            if detail:
-                counters = {}
-                for e in self.client.read([CounterRead("hb_reason")]):
-                    cell = CounterCell.decode(self.schema, e)
-                    try:
-                        reason = Reason(cell.index).name
-                    except ValueError:
-                        reason = f"reason_{cell.index}"
-                    counters[reason] = (cell.packets, cell.bytes)
+            counters = self.read_counters() if detail else None
         except Exception as exc:
             self.info.last_error = f"poll: {exc}"
             if self.fabric.metrics is not None:
@@ -1164,6 +1167,14 @@ class Fabric:
         return out
 
     def dataplane_counters(self) -> dict[str, dict[str, tuple[int, int]]]:
+        """Each switch's `hb_reason` counters, read now where the switch is ready (polls
+        read them only every detail interval), else as last read."""
+        for driver in self.drivers.values():
+            if driver.ready:
+                try:
+                    driver.counters = driver.read_counters()
+                except Exception as exc:  # the poll reports read failures
+                    log.debug("%s: reading counters failed: %s", driver.name, exc)
         return {name: dict(d.counters) for name, d in self.drivers.items()}
 
     def ready(self) -> bool:

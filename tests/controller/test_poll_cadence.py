@@ -21,7 +21,7 @@ from hbmon.controller import Fabric
 from hbmon.health import SLOT_FIELDS
 from hbmon.model import Health, Peer
 from hbmon.p4info import P4Schema
-from hbmon.protocol import PlaneState
+from hbmon.protocol import PlaneState, Reason
 from hbmon.store import open_store
 
 from .p4rt_testserver import TestP4RuntimeServer
@@ -63,6 +63,11 @@ def test_verdict_registers_every_poll_details_every_detail_interval(
         slot = h.fabric.health("a").slot
         assert (slot.dup_count, slot.last_seq, slot.rx_count) == (7, 99, 6)
         assert h.fabric.all_health()[0].slot.dup_count == 7
+        # the hb_reason counters too: polled with the details, read at once when asked
+        with server.lock:
+            server.counters[(schema.counter("hb_reason").id, Reason.RESPONSE_RECORDED)] = (3, 90)
+        assert h.fabric.drivers["s1"].counters.get("RESPONSE_RECORDED", (0, 0)) == (0, 0)
+        assert h.fabric.dataplane_counters()["s1"]["RESPONSE_RECORDED"] == (3, 90)
     finally:
         h.fabric.stop()
         h.store.close()
