@@ -138,6 +138,15 @@ def _bmv2_over_xdp(data: dict[str, Any], results: Path) -> float | None:
     return float(bmv2_us) * 1000.0 / float(xdp_ns)
 
 
+# issue 9: a verdict within 1 s of its data-plane evidence; rounds within +-1 ms of the period
+FRESH_1S = Reference("issue 9: within 1 s of the evidence", 1000.0, "issue 9")
+PERIOD_1MS = Reference("issue 9: within +-1 ms of the period", 1.0, "issue 9")
+
+
+def _detect(case: str, series: str, pct: str) -> tuple[Step, ...]:
+    return ("cases", case, "down", series, pct)
+
+
 METRICS: tuple[Metric, ...] = (
     Metric("xdp", "XDP responses, known peer (BPF_PROG_TEST_RUN)", "Mpps/core",
            ("prog_test_run", "known_peer_duplicate", "mpps_per_core"),
@@ -252,6 +261,47 @@ METRICS: tuple[Metric, ...] = (
     Metric("offload", "tuned baseline CPU / hbmon user CPU, 4,096 peers x 10 Hz", "x",
            ("comparison", "4096x10Hz", "baseline_tuned_over_hbmon"),
            target=Reference("issue 9: >= 20x", 20.0, "issue 9")),
+    Metric("detection", "last answer -> SSE DOWN, kernel 10 ms x 3, 1,024 peers, p50", "ms",
+           _detect("kernel_10ms_x3", "end_to_end_ms", "p50"), better="lower",
+           target=Reference("issue 9: <= 31 ms", 31.0, "issue 9"),
+           references=(FRR_DETECT, ASR9K_DETECT)),
+    Metric("detection", "last answer -> SSE DOWN, kernel 10 ms x 3, 1,024 peers, p99", "ms",
+           _detect("kernel_10ms_x3", "end_to_end_ms", "p99"), better="lower",
+           target=Reference("issue 9: <= 35 ms", 35.0, "issue 9")),
+    Metric("detection", "DOWN decided in the data plane (digest time_us), 10 ms x 3, p50",
+           "ms", _detect("kernel_10ms_x3", "dataplane_decision_ms", "p50"), better="lower",
+           references=(FRR_DETECT,)),
+    Metric("detection", "last answer -> SSE DOWN, kernel 3.3 ms x 3, 1,024 peers, p99", "ms",
+           _detect("kernel_3.3ms_x3", "end_to_end_ms", "p99"), better="lower",
+           target=Reference("issue 9: <= 12 ms", 12.0, "issue 9"),
+           references=(ASR9K_DETECT, EXOS_DETECT)),
+    Metric("detection", "last answer -> SSE DOWN, bmv2 100 ms x 3, p50", "ms",
+           _detect("bmv2_100ms_x3", "end_to_end_ms", "p50"), better="lower",
+           target=Reference("issue 9: <= 305 ms", 305.0, "issue 9"),
+           references=(OVS_DETECT,)),
+    Metric("detection", "peer reports DEGRADED -> SSE DEGRADED (10 ms x 3), max", "ms",
+           ("cases", "kernel_10ms_x3", "degraded_status", "from_evidence_ms", "max"),
+           better="lower", target=FRESH_1S),
+    Metric("detection", "50 % loss evidence -> SSE DEGRADED (10 ms x 3), max", "ms",
+           ("cases", "kernel_10ms_x3", "degraded_loss", "from_evidence_ms", "max"),
+           better="lower", target=FRESH_1S),
+    Metric("rounds_load", "round period at a peer, kernel 10 ms: max |deviation|, idle / "
+           "1k req/s / 50 MB bodies", "ms",
+           ("summary", "kernel_10ms", "worst_max_abs_deviation_ms"), better="lower",
+           target=PERIOD_1MS),
+    Metric("rounds_load", "round period at a peer, kernel 10 ms, API at ~1k req/s: max "
+           "|deviation|", "ms", ("summary", "kernel_10ms", "by_condition", "get",
+                                  "max_abs_deviation_ms"), better="lower", target=PERIOD_1MS),
+    Metric("rounds_load", "round period at a peer, kernel 10 ms, 50 MB bodies: max "
+           "|deviation|", "ms", ("summary", "kernel_10ms", "by_condition", "bulk",
+                                 "max_abs_deviation_ms"), better="lower", target=PERIOD_1MS),
+    Metric("rounds_load", "round period at a peer, kernel 100 ms: max |deviation|, all "
+           "conditions", "ms", ("summary", "kernel_100ms", "worst_max_abs_deviation_ms"),
+           better="lower", target=PERIOD_1MS),
+    Metric("rounds_load", "round period at a peer, controller-paced PacketOut (old way) "
+           "10 ms: max |deviation|", "ms",
+           ("summary", "controller_10ms", "worst_max_abs_deviation_ms"), better="lower",
+           target=PERIOD_1MS),
     Metric("responder", "responder answers per CPU-second (batched)", "answers/CPU-s",
            ("batched", "answers_per_cpu_s"), references=(PY_UDP_TUNED, PY_UDP_ASYNCIO)),
     Metric("responder", "responder answers per CPU-second (one datagram per syscall)",

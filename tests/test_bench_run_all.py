@@ -96,3 +96,29 @@ def test_offload_rows_pick_the_monitor_peers_and_rate(tmp_path: Path) -> None:
     assert ratio["value"] == 7.5 and ratio["comparisons"][0]["meets"] is False
     assert by_label["hbmon user CPU at 100 Hz / at 1 Hz (4,096 peers)"]["value"] == 5.0
     assert by_label["hbmon user-space CPU, 65,536 peers x 10 Hz"]["value"] is None
+
+
+def test_detection_and_rounds_rows_read_their_results(tmp_path: Path) -> None:
+    down = {"end_to_end_ms": {"p50": 32.5, "p99": 34.0},
+            "dataplane_decision_ms": {"p50": 30.0}}
+    (tmp_path / "detection.json").write_text(json.dumps({"cases": {
+        "kernel_10ms_x3": {"down": down, "degraded_status": {"from_evidence_ms": {"max": 800}}},
+        "bmv2_100ms_x3": {"skipped": "skipped: no bmv2"}}}))
+    (tmp_path / "rounds_load.json").write_text(json.dumps({"summary": {"kernel_10ms": {
+        "worst_max_abs_deviation_ms": 0.4,
+        "by_condition": {"get": {"max_abs_deviation_ms": 0.3}}}}}))
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--summary-only", "--results",
+                           str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    by_label = {m["label"]: m for m in json.loads(
+        (tmp_path / "summary.json").read_text())["metrics"]}
+    p50 = by_label["last answer -> SSE DOWN, kernel 10 ms x 3, 1,024 peers, p50"]
+    assert p50["value"] == 32.5 and p50["comparisons"][0]["meets"] is False  # goal 31 ms
+    assert by_label["last answer -> SSE DOWN, bmv2 100 ms x 3, p50"]["value"] is None
+    status = by_label["peer reports DEGRADED -> SSE DEGRADED (10 ms x 3), max"]
+    assert status["value"] == 800 and status["comparisons"][0]["meets"] is True
+    worst = by_label["round period at a peer, kernel 10 ms: max |deviation|, idle / "
+                     "1k req/s / 50 MB bodies"]
+    assert worst["value"] == 0.4 and worst["comparisons"][0]["meets"] is True
+    assert by_label["round period at a peer, kernel 10 ms, API at ~1k req/s: max "
+                    "|deviation|"]["value"] == 0.3
