@@ -57,7 +57,15 @@ sys.path.insert(0, str(ROOT / "bench"))
 from hbmon import targets  # noqa: E402
 from hbmon.config import DEFAULT_P4INFO  # noqa: E402
 from hbmon.responder import ControlClient  # noqa: E402
-from hbmon_topo.model import PeerSpec, Topology, multi  # noqa: E402
+from hbmon_topo.model import (  # noqa: E402
+    FIRST_PEER_ADDRESS,
+    MAX_PEERS_IN_SUBNET,
+    Layout,
+    PeerSpec,
+    Topology,
+    multi,
+    peer_mac,
+)
 from hbmon_topo.netns import NetnsLab  # noqa: E402
 from results_io import RESULTS_DIR, write_result  # noqa: E402
 
@@ -209,7 +217,8 @@ class FarmPeers(Peers):
     def __init__(self, lab: NetnsLab, topo: Topology) -> None:
         from hbmon_topo.farm import PeerFarm
 
-        self.farm = PeerFarm("eth0", lab.host_ns("peers"), "198.18.0.0/16",
+        prefix = f"198.18.0.0/{topo.prefixlen}"
+        self.farm = PeerFarm("eth0", lab.host_ns("peers"), prefix,
                              exclude=[topo.monitor_address])
         self.farm.start()
 
@@ -476,10 +485,23 @@ def baseline_row(topo: Topology, rate: float, variant: str, ns: str, peers: Peer
 
 # ---- the sweep -----------------------------------------------------------------------------
 
+WIDE_PREFIXLEN = 15  # 198.18.0.0/15, the whole RFC 2544 benchmarking range
+
+
+def lab_topology(n: int) -> Topology:
+    """multi(n); beyond what its /16 holds (65,278 peers), the same over 198.18.0.0/15."""
+    if n <= MAX_PEERS_IN_SUBNET:
+        return multi(n)
+    base = multi(1)
+    peers = tuple(PeerSpec(f"peer{i + 1:05d}", str(FIRST_PEER_ADDRESS + i), peer_mac(0),
+                           1001 + i, 1) for i in range(n))
+    return Topology("multi-wide", Layout.MULTI, base.monitor_address, base.ports, peers,
+                    prefixlen=WIDE_PREFIXLEN)
+
 
 def run_lab(n: int, rates: list[float], args: argparse.Namespace, use_farm: bool,
             workdir: Path) -> tuple[list[dict[str, Any]], str]:
-    topo = multi(n)
+    topo = lab_topology(n)
     rows: list[dict[str, Any]] = []
     with NetnsLab(topo) as lab:
         peers: Peers = FarmPeers(lab, topo) if use_farm else ResponderPeers(lab, topo)
@@ -688,6 +710,7 @@ def main() -> int:
     started = time.time()
     commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
                             capture_output=True, text=True, check=False).stdout.strip()
+    errors: list[str] = []
     with bpf_stats_enabled() as stats_on, \
             tempfile.TemporaryDirectory(prefix="hbmon-offload-") as tmp:
         for n in sorted(plan):
@@ -697,7 +720,12 @@ def main() -> int:
                 monitors.remove("baseline")
                 print(f"   baseline skipped above {args.baseline_max_peers} peers", flush=True)
             lab_args = argparse.Namespace(**{**vars(args), "monitors": monitors})
-            lab_rows, kind = run_lab(n, sorted(plan[n]), lab_args, use_farm, Path(tmp))
+            try:
+                lab_rows, kind = run_lab(n, sorted(plan[n]), lab_args, use_farm, Path(tmp))
+            except Exception as exc:  # keep the other labs' rows; the error goes in the file
+                errors.append(f"{n} peers: {type(exc).__name__}: {str(exc)[-500:]}")
+                print("   FAILED:", errors[-1], flush=True)
+                continue
             for row in lab_rows:  # which product was measured, when (rows may be merged)
                 row["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
                 row["commit"] = commit
@@ -723,6 +751,7 @@ def main() -> int:
         "baseline_skipped_above_peers": args.baseline_max_peers,
         "window_s": args.window,
         "rows": rows,
+        "errors": errors,
         "comparison": comparisons(rows),
         "goal": goal(rows),
         "note": "user CPU = utime+stime of the monitor's processes (hbmon: controller + kernel "
@@ -733,7 +762,7 @@ def main() -> int:
     for p in plot(result):
         print("plot:", p)
     print(markdown_table(result))
-    return 0
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":
