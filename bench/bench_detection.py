@@ -108,10 +108,13 @@ def goal_check(case: str, dist: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def down_trials(peers: list[PeerSpec], farm: PeerFarm, sse: SseWatcher, reader: CellReader,
-                index: dict[str, int], interval_ms: float) -> list[dict[str, Any]]:
+                index: dict[str, int], interval_ms: float, api: Api, t_serve: float,
+                gap_s: float) -> list[dict[str, Any]]:
     trials = []
     for peer in peers:
+        threading.Event().wait(gap_s)  # spaced: trials start at unrelated round phases
         idx = index[peer.name]
+        before = api.get(f"/api/v1/peers/{peer.name}/health").get("state")
         since = sse.mark()
         farm.set_fault(peer.address, mute=True)
         t_mute = time.monotonic()
@@ -122,7 +125,8 @@ def down_trials(peers: list[PeerSpec], farm: PeerFarm, sse: SseWatcher, reader: 
             since_up = sse.mark()
             farm.clear_fault(peer.address)
         up = sse.wait(peer.name, "UP", since_up, 10)
-        row: dict[str, Any] = {"peer": peer.name, "index": idx,
+        row: dict[str, Any] = {"peer": peer.name, "index": idx, "state_before": before,
+                               "since_serve_start_s": round(t_mute - t_serve, 2),
                                "mute_after_last_rx_ms": round(ms(t_mute) - last_rx_us / 1e3, 3)}
         if ev is None:
             row["error"] = f"no DOWN event ({sse.error or 'timeout'})"
@@ -155,6 +159,8 @@ def summarize_down(case: str, trials: list[dict[str, Any]]) -> dict[str, Any]:
         "from_digest": sum(1 for t in ok if t.get("source") == "digest"),
         "decided_by": {rule: sum(1 for t in ok if t.get("rule") == rule)
                        for rule in ("deadline timer", "send time")},
+        "indexes_by_rule": {rule: [t["index"] for t in ok if t.get("rule") == rule]
+                            for rule in ("deadline timer", "send time")},
         "end_to_end_ms": e2e,
         "dataplane_decision_ms": percentiles([t["dataplane_ms"] for t in ok
                                               if t.get("dataplane_ms") is not None]),
@@ -295,6 +301,21 @@ def summarize_fresh(trials: list[dict[str, Any]], interval_ms: float,
     return out
 
 
+def unprovoked(sse: SseWatcher, out: dict[str, Any]) -> dict[str, Any]:
+    """Transitions of peers no trial touched: the lab's own noise (a loaded machine can
+    delay the peers' NAPI or the target by more than the detection time)."""
+    touched = {r["peer"] for key in ("down", "degraded_status", "degraded_loss")
+               for r in out.get(key, {}).get("rows", [])}
+    by_state: dict[str, int] = {}
+    peers: set[str] = set()
+    for ev in sse.events:
+        first_up = ev.new_state == "UP" and ev.data.get("old_state") in (None, "UNKNOWN")
+        if ev.peer not in touched and not first_up:
+            by_state[str(ev.new_state)] = by_state.get(str(ev.new_state), 0) + 1
+            peers.add(str(ev.peer))
+    return {"by_new_state": by_state, "peers": len(peers)}
+
+
 # ---- one case ------------------------------------------------------------------------------
 
 
@@ -307,10 +328,15 @@ def run_case(lab: NetnsLab, topo: Topology, farm: PeerFarm, interval_ms: float,
     out: dict[str, Any] = {"target": "kernel", "interval_ms": interval_ms,
                            "detect_mult": DETECT_MULT, "peers": len(topo.peers)}
     health = HealthConfig()
+    extra = ["--burst-gap-us", str(args.burst_gap_us)] if args.burst_gap_us else []
+    out["burst_gap_us"] = args.burst_gap_us or "target default (200)"
+    farm0, t_farm0 = farm.counters(), time.monotonic()
     with targets.start_target("kernel", lab.port_map, grpc_addr=grpc_addr,
-                              output_path=workdir / f"target-{case}.log", wait=120) as target, \
+                              output_path=workdir / f"target-{case}.log", wait=120,
+                              extra_args=extra) as target, \
             serve(serve_config(topo, grpc_addr, api_port, interval_ms, DETECT_MULT, workdir),
                   workdir) as proc:
+        t_serve = time.monotonic()
         api = Api(api_port, proc, workdir)
         reader = CellReader(grpc_addr, ["hb_last_rx_us", "hb_peer_status", "hb_tx_count",
                                         "hb_rx_count"])
@@ -324,7 +350,8 @@ def run_case(lab: NetnsLab, topo: Topology, farm: PeerFarm, interval_ms: float,
                 # each kind of trial uses its own peers, spread over the round's bursts
                 n = len(topo.peers)
                 chosen = spread(topo.peers, args.trials, case_no * 3)
-                t = down_trials(chosen, farm, sse, reader, index, interval_ms)
+                t = down_trials(chosen, farm, sse, reader, index, interval_ms, api, t_serve,
+                                args.trial_gap)
                 out["down"] = summarize_down(case, t)
                 out["down"]["rows"] = t
                 if case_no == 0 and args.status_trials:
@@ -352,10 +379,19 @@ def run_case(lab: NetnsLab, topo: Topology, farm: PeerFarm, interval_ms: float,
                         key = str(row.get("reason", "none")).split(":")[0]
                         reasons[key] = reasons.get(key, 0) + 1
                     out["degraded_loss"]["reasons"] = reasons
+                out["unprovoked_transitions"] = unprovoked(sse, out)
         finally:
             reader.close()
             api.close()
         out["target_alive_at_end"] = target.running()
+    farm1 = farm.counters()
+    # the lab's own losses: requests the farm saw vs answers it sent (a loaded 2-core
+    # machine can delay the veth's NAPI until its XDP ring overflows)
+    out["farm"] = {k: getattr(farm1, k) - getattr(farm0, k)
+                   for k in ("requests", "answered", "muted", "lost")}
+    # what the schedule sends meanwhile (an upper bound: the target starts a little later)
+    out["farm"]["requests_scheduled_at_most"] = int(
+        len(topo.peers) * (time.monotonic() - t_farm0) * 1000 / interval_ms)
     out["load1_at_end"] = round(os.getloadavg()[0], 2)
     return out
 
@@ -367,9 +403,13 @@ def main() -> int:
     ap.add_argument("--trials", type=int, default=20, help="DOWN trials per case")
     ap.add_argument("--cases", type=float, nargs="+", default=[10.0, 3.3],
                     help="kernel target intervals (ms), detect_mult 3")
+    ap.add_argument("--trial-gap", type=float, default=0.5,
+                    help="seconds between DOWN trials")
     ap.add_argument("--status-trials", type=int, default=10)
     ap.add_argument("--loss-trials", type=int, default=8)
     ap.add_argument("--setup-timeout", type=float, default=90.0)
+    ap.add_argument("--burst-gap-us", type=int, default=None,
+                    help="the kernel target's --burst-gap-us (default: its own, 200)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (namespace lab, kernel target, XDP farm)", file=sys.stderr)
