@@ -93,6 +93,24 @@ def spread(peers: tuple[PeerSpec, ...], k: int, offset: int = 0) -> list[PeerSpe
     return [peers[(offset + i * step) % len(peers)] for i in range(k)]
 
 
+def up_peers(api: Api, wanted: list[PeerSpec], pool: tuple[PeerSpec, ...],
+             used: set[str]) -> list[PeerSpec]:
+    """`wanted`, each replaced by the next peer of `pool` that is UP now and not used yet: a
+    trial on a peer the lab's noise has already made DOWN or DEGRADED measures nothing."""
+    states = {p["name"]: p.get("state") for p in api.get("/api/v1/peers")["peers"]}
+    names = [p.name for p in pool]
+    out = []
+    for peer in wanted:
+        start = names.index(peer.name)
+        for k in range(len(pool)):
+            cand = pool[(start + k) % len(pool)]
+            if cand.name not in used and states.get(cand.name) == "UP":
+                out.append(cand)
+                used.add(cand.name)
+                break
+    return out
+
+
 def goal_check(case: str, dist: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for pct, limit in GOALS.get(case, []):
@@ -313,7 +331,7 @@ def unprovoked(sse: SseWatcher, out: dict[str, Any]) -> dict[str, Any]:
         if ev.peer not in touched and not first_up:
             by_state[str(ev.new_state)] = by_state.get(str(ev.new_state), 0) + 1
             peers.add(str(ev.peer))
-    return {"by_new_state": by_state, "peers": len(peers)}
+    return {"by_new_state": by_state, "peers": len(peers), "lab_quiet": not by_state}
 
 
 # ---- one case ------------------------------------------------------------------------------
@@ -349,20 +367,24 @@ def run_case(lab: NetnsLab, topo: Topology, farm: PeerFarm, interval_ms: float,
                 poll_ms = args.poll_ms
                 # each kind of trial uses its own peers, spread over the round's bursts
                 n = len(topo.peers)
-                chosen = spread(topo.peers, args.trials, case_no * 3)
+                used: set[str] = set()
+                chosen = up_peers(api, spread(topo.peers, args.trials, case_no * 3),
+                                  topo.peers, used)
                 t = down_trials(chosen, farm, sse, reader, index, interval_ms, api, t_serve,
                                 args.trial_gap)
                 out["down"] = summarize_down(case, t)
                 out["down"]["rows"] = t
                 if case_no == 0 and args.status_trials:
-                    peers = spread(topo.peers, args.status_trials, 1 + n // (4 * args.trials))
+                    peers = up_peers(api, spread(topo.peers, args.status_trials,
+                                                 1 + n // (4 * args.trials)), topo.peers, used)
                     t = status_trials(peers, farm, sse, reader, index, interval_ms)
                     out["degraded_status"] = summarize_fresh(
                         t, interval_ms, ["from_evidence_ms", "from_set_fault_ms",
                                          "evidence_after_set_fault_ms"])
                     out["degraded_status"]["rows"] = t
                 if case_no == 0 and args.loss_trials:
-                    peers = spread(topo.peers, args.loss_trials, 2 + n // (2 * args.trials))
+                    peers = up_peers(api, spread(topo.peers, args.loss_trials,
+                                                 2 + n // (2 * args.trials)), topo.peers, used)
                     t = loss_trials(peers, farm, sse, reader, index, health, poll_ms,
                                     interval_ms)
                     out["degraded_loss"] = summarize_fresh(
@@ -408,6 +430,9 @@ def main() -> int:
     ap.add_argument("--status-trials", type=int, default=10)
     ap.add_argument("--loss-trials", type=int, default=8)
     ap.add_argument("--setup-timeout", type=float, default=90.0)
+    ap.add_argument("--max-load", type=float, default=2.5,
+                    help="wait (polling, at most --load-wait s) until the 1-min load is below")
+    ap.add_argument("--load-wait", type=float, default=300.0)
     ap.add_argument("--burst-gap-us", type=int, default=None,
                     help="the kernel target's --burst-gap-us (default: its own, 200)")
     args = ap.parse_args()
@@ -418,6 +443,12 @@ def main() -> int:
 
     cfg = parse_config({"switches": [{"name": "s1", "grpc": "127.0.0.1:1"}]})
     args.poll_ms = float(cfg.switches[0].poll_interval_ms)
+    # other people's jobs share the 2 cores: past a load the lab itself flaps (the peers'
+    # NAPI and the target wait for CPU longer than a detection time)
+    t_wait = time.monotonic()
+    wait_for(lambda: os.getloadavg()[0] < args.max_load, args.load_wait, 5.0)
+    load_at_start = round(os.getloadavg()[0], 2)
+    print(f"load {load_at_start} after {time.monotonic() - t_wait:.0f} s", flush=True)
     started = time.time()
     topo = multi(args.peers)
     cases: dict[str, Any] = {}
@@ -445,6 +476,7 @@ def main() -> int:
         "commit": git_commit(),
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
                     "python": platform.python_version(),
+                    "load_avg_at_start": load_at_start,
                     "load_avg_at_end": round(os.getloadavg()[0], 2)},
         "peers_answered_by": "XDP peer farm (topo/farm)",
         "poll_interval_ms": args.poll_ms,
