@@ -256,8 +256,31 @@ def machine_softirq_s() -> float:
     return int(fields[7]) / CLK_TCK
 
 
+def link_drops(links: dict[str, tuple[str | None, str]]) -> dict[str, int]:
+    """Drop and error counters of the lab's two link ends (`ip -s` and `ethtool -S`): a veth
+    ring that overflows during a fan-out burst shows here, not in any process's numbers."""
+    out: dict[str, int] = {}
+    for label, (ns, iface) in links.items():
+        pre = ["ip", "netns", "exec", ns] if ns else []
+        proc = subprocess.run([*pre, "ip", "-j", "-s", "link", "show", "dev", iface],
+                              capture_output=True, text=True, check=False)
+        with contextlib.suppress(ValueError, IndexError, KeyError):
+            st = json.loads(proc.stdout)[0]["stats64"]
+            out[f"{label}.rx_dropped"] = int(st["rx"]["dropped"])
+            out[f"{label}.tx_dropped"] = int(st["tx"]["dropped"])
+        proc = subprocess.run([*pre, "ethtool", "-S", iface], capture_output=True, text=True,
+                              check=False)
+        for line in proc.stdout.splitlines()[1:]:
+            key, _, value = line.strip().partition(":")
+            if ("drop" in key or "error" in key) and value.strip().isdigit():
+                out[f"{label}.{key}"] = int(value)
+    return out
+
+
 def steady_window(pids: dict[str, int], window: float, peers: Peers,
-                  bpf_pid: int | None) -> dict[str, Any]:
+                  bpf_pid: int | None,
+                  links: dict[str, tuple[str | None, str]] | None = None) -> dict[str, Any]:
+    drops0 = link_drops(links or {})
     before = {k: proc_cpu(p) for k, p in pids.items()}
     bpf0 = bpf_runtime_ns(bpf_pid) if bpf_pid else {}
     farm0 = bpf_runtime_ns(os.getpid(), ("hb_farm",))  # this process loaded the farm
@@ -282,6 +305,10 @@ def steady_window(pids: dict[str, int], window: float, peers: Peers,
         (sum(farm1.values()) - sum(farm0.values())) / 1e9 / dt, 5)
     out["answers_per_s"] = round((ans1 - ans0) / dt, 1)
     out["machine_softirq_cpu_s_per_s"] = round((soft1 - soft0) / dt, 4)
+    drops1 = link_drops(links or {})
+    # the peers' xdp_drops are the farm's muted peer (XDP_DROP), not a loss
+    out["link_drops"] = {k: v - drops0.get(k, 0) for k, v in drops1.items()
+                         if v - drops0.get(k, 0)}
     return out
 
 
@@ -312,8 +339,8 @@ def serve(config: dict[str, Any], workdir: Path) -> Iterator[subprocess.Popen[by
                 proc.wait()
 
 
-def hbmon_row(topo: Topology, rate: float, grpc_addr: str, target_pid: int, peers: Peers,
-              args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+def hbmon_row(lab: NetnsLab, topo: Topology, rate: float, grpc_addr: str, target_pid: int,
+              peers: Peers, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     n = len(topo.peers)
     muted = topo.peers[-1]
     api_port = free_port()
@@ -353,7 +380,7 @@ def hbmon_row(topo: Topology, rate: float, grpc_addr: str, target_pid: int, peer
             row["down_seen_after_mute_s"] = round(time.monotonic() - t_mute, 3) if down else None
             pause(args.warmup)
             m = steady_window({"controller": proc.pid, "target": target_pid}, args.window,
-                              peers, target_pid)
+                              peers, target_pid, links(lab, None))
             final = states()
             h = api_get(api_port, f"/api/v1/peers/{muted.name}/health")
         finally:
@@ -366,6 +393,11 @@ def hbmon_row(topo: Topology, rate: float, grpc_addr: str, target_pid: int, peer
     row["keeps_up"] = m["answers_per_s"] >= 0.98 * (n - 1) * rate
     row["muted_state_at_end"] = h.get("state")
     return finish_row(row, n, interval_ms)
+
+
+def links(lab: NetnsLab, monitor_ns: str | None) -> dict[str, tuple[str | None, str]]:
+    return {"monitor_port": (monitor_ns, lab.monitor_iface(1)),
+            "peers_port": (lab.host_ns("peers"), "eth0")}
 
 
 def finish_row(row: dict[str, Any], n: int, interval_ms: float) -> dict[str, Any]:
@@ -416,8 +448,8 @@ def read_status(path: Path) -> dict[str, Any]:
         return {}
 
 
-def baseline_row(topo: Topology, rate: float, variant: str, ns: str, peers: Peers,
-                 args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+def baseline_row(lab: NetnsLab, topo: Topology, rate: float, variant: str, ns: str,
+                 peers: Peers, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     n = len(topo.peers)
     muted = topo.peers[-1]
     interval_ms = 1000.0 / rate
@@ -455,7 +487,8 @@ def baseline_row(topo: Topology, rate: float, variant: str, ns: str, peers: Peer
             row["down_seen_after_mute_s"] = round(time.monotonic() - t_mute, 3) if down else None
             pause(args.warmup)
             before = st()
-            m = steady_window({"process": proc.pid}, args.window, peers, None)
+            m = steady_window({"process": proc.pid}, args.window, peers, None,
+                              links(lab, ns))
             after = st()
         finally:
             peers.mute(muted, False)
@@ -512,8 +545,8 @@ def run_lab(n: int, rates: list[float], args: argparse.Namespace, use_farm: bool
                                           output_path=workdir / f"target-{n}.log",
                                           wait=120) as target:
                     for rate in rates:
-                        row = hbmon_row(topo, rate, grpc_addr, target.pid, peers, args,
-                                        workdir)
+                        row = hbmon_row(lab, topo, rate, grpc_addr, target.pid, peers,
+                                        args, workdir)
                         report(row)
                         rows.append(row)
             variants = [v for v in args.variants if f"baseline-{v}" in args.monitors
@@ -528,7 +561,8 @@ def run_lab(n: int, rates: list[float], args: argparse.Namespace, use_farm: bool
                 with passer:
                     for variant in variants:
                         for rate in rates:
-                            row = baseline_row(topo, rate, variant, ns, peers, args, workdir)
+                            row = baseline_row(lab, topo, rate, variant, ns, peers, args,
+                                               workdir)
                             report(row)
                             rows.append(row)
         finally:
