@@ -48,6 +48,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,22 +94,30 @@ def spread(peers: tuple[PeerSpec, ...], k: int, offset: int = 0) -> list[PeerSpe
     return [peers[(offset + i * step) % len(peers)] for i in range(k)]
 
 
-def up_peers(api: Api, wanted: list[PeerSpec], pool: tuple[PeerSpec, ...],
-             used: set[str]) -> list[PeerSpec]:
-    """`wanted`, each replaced by the next peer of `pool` that is UP now and not used yet: a
-    trial on a peer the lab's noise has already made DOWN or DEGRADED measures nothing."""
-    states = {p["name"]: p.get("state") for p in api.get("/api/v1/peers")["peers"]}
-    names = [p.name for p in pool]
-    out = []
-    for peer in wanted:
-        start = names.index(peer.name)
-        for k in range(len(pool)):
-            cand = pool[(start + k) % len(pool)]
-            if cand.name not in used and states.get(cand.name) == "UP":
-                out.append(cand)
-                used.add(cand.name)
-                break
-    return out
+class UpPeers:
+    """Trial peers: each planned peer, or the next one of the lab that is UP at the moment
+    the trial starts and was not used yet (a trial on a peer the lab's noise has already
+    made DOWN or DEGRADED measures nothing)."""
+
+    def __init__(self, api: Api, pool: tuple[PeerSpec, ...]) -> None:
+        self.api, self.pool = api, pool
+        self.names = [p.name for p in pool]
+        self.used: set[str] = set()
+
+    def state(self, name: str) -> str | None:
+        state = self.api.get(f"/api/v1/peers/{name}/health").get("state")
+        return str(state) if state is not None else None
+
+    def pick(self, planned: list[PeerSpec], gap_s: float = 0.0) -> Iterator[PeerSpec]:
+        for peer in planned:
+            threading.Event().wait(gap_s)  # spaced: trials start at unrelated round phases
+            start = self.names.index(peer.name)
+            for k in range(len(self.pool)):
+                cand = self.pool[(start + k) % len(self.pool)]
+                if cand.name not in self.used and self.state(cand.name) == "UP":
+                    self.used.add(cand.name)
+                    yield cand
+                    break
 
 
 def goal_check(case: str, dist: dict[str, Any]) -> list[dict[str, Any]]:
@@ -125,12 +134,11 @@ def goal_check(case: str, dist: dict[str, Any]) -> list[dict[str, Any]]:
 # ---- DOWN detection ------------------------------------------------------------------------
 
 
-def down_trials(peers: list[PeerSpec], farm: PeerFarm, sse: SseWatcher, reader: CellReader,
+def down_trials(peers: Iterable[PeerSpec], farm: PeerFarm, sse: SseWatcher, reader: CellReader,
                 index: dict[str, int], interval_ms: float, api: Api, t_serve: float,
-                gap_s: float) -> list[dict[str, Any]]:
+                ) -> list[dict[str, Any]]:
     trials = []
     for peer in peers:
-        threading.Event().wait(gap_s)  # spaced: trials start at unrelated round phases
         idx = index[peer.name]
         before = api.get(f"/api/v1/peers/{peer.name}/health").get("state")
         since = sse.mark()
@@ -191,7 +199,7 @@ def summarize_down(case: str, trials: list[dict[str, Any]]) -> dict[str, Any]:
 # ---- DEGRADED freshness --------------------------------------------------------------------
 
 
-def status_trials(peers: list[PeerSpec], farm: PeerFarm, sse: SseWatcher, reader: CellReader,
+def status_trials(peers: Iterable[PeerSpec], farm: PeerFarm, sse: SseWatcher, reader: CellReader,
                   index: dict[str, int], interval_ms: float) -> list[dict[str, Any]]:
     """Peer starts reporting DEGRADED -> SSE DEGRADED."""
     trials = []
@@ -233,7 +241,7 @@ def status_trials(peers: list[PeerSpec], farm: PeerFarm, sse: SseWatcher, reader
     return trials
 
 
-def loss_trials(peers: list[PeerSpec], farm: PeerFarm, sse: SseWatcher, reader: CellReader,
+def loss_trials(peers: Iterable[PeerSpec], farm: PeerFarm, sse: SseWatcher, reader: CellReader,
                 index: dict[str, int], health: HealthConfig, poll_ms: float, interval_ms: float,
                 ) -> list[dict[str, Any]]:
     """50 % of the peer's answers dropped -> SSE DEGRADED. The evidence depends on the
@@ -367,24 +375,23 @@ def run_case(lab: NetnsLab, topo: Topology, farm: PeerFarm, interval_ms: float,
                 poll_ms = args.poll_ms
                 # each kind of trial uses its own peers, spread over the round's bursts
                 n = len(topo.peers)
-                used: set[str] = set()
-                chosen = up_peers(api, spread(topo.peers, args.trials, case_no * 3),
-                                  topo.peers, used)
-                t = down_trials(chosen, farm, sse, reader, index, interval_ms, api, t_serve,
-                                args.trial_gap)
+                pool = UpPeers(api, topo.peers)
+                chosen = pool.pick(spread(topo.peers, args.trials, case_no * 3),
+                                   args.trial_gap)
+                t = down_trials(chosen, farm, sse, reader, index, interval_ms, api, t_serve)
                 out["down"] = summarize_down(case, t)
                 out["down"]["rows"] = t
                 if case_no == 0 and args.status_trials:
-                    peers = up_peers(api, spread(topo.peers, args.status_trials,
-                                                 1 + n // (4 * args.trials)), topo.peers, used)
+                    peers = pool.pick(spread(topo.peers, args.status_trials,
+                                             1 + n // (4 * args.trials)))
                     t = status_trials(peers, farm, sse, reader, index, interval_ms)
                     out["degraded_status"] = summarize_fresh(
                         t, interval_ms, ["from_evidence_ms", "from_set_fault_ms",
                                          "evidence_after_set_fault_ms"])
                     out["degraded_status"]["rows"] = t
                 if case_no == 0 and args.loss_trials:
-                    peers = up_peers(api, spread(topo.peers, args.loss_trials,
-                                                 2 + n // (2 * args.trials)), topo.peers, used)
+                    peers = pool.pick(spread(topo.peers, args.loss_trials,
+                                             2 + n // (2 * args.trials)))
                     t = loss_trials(peers, farm, sse, reader, index, health, poll_ms,
                                     interval_ms)
                     out["degraded_loss"] = summarize_fresh(
