@@ -753,7 +753,10 @@ def main() -> int:
             if n > args.baseline_max_peers and "baseline" in monitors:
                 monitors.remove("baseline")
                 print(f"   baseline skipped above {args.baseline_max_peers} peers", flush=True)
-            lab_args = argparse.Namespace(**{**vars(args), "monitors": monitors})
+            # programming and first answers take longer with more peers (65,536: minutes)
+            setup = args.setup_timeout * max(1.0, n / 16384)
+            lab_args = argparse.Namespace(**{**vars(args), "monitors": monitors,
+                                             "setup_timeout": setup})
             try:
                 lab_rows, kind = run_lab(n, sorted(plan[n]), lab_args, use_farm, Path(tmp))
             except Exception as exc:  # keep the other labs' rows; the error goes in the file
