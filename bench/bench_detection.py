@@ -376,8 +376,9 @@ def run_case(lab: NetnsLab, topo: Topology, farm: PeerFarm, interval_ms: float,
                 # each kind of trial uses its own peers, spread over the round's bursts
                 n = len(topo.peers)
                 pool = UpPeers(api, topo.peers)
-                chosen = pool.pick(spread(topo.peers, args.trials, case_no * 3),
-                                   args.trial_gap)
+                planned = [topo.peers[i] for i in args.positions] if args.positions else \
+                    spread(topo.peers, args.trials, case_no * 3)
+                chosen = pool.pick(planned, args.trial_gap)
                 t = down_trials(chosen, farm, sse, reader, index, interval_ms, api, t_serve)
                 out["down"] = summarize_down(case, t)
                 out["down"]["rows"] = t
@@ -432,6 +433,9 @@ def main() -> int:
     ap.add_argument("--trials", type=int, default=20, help="DOWN trials per case")
     ap.add_argument("--cases", type=float, nargs="+", default=[10.0, 3.3],
                     help="kernel target intervals (ms), detect_mult 3")
+    ap.add_argument("--positions", type=int, nargs="+", default=None,
+                    help="DOWN trials on these peers (0-based positions) instead of --trials "
+                         "spread over all")
     ap.add_argument("--trial-gap", type=float, default=0.5,
                     help="seconds between DOWN trials")
     ap.add_argument("--status-trials", type=int, default=10)
