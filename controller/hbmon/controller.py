@@ -1115,6 +1115,15 @@ class Fabric:
         with self._state_lock:
             return self.engine.health_many(self._sorted_peers()[0])
 
+    def peer_listing(self) -> list[tuple[Peer, Health | None, float | None, str | None]]:
+        with self._state_lock:
+            names = self._sorted_peers()[0]
+            peers = self._peers
+            # the Peer objects themselves: a change replaces them (update_peer), never
+            # edits them, which lets the API cache each peer's JSON by identity
+            return [(peers[n], *r) for n, r in zip(names, self.engine.reported(names),
+                                                   strict=True)]
+
     def rtt_sample(self) -> tuple[list[str], npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
         """Every peer by name, its last RTT and whether that is current (UP or DEGRADED
         and answered): what the dashboard's RTT history samples every second, as arrays."""

@@ -483,6 +483,11 @@ class HealthEngine:
     def state(self, name: str) -> Health:
         return self._peers[name].state
 
+    def reported(self, names: Sequence[str]) -> list[tuple[Health, float, str]]:
+        """(state, since, reason) of each of `names`: a listing's columns, no slot read."""
+        peers = self._peers
+        return [(t.state, t.since, t.reason) for t in map(peers.__getitem__, names)]
+
     def damped(self, name: str) -> bool:
         return bool(self._damped[self._peers[name].row])
 

@@ -71,6 +71,13 @@ class HbmonService(Protocol):
 
     def remove_peers(self, names: Sequence[str]) -> None: ...
 
+    def peer_listing(self) -> list[tuple[Peer, Health | None, float | None, str | None]]:
+        """Every peer sorted by name with its reported state, since and reason: what
+        GET /peers lists, without a copy per peer. The Peer objects may be the service's
+        own: never modify them (the service replaces a Peer when it changes, so an
+        unchanged object is an unchanged peer)."""
+        ...
+
     def health(self, name: str) -> PeerHealth: ...
 
     def all_health(self) -> list[PeerHealth]: ...

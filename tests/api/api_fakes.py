@@ -141,6 +141,15 @@ class FakeService:
         with self._lock:
             return [dataclasses.replace(h) for h in self._health.values()]
 
+    def peer_listing(self) -> list[tuple[Peer, Health | None, float | None, str | None]]:
+        with self._lock:
+            out: list[tuple[Peer, Health | None, float | None, str | None]] = []
+            for p in sorted(self._peers.values(), key=lambda p: p.name):
+                h = self._health.get(p.name)
+                out.append((dataclasses.replace(p), h.state, h.since, h.reason) if h
+                           else (dataclasses.replace(p), None, None, None))
+            return out
+
     def summary(self) -> dict[Health, int]:
         with self._lock:
             counts = dict.fromkeys(Health, 0)

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -95,6 +95,36 @@ class ListingCache:
             self._entries[key] = (time.monotonic(), body)
 
 
+class PeerJson:
+    """Each peer's inventory fields as JSON, kept per Peer object: a service replaces a Peer
+    when it changes (`HbmonService.peer_listing`), so the same object has the same JSON and a
+    listing only serializes what changed since the last one."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_name: dict[str, tuple[Peer, bytes]] = {}
+
+    def rows(self, listing: Sequence[tuple[Peer, Health | None, float | None, str | None]]
+             ) -> list[bytes]:
+        """One JSON object per entry: the peer's fields, then state, since and reason (the
+        same bytes as orjson.dumps of `_peer_row` without health)."""
+        out: list[bytes] = []
+        append = out.append
+        dumps = orjson.dumps
+        with self._lock:
+            cache = self._by_name
+            if len(cache) > 2 * len(listing) + 1024:  # peers removed since: start over
+                cache.clear()
+            for peer, st, since, reason in listing:
+                hit = cache.get(peer.name)
+                if hit is None or hit[0] is not peer:
+                    hit = cache[peer.name] = (peer, dumps(peer.to_dict())[:-1] + b",")
+                tail = dumps({"state": None if st is None else str(st), "since": since,
+                              "reason": reason})
+                append(hit[1] + tail[1:])
+        return out
+
+
 @dataclass
 class AppState:
     service: HbmonService
@@ -105,6 +135,7 @@ class AppState:
     rtt: RttHistory
     streams: set[Subscription] = field(default_factory=set)
     listing: ListingCache = field(default_factory=ListingCache)
+    peer_json: PeerJson = field(default_factory=PeerJson)
     closing: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -382,27 +413,23 @@ def _router(state: AppState) -> APIRouter:
             if cached is not None:
                 return Response(cached, media_type="application/json")
         generation = state.listing.generation
-        peers = service.list_peers()
-        health = _health_map(service)
         needle = q.lower() if q else None
-        rows = []
-        for peer in peers:
-            if switch is not None and peer.switch != switch:
-                continue
-            if group is not None and (peer.group or "") != group:
-                continue
-            h = health.get(peer.name)
-            if state_ is not None and (h is None or h.state != state_):
-                continue
-            if needle and needle not in peer.name.lower() and needle not in peer.address \
-                    and needle not in (peer.group or "").lower():
-                continue
-            rows.append((peer, h))
+        rows = [
+            entry for entry in service.peer_listing()
+            if (switch is None or entry[0].switch == switch)
+            and (group is None or (entry[0].group or "") == group)
+            and (state_ is None or entry[1] == state_)
+            and (not needle or needle in entry[0].name.lower() or needle in entry[0].address
+                 or needle in (entry[0].group or "").lower())
+        ]
         page = rows[offset:offset + limit]
-        body = orjson.dumps({"total": len(rows), "peers": [_peer_row(p, h, full)
-                                                           for p, h in page]})
-        if not full:
-            state.listing.put(key, generation, body)
+        if full:
+            health = _health_map(service)
+            body = orjson.dumps({"total": len(rows), "peers": [
+                _peer_row(p, health.get(p.name), True) for p, *_ in page]})
+            return Response(body, media_type="application/json")
+        body = b'{"total":%d,"peers":[%s]}' % (len(rows), b",".join(state.peer_json.rows(page)))
+        state.listing.put(key, generation, body)
         return Response(body, media_type="application/json")
 
     @r.post("/peers", tags=["peers"], dependencies=write, status_code=201,
