@@ -620,6 +620,11 @@ def goal(rows: list[dict[str, Any]]) -> dict[str, Any]:
         out["goal_cpu_s_per_s"] = round(base / 20, 4)
         out["hbmon_fraction_of_baseline"] = round(h[10.0]["user_cpu_s_per_s"] / base, 4)
         out["meets"] = h[10.0]["user_cpu_s_per_s"] <= base / 20
+    mine = [r for r in rows if r["monitor"] == "hbmon"]
+    if mine:  # a CPU figure only counts where the verdicts were right and fresh
+        out["hbmon_rows_fresh"] = sum(1 for r in mine if r["valid"])
+        out["hbmon_rows"] = len(mine)
+        out["hbmon_fresh_fraction"] = round(out["hbmon_rows_fresh"] / len(mine), 3)
     if h[1.0] and h[100.0] and h[1.0]["user_cpu_s_per_s"]:
         out["hbmon_100Hz_over_1Hz"] = round(
             h[100.0]["user_cpu_s_per_s"] / h[1.0]["user_cpu_s_per_s"], 2)

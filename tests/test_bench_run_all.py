@@ -79,7 +79,7 @@ def test_offload_rows_pick_the_monitor_peers_and_rate(tmp_path: Path) -> None:
             for m, hz, cpu in (("hbmon", 1.0, 0.01), ("hbmon", 10.0, 0.04),
                                ("hbmon", 100.0, 0.05), ("baseline-tuned", 10.0, 0.3))]
     (tmp_path / "offload.json").write_text(json.dumps({
-        "rows": rows, "goal": {"hbmon_100Hz_over_1Hz": 5.0},
+        "rows": rows, "goal": {"hbmon_100Hz_over_1Hz": 5.0, "hbmon_fresh_fraction": 0.5},
         "comparison": {"4096x10Hz": {"baseline_tuned_over_hbmon": 7.5}}}))
     proc = subprocess.run([sys.executable, str(SCRIPT), "--summary-only", "--results",
                            str(tmp_path)], capture_output=True, text=True, timeout=60)
@@ -96,6 +96,8 @@ def test_offload_rows_pick_the_monitor_peers_and_rate(tmp_path: Path) -> None:
     assert ratio["value"] == 7.5 and ratio["comparisons"][0]["meets"] is False
     assert by_label["hbmon user CPU at 100 Hz / at 1 Hz (4,096 peers)"]["value"] == 5.0
     assert by_label["hbmon user-space CPU, 65,536 peers x 10 Hz"]["value"] is None
+    fresh = by_label["hbmon rows passing the freshness check (all UP, muted peer DOWN)"]
+    assert fresh["value"] == 0.5 and fresh["comparisons"][0]["meets"] is False
 
 
 def test_detection_and_rounds_rows_read_their_results(tmp_path: Path) -> None:
