@@ -653,8 +653,8 @@ def plot(result: dict[str, Any]) -> list[Path]:
              "User-space CPU vs peers, 10 Hz")):
         fig, ax = plt.subplots(figsize=(7, 4.2))
         for monitor, (style, label) in styles.items():
-            pts = sorted((r[xkey], r["user_cpu_s_per_s"], r["valid"]) for r in rows
-                         if r["monitor"] == monitor and r[fixed_key] == fixed)
+            pts = sorted((r[xkey], r["user_cpu_s_per_s"], r["valid"], r.get("keeps_up", True))
+                         for r in rows if r["monitor"] == monitor and r[fixed_key] == fixed)
             if not pts:
                 continue
             line = ax.plot([p[0] for p in pts], [max(p[1], 1e-4) for p in pts], style,
@@ -663,6 +663,10 @@ def plot(result: dict[str, Any]) -> list[Path]:
             if bad:  # hollow markers: the row failed its freshness check
                 ax.plot([p[0] for p in bad], [max(p[1], 1e-4) for p in bad], "x",
                         color=line.get_color(), markersize=10)
+            slow = [p for p in pts if not p[3]]
+            if slow:  # open rings: did not get every answer of every round (saturated)
+                ax.plot([p[0] for p in slow], [max(p[1], 1e-4) for p in slow], "o",
+                        fillstyle="none", color=line.get_color(), markersize=15)
         if fixed_key == "peers":
             goal_v = result.get("goal", {}).get("goal_cpu_s_per_s")
             if goal_v:
@@ -672,7 +676,8 @@ def plot(result: dict[str, Any]) -> list[Path]:
         ax.set_yscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("user-space CPU (CPU-s/s)")
-        ax.set_title(title + "  (x = freshness check failed)", fontsize=10)
+        ax.set_title(title + "\n(x: freshness check failed; ring: did not keep up)",
+                     fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
