@@ -78,13 +78,13 @@ struct {
 	__uint(max_entries, 1);
 } hb_config SEC(".maps");
 
-/* DOWN deadlines, one timer per peer index (armed by hb_xdp_rx while rounds are periodic) */
+/* The DOWN-deadline sweeper's timer (one, running while rounds are periodic) */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
-	__type(value, struct hb_deadline);
-	__uint(max_entries, HB_MAX_PEERS);
-} hb_deadlines SEC(".maps");
+	__type(value, struct hb_sweeper);
+	__uint(max_entries, 1);
+} hb_sweeper SEC(".maps");
 
 /* ---- registers: one mmap-able array per register, indexed by peer index ---- */
 

@@ -103,15 +103,20 @@ struct hb_round {
 	__u8 pad[6];
 };
 
-/* CPU-port facts the loader fills in (hb_config[0]) */
+/* Facts the loader fills in (hb_config[0]) */
 struct hb_config {
 	__u32 round_ifindex; /* CPU-port end whose tbf paces rounds (one pass = one lap) */
 	__u32 burst_ifindex; /* CPU-port end whose tbf spaces the bursts of a round */
+	__u64 sweep_ns;      /* how often the deadline sweeper runs */
+	__u32 index_limit;   /* 1 + the highest peer index with a peer_requests entry */
+	__u32 pad;
 };
 
-/* One DOWN deadline per peer index (hb_deadlines): armed at each fresh response for
- * detect_mult x the fan-out period, so DOWN is declared at last answer + detection time. */
-struct hb_deadline {
+/* The DOWN-deadline sweeper (hb_sweeper[0]): while rounds are periodic, a BPF timer that
+ * every hb_config.sweep_ns checks each peer's deadline, last answer + detect_mult x period.
+ * (One timer for all peers: per-peer timers would be allocated by bpf_timer_init, which on
+ * 6.18 fails with -ENOMEM after a few hundred, in softirq and in process context alike.) */
+struct hb_sweeper {
 	struct bpf_timer timer;
 };
 

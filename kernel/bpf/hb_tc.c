@@ -293,4 +293,70 @@ next_round:
 	return TC_ACT_SHOT; /* a single round is done */
 }
 
+/* ---- DOWN deadlines (docs/dataplane.md "Miss detection") ---- */
+
+#ifndef CLOCK_MONOTONIC
+#define CLOCK_MONOTONIC 1
+#endif
+
+struct sweep {
+	__u64 now;       /* us */
+	__u64 period_us; /* of the round schedule */
+};
+
+/* One peer: UP, and its last fresh response older than detect_mult x period: DOWN. */
+static long sweep_one(__u32 index, void *arg)
+{
+	struct sweep *s = arg;
+	struct peer_request *req = bpf_map_lookup_elem(&peer_requests, &index);
+	__u8 *state = REG(hb_state, index);
+	__u64 *last_rx = REG(hb_last_rx_us, index);
+	__u32 *last_seq = REG(hb_last_seq, index);
+
+	if (!req || !state || !last_rx || !last_seq)
+		return 1; /* beyond max_peers */
+	if (!req->valid || !req->detect_mult || *state != HB_STATE_UP ||
+	    *last_rx + s->period_us * req->detect_mult > s->now)
+		return 0;
+	*state = HB_STATE_DOWN;
+	hb_notify(index, HB_STATE_DOWN, *last_seq, s->now);
+	hb_count(HB_PEER_DOWN_EVENT, 1, 0); /* no packet carries this event */
+	return 0;
+}
+
+static int sweep(void *map, __u32 *key, struct hb_sweeper *sw)
+{
+	__u32 zero = 0;
+	struct hb_round *r = bpf_map_lookup_elem(&hb_rounds, &zero);
+	struct hb_config *cfg = bpf_map_lookup_elem(&hb_config, &zero);
+
+	if (!r || !cfg || !r->period_ns || !cfg->sweep_ns)
+		return 0; /* no schedule, no deadlines: the next schedule starts the sweeper */
+	struct sweep s = { .now = hb_now_us(), .period_us = r->period_ns / 1000 };
+
+	bpf_loop(cfg->index_limit, sweep_one, &s, 0);
+	bpf_timer_start(&sw->timer, cfg->sweep_ns, 0);
+	return 0;
+}
+
+/* Run by the loader with BPF_PROG_TEST_RUN when a schedule starts: (re)starts the sweeper.
+ * Returns 0, or the error of bpf_timer_init / bpf_timer_start. */
+SEC("tc")
+int hb_sweeper_start(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct hb_sweeper *sw = bpf_map_lookup_elem(&hb_sweeper, &zero);
+	struct hb_config *cfg = bpf_map_lookup_elem(&hb_config, &zero);
+	long err;
+
+	if (!sw || !cfg)
+		return 1;
+	err = bpf_timer_init(&sw->timer, &hb_sweeper, CLOCK_MONOTONIC);
+	if (err == 0)
+		err = bpf_timer_set_callback(&sw->timer, sweep);
+	if (err && err != -16) /* EBUSY: made by an earlier schedule */
+		return -err;
+	return -bpf_timer_start(&sw->timer, cfg->sweep_ns, 0);
+}
+
 char _license[] SEC("license") = "GPL";

@@ -3,11 +3,7 @@
  * docs/protocol.md "How a monitor classifies" (same order, same reasons), record fresh
  * responses in the peer's slot, raise UP events. Heartbeats are consumed; everything else
  * goes on to tc (l2_forward) and the host stack untouched.
- *
- * While the target keeps time (periodic rounds, hb_rounds), each fresh response also arms
- * the peer's DOWN deadline: a BPF timer that fires detect_mult x period after the answer, so
- * DOWN is declared at last answer + detection time, as hardware BFD does, not at the next
- * request that finds the misses (docs/dataplane.md "Miss detection"). */
+ * (DOWN deadlines, last answer + detect_mult x period, are swept in hb_tc.c.) */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
@@ -21,60 +17,6 @@
 #define IP_OFFSET 0x1fff
 
 #define REG(map, idx) ((void *)bpf_map_lookup_elem(&(map), &(idx)))
-
-#ifndef CLOCK_MONOTONIC
-#define CLOCK_MONOTONIC 1
-#endif
-
-/* detect_mult x the round period (ns) of a peer, 0 when there is no deadline to keep */
-static __always_inline __u64 detection_ns(__u32 index)
-{
-	__u32 zero = 0;
-	struct hb_round *r = bpf_map_lookup_elem(&hb_rounds, &zero);
-	struct peer_request *req = bpf_map_lookup_elem(&peer_requests, &index);
-
-	if (!r || !req || !req->valid)
-		return 0;
-	return r->period_ns * req->detect_mult;
-}
-
-/* The peer's deadline passed: DOWN if no fresh response moved it meanwhile (a response on
- * another CPU re-arms the timer; the slot's last_rx_us is the truth). */
-static int deadline_expired(void *map, __u32 *key, struct hb_deadline *d)
-{
-	__u32 index = *key;
-	__u8 *state = REG(hb_state, index);
-	__u64 *last_rx = REG(hb_last_rx_us, index);
-	__u32 *last_seq = REG(hb_last_seq, index);
-	__u64 detect = detection_ns(index) / 1000;
-
-	if (!state || !last_rx || !last_seq || !detect || *state != HB_STATE_UP)
-		return 0; /* no longer periodic, peer removed or its slot reset, or already DOWN */
-
-	__u64 now = hb_now_us();
-	__u64 deadline = *last_rx + detect;
-
-	if (now < deadline) {
-		bpf_timer_start(&d->timer, (deadline - now) * 1000, 0);
-		return 0;
-	}
-	*state = HB_STATE_DOWN;
-	hb_notify(index, HB_STATE_DOWN, *last_seq, now);
-	hb_count(HB_PEER_DOWN_EVENT, 1, 0); /* no packet carries this event */
-	return 0;
-}
-
-static __always_inline void arm_deadline(__u32 index)
-{
-	struct hb_deadline *d = bpf_map_lookup_elem(&hb_deadlines, &index);
-	__u64 detect = detection_ns(index);
-
-	if (!d || !detect)
-		return;
-	if (bpf_timer_init(&d->timer, &hb_deadlines, CLOCK_MONOTONIC) == 0)
-		bpf_timer_set_callback(&d->timer, deadline_expired);
-	bpf_timer_start(&d->timer, detect, 0);
-}
 
 static __always_inline int consume(__u32 reason, __u64 bytes)
 {
@@ -148,7 +90,6 @@ static __always_inline int record(__u32 index, const struct hb_hdr *hb, __u64 by
 		hb_notify(index, HB_STATE_UP, seq, now);
 		hb_count(HB_PEER_UP_EVENT, 1, bytes);
 	}
-	arm_deadline(index);
 	return XDP_DROP;
 }
 

@@ -73,7 +73,11 @@ _SOL_PACKET = 263  # linux/socket.h (the socket module does not export it)
 _PACKET_QDISC_BYPASS = 20  # linux/if_packet.h
 CPU_PORT_MTU = 9000
 _CPU_TRAILER = struct.Struct("=IHHIHH")  # struct hb_cpu_trailer
-_CONFIG = struct.Struct("=II")  # struct hb_config
+_CONFIG = struct.Struct("=IIQII")  # struct hb_config
+# The DOWN-deadline sweeper runs every period/16 (at least every 250 us), and no more often
+# than keeps its cost near 5 % of a core (about 15 ns per peer slot swept).
+_SWEEP_MIN_NS = 250_000
+_SWEEP_NS_PER_SLOT = 15 * 20
 _CPU_TRAILER_MAGIC = 0x48424350
 _EVENT = struct.Struct("=QIHBx")  # struct hb_event
 _PEER_KEY = struct.Struct("=II")
@@ -87,7 +91,8 @@ L2_FORWARD, L2_DROP = 0, 1
 XDP_PROGRAM = "hb_xdp_rx"
 TC_L2_PROGRAM = "hb_tc_l2"
 TC_CPU_PROGRAM = "hb_tc_cpu"
-_PER_PEER_MAPS = ("peers", "peer_ids", "peer_requests", "hb_deadlines", *REGISTERS)
+SWEEPER_PROGRAM = "hb_sweeper_start"
+_PER_PEER_MAPS = ("peers", "peer_ids", "peer_requests", *REGISTERS)
 _BACKLOG_SYSCTL = Path("/proc/sys/net/core/netdev_max_backlog")
 _names = itertools.count()
 _CPU_PORT_NAME = re.compile(r"hbc(\d+)x\d+[ac]")
@@ -231,6 +236,8 @@ class Datapath:
         self._sock: socket.socket | None = None  # PacketOut: bypasses the pacers
         self._carrier_sock: socket.socket | None = None  # a carrier: through the round pacer
         self._round_period_ns = 0  # the round pacer's current lap setting is for this period
+        self._period_ns = 0  # of the schedule last started (sets the sweeper's pace)
+        self._index_limit = 0  # 1 + the highest index given a peer_requests entry
         self._ring: lb.RingBuffer | None = None
         self._pending: list[PeerEvent] = []
         self._groups: dict[int, list[tuple[int, int]]] = {}  # group -> replica by position
@@ -329,6 +336,7 @@ class Datapath:
             XDP_PROGRAM: xdp.program_fd(XDP_PROGRAM),
             TC_L2_PROGRAM: tc.program_fd(TC_L2_PROGRAM),
             TC_CPU_PROGRAM: tc.program_fd(TC_CPU_PROGRAM),
+            SWEEPER_PROGRAM: tc.program_fd(SWEEPER_PROGRAM),
         }
         self._ring = lb.RingBuffer(self._maps["hb_events"].fd, self._on_event)
 
@@ -384,8 +392,7 @@ class Datapath:
             ) from exc
 
     def _attach(self) -> None:
-        self._maps["hb_config"].update(
-            _U32.pack(0), _CONFIG.pack(self._ifindex_cpu_a, self._ifindex_cpu_c))
+        self._write_config()
         ports_map = self._maps["ports"]
         for port, ifindex in self._ifindex.items():
             ports_map.update(_U32.pack(port), _U32.pack(ifindex))
@@ -594,6 +601,10 @@ class Datapath:
         _check_range("detect_mult", detect_mult, 8)
         value = _PEER_REQUEST.pack(dst_mac.to_bytes(6, "big"), detect_mult, 1, dst_addr, peer_id)
         self._map("peer_requests").update(_U32.pack(index), value)
+        if index >= self._index_limit:
+            with self._lock:
+                self._index_limit = max(self._index_limit, index + 1)
+                self._write_config()
 
     def peer_requests_get(self, index: int) -> tuple[int, int, int, int] | None:
         """(dst_mac, dst_addr, peer_id, detect_mult) of an entry, None if there is none."""
@@ -833,10 +844,30 @@ class Datapath:
         first = int.from_bytes(frame[_SEQ_AT:_SEQ_AT + 4], "big")
         rounds.update(_U32.pack(0), _ROUND.pack(period_ns, now, laps, (first - 1) & 0xFFFFFFFF,
                                                 generation, group, template))
+        self._period_ns = period_ns
+        self._start_sweeper()
         # through the round pacer (a full bucket lets it pass at once): the first round now,
         # and the pacer's bucket is empty again, so the second one comes a whole lap later
         self._inject(frame + _CPU_TRAILER.pack(_CPU_TRAILER_MAGIC, 0, group, 0, generation,
                                                laps - 1), sock=self._carrier_sock)
+
+    def _write_config(self) -> None:
+        """hb_config: the pacers' ports, and the deadline sweeper's pace and range."""
+        sweep_ns = 0
+        if self._period_ns:
+            sweep_ns = max(_SWEEP_MIN_NS, self._period_ns // 16,
+                           self._index_limit * _SWEEP_NS_PER_SLOT)
+        self._maps["hb_config"].update(_U32.pack(0), _CONFIG.pack(
+            self._ifindex_cpu_a, self._ifindex_cpu_c, sweep_ns, self._index_limit, 0))
+
+    def _start_sweeper(self) -> None:
+        """(Re)start the BPF timer that declares DOWN at last answer + detect_mult x period
+        (hb_tc.c `sweep`); it stops by itself when the schedule ends."""
+        self._write_config()
+        err = lb.prog_test_run(self._prog_fds[SWEEPER_PROGRAM], bytes(64)).retval
+        if err:
+            raise DatapathError(f"cannot start the DOWN-deadline sweeper: "
+                                f"{os.strerror(err) if err < 4096 else err}", err)
 
     def _stop_rounds(self, group: int) -> None:
         rounds = self._map("hb_rounds")
@@ -845,8 +876,10 @@ class Datapath:
             return
         fields = list(_ROUND.unpack(raw))
         if fields[0] and fields[5] == group:
-            fields[0] = 0  # the carrier ends at its next round
+            fields[0] = 0  # the carrier ends at its next round, the sweeper at its next run
             rounds.update(_U32.pack(0), _ROUND.pack(*fields))
+            self._period_ns = 0
+            self._write_config()
 
     def _inject(self, data: bytes, timeout_s: float = 1.0,
                 sock: socket.socket | None = None) -> None:

@@ -256,4 +256,4 @@ def test_registers_and_trailer_layout_agree_with_the_bpf_structs() -> None:
     assert datapath._CPU_TRAILER.size == 16
     assert datapath._ROUND.size == 104 and datapath._ROUND_FRAME_AT == 28
     assert struct.calcsize("=QQIIHH") == datapath._ROUND_FRAME_AT
-    assert "hb_deadlines" in datapath._PER_PEER_MAPS
+    assert datapath._CONFIG.size == 24  # struct hb_config
