@@ -533,7 +533,7 @@ def lab_topology(n: int) -> Topology:
 
 
 def run_lab(n: int, rates: list[float], args: argparse.Namespace, use_farm: bool,
-            workdir: Path) -> tuple[list[dict[str, Any]], str]:
+            workdir: Path, errors: list[str]) -> tuple[list[dict[str, Any]], str]:
     topo = lab_topology(n)
     rows: list[dict[str, Any]] = []
     with NetnsLab(topo) as lab:
@@ -541,14 +541,18 @@ def run_lab(n: int, rates: list[float], args: argparse.Namespace, use_farm: bool
         try:
             if "hbmon" in args.monitors:
                 grpc_addr = f"127.0.0.1:{free_port()}"
-                with targets.start_target("kernel", lab.port_map, grpc_addr=grpc_addr,
-                                          output_path=workdir / f"target-{n}.log",
-                                          wait=120) as target:
-                    for rate in rates:
-                        row = hbmon_row(lab, topo, rate, grpc_addr, target.pid, peers,
-                                        args, workdir)
-                        report(row)
-                        rows.append(row)
+                try:
+                    with targets.start_target("kernel", lab.port_map, grpc_addr=grpc_addr,
+                                              output_path=workdir / f"target-{n}.log",
+                                              wait=120) as target:
+                        for rate in rates:
+                            row = hbmon_row(lab, topo, rate, grpc_addr, target.pid, peers,
+                                            args, workdir)
+                            report(row)
+                            rows.append(row)
+                except Exception as exc:  # the baseline still runs in this lab
+                    errors.append(f"{n} peers, hbmon: {type(exc).__name__}: {str(exc)[-500:]}")
+                    print("   FAILED:", errors[-1], flush=True)
             variants = [v for v in args.variants if f"baseline-{v}" in args.monitors
                         or "baseline" in args.monitors]
             if variants:
@@ -768,7 +772,8 @@ def main() -> int:
             lab_args = argparse.Namespace(**{**vars(args), "monitors": monitors,
                                              "setup_timeout": setup})
             try:
-                lab_rows, kind = run_lab(n, sorted(plan[n]), lab_args, use_farm, Path(tmp))
+                lab_rows, kind = run_lab(n, sorted(plan[n]), lab_args, use_farm, Path(tmp),
+                                         errors)
             except Exception as exc:  # keep the other labs' rows; the error goes in the file
                 errors.append(f"{n} peers: {type(exc).__name__}: {str(exc)[-500:]}")
                 print("   FAILED:", errors[-1], flush=True)
