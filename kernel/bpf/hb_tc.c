@@ -180,8 +180,9 @@ static __always_inline int carry_on(struct __sk_buff *skb, struct hb_cpu_trailer
 	return bpf_redirect(ifindex, 0);
 }
 
-/* Empty the burst pacer's bucket so the round's second burst waits a full gap after the
- * first: a trailer-less copy passes the pacer and is dropped on the other side. */
+/* Empty the burst pacer's bucket so the next burst waits a gap from now, the end of this
+ * one (a bucket that filled up while this burst ran would let it go at once): a
+ * trailer-less copy passes the pacer and is dropped on the other side. */
 static __always_inline void prime_burst_pacer(struct __sk_buff *skb)
 {
 	__u32 key = 0;
@@ -277,12 +278,11 @@ loaded:
 
 	if (n > HB_BURST)
 		n = HB_BURST;
-	if (tr.start == 0 && n < total)
-		prime_burst_pacer(skb);
 	bpf_loop(n, fanout_one, &f, 0);
 
 	if (tr.start + n < total) { /* the rest of the round, one burst after the other */
 		tr.start += n;
+		prime_burst_pacer(skb);
 		return carry_on(skb, &tr, 0);
 	}
 next_round:
