@@ -844,10 +844,11 @@ class KernelDevice:
             return self._fetch(steps), errors
 
     def read_plan_bytes(self, raw: bytes) -> tuple[list[ReadJob], list[P4RTError | None]]:
-        """read_plan for a serialized ReadRequest. A request that only names register cells
-        is resolved once and its plan kept, keyed by its bytes: the controller repeats the
-        same 57K-entity request every poll, and parsing it entity by entity would cost more
-        than answering it."""
+        """read_plan for a serialized ReadRequest; the per-entity errors are [] when there
+        are none (a poll's 57K Nones are not worth building or scanning). A request that only
+        names register cells is resolved once and its plan kept, keyed by its bytes: the
+        controller repeats the same 57K-entity request every poll, and parsing it entity by
+        entity would cost more than answering it."""
         probe = _plan_key(raw)
         with self._plans_lock:
             known = self._plans.get(probe)
@@ -855,7 +856,7 @@ class KernelDevice:
             if cached is not None:
                 self._plans.move_to_end(probe)
         if cached is not None:
-            device_id, batches, entities = cached
+            device_id, batches, _ = cached
             self._check_device(device_id)
             with self.lock:
                 self._require_pipeline()
@@ -864,7 +865,7 @@ class KernelDevice:
             jobs: list[ReadJob] = [
                 ("cells", (encoder, 0, None, v[0] if len(v) == 1 else np.concatenate(v)))
                 for (_, encoder), v in zip(batches, values, strict=True)]
-            return jobs, [None] * entities
+            return jobs, []
         try:
             req = p4runtime_pb2.ReadRequest.FromString(raw)
         except DecodeError as exc:
@@ -876,7 +877,7 @@ class KernelDevice:
             jobs = self._fetch(steps)
         if all(isinstance(step, CellRead) for step in steps) and not any(errors):
             self._remember(raw, req.device_id, steps, len(errors))
-        return jobs, errors
+        return jobs, errors if any(errors) else []
 
     def _remember(self, raw: bytes, device_id: int, steps: list[ReadStep],
                   entities: int) -> None:

@@ -135,7 +135,7 @@ class P4RuntimeService:
             context.abort(grpc_code(exc.code), exc.message)
             return
         yield from self.device.encode(jobs)
-        if any(e is not None for e in errors):
+        if errors:
             _abort_batch(context, "Read", errors)
 
     def StreamChannel(self, requests: Iterator[p4runtime_pb2.StreamMessageRequest],
