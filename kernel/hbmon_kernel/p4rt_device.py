@@ -1180,7 +1180,7 @@ class KernelDevice:
         primary.sink.send(p4runtime_pb2.StreamMessageResponse(digest=msg))
         return True
 
-    def pump_events(self, stop: threading.Event, max_wait_ms: int = 100) -> None:
+    def pump_events(self, stop: threading.Event, max_wait_ms: int = 1000) -> None:
         """Turn the data plane's UP/DOWN events into digests until `stop` (a thread)."""
         engines = list(self._digests.values())
         while not stop.is_set():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -10,6 +12,34 @@ import uvicorn
 from fastapi import FastAPI
 
 log = logging.getLogger(__name__)
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn's main loop wakes every 100 ms to refresh the Date header and look for a
+    shutdown request: ten wake-ups a second of an idle controller. This one ticks once a
+    second (the Date header's resolution) and wakes at once when `request_exit` is called."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+
+    async def main_loop(self) -> None:
+        self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
+        counter = 0
+        should_exit = await self.on_tick(counter)
+        while not should_exit:
+            counter = (counter + 10) % 864000  # on_tick refreshes headers on multiples of 10
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 1.0)
+            should_exit = await self.on_tick(counter)
+
+    def request_exit(self) -> None:
+        self.should_exit = True
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already closed
+                loop.call_soon_threadsafe(wake.set)
 
 
 class ApiServer:
@@ -29,7 +59,7 @@ class ApiServer:
             app, host=host, port=port, log_level=log_level, access_log=access_log,
             lifespan="on", timeout_graceful_shutdown=5, server_header=False,
         )
-        self._server = uvicorn.Server(config)
+        self._server = _QuietServer(config)
         self._thread: threading.Thread | None = None
         self.host = host
 
@@ -66,7 +96,7 @@ class ApiServer:
         state = getattr(self.app.state, "hbmon", None)
         if state is not None:
             state.close_streams()
-        self._server.should_exit = True
+        self._server.request_exit()
         self._thread.join(timeout)
         if self._thread.is_alive():
             self._server.force_exit = True
