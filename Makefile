@@ -68,7 +68,8 @@ $(VENV)/bin/python:
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 
-$(VENV_STAMP): $(ROOT)/pyproject.toml | $(VENV)/bin/python
+# the C extension (hbmon._cells) is built by this install: a changed source rebuilds it
+$(VENV_STAMP): $(ROOT)/pyproject.toml $(ROOT)/controller/hbmon/_cells.c | $(VENV)/bin/python
 	$(VENV)/bin/pip install -q -e '$(ROOT)[dev]'
 	@touch $@
 

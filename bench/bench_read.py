@@ -12,11 +12,17 @@ of CPU): the real kernel target's P4Runtime server (KernelDevice + gRPC, in this
 on loopback) answering a real gRPC client, which decodes as the controller does
 (P4RuntimeClient.read_raw + hbmon.registers.decode_cells):
   p4runtime_whole      one ReadRequest, a wildcard RegisterEntry per register
-  p4runtime_indexed    the controller's poll: one ReadRequest listing 14 x 4,096 cells
-                       (the same bytes every poll, so the target reuses its plan)
+  p4runtime_indexed    the controller's detail poll: one ReadRequest listing 14 x 4,096
+                       cells (the same bytes every poll, so the target reuses its plan)
+  p4runtime_indexed_verdict  the verdict poll (every 800 ms): the 7 verdict registers x
+                       4,096 cells by index
 CPU is split per side with thread CPU clocks: server = the gRPC handler thread (plan,
 register copy, encode), client = the calling thread (gRPC receive + decode); cells hold
 random values of each register's full width (the longest encoding).
+
+  codec                the two ends of the wire alone, in process, no gRPC: the target's
+                       CellEncoder.encode + ResponseChunker and the controller's
+                       decode_cells over the verdict poll's 7 x 4,096 cells, ns per cell
 
 Usage: python bench/bench_read.py [--rounds N]   (root)
 """
@@ -171,6 +177,52 @@ def per_cell_python(ids: list[int], indexes: list[int], expected: dict[str, Any]
             "client_decode_ms": round((t2 - t1) * 1000, 3)}
 
 
+def bench_codec(peers: int, rounds: int) -> dict[str, object]:
+    """ns per cell of encoding (target) and decoding (controller) the verdict poll's cells,
+    with the values of each register's full width (the longest encoding)."""
+    from hbmon.health import HealthConfig
+    from hbmon_kernel import p4rt_wire as wire
+
+    schema = P4Schema.load(P4INFO)
+    names = [f"hb_{f}" for f in HealthConfig().verdict_fields]
+    ids = [schema.register(n).id for n in names]
+    size = schema.register(names[0]).size
+    rng = np.random.default_rng(peers)
+    indexes = np.arange(peers, dtype=np.intp)
+    values = np.concatenate([rng.integers(0, (1 << REGISTERS[n]) - 1, peers, dtype=np.uint64,
+                                          endpoint=True) for n in names])
+    encoder = wire.CellEncoder(np.repeat(np.array(ids, np.uint64), peers),
+                               np.tile(indexes, len(ids)))
+    cells = len(values)
+
+    def encode() -> list[bytes]:
+        chunker = wire.ResponseChunker()
+        blob, ends = encoder.encode(values)
+        out = list(chunker.add_block(blob, ends))
+        if chunker.pending:
+            out.append(chunker.flush())
+        return out
+
+    responses = encode()
+    columns = decode_cells(responses, ids, indexes, [size] * len(ids))
+    assert np.array_equal(np.concatenate(columns), values)
+    samples: dict[str, list[float]] = {"encode": [], "decode": []}
+    for _ in range(rounds):
+        t0 = time.thread_time_ns()
+        encode()
+        t1 = time.thread_time_ns()
+        decode_cells(responses, ids, indexes, [size] * len(ids))
+        t2 = time.thread_time_ns()
+        samples["encode"].append(t1 - t0)
+        samples["decode"].append(t2 - t1)
+    out: dict[str, object] = {"peers": peers, "registers": len(ids), "cells": cells,
+                              "response_bytes": sum(map(len, responses)), "rounds": rounds}
+    for side, ns in samples.items():
+        out[f"{side}_ns_per_cell"] = round(statistics.median(ns) / cells, 1)
+        out[f"{side}_ms"] = round(statistics.median(ns) / 1e6, 3)
+    return out
+
+
 def bench_p4runtime(peers: int, rounds: int) -> dict[str, object]:
     """Whole-structure and indexed reads through the kernel target's P4Runtime server."""
     import grpc
@@ -210,8 +262,14 @@ def bench_p4runtime(peers: int, rounds: int) -> dict[str, object]:
                 for r in ids]).SerializeToString()
             indexes = list(range(peers))
             indexed_req = register_cells_request(ids, indexes, 1)
+            from hbmon.health import HealthConfig
+            verdict = [names.index(f"hb_{f}") for f in HealthConfig().verdict_fields]
+            verdict_req = register_cells_request([ids[k] for k in verdict], indexes, 1)
 
-            def measure(request: bytes, idx: list[int] | None, label: str) -> None:
+            def measure(request: bytes, idx: list[int] | None, label: str,
+                        which: list[int] | None = None) -> None:
+                which = list(range(len(ids))) if which is None else which
+                asked = [ids[k] for k in which]
                 wall: list[float] = []
                 client_cpu: list[float] = []
                 service.cpu_s.clear()
@@ -219,17 +277,18 @@ def bench_p4runtime(peers: int, rounds: int) -> dict[str, object]:
                 for _ in range(rounds):
                     t0, c0 = time.perf_counter(), time.thread_time()
                     responses = client.read_raw(request)
-                    columns = decode_cells(responses, ids, idx, [size] * len(ids))
+                    columns = decode_cells(responses, asked, idx, [size] * len(asked))
                     client_cpu.append(time.thread_time() - c0)
                     wall.append(time.perf_counter() - t0)
                     nbytes = sum(map(len, responses))
-                for name, column in zip(names, columns, strict=True):  # the last round's
+                for name, column in zip([names[k] for k in which], columns,
+                                        strict=True):  # the last round's
                     want = expected[name] if idx is None else expected[name][idx]
                     assert np.array_equal(column, want), name
                 server_cpu = service.cpu_s[-rounds:]
                 total = [a + b for a, b in zip(server_cpu, client_cpu, strict=True)]
                 out[label] = {
-                    "cells": len(ids) * (size if idx is None else len(idx)),
+                    "cells": len(asked) * (size if idx is None else len(idx)),
                     "response_bytes": nbytes, "rounds": rounds,
                     "wall": _stats(wall), "server_cpu": _stats(server_cpu),
                     "client_cpu": _stats(client_cpu), "server_plus_client_cpu": _stats(total),
@@ -238,6 +297,7 @@ def bench_p4runtime(peers: int, rounds: int) -> dict[str, object]:
             measure(whole_req, None, "p4runtime_whole")
             if peers * 4 < size:  # the controller reads by index below a quarter of the slots
                 measure(indexed_req, indexes, "p4runtime_indexed")
+                measure(verdict_req, indexes, "p4runtime_indexed_verdict", verdict)
                 out["per_cell_python_indexed"] = per_cell_python(ids, indexes, expected, names)
         finally:
             client.close()
@@ -251,11 +311,13 @@ def main() -> int:
     args = ap.parse_args()
     runs = [bench(n, args.rounds) for n in (4096, 65536)]
     p4rt = [bench_p4runtime(n, max(5, args.rounds // 3)) for n in (4096, 65536)]
+    codec = bench_codec(4096, args.rounds)
     result = {
         "bench": "whole_structure_read",
         "target_ms_65536": 50,
         "p4runtime_target_ms_65536": 100,
         "p4runtime": p4rt,
+        "codec": codec,
         "kernel": platform.release(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),

@@ -24,8 +24,8 @@ import numpy.typing as npt
 from google.protobuf.message import DecodeError
 from p4.v1 import p4runtime_pb2
 
+from . import _cells
 from .p4info import P4Schema, decode_int, encode_int
-from .pbwire import varint
 from .protocol import REGISTERS
 
 BMV2_THRIFT_PORT = 9090
@@ -51,90 +51,27 @@ class P4RuntimeLike(Protocol):
 Cells = tuple[npt.NDArray[np.intp], npt.NDArray[np.uint64], npt.NDArray[np.uint64]]
 
 
-_U64 = np.uint64
-# the low k bytes of a u64, k = 0..8
-_BYTES_MASK = np.array([(1 << (8 * k)) - 1 for k in range(9)], np.uint64)
-# continuation bits of a k-byte varint read as a little-endian integer (k <= 5)
-_CONTINUATION = np.array([sum(0x80 << (8 * i) for i in range(k - 1)) for k in range(6)]
-                         + [1 << 63] * 3, np.uint64)  # (no index varint is that long)
+# the shortest entity decode accepts: 0a L1 5a L2, 08 + a one-byte id, 12 00, 1a 03 0a 01 v
+_SHORTEST_ENTITY = 13
 
 
 def decode_register_entities(response: bytes, register_ids: Sequence[int]) -> Cells | None:
     """(position in register_ids, index, value) of every entity of one serialized
-    ReadResponse, vectorised, when they have exactly the shape hbmon's kernel target and
-    the official encoder write for RegisterEntry reads: entities -> register_entry ->
-    register_id, index, data.bitstring of 1..8 bytes, fields in order, no others, one-byte
-    lengths. None for anything else (the caller decodes with protobuf then).
-
-    Entity starts are found as the positions where a 0x0a tag is followed by the
-    register_entry header; because every start must then be exactly where the previous
-    entity ends (first at 0, last ending at the end), a false match inside a value breaks
-    the chain and gives None, never a wrong answer. Fields are read as little-endian u64
-    words at any byte offset (an overlapping, unaligned view): one gather per field group
-    instead of one per byte."""
-    regs = [b"\x08" + varint(r) for r in register_ids]
-    width = len(regs[0]) if regs else 0
-    if not regs or any(len(r) != width for r in regs) or width > 7:
+    ReadResponse, in one sequential pass in C (hbmon._cells.decode), when they have exactly
+    the shape hbmon's kernel target and the official encoder write for RegisterEntry reads:
+    entities -> register_entry -> register_id (one of the asked, all of whose varints have
+    one length), index, data.bitstring of 1..8 bytes, fields in order, no others, one-byte
+    lengths, the entities covering the whole buffer. None for anything else (the caller
+    decodes with protobuf then): the pass follows the length chain, so bytes inside a
+    value are never taken for a header."""
+    cap = len(response) // _SHORTEST_ENTITY + 1
+    which = np.empty(cap, np.intp)
+    index = np.empty(cap, np.uint64)
+    value = np.empty(cap, np.uint64)
+    n = _cells.decode(response, register_ids, which, index, value)
+    if n is None:
         return None
-    tail = b"\x00" * 16  # reads of up to 8 bytes past the last entity stay inside
-    data = b"".join([response, tail])
-    n = len(data) - len(tail)
-    if n == 0:
-        return (np.zeros(0, np.intp), np.zeros(0, np.uint64), np.zeros(0, np.uint64))
-    buf = np.frombuffer(data, np.uint8)
-    word = np.ndarray((len(data) - 7,), dtype="<u8", buffer=data, strides=(1,))
-    shortest = 11 + width  # an entity has at least this many bytes
-    # 0a . 5a: the entities tag two bytes before the register_entry tag (a bitstring's
-    # 0a tag is not followed so, which halves the candidates)
-    last = max(0, n - shortest + 1)
-    start = np.flatnonzero((buf[:last] == 0x0A) & (buf[2:last + 2] == 0x5A))
-    head = word[start]
-    # 0a L1 5a L2 08 with L1 = L2 + 2 < 0x80
-    l1 = (head >> _U64(8)) & _U64(0xFF)
-    ok = ((head & _U64(0xFF00FF00FF)) == _U64(0x08005A000A)) \
-        & (l1 == ((head >> _U64(24)) & _U64(0xFF)) + _U64(2)) & (l1 < _U64(0x80))
-    start = start[ok]
-    if not len(start):
-        return None
-    end = start + 2 + l1[ok].astype(np.intp)
-    if start[0] != 0 or end[-1] != n or not np.array_equal(end[:-1], start[1:]) \
-            or (end - start < shortest).any():
-        return None
-    # 08 varint(register id): its bytes as one little-endian integer, one of the asked
-    key = word[start + 4] & _U64((1 << (8 * width)) - 1)
-    known = np.array([int.from_bytes(r, "little") for r in regs], np.uint64)
-    order = np.argsort(known)
-    at = np.searchsorted(known[order], key).clip(0, len(known) - 1)
-    if not np.array_equal(known[order][at], key):
-        return None
-    which = order[at].astype(np.intp)
-    # 12 Lx [08 varint(index)], Lx = 0 for index 0 (an empty Index message)
-    p = start + 4 + width
-    x = word[p]
-    xlen = ((x >> _U64(8)) & _U64(0xFF)).astype(np.intp)
-    if ((x & _U64(0xFF)) != _U64(0x12)).any() or ((xlen == 1) | (xlen > 6)).any():
-        return None
-    has = xlen > 0
-    if (has & (((x >> _U64(16)) & _U64(0xFF)) != _U64(0x08))).any():
-        return None
-    ilen = np.where(has, xlen - 1, 0)
-    # the varint's bytes (at most 5: an index below 2**35), the ones past it masked off;
-    # the continuation bit must be set on each of its bytes but the last
-    raw = (x >> _U64(24)) & _BYTES_MASK[ilen]
-    if ((raw & _U64(0x8080808080)) != _CONTINUATION[ilen]).any():
-        return None
-    index = (raw & _U64(0x7F)) | ((raw >> _U64(1)) & _U64(0x3F80)) \
-        | ((raw >> _U64(2)) & _U64(0x1FC000)) | ((raw >> _U64(3)) & _U64(0xFE00000)) \
-        | ((raw >> _U64(4)) & _U64(0x7F0000000))
-    # 1a Ld+2 0a Ld value, ending exactly at the entity's end
-    q = p + 2 + xlen
-    vlen = end - (q + 4)
-    d = word[q].astype(np.int64)
-    if (((d & 0xFF00FF) != 0x0A001A) | (((d >> 8) & 0xFF) != vlen + 2)
-            | (((d >> 24) & 0xFF) != vlen) | (vlen < 1) | (vlen > 8)).any():
-        return None
-    value = word[end - 8].byteswap() & _BYTES_MASK[vlen]  # the value's bytes, big-endian
-    return which, index, value
+    return which[:n], index[:n], value[:n]
 
 
 def _decode_protobuf(data: Sequence[bytes], register_ids: Sequence[int]) -> Cells:
@@ -172,8 +109,9 @@ def decode_cells(responses: Sequence[bytes], register_ids: Sequence[int],
     cells `indexes` in that order, or every cell 0..sizes[r]-1 when `indexes` is None.
 
     `responses` are serialized ReadResponses (P4RuntimeClient.read_raw). The fixed-shape
-    vectorised decoder handles what hbmon's kernel target sends; anything else (another
-    target's field order or extra fields) is decoded with protobuf, same result. Every cell
+    C decoder (decode_register_entities) handles what hbmon's kernel target sends; anything
+    else (another target's field order or extra fields) is decoded with protobuf, same
+    result. Every cell
     asked for must come back exactly once, and nothing else."""
     # one ReadResponse at a time: its arrays stay in cache, and no entity spans two
     parts: list[Cells] = []

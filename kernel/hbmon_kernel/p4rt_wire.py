@@ -2,7 +2,8 @@
 
 A wildcard RegisterEntry read of a 65,536-cell register is 65,536 entities. Building them as
 Python protobuf objects costs ~2-4 µs per entity; writing the (tiny, fixed-shape) wire
-encoding directly with cached pieces costs well under 1 µs. The bytes are exactly what
+encoding directly costs well under 1 µs with cached pieces (register_fields) and a few ns
+in C (CellEncoder, hbmon._cells). The bytes are exactly what
 `ReadResponse.SerializeToString()` produces for the same entities (tests/kernel compare
 them), so any client parses them as usual.
 
@@ -26,6 +27,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 import numpy.typing as npt
 from google.protobuf import message
+from hbmon import _cells
 from hbmon.pbwire import varint
 
 # A ReadResponse message never exceeds this (the default gRPC receive limit of clients such
@@ -83,116 +85,30 @@ def register_fields(register_id: int, values: Sequence[int], start: int = 0) -> 
     return out
 
 
-def _varint_bytes(values: npt.NDArray[np.uint64], width: int,
-                  ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
-    """Base-128 varints of values < 2**(7*width): (n, width) byte matrix (bytes past a
-    varint's length are 0) and each varint's length."""
-    n = len(values)
-    length = np.ones(n, np.uint8)
-    for k in range(1, width):
-        length += values >= np.uint64(1 << (7 * k))
-    out = np.empty((n, width), np.uint8)
-    for k in range(width):
-        byte = ((values >> np.uint64(7 * k)) & np.uint64(0x7F)).astype(np.uint8)
-        byte |= (length > k + 1).view(np.uint8) << np.uint8(7)
-        out[:, k] = np.where(length > k, byte, 0)
-    return out, length
-
-
 class CellEncoder:
     """`ReadResponse.entities` fields for a fixed list of register cells (register id and
-    index per cell), vectorised; `encode(values)` gives the bytes the official encoder
-    writes for those RegisterEntry entities (and register_fields, joined) and where each
-    entity ends (ResponseChunker.add_block cuts only there).
+    index per cell); `encode(values)` gives the bytes the official encoder writes for those
+    RegisterEntry entities (and register_fields, joined) and where each entity ends
+    (ResponseChunker.add_block cuts only there).
 
-    Each entity is one row of a byte matrix with a column for every byte an entity of
-    this list can have; a mask drops the bytes a cell does not have (the high bytes of its
-    varints, the leading zero bytes of its value, spec 8.4) and taking the kept bytes row
-    by row gives the wire stream, with no Python loop per cell. Everything that depends on
-    the cells and not on their values is built once here: a target keeps the encoder of a
-    request it answers every poll."""
+    The bytes are written in one pass in C (hbmon._cells.encode). What depends on the cells
+    and not on their values (the id and index columns as contiguous uint64) is prepared
+    once here: a target keeps the encoder of a request it answers every poll."""
 
     def __init__(self, register_ids: npt.ArrayLike, indexes: npt.ArrayLike) -> None:
-        idx = np.asarray(indexes, dtype=np.uint64).ravel()
-        rid = np.broadcast_to(np.asarray(register_ids, dtype=np.uint64), idx.shape)
-        self.size = n = len(idx)
-        rw = len(varint(int(rid.max()))) if n else 1
-        top = int(idx.max()) if n else 0
-        iw = len(varint(top)) if top else 0  # varint columns the largest index needs
-        reg, rlen = _varint_bytes(rid, rw)
-        if iw:
-            ibytes, ilen = _varint_bytes(idx, iw)
-            ilen[idx == 0] = 0  # index 0: an empty Index message (proto3 drops the default)
-        else:
-            ibytes, ilen = np.zeros((n, 0), np.uint8), np.zeros(n, np.uint8)
-        xlen = ilen + (ilen > 0)  # Index message: 08 varint(index), or nothing
-        # RegisterEntry length without the value: 08 reg, 12 Lx [08 index], 1a . 0a .
-        self._fixed = (1 + rlen + 2 + xlen + 4).astype(np.uint8)
-        # columns: 0a L1 5a L2 | 08 reg | 12 Lx [08 index] | 1a Ld+2 0a Ld | value
-        c_reg = 4
-        c_idx = c_reg + 1 + rw
-        c_data = c_idx + 2 + (1 + iw if iw else 0)
-        self._c_data = c_data
-        rows = np.zeros((n, c_data + 4), np.uint8)
-        rows[:, 0] = 0x0A
-        rows[:, 2] = 0x5A
-        rows[:, c_reg] = 0x08
-        rows[:, c_reg + 1:c_idx] = reg
-        rows[:, c_idx] = 0x12
-        rows[:, c_idx + 1] = xlen
-        if iw:
-            rows[:, c_idx + 2] = 0x08
-            rows[:, c_idx + 3:c_data] = ibytes
-        rows[:, c_data] = 0x1A
-        rows[:, c_data + 2] = 0x0A
-        self._template = rows
-        # which columns a cell keeps depends on (rlen, ilen) here and on its value's
-        # length at encode time: one mask row per combination, picked per cell
-        shape = np.zeros((rw + 1, iw + 1, c_data + 4), bool)
-        shape[:, :, :c_reg + 1] = True
-        shape[:, :, c_idx:c_idx + 2] = True
-        shape[:, :, c_data:] = True
-        for r in range(1, rw + 1):
-            shape[r, :, c_reg + 1:c_reg + 1 + r] = True
-        for i in range(1, iw + 1):
-            shape[:, i, c_idx + 2:c_idx + 3 + i] = True
-        self._shapes = shape.reshape(-1, c_data + 4)
-        self._shape_of = rlen.astype(np.intp) * (iw + 1) + ilen
+        idx = np.ascontiguousarray(np.asarray(indexes, dtype=np.uint64).ravel())
+        rid = np.ascontiguousarray(np.broadcast_to(np.asarray(register_ids, dtype=np.uint64),
+                                                   idx.shape))
+        self.size = len(idx)
+        self._ids = rid
+        self._indexes = idx
 
     def encode(self, values: npt.ArrayLike) -> tuple[bytes, npt.NDArray[np.int64]]:
-        val = np.asarray(values, dtype=np.uint64).ravel()
-        n = self.size
-        if len(val) != n:
-            raise ValueError(f"{n} cells but {len(val)} values")
-        if n == 0:
-            return b"", np.zeros(0, np.int64)
-        vlen = np.ones(n, np.uint8)  # canonical bytestring: no leading zero byte, >= 1
-        for k in range(1, 8):
-            vlen += val >= np.uint64(1 << (8 * k))
-        vw = int(vlen.max())  # value columns this read needs
-        base = self._c_data + 4
-        width = base + vw
-        inner = self._fixed + vlen  # RegisterEntry length (< 128: one-byte lengths)
-        rows = np.empty((n, width), np.uint8)
-        rows[:, :base] = self._template
-        rows[:, 1] = inner + 2
-        rows[:, 3] = inner
-        rows[:, self._c_data + 1] = vlen + 2
-        rows[:, self._c_data + 3] = vlen
-        rows[:, base:] = val.astype(">u8").view(np.uint8).reshape(n, 8)[:, 8 - vw:]
-        # keep-masks per (cell shape, value length), gathered as one fixed-size item per
-        # row (np.take of a void view and np.compress: several times faster than the
-        # equivalent fancy and boolean indexing)
-        shapes = len(self._shapes)
-        table = np.empty((9, shapes, width), bool)
-        table[:, :, :base] = self._shapes
-        for v in range(9):
-            table[v, :, base:] = np.arange(vw) >= vw - v
-        pick = vlen.astype(np.intp) * shapes + self._shape_of
-        keep = np.take(table.reshape(9 * shapes, width).view(f"V{width}").ravel(),
-                       pick).view(bool)
-        ends = np.cumsum(inner, dtype=np.int64) + 4 * np.arange(1, n + 1, dtype=np.int64)
-        return np.compress(keep, rows.ravel()).tobytes(), ends
+        val = np.ascontiguousarray(np.asarray(values, dtype=np.uint64).ravel())
+        if len(val) != self.size:
+            raise ValueError(f"{self.size} cells but {len(val)} values")
+        ends = np.empty(self.size, np.int64)
+        return _cells.encode(self._ids, self._indexes, val, ends), ends
 
 
 def encode_register_cells(register_id: int, indexes: npt.ArrayLike, values: npt.ArrayLike,
