@@ -60,6 +60,21 @@ from results_io import write_result  # noqa: E402
 P4INFO = ROOT / "p4src" / "build" / "heartbeat.p4info.txtpb"
 
 
+# The same bench before the C codec (hbmon._cells), medians in ms (codec: ns per cell too),
+# kept for the comparison in results/read.json.
+BEFORE_C_CODEC: dict[str, object] = {
+    "commit": "69b4b01 (numpy encoder and decoder)",
+    "codec": {"encode_ns_per_cell": 51.3, "encode_ms": 1.472,
+              "decode_ns_per_cell": 65.0, "decode_ms": 1.863},
+    "p4runtime_indexed": {"server_cpu": 3.57, "client_cpu": 4.315,
+                          "server_plus_client_cpu": 7.853},
+    "p4runtime_indexed_verdict": {"server_cpu": 1.703, "client_cpu": 2.304,
+                                  "server_plus_client_cpu": 3.983},
+    "p4runtime_whole_4096": {"server_cpu": 54.426, "client_cpu": 63.564,
+                             "server_plus_client_cpu": 119.648},
+}
+
+
 def timed(fn: Callable[[], object], rounds: int) -> dict[str, float]:
     samples = []
     for _ in range(rounds):
@@ -318,6 +333,7 @@ def main() -> int:
         "p4runtime_target_ms_65536": 100,
         "p4runtime": p4rt,
         "codec": codec,
+        "before_c_codec": BEFORE_C_CODEC,
         "kernel": platform.release(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
