@@ -288,7 +288,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     help="directory of hb_xdp.o/hb_tc.o (default: $HBMON_BPF_DIR, build/bpf)")
     ap.add_argument("--burst-gap-us", type=int, default=None,
                     help="spacing of the fan-out's 128-replica bursts within a round, in us "
-                         "(default 200; raise it when the peers' side "
+                         "(default 80; raise it when the peers' side "
                          "drops bursts, e.g. a veth with XDP on its far end)")
     ap.add_argument("--log-level", default="info",
                     choices=["debug", "info", "warning", "error"])
