@@ -37,18 +37,15 @@ import os
 import platform
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -67,6 +64,7 @@ from hbmon_topo.model import (  # noqa: E402
     peer_mac,
 )
 from hbmon_topo.netns import NetnsLab  # noqa: E402
+from product_lab import free_port, serve, wait_for  # noqa: E402
 from results_io import RESULTS_DIR, write_result  # noqa: E402
 
 HBMON = str(Path(sys.executable).with_name("hbmon"))
@@ -92,27 +90,10 @@ FRESH_S = 1.0  # issue 9: a verdict reaches the API within 1 s of data-plane evi
 PLAIN_REFERENCE_CPU = 0.41
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def proc_cpu(pid: int) -> tuple[float, float]:
     """(utime, stime) seconds of a process, all threads."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    tick = threading.Event()
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        tick.wait(interval)
-    return True
 
 
 def pause(seconds: float) -> None:
@@ -318,25 +299,6 @@ def steady_window(pids: dict[str, int], window: float, peers: Peers,
 def api_get(port: int, path: str) -> Any:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
         return json.loads(r.read())
-
-
-@contextlib.contextmanager
-def serve(config: dict[str, Any], workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
-    path = workdir / f"hbmon-{time.monotonic_ns()}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    with (workdir / "serve.log").open("ab") as log:
-        proc = subprocess.Popen([HBMON, "serve", "-c", str(path), "--log-level", "warning"],
-                                stdout=log, stderr=subprocess.STDOUT)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def hbmon_row(lab: NetnsLab, topo: Topology, rate: float, grpc_addr: str, target_pid: int,
