@@ -61,6 +61,9 @@ def build_api(fabric: Any, store: Any, bus: Any, config: FabricConfig, metrics: 
     }
     if config.api.token_file is not None:
         overrides["token_file"] = str(config.api.token_file)
+    for key in ("max_body_bytes", "max_sse_clients"):
+        if getattr(config.api, key) is not None:
+            overrides[key] = getattr(config.api, key)
     settings = ApiSettings.from_env(**overrides)
     # explicit values beat the environment: command line, then config file
     host = host or (config.api.host if "HBMON_API_HOST" not in os.environ else settings.host)

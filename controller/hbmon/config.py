@@ -12,7 +12,8 @@ inventory. Example (every key but `switches` is optional)::
     election_id: 10
     store: sqlite:///hbmon.db
     health: {rtt_degraded_us: 50000, loss_degraded: 0.2, flap_count: 4, hold_down_s: 10}
-    api: {host: 127.0.0.1, port: 8080, token_file: /etc/hbmon/token, read_auth: false}
+    api: {host: 127.0.0.1, port: 8080, token_file: /etc/hbmon/token, read_auth: false,
+          max_body_bytes: 33554432, max_sse_clients: 256}
     webhooks: {urls: ["https://pager.example/hook"], secret_file: /etc/hbmon/hook.key}
     switches:
       - name: s1
@@ -111,6 +112,8 @@ class ApiConfig:
     token_file: Path | None = None
     read_auth: bool = False
     allow_anonymous_writes: bool = False
+    max_body_bytes: int | None = None  # None: ApiSettings' default
+    max_sse_clients: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,6 +359,10 @@ def parse_config(data: Any, base: Path | None = None, path: Path | None = None,
         if api_raw.get("token_file") else None,
         read_auth=bool(api_raw.get("read_auth", False)),
         allow_anonymous_writes=bool(api_raw.get("allow_anonymous_writes", False)),
+        max_body_bytes=_number(api_raw, "max_body_bytes", "api.", 0, minimum=1024,
+                               maximum=2**31, integer=True) or None,
+        max_sse_clients=_number(api_raw, "max_sse_clients", "api.", 0, minimum=1,
+                                maximum=100_000, integer=True) or None,
     )
     hooks_raw = data.get("webhooks") or {}
     _expect(hooks_raw, dict, "webhooks", "a mapping")

@@ -60,6 +60,9 @@ class ControllerMetrics:
             ["method", "route", "status"], buckets=API_BUCKETS, registry=self.registry)
         self.sse_clients = Gauge(
             "hbmon_sse_clients", "Connected Server-Sent Events streams", registry=self.registry)
+        self.sse_clients_limit = Gauge(
+            "hbmon_sse_clients_limit", "Event streams admitted at once (api.max_sse_clients)",
+            registry=self.registry)
         self._service: ServiceMetrics | None = None
 
     def observe_poll(self, switch: str, seconds: float) -> None:

@@ -5,8 +5,11 @@ neither the controller (which only enqueues) nor the other receivers. Batches fo
 are delivered in order; a failing batch is retried with exponential backoff (with jitter)
 before the next one is tried, up to `max_attempts`, then dropped and counted.
 
-The body is signed with HMAC-SHA256 over the exact bytes sent:
-`X-Hbmon-Signature: sha256=<hex>`. Receivers check it with `verify_signature`.
+Each attempt is signed with HMAC-SHA256 over its send time and the exact bytes sent:
+`X-Hbmon-Timestamp: <unix seconds>` and `X-Hbmon-Signature: sha256=<hex of
+HMAC(secret, "<timestamp>." + body)>`. The timestamp is covered by the signature, so a
+receiver that refuses old timestamps (`verify_signature`'s `tolerance`, 5 minutes by
+default) refuses a captured delivery replayed later. README "Webhooks" shows the check.
 """
 
 from __future__ import annotations
@@ -33,21 +36,39 @@ from .model import Event, ValidationError
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Hbmon-Signature"
+TIMESTAMP_HEADER = "X-Hbmon-Timestamp"
+# Receivers' default window: clocks a little apart, a delivery delayed in transit.
+DEFAULT_TOLERANCE = 300.0
 DELIVERY_HEADER = "X-Hbmon-Delivery"
 ATTEMPT_HEADER = "X-Hbmon-Attempt"
 # Answers worth retrying: the receiver may recover. Other 4xx mean the request is wrong.
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
-def sign(secret: bytes, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+def sign(secret: bytes, body: bytes, timestamp: int) -> str:
+    """`sha256=<hex>`: HMAC-SHA256 over b"<timestamp>." followed by the body."""
+    mac = hmac.new(secret, b"%d." % timestamp, hashlib.sha256)
+    mac.update(body)
+    return "sha256=" + mac.hexdigest()
 
 
-def verify_signature(secret: bytes, body: bytes, header: str | None) -> bool:
-    """Constant-time check of an `X-Hbmon-Signature` header against the body."""
-    if not header or not header.startswith("sha256="):
+def verify_signature(
+    secret: bytes, body: bytes, header: str | None, timestamp: str | None, *,
+    tolerance: float = DEFAULT_TOLERANCE, now: float | None = None,
+) -> bool:
+    """Check `X-Hbmon-Signature` (`header`) and `X-Hbmon-Timestamp` (`timestamp`): the
+    signature matches (constant time) and the timestamp is within `tolerance` seconds of
+    `now` (default: this clock). False for anything missing or malformed."""
+    if not header or not header.startswith("sha256=") or not timestamp:
         return False
-    return hmac.compare_digest(sign(secret, body), header)
+    # Digits only: int() would also take "+1", " 1" or "1_0", which sign differently.
+    if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
+        return False
+    sent = int(timestamp)
+    if abs((time.time() if now is None else now) - sent) > tolerance:
+        return False
+    return hmac.compare_digest(sign(secret, body, sent).encode(), header.encode("utf-8",
+                                                                                 "replace"))
 
 
 @dataclass(frozen=True)
@@ -175,12 +196,16 @@ class _Worker:
         delivery = str(uuid.uuid4())
         headers = {"Content-Type": "application/json", DELIVERY_HEADER: delivery,
                    "User-Agent": "hbmon-webhook/1"}
-        if self.config.secret is not None:
-            headers[SIGNATURE_HEADER] = sign(self.config.secret, body)
         for attempt in range(1, self.config.max_attempts + 1):
             if attempt > 1:
                 self.stats.retries += 1
             headers[ATTEMPT_HEADER] = str(attempt)
+            if self.config.secret is not None:
+                # Signed per attempt: a retry after a long backoff carries a fresh time
+                # and is not refused as a replay.
+                sent = int(time.time())
+                headers[TIMESTAMP_HEADER] = str(sent)
+                headers[SIGNATURE_HEADER] = sign(self.config.secret, body, sent)
             retry = True
             try:
                 response = self.client.post(self.url, content=body, headers=headers)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import http.server
 import itertools
 import json
@@ -18,6 +20,7 @@ from hbmon.model import Event, EventKind, Health, ValidationError
 from hbmon.store import SqlStore
 from hbmon.webhooks import (
     SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
     WebhookConfig,
     WebhookDispatcher,
     sign,
@@ -109,11 +112,12 @@ def test_signed_delivery(receiver: Receiver) -> None:
         d.stop()
     hit = receiver.hits[0]
     assert hit.headers["Content-Type"] == "application/json"
-    assert verify_signature(SECRET, hit.body, hit.headers[SIGNATURE_HEADER])
-    assert hit.headers[SIGNATURE_HEADER] == sign(SECRET, hit.body)
-    assert not verify_signature(b"other-secret", hit.body, hit.headers[SIGNATURE_HEADER])
-    assert not verify_signature(SECRET, hit.body + b" ", hit.headers[SIGNATURE_HEADER])
-    assert not verify_signature(SECRET, hit.body, None)
+    sent = hit.headers[TIMESTAMP_HEADER]
+    assert verify_signature(SECRET, hit.body, hit.headers[SIGNATURE_HEADER], sent)
+    assert hit.headers[SIGNATURE_HEADER] == sign(SECRET, hit.body, int(sent))
+    assert not verify_signature(b"other-secret", hit.body, hit.headers[SIGNATURE_HEADER], sent)
+    assert not verify_signature(SECRET, hit.body + b" ", hit.headers[SIGNATURE_HEADER], sent)
+    assert not verify_signature(SECRET, hit.body, None, sent)
     assert [e["peer"] for e in hit.events] == ["p1", "p2"]
     assert hit.events[0]["new_state"] == "DOWN" and hit.events[0]["id"] == 1
     assert d.stats()[receiver.url].delivered == 1
@@ -240,8 +244,8 @@ def test_events_from_the_api_reach_the_webhook(
     events = [e for h in receiver.hits for e in h.events]
     assert [e["kind"] for e in events] == ["peer_added", "transition"]
     assert events[1]["new_state"] == "DOWN" and events[1]["id"] > events[0]["id"]
-    assert all(verify_signature(SECRET, h.body, h.headers[SIGNATURE_HEADER])
-               for h in receiver.hits)
+    assert all(verify_signature(SECRET, h.body, h.headers[SIGNATURE_HEADER],
+                                h.headers[TIMESTAMP_HEADER]) for h in receiver.hits)
 
 
 def test_config_validation(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
@@ -258,3 +262,36 @@ def test_config_validation(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> No
     cfg = WebhookConfig.from_env(["http://127.0.0.1:3/c"])
     assert cfg.urls == ("http://127.0.0.1:3/c", "http://127.0.0.1:1/a", "http://127.0.0.1:2/b")
     assert cfg.secret == b"from-file" and b"from-file" not in repr(cfg).encode()
+
+
+def test_signature_covers_a_timestamp_so_replays_are_refused(receiver: Receiver) -> None:
+    receiver.plan = [503]  # one retry: every attempt is signed at its own send time
+    d = dispatcher(receiver.url)
+    try:
+        before = int(time.time())
+        d.submit([event(1)])
+        receiver.wait_for(lambda hits: len(hits) == 2)
+        after = int(time.time())
+    finally:
+        d.stop()
+    for hit in receiver.hits:
+        sent = hit.headers[TIMESTAMP_HEADER]
+        assert before <= int(sent) <= after
+        signature = hit.headers[SIGNATURE_HEADER]
+        assert verify_signature(SECRET, hit.body, signature, sent)
+        # The same delivery captured and replayed 5 min + 1 s later: refused.
+        assert not verify_signature(SECRET, hit.body, signature, sent, now=int(sent) + 301)
+        assert verify_signature(SECRET, hit.body, signature, sent, now=int(sent) + 299)
+        assert not verify_signature(SECRET, hit.body, signature, sent, tolerance=60,
+                                    now=int(sent) + 61)
+        # Re-stamping the replay with a fresh time breaks the signature.
+        fresh = str(int(sent) + 600)
+        assert not verify_signature(SECRET, hit.body, signature, fresh, now=int(sent) + 600)
+        for bad in (None, "", "+" + sent, f" {sent}", sent + ".0", "1_" + sent):
+            assert not verify_signature(SECRET, hit.body, signature, bad), bad
+    # the receiver's recipe from the README, on the raw bytes
+    hit = receiver.hits[-1]
+    expected = "sha256=" + hmac.new(
+        SECRET, hit.headers[TIMESTAMP_HEADER].encode() + b"." + hit.body,
+        hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(expected, hit.headers[SIGNATURE_HEADER])

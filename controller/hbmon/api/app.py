@@ -20,15 +20,19 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.gzip import GZipMiddleware
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..events import EventBus, Subscription
@@ -46,7 +50,7 @@ from ..model import (
 )
 from ..service import HbmonService, Store
 from . import schemas
-from .auth import require_read, require_write
+from .auth import require_read, require_write, write_denial
 from .rtt import RttHistory
 from .settings import ApiSettings
 
@@ -54,6 +58,10 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 _SSE_PAGE = 500
+# Event ids and paging cursors are SQLite/PostgreSQL BIGINTs: a larger number is a 422
+# naming the parameter, not an OverflowError (500) in the driver.
+MAX_ID = 2**63 - 1
+_WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 class ListingCache:
@@ -137,6 +145,7 @@ class AppState:
     listing: ListingCache = field(default_factory=ListingCache)
     peer_json: PeerJson = field(default_factory=PeerJson)
     closing: bool = False
+    sse_open: int = 0  # event streams admitted and not yet finished (the cap counts these)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def close_streams(self) -> None:
@@ -157,6 +166,65 @@ def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None
 
 def _error(status: int, field_name: str, message: str) -> Response:
     return _json({"detail": {"field": field_name, "message": message}}, status)
+
+
+def _too_large(limit: int) -> dict[str, str]:
+    return {"field": "body",
+            "message": f"request body larger than {limit} bytes (api.max_body_bytes)"}
+
+
+class AuthBeforeBody:
+    """Pure ASGI middleware in front of every write: auth, then the body-size limit,
+    both before the application reads a byte of the body.
+
+    FastAPI reads and parses a route's body before it runs the route's dependencies, so
+    `require_write` alone answered 401 only after a 50 MB body had been read and parsed.
+    Here a write to /api/ is refused (401/403) from its headers; a declared Content-Length
+    above `max_body_bytes` is refused (413) at once; a chunked body is counted as the app
+    reads it and cut with 413 at the first byte over the limit, without reading the rest.
+    Every early answer closes the connection, so the server does not drain an unread body.
+    """
+
+    def __init__(self, app: ASGIApp, settings: ApiSettings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in _WRITE_METHODS:
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        if scope["path"].startswith("/api/"):
+            denial = write_denial(self.settings, headers.get("authorization"))
+            if denial is not None:
+                await self._refuse(denial, scope, receive, send)
+                return
+        limit = self.settings.max_body_bytes
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._refuse(HTTPException(413, _too_large(limit)), scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    # FastAPI re-raises an HTTPException from reading the body; the app's
+                    # handler turns it into the error shape.
+                    raise HTTPException(413, _too_large(limit), headers={"Connection": "close"})
+            return message
+
+        await self.app(scope, counted, send)
+
+    @staticmethod
+    async def _refuse(exc: HTTPException, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(exc.headers or {})
+        headers["Connection"] = "close"  # the unread body is not drained
+        response = _json({"detail": exc.detail}, exc.status_code, headers=headers)
+        await response(scope, receive, send)
 
 
 def _field_from_loc(loc: tuple[Any, ...]) -> str:
@@ -299,6 +367,9 @@ def create_app(
         docs_url=None, redoc_url=None, openapi_url="/openapi.json",
     )
     app.state.hbmon = state
+    metrics.sse_clients_limit.set(settings.max_sse_clients)
+    # Innermost of the middlewares: the request metrics still see its 401/403/413.
+    app.add_middleware(AuthBeforeBody, settings=settings)
     # Level 1: most of the size win at a fraction of the CPU of the default 9 (big lists
     # are mostly repeated keys).
     app.add_middleware(GZipMiddleware, minimum_size=4096, compresslevel=1)
@@ -340,6 +411,14 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> Response:
         detail: Any = exc.detail
+        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
+            # FastAPI's "error parsing the body": json.loads failed before the JSON syntax
+            # (bytes that are not UTF-8, an integer of more than 4,300 digits). The same
+            # documented 422 as any other body that is not JSON.
+            message = ("not valid JSON: not UTF-8" if isinstance(exc.__cause__,
+                                                                  UnicodeDecodeError)
+                       else "not valid JSON")
+            return _error(422, "body", message)
         if not isinstance(detail, dict):
             detail = {"field": "path" if exc.status_code == 404 else "request",
                       "message": str(exc.detail)}
@@ -352,7 +431,8 @@ def create_app(
         return _json({"status": "ok"})
 
     @app.get("/readyz", tags=["probes"],
-             summary="Readiness: every switch connected and read once")
+             summary="Readiness: every switch connected and read once",
+             responses={503: {"description": "Not ready: `ready` false, switches listed"}})
     def readyz() -> Response:
         ready = service.ready()
         switches = {s.name: s.connected for s in service.switches()}
@@ -371,8 +451,82 @@ def create_app(
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
-    app.include_router(_router(state))
+    router = _router(state)
+    app.include_router(router)
+    # FastAPI keeps an included router as one entry of app.routes: its own routes (full
+    # paths, with their dependencies) are listed next to the app's.
+    _install_openapi(app, settings, [*app.routes, *router.routes])
     return app
+
+
+_ERROR_TEXT = {
+    401: "Missing or invalid bearer token",
+    403: "Writes disabled (no token configured)",
+    404: "Unknown peer or switch",
+    409: "Duplicate name, address or peer id",
+    413: "Request body larger than `api.max_body_bytes` (refused while it is read)",
+    422: "Invalid input; `field` names it (also: a body that is not UTF-8 JSON)",
+    503: "The data plane did not take the change (`field`: switch); nothing was applied",
+}
+
+
+def _install_openapi(app: FastAPI, settings: ApiSettings,
+                     routes: Sequence[BaseRoute]) -> None:
+    """The document with the bearer scheme and, per operation, every status it can answer
+    (computed from each route's auth dependency, parameters and body)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = get_openapi(title=app.title, version=app.version,
+                              description=app.description, routes=app.routes)
+            _document_auth_and_errors(doc, routes, settings)
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _document_auth_and_errors(doc: dict[str, Any], routes: Sequence[BaseRoute],
+                              settings: ApiSettings) -> None:
+    doc.setdefault("components", {}).setdefault("securitySchemes", {})["bearerAuth"] = {
+        "type": "http", "scheme": "bearer",
+        "description": "The API token (`api.token_file` or $HBMON_API_TOKEN). Writes always "
+                       "need it; reads only with `api.read_auth: true`.",
+    }
+    error_ref = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
+    guards: dict[tuple[str, str], str] = {}
+    for route in routes:
+        if isinstance(route, APIRoute):
+            calls = {d.call for d in route.dependant.dependencies}
+            kind = "write" if require_write in calls else "read" if require_read in calls \
+                else ""
+            for method in route.methods or ():
+                guards[(route.path, method.lower())] = kind
+    for path, operations in doc.get("paths", {}).items():
+        for method, op in operations.items():
+            kind = guards.get((path, method), "")
+            statuses: set[int] = set()
+            if kind == "write":
+                op["security"] = [{"bearerAuth": []}]
+                statuses |= {401, 403, 413, 503}
+            elif kind == "read":
+                # open reads: the token is optional ({}); closed reads: required
+                op["security"] = [{"bearerAuth": []}] if settings.read_auth \
+                    else [{}, {"bearerAuth": []}]
+                statuses.add(401)
+            if op.get("requestBody") or any(p.get("in") != "path"
+                                            for p in op.get("parameters", [])):
+                statuses.add(422)
+            if "{name}" in path or path.endswith("/bulk-delete"):
+                statuses.add(404)
+            if (method, path) in (("post", "/api/v1/peers"), ("post", "/api/v1/peers/bulk"),
+                                  ("patch", "/api/v1/peers/{name}")):
+                statuses.add(409)
+            responses = op.setdefault("responses", {})
+            for status in sorted(statuses):
+                entry = responses.setdefault(str(status), {})
+                entry.setdefault("description", _ERROR_TEXT[status])
+                entry.setdefault("content", error_ref)
 
 
 def _router(state: AppState) -> APIRouter:
@@ -380,7 +534,7 @@ def _router(state: AppState) -> APIRouter:
     settings = state.settings
     read = [Depends(require_read)]
     write = [Depends(require_write)]
-    r = APIRouter(prefix="/api/v1", responses=schemas.ERRORS)
+    r = APIRouter(prefix="/api/v1")
 
     # ---- inventory --------------------------------------------------------------------
 
@@ -404,7 +558,7 @@ def _router(state: AppState) -> APIRouter:
             pattern="^health$", description="`health`: add each peer's structure values",
         )] = None,
         limit: Annotated[int, Query(ge=1, le=65_536)] = 10_000,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     ) -> Response:
         full = include == "health"  # health values change every poll: never cached
         key = (switch, group, state_, q, limit, offset)
@@ -519,7 +673,8 @@ def _router(state: AppState) -> APIRouter:
     def peer_history(
         name: str,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-        before: Annotated[int | None, Query(ge=1, description="Events with smaller ids")] = None,
+        before: Annotated[int | None, Query(
+            ge=1, le=MAX_ID, description="Events with smaller ids")] = None,
         kind: Annotated[list[str] | None, Query(
             description="Filter: transition, peer_added, ...")] = None,
     ) -> Response:
@@ -597,7 +752,7 @@ def _router(state: AppState) -> APIRouter:
            responses={200: {"model": schemas.EventPage}})
     def event_history(
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        before: Annotated[int | None, Query(ge=1)] = None,
+        before: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
         peer: str | None = None,
         kind: Annotated[list[str] | None, Query()] = None,
     ) -> Response:
@@ -607,10 +762,13 @@ def _router(state: AppState) -> APIRouter:
            summary="Live events as Server-Sent Events (resume with Last-Event-ID)",
            response_class=StreamingResponse,
            responses={200: {"content": {"text/event-stream": {}},
-                            "description": "`id:` event id, `event:` kind, `data:` JSON"}})
+                            "description": "`id:` event id, `event:` kind, `data:` JSON"},
+                      503: {"model": schemas.ErrorOut,
+                            "description": "`api.max_sse_clients` streams already open"}})
     async def events(
         last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-        after: Annotated[int | None, Query(ge=0, description="Like Last-Event-ID")] = None,
+        after: Annotated[int | None, Query(
+            ge=0, le=MAX_ID, description="Like Last-Event-ID")] = None,
         peer: str | None = None,
         kind: Annotated[list[str] | None, Query()] = None,
     ) -> Response:
@@ -621,14 +779,39 @@ def _router(state: AppState) -> APIRouter:
             except ValueError:
                 raise ValidationError("Last-Event-ID", "must be an event id (integer)") \
                     from None
-            if resume < 0:
-                raise ValidationError("Last-Event-ID", "must be >= 0")
+            if not 0 <= resume <= MAX_ID:
+                raise ValidationError("Last-Event-ID", f"must be 0 .. {MAX_ID}")
         kinds = _event_kinds(kind)
-        return StreamingResponse(
-            _stream(state, resume, peer, kinds), media_type="text/event-stream",
+        cap = settings.max_sse_clients
+        with state.lock:
+            if state.sse_open >= cap:
+                raise HTTPException(
+                    503, {"field": "max_sse_clients",
+                          "message": f"at most {cap} event streams at once "
+                                     "(api.max_sse_clients); try again later"},
+                    headers={"Retry-After": "5"})
+            state.sse_open += 1
+        return _EventStream(
+            state, _stream(state, resume, peer, kinds), media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return r
+
+
+class _EventStream(StreamingResponse):
+    """An SSE response that gives its slot of the stream cap back however it ends
+    (finished, client gone, server stopping), even if the stream never started."""
+
+    def __init__(self, state: AppState, content: AsyncIterator[str], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with self._state.lock:
+                self._state.sse_open -= 1
 
 
 @contextmanager

@@ -162,11 +162,3 @@ class RttHistoryOut(BaseModel):
     peers: dict[str, list[int | None]] = Field(
         description="Oldest first; null where no response was recorded in the interval")
 
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut, "description": "Missing or invalid bearer token"},
-    403: {"model": ErrorOut, "description": "Writes disabled (no token configured)"},
-    404: {"model": ErrorOut, "description": "Unknown peer or switch"},
-    409: {"model": ErrorOut, "description": "Duplicate name, address or peer id"},
-    422: {"model": ErrorOut, "description": "Invalid input; `field` names it"},
-}

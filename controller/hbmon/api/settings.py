@@ -11,6 +11,11 @@ from ..webhooks import read_secret
 
 TOKEN_ENV = "HBMON_API_TOKEN"
 TOKEN_FILE_ENV = "HBMON_API_TOKEN_FILE"
+# The largest legal bulk add: 65,536 peers (max_bulk), each with every field at its longest
+# (63-char name, switch and group, 255.255.255.254, peer_id 2**32-1, ...) is 372 bytes a
+# peer in compact JSON, 473 pretty-printed with indent=2: 23.3 / 29.6 MiB. 32 MiB takes it
+# with room for a few labels; a body of any size above it is refused while being read.
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -39,6 +44,9 @@ class ApiSettings:
     rtt_samples: int = 120
     dashboard_refresh: float = 2.0  # seconds between the dashboard's health reads
     max_bulk: int = 65_536
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # request bodies above: 413 while reading
+    # Live event streams at once; each holds a subscription buffer and a task (503 beyond).
+    max_sse_clients: int = 256
 
     def __post_init__(self) -> None:
         try:
@@ -56,6 +64,10 @@ class ApiSettings:
         for name in ("sse_keepalive", "rtt_sample_interval", "dashboard_refresh"):
             if getattr(self, name) <= 0:
                 raise ValidationError(name, "must be > 0")
+        if self.max_body_bytes < 1024:
+            raise ValidationError("max_body_bytes", "must be at least 1024")
+        if self.max_sse_clients < 1:
+            raise ValidationError("max_sse_clients", "must be at least 1")
         if self.rtt_samples < 2:
             raise ValidationError("rtt_samples", "must be at least 2")
 
