@@ -242,6 +242,8 @@ class Datapath:
         self._pending: list[PeerEvent] = []
         self._groups: dict[int, list[tuple[int, int]]] = {}  # group -> replica by position
         self._backlog_restore: tuple[int, int] | None = None  # (old value, value we set)
+        # (netns path or None, interface, ethtool knob) of each VLAN offload we turned off
+        self._vlan_restore: list[tuple[str | None, str, str]] = []
         self._prog_fds: dict[str, int] = {}
 
     # ------------------------------------------------------------------ lifecycle
@@ -399,6 +401,7 @@ class Datapath:
         xdp_fd = self._prog_fds[XDP_PROGRAM]
         for port, ifindex in sorted(self._ifindex.items()):
             self._remove_orphans(port, ifindex)
+            self._keep_vlan_tags(port, self.ports[port])
             try:
                 lb.xdp_attach(ifindex, xdp_fd)
             except lb.LibbpfError as exc:
@@ -418,6 +421,118 @@ class Datapath:
             self._tc_hooks.append(hook)
             hook.create()
             hook.attach(self._prog_fds[TC_CPU_PROGRAM])
+
+    # VLAN offloads (as `ethtool -k` shows them, the `ethtool -K` knob) that carry a tag in
+    # skb metadata, out of the frame XDP sees: a port's rx offloads (a NIC strips the tag),
+    # and for a veth port its far end's tx offloads (the veth hands the skb over as it is)
+    _VLAN_RX_OFFLOADS = (("rx-vlan-offload", "rxvlan"),
+                         ("rx-vlan-stag-hw-parse", "rx-vlan-stag-hw-parse"))
+    _VLAN_TX_OFFLOADS = (("tx-vlan-offload", "txvlan"),
+                         ("tx-vlan-stag-hw-insert", "tx-vlan-stag-hw-insert"))
+    _ETHTOOL = "ethtool"
+
+    @staticmethod
+    def _in_netns(netns: str | None, cmd: list[str]) -> list[str]:
+        """`cmd` run in the network namespace at path `netns` (None: ours)."""
+        return cmd if netns is None else ["nsenter", f"--net={netns}", *cmd]
+
+    @classmethod
+    def _ethtool(cls, netns: str | None, *args: str) -> str:
+        cmd = cls._in_netns(netns, [cls._ETHTOOL, *args])
+        try:
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError) as exc:
+            detail = getattr(exc, "stderr", "") or str(exc)
+            raise DatapathError(
+                f"{' '.join(cmd)} failed ({str(detail).strip()}); the kernel target needs "
+                "ethtool (Debian package ethtool) to keep VLAN tags in the frame"
+            ) from exc
+        return out.stdout
+
+    @classmethod
+    def _veth_far_end(cls, ifname: str) -> tuple[str | None, str] | None:
+        """(path of its network namespace, None for ours; interface name) of the other end
+        of a veth port, or None when the port is not a veth."""
+        import json
+
+        def ip_json(netns: str | None, *args: str) -> Any:
+            out = subprocess.run(cls._in_netns(netns, ["ip", "-j", *args]), check=True,
+                                 capture_output=True, text=True, timeout=10)
+            return json.loads(out.stdout or "[]")
+
+        try:
+            link = ip_json(None, "-d", "link", "show", "dev", ifname)[0]
+            if link.get("linkinfo", {}).get("info_kind") != "veth":
+                return None
+            if "link_netnsid" not in link:
+                return None, str(link["link"])
+            # a named namespace by its id; else (Mininet hosts, containers) any process's
+            named = [f"/run/netns/{ns['name']}" for ns in ip_json(None, "netns", "list-id")
+                     if ns.get("nsid") == link["link_netnsid"] and ns.get("name")]
+            procs = [f"/proc/{pid}/ns/net" for pid in os.listdir("/proc") if pid.isdigit()]
+            own = os.stat("/proc/self/ns/net")
+            seen = {(own.st_dev, own.st_ino)}
+            for path in named + procs:
+                try:
+                    st = os.stat(path)
+                    if (st.st_dev, st.st_ino) in seen:
+                        continue
+                    seen.add((st.st_dev, st.st_ino))
+                    links = ip_json(path, "link", "show")
+                except (OSError, subprocess.SubprocessError, ValueError):
+                    continue  # the process exited, or that namespace is not ours to read
+                for far in links:  # the end whose peer is this port, and ours its peer
+                    if (far.get("ifindex") == link.get("link_index")
+                            and far.get("link_index") == link.get("ifindex")):
+                        return path, str(far["ifname"])
+        except (OSError, subprocess.SubprocessError, ValueError, LookupError) as exc:
+            raise DatapathError(f"cannot find the far end of veth {ifname!r}: {exc}") from exc
+        raise DatapathError(
+            f"cannot find the far end of veth {ifname!r} in any network namespace, so the "
+            "kernel target cannot keep VLAN tags in its frames (docs/dataplane.md \"What is a "
+            "heartbeat\")"
+        )
+
+    def _offloads_off(self, netns: str | None, ifname: str,
+                      offloads: tuple[tuple[str, str], ...]) -> None:
+        """Turn `offloads` off on `ifname` (restored by close()); refuse if one stays on."""
+        for shown, knob in offloads:
+            m = re.search(rf"^{shown}: (on|off)( \[fixed\])?",
+                          self._ethtool(netns, "-k", ifname), re.MULTILINE)
+            if m is None or m.group(1) == "off":
+                continue  # the device does not move tags of this kind
+            if not m.group(2):
+                # restore only what we changed, even if the change does not take
+                self._vlan_restore.append((netns, ifname, knob))
+                with contextlib.suppress(DatapathError):  # judged by the re-read below
+                    self._ethtool(netns, "-K", ifname, knob, "off")
+                m = re.search(rf"^{shown}: (on|off)", self._ethtool(netns, "-k", ifname),
+                              re.MULTILINE)
+            if m is not None and m.group(1) == "on":
+                where = f" in network namespace {netns}" if netns else ""
+                raise DatapathError(
+                    f"interface {ifname!r}{where} carries VLAN tags outside the frame "
+                    f"({shown}: on) and cannot turn that off: hbmon's XDP program would take "
+                    "a tagged heartbeat for an untagged one (docs/dataplane.md)"
+                )
+
+    def _keep_vlan_tags(self, port: int, ifname: str) -> None:
+        """Keep every VLAN tag inside the frames XDP sees on a port (restored by close()).
+
+        Issue 11: hb_xdp_rx cannot see a tag carried in skb metadata, so a tagged heartbeat
+        looked untagged and was recorded (it revived a muted DOWN peer), while bmv2's parser,
+        which has no 802.1Q state, treats it as ordinary traffic. With the offloads off the
+        tag stays in the frame, the EtherType is 802.1Q/802.1ad and the program passes the
+        frame on as ordinary traffic: one contract on both targets (docs/dataplane.md "What
+        is a heartbeat"). On a NIC that is the rx offload of the port. A veth hands the
+        sender's skb over as it is (its receive side has no rx offload to speak of), so the
+        tag stays out of the frame when the far end's tx offload put it in metadata: those
+        are turned off too. A port where this cannot be done is refused.
+        """
+        self._offloads_off(None, ifname, self._VLAN_RX_OFFLOADS)
+        far = self._veth_far_end(ifname)
+        if far is not None:
+            self._offloads_off(*far, self._VLAN_TX_OFFLOADS)
 
     def _remove_orphans(self, port: int, ifindex: int) -> None:
         """Detach what a killed data plane (kill -9: no clean-up ran) left on a port.
@@ -466,6 +581,11 @@ class Datapath:
                 with contextlib.suppress(lb.LibbpfError):
                     lb.xdp_detach(ifindex, prog_fd)
             self._xdp_attached.clear()
+            for netns, ifname, knob in reversed(self._vlan_restore):
+                # after the detach: no moment with our program attached and tags stripped
+                with contextlib.suppress(DatapathError):  # interface gone: nothing to restore
+                    self._ethtool(netns, "-K", ifname, knob, "on")
+            self._vlan_restore.clear()
             for hook in reversed(self._tc_hooks):
                 hook.destroy()
             self._tc_hooks.clear()
