@@ -58,6 +58,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from hbmon import targets  # noqa: E402
 from hbmon.health import HealthConfig  # noqa: E402
+from hbmon_kernel.datapath import BURST_GAP_NS  # noqa: E402
 from hbmon_topo.farm import PeerFarm  # noqa: E402
 from hbmon_topo.model import PeerSpec, Topology, multi  # noqa: E402
 from hbmon_topo.netns import NetnsLab  # noqa: E402
@@ -355,7 +356,7 @@ def run_case(lab: NetnsLab, topo: Topology, farm: PeerFarm, interval_ms: float,
                            "detect_mult": DETECT_MULT, "peers": len(topo.peers)}
     health = HealthConfig()
     extra = ["--burst-gap-us", str(args.burst_gap_us)] if args.burst_gap_us else []
-    out["burst_gap_us"] = args.burst_gap_us or "target default (200)"
+    out["burst_gap_us"] = args.burst_gap_us or BURST_GAP_NS // 1000  # the target's default
     farm0, t_farm0 = farm.counters(), time.monotonic()
     with targets.start_target("kernel", lab.port_map, grpc_addr=grpc_addr,
                               output_path=workdir / f"target-{case}.log", wait=120,
