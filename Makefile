@@ -7,6 +7,7 @@
 #   p4-build              regenerate p4src/build/ with p4c (PATH or $P4C)
 #   ptf TARGET=kernel|bmv2  the PTF data-plane suite against one target
 #   bench                 benchmarks in bench/
+#   fuzz                  1,000,000 fuzz frames through the kernel target's XDP program (FUZZ_FRAMES, FUZZ_SEED)
 #   lint                  ruff + mypy
 #   clean / distclean     build outputs / also the virtual environment
 
@@ -36,7 +37,7 @@ APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -y 
 VENV_STAMP := $(VENV)/.hbmon-installed
 STUBS_STAMP := $(VENV)/.hbmon-p4runtime-stubs
 
-.PHONY: help setup setup-apt setup-venv setup-bpf demo test p4-build ptf bench lint clean distclean
+.PHONY: help setup setup-apt setup-venv setup-bpf demo test p4-build ptf bench fuzz lint clean distclean
 
 help:
 	@sed -n '1,13p' $(ROOT)/Makefile | sed 's/^# \{0,1\}//'
@@ -112,6 +113,16 @@ ptf: setup
 # every bench/bench_*.py one at a time, then a summary with ratios (BENCH_ARGS: see --help)
 bench: setup
 	cd $(ROOT) && $(PY) bench/run_all.py $(BENCH_ARGS)
+
+# the CI fuzz test (tests/kernel/test_fuzz_xdp.py) at ten times its CI volume; -s prints the
+# frames per class and what the data plane made of them
+FUZZ_FRAMES ?= 1000000
+FUZZ_VETH_FRAMES ?= 200000
+FUZZ_SEED ?= 20261205
+fuzz: setup
+	cd $(ROOT) && HBMON_FUZZ_FRAMES=$(FUZZ_FRAMES) HBMON_FUZZ_VETH_FRAMES=$(FUZZ_VETH_FRAMES) \
+		HBMON_FUZZ_SEED=$(FUZZ_SEED) \
+		$(PY) -m pytest -s -p no:cacheprovider tests/kernel/test_fuzz_xdp.py $(PYTEST_ARGS)
 
 lint: setup-venv
 	cd $(ROOT) && $(VENV)/bin/ruff check controller kernel topo tests tools bench ptf_tests
