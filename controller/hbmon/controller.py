@@ -204,8 +204,9 @@ class SwitchDriver:
         self._mac = config.monitor.mac
         self._ip = config.monitor.ip
         # per register set a poll reads: (cells key, request)
+        # register names -> ((device id, *register ids), the index list, request bytes)
         self._poll_requests: dict[tuple[str, ...],
-                                  tuple[tuple[int, ...], bytes]] = {}
+                                  tuple[tuple[int, ...], Sequence[int], bytes]] = {}
         self._next_detail = 0.0  # monotonic time of the next full read (all registers)
         # one register read at a time: a poll, or an API client's read of a peer's details
         # (bmv2's Thrift register client is not thread-safe)
@@ -543,28 +544,37 @@ class SwitchDriver:
 
     def _read_registers(self, names: Sequence[str], indexes: Sequence[int],
                         ) -> dict[str, list[int]]:
-        """Cells `indexes` of each register in `names`: one ReadRequest listing the cells
-        when they are a small part of the arrays, else one wildcard read per array."""
+        """`_read_columns` as lists, for callers that want Python ints."""
+        return {n: c.tolist() for n, c in zip(names, self._read_columns(names, indexes),
+                                              strict=True)}
+
+    def _read_columns(self, names: Sequence[str], indexes: Sequence[int],
+                      ) -> list[npt.NDArray[np.uint64]]:
+        """Cells `indexes` of each register in `names`, one array per register: one
+        ReadRequest listing the cells when they are a small part of the arrays, else one
+        wildcard read per array."""
         assert self.registers is not None
         size = protocol.MAX_PEERS
         if isinstance(self.registers, P4RuntimeRegisterAccess) and len(indexes) * 4 < size:
             ids = [self.schema.register(n).id for n in names]
-            key = (self.client.device_id, *ids, -1, *indexes)
             cached = self._poll_requests.get(tuple(names))
-            if cached is None or cached[0] != key:
-                cached = (key, register_cells_request(ids, indexes, self.client.device_id))
+            # a poll passes the same (cached) index list until the inventory changes: an
+            # identity check spares comparing 65K-element keys every poll
+            if cached is None or cached[0] != (self.client.device_id, *ids) \
+                    or (cached[1] is not indexes and cached[1] != indexes):
+                cached = ((self.client.device_id, *ids), indexes,
+                          register_cells_request(ids, indexes, self.client.device_id))
                 if len(names) > 2:  # a poll's set (verdict or all), not _init_sequence's
                     self._poll_requests[tuple(names)] = cached
-            # the raw responses, decoded in one vectorised pass (protobuf for other shapes)
-            columns = decode_cells(self.client.read_raw(cached[1]), ids, indexes,
-                                   [self.schema.register(n).size for n in names])
-            return {n: c.tolist() for n, c in zip(names, columns, strict=True)}
+            # the raw responses, decoded in one pass (protobuf for other shapes)
+            return decode_cells(self.client.read_raw(cached[2]), ids, indexes,
+                                [self.schema.register(n).size for n in names])
         if isinstance(self.registers, P4RuntimeRegisterAccess):
             arrays = self.registers.snapshot_arrays(list(names))
             at = np.asarray(indexes, dtype=np.intp)
-            return {n: arrays[n][at].tolist() for n in names}
+            return [np.asarray(arrays[n][at], dtype=np.uint64) for n in names]
         whole = self.registers.snapshot(list(names))
-        return {n: [whole[n][i] for i in indexes] for n in names}
+        return [np.array([whole[n][i] for i in indexes], dtype=np.uint64) for n in names]
 
     def read_counters(self) -> dict[str, tuple[int, int]]:
         """The `hb_reason` counters now: reason name -> (packets, bytes)."""
@@ -596,8 +606,8 @@ class SwitchDriver:
         try:
             indexes = members.indexes
             with self._read_lock:
-                cells = self._read_registers([f"hb_{f}" for f in fields], indexes) \
-                    if indexes else {}
+                cells = self._read_columns([f"hb_{f}" for f in fields], indexes) \
+                    if indexes else []
             counters = self.read_counters() if detail else None
         except Exception as exc:
             self.info.last_error = f"poll: {exc}"
@@ -609,10 +619,8 @@ class SwitchDriver:
             self.counters = counters
             self._next_detail = time.monotonic() + self.config.detail_interval_s
         if indexes:
-            columns = np.empty((len(fields), len(indexes)), np.uint64)
-            for i, f in enumerate(fields):
-                columns[i] = cells[f"hb_{f}"]
-            self.fabric._observe(self, members, fields, columns)
+            self.fabric._observe(self, members, fields, np.stack(cells).astype(np.uint64,
+                                                                             copy=False))
         self.polls += 1
         self.info.last_poll = time.time()
         if self.fabric.metrics is not None:
