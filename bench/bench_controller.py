@@ -23,22 +23,19 @@ import contextlib
 import json
 import os
 import platform
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from hbmon import targets  # noqa: E402
 from hbmon.config import DEFAULT_BMV2_JSON, DEFAULT_P4INFO, parse_config  # noqa: E402
@@ -49,6 +46,7 @@ from hbmon.responder import ControlClient  # noqa: E402
 from hbmon.store import open_store  # noqa: E402
 from hbmon_topo.model import multi, star  # noqa: E402
 from hbmon_topo.netns import NetnsLab  # noqa: E402
+from product_lab import serve  # noqa: E402
 
 from tests.controller.p4rt_testserver import TestP4RuntimeServer  # noqa: E402
 
@@ -80,29 +78,9 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
         tick.wait(0.02)
 
 
-@contextlib.contextmanager
-def serve(config: dict[str, Any], workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
-    path = workdir / f"hbmon-{time.monotonic_ns()}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    log = (workdir / "serve.log").open("ab")
-    proc = subprocess.Popen([HBMON, "serve", "--no-api", "-c", str(path), "--log-level",
-                             "warning"], stdout=log, stderr=subprocess.STDOUT)
-    log.close()
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
 def cpu_run(config: dict[str, Any], workdir: Path, warmup: float, window: float,
             ready: Callable[[], bool], target_pid: int | None = None) -> dict[str, float]:
-    with serve(config, workdir) as proc:
+    with serve(config, workdir, args=("--no-api",)) as proc:
         wait_for(lambda: ready() or proc.poll() is not None, 120, "controller programmed")
         if proc.poll() is not None:
             raise RuntimeError((workdir / "serve.log").read_text()[-2000:])

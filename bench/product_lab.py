@@ -95,11 +95,12 @@ def serve_config(topo: Any, grpc_addr: str, api_port: int, interval_ms: float,
 
 @contextlib.contextmanager
 def serve(config: dict[str, Any], workdir: Path, *, env: dict[str, str] | None = None,
-          command: list[str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    """`hbmon serve` (or `command`) on `config`, stopped by its pid on exit."""
+          command: list[str] | None = None, args: tuple[str, ...] = (),
+          ) -> Iterator[subprocess.Popen[bytes]]:
+    """`hbmon serve [args]` (or `command`) on `config`, stopped by its pid on exit."""
     path = workdir / f"hbmon-{time.monotonic_ns()}.yaml"
     path.write_text(yaml.safe_dump(config))
-    argv = (command or [HBMON]) + ["serve", "-c", str(path), "--log-level", "warning"]
+    argv = (command or [HBMON]) + ["serve", *args, "-c", str(path), "--log-level", "warning"]
     with (workdir / "serve.log").open("ab") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                 env={**os.environ, **(env or {})})

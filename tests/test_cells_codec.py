@@ -19,22 +19,14 @@ from hbmon.registers import decode_register_entities
 from hbmon_kernel import p4rt_wire as wire
 from p4.v1 import p4runtime_pb2
 
+from tests.kernel.test_read_path import official_response
+
 # register ids whose varints are 1, 2, 3, 4 and 5 bytes long
 ID_WIDTHS = {1: [1, 7, 127], 2: [128, 300, 16383], 3: [16384, 0x1FFFFF],
              4: [0x200000, 0xFFFFFFF], 5: [0x10000000, 0x10000005, 0xFFFFFFFF]}
 # a value of every canonical byte length 1..8 (0 is one zero byte), and the edges
 VALUE_EDGES = [0, 1, 0xFF, 0x100, 0xFFFF, 1 << 16, (1 << 24) - 1, 1 << 24, (1 << 32) - 1,
                1 << 32, (1 << 40) - 1, 1 << 48, (1 << 56) - 1, 1 << 56, (1 << 64) - 1]
-
-
-def official(cells: Sequence[tuple[int, int, int]]) -> p4runtime_pb2.ReadResponse:
-    resp = p4runtime_pb2.ReadResponse()
-    for rid, index, value in cells:
-        e = resp.entities.add().register_entry
-        e.register_id = rid
-        e.index.index = index
-        e.data.bitstring = value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big")
-    return resp
 
 
 def protobuf_cells(data: bytes, rids: Sequence[int]) -> list[tuple[int, int, int]] | None:
@@ -86,12 +78,12 @@ def test_encoder_writes_official_bytes_for_random_cells(seed: int) -> None:
     cells = random_cells(rng, 3000, rids)
     rid, index, value = (np.array(c, np.uint64) for c in zip(*cells, strict=True))
     blob, ends = wire.CellEncoder(rid, index).encode(value)
-    assert blob == official(cells).SerializeToString()
+    assert blob == official_response(cells).SerializeToString()
     # every entity ends where ends says: each slice is one whole entity
     starts = [0, *ends[:-1].tolist()]
     assert ends[-1] == len(blob)
     for k in rng.sample(range(len(cells)), 50):
-        assert blob[starts[k]:ends[k]] == official([cells[k]]).SerializeToString()
+        assert blob[starts[k]:ends[k]] == official_response([cells[k]]).SerializeToString()
 
 
 def test_encoder_every_value_length_and_index_edge() -> None:
@@ -100,7 +92,7 @@ def test_encoder_every_value_length_and_index_edge() -> None:
              for value in VALUE_EDGES]
     rid, index, value = (np.array(c, np.uint64) for c in zip(*cells, strict=True))
     blob, ends = wire.CellEncoder(rid, index).encode(value)
-    assert blob == official(cells).SerializeToString()
+    assert blob == official_response(cells).SerializeToString()
     assert len(ends) == len(cells)
 
 
@@ -109,7 +101,7 @@ def test_encoder_takes_values_of_any_unsigned_width() -> None:
     encoder = wire.CellEncoder(0x10000001, [0, 1, 2])
     for dtype in (np.uint8, np.uint32, np.uint64):
         blob, _ = encoder.encode(np.array([0, 5, 200], dtype))
-        assert blob == official([(0x10000001, i, v) for i, v in
+        assert blob == official_response([(0x10000001, i, v) for i, v in
                                  enumerate([0, 5, 200])]).SerializeToString()
     with pytest.raises(ValueError, match="3 cells but 2 values"):
         encoder.encode([1, 2])
@@ -132,7 +124,7 @@ def test_decoder_reads_what_protobuf_reads(width: int) -> None:
     rng = random.Random(width)
     rids = ID_WIDTHS[width]  # the fast path takes ids of one varint length
     cells = random_cells(rng, 4000, rids)
-    data = official(cells).SerializeToString()
+    data = official_response(cells).SerializeToString()
     want = protobuf_cells(data, rids)
     assert want is not None and len(want) == len(cells)
     assert decoded(data, rids) == want
@@ -140,7 +132,7 @@ def test_decoder_reads_what_protobuf_reads(width: int) -> None:
 
 def test_decoder_answers_none_for_ids_it_cannot_match() -> None:
     cells = [(0x10000001, 3, 4)]
-    data = official(cells).SerializeToString()
+    data = official_response(cells).SerializeToString()
     assert decoded(data, [0x10000001]) == [(0, 3, 4)]
     assert decoded(data, [0x10000002]) is None  # not asked
     assert decoded(data, []) is None
@@ -170,7 +162,7 @@ def test_decoder_takes_unusual_but_valid_encodings() -> None:
                                   "other_entity", "index_tag"])
 def test_decoder_answers_none_for_other_shapes(case: str) -> None:
     rid = 0x10000001
-    good = official([(rid, 5, 0x1234), (rid, 0, 0)])
+    good = official_response([(rid, 5, 0x1234), (rid, 0, 0)])
     reg = b"\x08\x81\x80\x80\x80\x01"
     body = {
         "nine_byte_bitstring": reg + b"\x12\x02\x08\x05\x1a\x0b\x0a\x09" + bytes(8) + b"\x01",
@@ -182,7 +174,7 @@ def test_decoder_answers_none_for_other_shapes(case: str) -> None:
     if body is not None:
         data = b"\x0a" + bytes([len(body) + 2]) + b"\x5a" + bytes([len(body)]) + body
     elif case == "two_byte_length":  # a valid non-minimal length varint (0x0e as 8e 00)
-        one = official([(rid, 5, 0x1234)]).SerializeToString()
+        one = official_response([(rid, 5, 0x1234)]).SerializeToString()
         data = one[:1] + bytes([one[1] + 1]) + one[2:3] + bytes([one[3] | 0x80, 0]) + one[4:]
     elif case == "trailing_byte":
         data = good.SerializeToString() + b"\x00"
@@ -198,7 +190,7 @@ def test_decoder_survives_truncations_and_bit_flips() -> None:
     # read would fail here (the copies are exact-size bytes, nothing past them to read)
     rng = random.Random(42)
     rids = ID_WIDTHS[5]
-    data = official(random_cells(rng, 40, rids)).SerializeToString()
+    data = official_response(random_cells(rng, 40, rids)).SerializeToString()
     fast = 0
     for cut in range(len(data) + 1):
         got = decoded(data[:cut], rids)
@@ -226,7 +218,7 @@ def test_decoder_survives_truncations_and_bit_flips() -> None:
 
 
 def test_decode_refuses_output_buffers_too_small() -> None:
-    data = official([(1, i, i) for i in range(10)]).SerializeToString()
+    data = official_response([(1, i, i) for i in range(10)]).SerializeToString()
     small = np.empty(9, np.uint64)
     with pytest.raises(ValueError, match="too small"):
         _cells.decode(data, [1], np.empty(9, np.intp), small, small.copy())

@@ -23,7 +23,6 @@
 #define HB_MAX_GROUPS 256
 #define HB_REASON_COUNT 16
 #define HB_EVENTS_BYTES (256 * 1024)
-#define HB_FANOUT_GROUP 1 /* the fan-out group (docs/dataplane.md); deadlines use its period */
 
 /* Fan-out bursts and the round timer (docs/dataplane.md "Rounds kept by the target").
  * A burst is at most HB_BURST replicas: each clone lands in a 256-entry veth ring or the

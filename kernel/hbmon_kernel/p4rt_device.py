@@ -883,7 +883,7 @@ class KernelDevice:
                   entities: int) -> None:
         if len(raw) > PLAN_CACHE_BYTES:
             return
-        # consecutive steps share one encoder up to BATCH_CELLS cells: few numpy calls for
+        # consecutive steps share one encoder up to BATCH_CELLS cells: few codec calls for
         # a poll's 14 x 4,096 cells, cache-sized arrays for whole registers
         batches: list[tuple[list[CellRead], wire.CellEncoder]] = []
         group: list[CellRead] = []
@@ -912,7 +912,7 @@ class KernelDevice:
                  ) -> tuple[list[ReadStep], list[P4RTError | None]]:
         """Each entity of a Read checked and turned into steps (lock held). Consecutive
         cells of one register become one CellRead, so a request listing 57K cells is a
-        handful of vectorised reads."""
+        handful of array reads."""
         steps: list[ReadStep] = []
         errors: list[P4RTError | None] = []
         run_spec: ArraySpec | None = None  # the register of the open run of single cells

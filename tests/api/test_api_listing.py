@@ -103,7 +103,7 @@ def test_listing_bytes_follow_every_change(fabric_api: tuple[Fabric, httpx.Clien
 
 def test_listing_pages_and_filters_count_all_matches(
         fabric_api: tuple[Fabric, httpx.Client]) -> None:
-    fabric, client = fabric_api
+    _, client = fabric_api
     page = orjson.loads(listing(client, limit="10", offset="295"))
     assert page["total"] == 300 and [p["name"] for p in page["peers"]] == [
         f"peer-{i:04d}" for i in range(295, 300)]

@@ -1,4 +1,4 @@
-"""The P4Runtime register read path, both ends: the kernel target's vectorised RegisterEntry
+"""The P4Runtime register read path, both ends: the kernel target's RegisterEntry
 encoder and response cutting, and the controller's fixed-shape decoder with its protobuf
 fallback.
 
@@ -122,7 +122,7 @@ def test_decoder_reads_official_bytes() -> None:
     cells = [(r, i, values[r, i]) for r in rids for i in indexes]
     data = official_response(cells).SerializeToString()
     fast = decode_register_entities(data, rids)
-    assert fast is not None  # the usual shape takes the vectorised path
+    assert fast is not None  # the usual shape takes the fast (C codec) path
     columns = decode_cells([data[:0], data], rids, indexes, [CELLS] * 3)
     for r, column in zip(rids, columns, strict=True):
         assert column.tolist() == [values[r, i] for i in indexes]
