@@ -130,6 +130,15 @@ class P4RuntimeClient:
     `connect()` opens the stream and waits for the arbitration answer; `primary` tells
     whether this client won mastership. Re-arbitration after a stream loss is automatic;
     `on_connection(connected, primary)` reports every change (reconcile on reconnect).
+
+    Take-over (`take_over=True`): when the target says there is no primary (spec 5.4:
+    NOT_FOUND, with the highest election id it has seen), the client re-arbitrates with
+    max(its id, that id + 1). A target that follows spec 5.3 (the kernel target) makes no
+    client primary until one reaches the highest id ever seen, so a standby would otherwise
+    never take over; PI promotes the next backup itself and never sends NOT_FOUND while a
+    client is left, so there the standby is primary already. `election_id` is the id in
+    use (Write carries it); `base_election_id` the configured one, which the client falls
+    back to when the target ends its stream over a clash of ids (spec 5.3: INVALID_ARGUMENT).
     """
 
     def __init__(
@@ -150,12 +159,16 @@ class P4RuntimeClient:
         on_connection: Callable[[bool, bool], None] | None = None,
         on_stream_error: Callable[[p4runtime_pb2.StreamError], None] | None = None,
         auto_ack_digests: bool = True,
+        take_over: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.address = address
         self.device_id = device_id
         self.election_id = election_id
+        self.base_election_id = election_id
+        self.take_over = take_over
+        self.highest_election_id: int | None = None  # as the target's last notification said
         self.schema = schema
         self.role = role
         self.batch_size = batch_size
@@ -184,7 +197,6 @@ class P4RuntimeClient:
         self._call: Any = None
         self._connected = False
         self._primary = False
-        self._primary_election_id = 0
         self._last_error: str | None = None
         self._thread: threading.Thread | None = None
         self.stream_generation = 0  # increments on every (re)arbitration
@@ -287,6 +299,10 @@ class P4RuntimeClient:
                 if not self._closed.is_set():
                     self._last_error = f"stream: {err.code().name}: {err.details()}"
                     log.info("%s: %s", self.address, self._last_error)
+                    if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                        # another live client holds this id (two standbys raced to the same
+                        # take-over id): come back with the configured id, as a backup
+                        self.election_id = self.base_election_id
             except Exception as exc:  # a callback failed: keep the session alive
                 self._last_error = f"stream handler: {exc!r}"
                 log.exception("%s: stream handler failed", self.address)
@@ -319,9 +335,12 @@ class P4RuntimeClient:
         if kind == "arbitration":
             arb = msg.arbitration
             primary = arb.status.code == code_pb2.OK
-            self._primary_election_id = (arb.election_id.high << 64) | arb.election_id.low
+            if arb.HasField("election_id"):
+                self.highest_election_id = (arb.election_id.high << 64) | arb.election_id.low
             if not primary:
                 self._last_error = f"backup: {arb.status.message or 'another primary'}"
+                if arb.status.code == code_pb2.NOT_FOUND and self._take_over():
+                    return True
             if not self._connected or primary != self._primary:
                 self.stream_generation += 1
             self._set_state(True, primary)
@@ -344,6 +363,23 @@ class P4RuntimeClient:
             except queue.Full:
                 self.dropped_messages += 1
         return False
+
+    def _take_over(self) -> bool:
+        """No primary: re-arbitrate above the highest id seen (spec 5.3). True when an
+        update went out (its answer decides the state)."""
+        if not self.take_over or self._closed.is_set():
+            return False
+        wanted = max(self.election_id, (self.highest_election_id or 0) + 1)
+        if wanted == self.election_id:
+            return False  # already above it and still not primary: re-sending cannot help
+        q = self._send_queue
+        if q is None:
+            return False
+        log.info("%s: no primary (highest election id %s): taking over with %d",
+                 self.address, self.highest_election_id, wanted)
+        self.election_id = wanted
+        q.put(self._arbitration_request())
+        return True
 
     def _send(self, req: p4runtime_pb2.StreamMessageRequest) -> None:
         q = self._send_queue
