@@ -160,6 +160,8 @@ class P4RuntimeClient:
         on_stream_error: Callable[[p4runtime_pb2.StreamError], None] | None = None,
         auto_ack_digests: bool = True,
         take_over: bool = True,
+        credentials: grpc.ChannelCredentials | None = None,
+        server_name: str | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -184,11 +186,20 @@ class P4RuntimeClient:
         self.messages: queue.Queue[p4runtime_pb2.StreamMessageResponse] = queue.Queue(10000)
         self.dropped_messages = 0
 
-        self._channel = grpc.insecure_channel(address, options=[
+        # `credentials` (grpc.ssl_channel_credentials): TLS, with a client certificate for
+        # mutual TLS; `server_name`: the name the server's certificate must carry when it is
+        # not the host part of `address` (e.g. a certificate for a name, dialled by address)
+        options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.enable_retries", 0),
-        ])
+        ]
+        if credentials is None:
+            self._channel = grpc.insecure_channel(address, options=options)
+        else:
+            if server_name:
+                options.append(("grpc.ssl_target_name_override", server_name))
+            self._channel = grpc.secure_channel(address, credentials, options=options)
         self._stub = p4runtime_pb2_grpc.P4RuntimeStub(self._channel)
         self._lock = threading.Lock()
         self._closed = threading.Event()
