@@ -17,15 +17,25 @@ Digests (`peer_event_t`) arrive on the stream thread and update health at once.
 `Fabric` holds the drivers of every configured switch, the inventory (peer -> index per
 switch, persisted in the `Store`), the health engine, and publishes every event through an
 `EventSink` from one pump thread, so events keep their order whatever thread made them.
+Events wait in a bounded outbox until the sink has taken them: a store error is retried
+with backoff (the batch stays at the head, so order holds and nothing is published twice);
+only a backlog beyond `outbox_limit` events drops the oldest, counted and logged.
+
+Inventory changes commit to the store before the data plane changes (a removal: commit,
+then unprogram; if unprogramming fails, the switch reconciles and the freed index is held
+until it has). A slot a peer leaves is recorded in the store in the same transaction and
+forgotten once its registers are zeroed, so a restart resets it before another peer uses it.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import ipaddress
 import logging
-import queue
+import os
+import signal
 import struct
 import threading
 import time
@@ -89,6 +99,17 @@ _REGISTER_FIELD = {name: name[3:] for name in REGISTERS}
 assert set(_REGISTER_FIELD.values()) == set(_SLOT_FIELDS)
 _U32 = 0xFFFFFFFF
 SEEDED_SETTING = "controller.config_peers_seeded"  # store setting: config peers already added
+OUTBOX_LIMIT = 200_000  # events waiting for the store: 3 transitions per peer at 65,536 peers
+_PUBLISH_BATCH = 10_000  # events per store transaction when a backlog drains
+_BACKOFF_S = (0.05, 5.0)  # first and longest wait between publish attempts
+# Test-only (tests/integration/test_durability.py): the process SIGKILLs itself at this
+# named point, the worst moment for a crash; not a user option.
+_CRASH_AT = os.environ.get("HBMON_TEST_CRASH_AT", "")
+
+
+def _crash_point(name: str) -> None:
+    if name == _CRASH_AT:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class PollMetrics(Protocol):
@@ -99,6 +120,12 @@ class PollMetrics(Protocol):
     def poll_failed(self, switch: str) -> None: ...
 
     def digest_received(self, switch: str, count: int = 1) -> None: ...
+
+    def watch_event_outbox(self, depth: Callable[[], int]) -> None: ...
+
+    def event_publish_failed(self) -> None: ...
+
+    def events_dropped(self, count: int) -> None: ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,6 +212,8 @@ class SwitchDriver:
             batch_size=fabric.config.write_batch_size,
             on_digest=self._on_digest, on_connection=self._on_connection,
             on_stream_error=self._on_stream_error,
+            credentials=config.tls.channel_credentials() if config.tls else None,
+            server_name=config.tls.server_name if config.tls else None,
         )
         self.registers: RegisterAccess | None = None
         self.sequence = 0
@@ -412,6 +441,9 @@ class SwitchDriver:
     def reconcile(self) -> dict[str, Any]:
         """Make the target hold exactly this switch's inventory; returns what changed."""
         with self._program_lock:
+            # indexes held before the inventory is read: their peers are gone from it, so
+            # this reconcile deletes whatever still points at them
+            held = self.allocator.held
             peers = self.fabric._peers_of(self.name)
             desired = desired_state(self.schema, peers, self.config.detect_mult)
             tables = [TableEntry(t) for t in
@@ -435,6 +467,7 @@ class SwitchDriver:
                 kind = {"insert": INSERT, "modify": MODIFY, "delete": DELETE}[plan.group_action]
                 self.client.write([make_update(kind, plan.group, self.schema)])
             self._group_programmed(len(desired.group.replicas))
+            self.allocator.release_held(held)
             return plan.summary()
 
     def _write(self, kind: p4runtime_pb2.Update.Type, entities: Sequence[Any],
@@ -458,6 +491,7 @@ class SwitchDriver:
         self.registers.write_many([(name, i, 0) for i in indexes for name in REGISTERS])
         for i in indexes:
             self.allocator.mark_reset(i)
+        self.fabric._slots_were_reset(self, indexes)
 
     def _init_sequence(self) -> None:
         """Continue above the newest sequence any peer echoed (controller restart)."""
@@ -510,11 +544,13 @@ class SwitchDriver:
                         self._setup_needed = True
                 raise DataPlaneError(f"switch {self.name}: {exc}") from exc
 
-    def program_remove(self, peers: Sequence[Peer], remaining: Sequence[Peer]) -> None:
-        """Shrink the group first (no more requests), then delete the entries."""
+    def program_remove(self, peers: Sequence[Peer], remaining: Sequence[Peer]) -> bool:
+        """Shrink the group first (no more requests), then delete the entries. False when
+        the switch cannot be programmed now (its next setup reconciles); on failure the
+        switch is set up again and DataPlaneError raised."""
         with self._program_lock:
             if not self.programmable:
-                return
+                return False
             try:
                 self._write_group(remaining)
                 entities = [e for p in peers for e in peer_entities(p, self.config.detect_mult)]
@@ -523,6 +559,7 @@ class SwitchDriver:
                 self._setup_needed = True  # reconcile from the inventory
                 self._wake.set()
                 raise DataPlaneError(f"switch {self.name}: {exc}") from exc
+            return True
 
     def _write_group(self, peers: Sequence[Peer]) -> None:
         group = fanout_group(peers)
@@ -648,7 +685,8 @@ class Fabric:
 
     def __init__(self, config: FabricConfig, store: Store, events: EventSink | None = None,
                  *, metrics: PollMetrics | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 outbox_limit: int = OUTBOX_LIMIT) -> None:
         self.config = config
         self.store = store
         self.sink = events
@@ -661,6 +699,8 @@ class Fabric:
         self._by_index: dict[tuple[str, int], str] = {}
         self._inventory_version = 0  # bumped on every change of peers, indexes or rows
         self._members_cache: dict[str, _Members] = {}
+        # switch -> slots the store records as left by a peer and not reset yet
+        self._recorded_resets: dict[str, set[int]] = {}
         self._sorted_cache: tuple[int, list[str], npt.NDArray[np.intp]] | None = None
         self._labels_cache: tuple[int, list[str], list[str]] | None = None
         schemas: dict[Path, P4Schema] = {}
@@ -669,9 +709,22 @@ class Fabric:
             if sw.p4info not in schemas:
                 schemas[sw.p4info] = P4Schema.load(sw.p4info)
             self.drivers[sw.name] = SwitchDriver(self, sw, schemas[sw.p4info])
-        self._events: queue.Queue[list[Event] | threading.Event | None] = queue.Queue()
+        # the outbox: events not yet taken by the sink, oldest first; `_inflight` is the
+        # batch being published (kept until the sink took it, retried on failure)
+        self._outbox: collections.deque[Event] = collections.deque()
+        self._inflight: list[Event] = []
+        self._outbox_cond = threading.Condition()
+        self.outbox_limit = outbox_limit
+        self._emitted = 0  # events ever emitted
+        self._settled = 0  # events published or dropped
+        self.outbox_dropped = 0
+        self.publish_failures = 0
+        self._pump_stop = False
+        self._pump_wake = threading.Event()  # cuts a retry backoff short at stop
         self._pump: threading.Thread | None = None
         self._started = False
+        if metrics is not None:
+            metrics.watch_event_outbox(self.outbox_depth)
         self._load_inventory()
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -680,6 +733,8 @@ class Fabric:
         if self._started:
             return self
         self._started = True
+        self._pump_stop = False
+        self._pump_wake.clear()
         self._pump = threading.Thread(target=self._pump_events, name="hbmon-events",
                                       daemon=True)
         self._pump.start()
@@ -692,9 +747,12 @@ class Fabric:
             return
         for driver in self.drivers.values():
             driver.stop()
-        self._events.put(None)
+        with self._outbox_cond:
+            self._pump_stop = True
+            self._outbox_cond.notify_all()
+        self._pump_wake.set()
         if self._pump is not None:
-            self._pump.join(timeout=10)
+            self._pump.join(timeout=15)
         self._started = False
 
     def __enter__(self) -> Fabric:
@@ -714,46 +772,97 @@ class Fabric:
         return True
 
     def flush_events(self, timeout: float = 10.0) -> bool:
-        """Wait until every event emitted so far has been published."""
-        done = threading.Event()
-        self._events.put(done)
+        """Wait until every event emitted so far has been published (or dropped by an
+        overflowing outbox); False after `timeout` (e.g. while the store is failing)."""
         if not self._started:
             return False
-        return done.wait(timeout)
+        with self._outbox_cond:
+            target = self._emitted
+            return self._outbox_cond.wait_for(lambda: self._settled >= target, timeout)
 
     # -- events -----------------------------------------------------------------------------
 
+    def outbox_depth(self) -> int:
+        """Events emitted and not yet taken by the sink (`hbmon_event_outbox_depth`)."""
+        with self._outbox_cond:
+            return len(self._outbox) + len(self._inflight)
+
     def _emit(self, events: list[Event]) -> None:
-        if events:
-            self._events.put(events)
+        if not events:
+            return
+        dropped, first = 0, False
+        with self._outbox_cond:
+            self._outbox.extend(events)
+            self._emitted += len(events)
+            over = len(self._outbox) + len(self._inflight) - self.outbox_limit
+            if over > 0:
+                # the store has been failing for a long time: the oldest events waiting
+                # (never the batch being retried) give way, so memory stays bounded
+                dropped = min(over, len(self._outbox))
+                for _ in range(dropped):
+                    self._outbox.popleft()
+                self._settled += dropped
+                first = self.outbox_dropped == 0
+                self.outbox_dropped += dropped
+            self._outbox_cond.notify_all()
+        if dropped:
+            if self.metrics is not None:
+                self.metrics.events_dropped(dropped)
+            if first or self.outbox_dropped % 10_000 < dropped:  # a line per 10K, not per event
+                log.error("event outbox full (%d events): dropped the oldest %d "
+                          "(%d so far); the store is not taking events",
+                          self.outbox_limit, dropped, self.outbox_dropped)
 
     def _pump_events(self) -> None:
+        """Publish the outbox in order, one store transaction per batch; a failed batch
+        stays at the head and is retried with backoff until the sink takes it. At stop
+        the pump drains what is left, retrying for at most 10 s."""
+        backoff = _BACKOFF_S[0]
+        give_up: float | None = None
+        failing = 0
         while True:
-            item = self._events.get()
-            batch: list[Event] = []
-            flushes: list[threading.Event] = []
-            stop = False
-            # coalesce what queued up meanwhile: one store transaction for a burst
-            while True:
-                if item is None:
-                    stop = True
-                elif isinstance(item, threading.Event):
-                    flushes.append(item)
-                else:
-                    batch.extend(item)
-                try:
-                    item = self._events.get_nowait()
-                except queue.Empty:
-                    break
-            if batch and self.sink is not None:
-                try:
+            with self._outbox_cond:
+                while not (self._outbox or self._inflight or self._pump_stop):
+                    self._outbox_cond.wait()
+                if not self._inflight:
+                    n = min(len(self._outbox), _PUBLISH_BATCH)
+                    self._inflight = [self._outbox.popleft() for _ in range(n)]
+                batch = self._inflight
+                if not batch:  # stopping, and everything is published
+                    return
+            try:
+                if self.sink is not None:
                     self.sink.publish(batch)
-                except Exception:
-                    log.exception("publishing %d events failed", len(batch))
-            for done in flushes:
-                done.set()
-            if stop:
-                return
+            except Exception as exc:
+                failing += 1
+                self.publish_failures += 1
+                if self.metrics is not None:
+                    self.metrics.event_publish_failed()
+                if failing == 1:
+                    log.exception("publishing %d events failed; retrying", len(batch))
+                else:
+                    log.warning("publishing %d events failed (attempt %d, next in %.2g s): "
+                                "%s", len(batch), failing, backoff, exc)
+                if self._pump_stop:
+                    give_up = give_up or time.monotonic() + 10.0
+                    if time.monotonic() >= give_up:
+                        log.error("stopping with %d events not published",
+                                  self.outbox_depth())
+                        return
+                    # stop woke _pump_wake for good: pace the last attempts here
+                    threading.Event().wait(min(backoff, 0.5))
+                else:
+                    self._pump_wake.wait(backoff)
+                backoff = min(backoff * 2, _BACKOFF_S[1])
+                continue
+            if failing:
+                log.warning("publishing events works again after %d failed attempts",
+                            failing)
+            failing, backoff = 0, _BACKOFF_S[0]
+            with self._outbox_cond:
+                self._inflight = []
+                self._settled += len(batch)
+                self._outbox_cond.notify_all()
 
     # -- inventory --------------------------------------------------------------------------
 
@@ -762,6 +871,7 @@ class Fabric:
         reserved as persisted, and assigned (and persisted) where missing or clashing."""
         now = self.clock()
         stored = {p.name: p for p in self.store.list_peers()}
+        stored_index = {p.name: p.index for p in stored.values()}
         # the config file seeds the inventory once per peer name: a config peer removed
         # over the API stays removed after a restart
         seeded = set(self.store.get_setting(SEEDED_SETTING) or [])
@@ -778,12 +888,20 @@ class Fabric:
             else:
                 peer.index = None
                 fixes.append(peer)
+        # slots a peer left before a crash cut off their reset: reset before they are used
+        for switch, indexes in self.store.pending_slot_resets().items():
+            if switch in self.drivers:
+                self._recorded_resets[switch] = set(indexes)
+                self.drivers[switch].allocator.needs_reset.update(indexes)
         for peer in [*fixes, *seeds]:
             allocator = self.drivers[peer.switch].allocator
             peer.index = allocator.allocate()
             allocator.needs_reset.add(peer.index)
         for peer in fixes:
+            old = stored_index.get(peer.name)
             self.store.update_peer(peer)
+            if old is not None:  # the store recorded the slot it left: reset it once
+                self._slots_left(peer.switch, [old])
         if seeds:
             self.store.add_peers(seeds)
         names = seeded | {p.name for p in self.config.peers}
@@ -793,6 +911,31 @@ class Fabric:
                     for p in seeds])
         for peer in [*stored.values(), *seeds]:
             self._emit(self._register(peer, now))
+
+    def _slots_left(self, switch: str, indexes: Iterable[int | None]) -> None:
+        """The store has recorded these slots of `switch` as left by a peer (removal,
+        move, rollback): they need a reset, and the record goes once one is done."""
+        driver = self.drivers.get(switch)
+        if driver is None:
+            return
+        found = {i for i in indexes if i is not None}
+        self._recorded_resets.setdefault(switch, set()).update(found)
+        driver.allocator.needs_reset.update(found)
+
+    def _slots_were_reset(self, driver: SwitchDriver, indexes: Sequence[int]) -> None:
+        """Zeroed on the target: forget the store's records of them (one transaction, and
+        only for slots a peer left: resetting a never-used slot writes nothing)."""
+        recorded = self._recorded_resets.get(driver.name)
+        done = [i for i in indexes if recorded and i in recorded]
+        if not done:
+            return
+        try:
+            self.store.slots_reset(driver.name, done)
+        except Exception as exc:  # the record stays: the next start resets them again
+            log.warning("%s: forgetting reset slots %s failed: %s", driver.name, done, exc)
+            return
+        if recorded is not None:
+            recorded.difference_update(done)
 
     def _register(self, peer: Peer, now: float) -> list[Event]:
         with self._state_lock:
@@ -949,6 +1092,7 @@ class Fabric:
                         allocator.needs_reset.add(peer.index)
                     allocated.append(peer)
                 self.store.add_peers(peers)
+                _crash_point("after_add_commit")
             except Exception:
                 for peer in allocated:
                     if peer.index is not None:
@@ -977,6 +1121,8 @@ class Fabric:
                     except Exception:
                         log.exception("rollback of %s failed; reconcile will fix it", switch)
                 self.store.remove_peers([p.name for p in peers])
+                for switch, group in by_switch.items():
+                    self._slots_left(switch, [p.index for p in group])
                 for peer in peers:
                     if peer.index is not None:
                         self.drivers[peer.switch].allocator.release(peer.index)
@@ -986,25 +1132,39 @@ class Fabric:
             return [dataclasses.replace(p) for p in peers]
 
     def remove_peers(self, names: Sequence[str]) -> None:
+        """Commit, then unprogram. A store error changes nothing (and reaches the caller);
+        once committed the removal stands: if unprogramming fails, the switch reconciles
+        (retried with backoff) and the peers' indexes are held until it has, so no new
+        peer can share a slot with entries the target still holds."""
         names = list(dict.fromkeys(names))
         with self._admin_lock:
             peers = [self.get_peer(n) for n in names]  # NotFoundError before any change
-            gone = set(names)
+            self.store.remove_peers(names)  # also records the slots as needing a reset
+            _crash_point("after_remove_commit")
+            now = self.clock()
             by_switch: dict[str, list[Peer]] = {}
             for peer in peers:
+                self._unregister(peer)  # no longer polled, reported or reconciled in
                 by_switch.setdefault(peer.switch, []).append(peer)
             for switch, group in by_switch.items():
+                self._slots_left(switch, [p.index for p in group])
                 driver = self.drivers.get(switch)
-                if driver is not None:
-                    remaining = [p for p in self._peers_of(switch) if p.name not in gone]
-                    driver.program_remove(group, remaining)
-            self.store.remove_peers(names)
-            now = self.clock()
-            for peer in peers:
-                self._unregister(peer)
-                driver = self.drivers.get(peer.switch)
-                if driver is not None and peer.index is not None:
-                    driver.allocator.release(peer.index)
+                if driver is None:
+                    continue
+                try:
+                    unprogrammed = driver.program_remove(group, self._peers_of(switch))
+                except Exception as exc:
+                    unprogrammed = False
+                    log.warning("%s: unprogramming removed peers %s failed (%s); the "
+                                "switch reconciles them away", switch,
+                                [p.name for p in group], exc)
+                for peer in group:
+                    if peer.index is None:
+                        continue
+                    if unprogrammed:
+                        driver.allocator.release(peer.index)
+                    else:
+                        driver.allocator.hold(peer.index)
             self._emit([self._inventory_event(EventKind.PEER_REMOVED, p, now, "removed")
                         for p in peers])
 
@@ -1081,6 +1241,7 @@ class Fabric:
                         self.engine.set_admin_down(name, old.admin_down, now)
                 if new.switch != old.switch and new.index is not None:
                     self.drivers[new.switch].allocator.release(new.index)
+                    self._slots_left(new.switch, [new.index])
                 for switch in {old.switch, new.switch}:
                     try:
                         self.drivers[switch].reconcile()
@@ -1089,6 +1250,7 @@ class Fabric:
                 raise DataPlaneError(f"update of {name!r} not applied: {exc}") from exc
             if new.switch != old.switch and old.index is not None:
                 self.drivers[old.switch].allocator.release(old.index)
+                self._slots_left(old.switch, [old.index])
             changed = {k: v for k, v in new.to_dict().items() if old.to_dict().get(k) != v}
             self._emit([self._inventory_event(EventKind.PEER_UPDATED, new, now, "updated",
                                               {"changes": changed, "peer": new.to_dict()})])

@@ -6,13 +6,16 @@ entities `peer_entities` describes, and diffs what it reads back from a target a
 
 A peer owns one index per switch: the same index addresses its slot in every register,
 its `peer_requests` entry and its replica (instance = index) of the fan-out group
-(docs/dataplane.md). Freed indexes are reused lowest first, but only after the caller
-has reset the slot (`needs_reset`), so a new peer never inherits counters.
+(docs/dataplane.md). Freed indexes are reused lowest first; the caller resets a slot
+before a new peer's entries point at it (`needs_reset`), so a new peer never inherits
+counters. An index whose old entries may still be on the target (unprogramming failed)
+is `hold`-ed out of the free pool until a reconcile has removed them (`release_held`).
 """
 
 from __future__ import annotations
 
 import heapq
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,14 +32,19 @@ PEER_TABLES = (PEERS_TABLE, PEER_IDS_TABLE, REQUESTS_TABLE)
 
 class IndexAllocator:
     """Slots 0 .. size-1 of one switch. Lowest free first, so reads of a dense prefix
-    cover every peer."""
+    cover every peer. Thread-safe: API threads allocate while a switch's thread
+    reconciles and releases held indexes."""
 
     def __init__(self, size: int = MAX_PEERS) -> None:
         self.size = size
+        self._lock = threading.RLock()
         self._used: set[int] = set()
         self._free_heap: list[int] = []  # released indexes (below _next)
         self._next = 0  # every index >= _next is free and was never handed out
-        self.needs_reset: set[int] = set()  # freed slots whose registers are not reset yet
+        self._held: set[int] = set()  # freed, but the target may still point at them
+        # slots whose registers may hold a previous occupant's values (set operations are
+        # atomic under the GIL; the controller persists the ones a removal left behind)
+        self.needs_reset: set[int] = set()
 
     def __len__(self) -> int:
         return len(self._used)
@@ -52,34 +60,61 @@ class IndexAllocator:
         """Claim a known index (a persisted peer's)."""
         if not 0 <= index < self.size:
             raise ValidationError("index", f"must be 0 .. {self.size - 1}")
-        if index in self._used:
-            raise ConflictError("index", f"index {index} is already used")
-        self._used.add(index)
-        if index >= self._next:
-            for free in range(self._next, index):
-                heapq.heappush(self._free_heap, free)
-            self._next = index + 1
-        # a reserved index below _next may still sit in the heap; allocate() skips it
+        with self._lock:
+            if index in self._used:
+                raise ConflictError("index", f"index {index} is already used")
+            if index in self._held:
+                raise ConflictError("index", f"index {index} is being cleaned up on the "
+                                    "target; try again after the next reconcile")
+            self._used.add(index)
+            if index >= self._next:
+                for free in range(self._next, index):
+                    heapq.heappush(self._free_heap, free)
+                self._next = index + 1
+            # a reserved index below _next may still sit in the heap; allocate() skips it
 
     def allocate(self) -> int:
-        while self._free_heap:
-            index = heapq.heappop(self._free_heap)
-            if index not in self._used:
-                self._used.add(index)
-                return index
-        if self._next >= self.size:
-            raise ConflictError("index", f"all {self.size} peer slots are in use")
-        index = self._next
-        self._next += 1
-        self._used.add(index)
-        return index
+        with self._lock:
+            while self._free_heap:
+                index = heapq.heappop(self._free_heap)
+                if index not in self._used and index not in self._held:
+                    self._used.add(index)
+                    return index
+            if self._next >= self.size:
+                raise ConflictError("index", f"all {self.size} peer slots are in use")
+            index = self._next
+            self._next += 1
+            self._used.add(index)
+            return index
 
     def release(self, index: int) -> None:
-        if index not in self._used:
-            return
-        self._used.discard(index)
-        self.needs_reset.add(index)
-        heapq.heappush(self._free_heap, index)
+        with self._lock:
+            if index not in self._used:
+                return
+            self._used.discard(index)
+            self.needs_reset.add(index)
+            heapq.heappush(self._free_heap, index)
+
+    def hold(self, index: int) -> None:
+        """Free `index` but keep it out of the pool: the target may still hold entries
+        that send another peer's answers to it (a removal whose unprogramming failed)."""
+        with self._lock:
+            self._used.discard(index)
+            self._held.add(index)
+            self.needs_reset.add(index)
+
+    @property
+    def held(self) -> frozenset[int]:
+        with self._lock:
+            return frozenset(self._held)
+
+    def release_held(self, indexes: Iterable[int]) -> None:
+        """A reconcile that started after these were held has removed their entries."""
+        with self._lock:
+            for index in indexes:
+                if index in self._held:
+                    self._held.discard(index)
+                    heapq.heappush(self._free_heap, index)
 
     def mark_reset(self, index: int) -> None:
         self.needs_reset.discard(index)

@@ -3,7 +3,10 @@
 Two kinds of metrics:
 
 - pushed by the controller as things happen: `ControllerMetrics.observe_poll(switch, s)`
-  feeds `hbmon_poll_duration_seconds`, `poll_failed(switch)` counts failed polls;
+  feeds `hbmon_poll_duration_seconds`, `poll_failed(switch)` counts failed polls; the
+  event outbox (events waiting for the store, `hbmon_event_outbox_depth`, read at scrape)
+  counts failed publish attempts (`hbmon_event_publish_failures_total`, each retried)
+  and events dropped by a full outbox (`hbmon_event_outbox_dropped_total`);
 - read from the running service on every scrape by `ServiceMetrics` (per-peer health,
   per-reason data-plane counters, switch connection state), so nothing is sampled twice
   and a peer that was removed disappears from the next scrape. These are written straight
@@ -63,7 +66,29 @@ class ControllerMetrics:
         self.sse_clients_limit = Gauge(
             "hbmon_sse_clients_limit", "Event streams admitted at once (api.max_sse_clients)",
             registry=self.registry)
+        self.event_outbox_depth = Gauge(
+            "hbmon_event_outbox_depth",
+            "Events emitted and not yet stored (waiting, or being retried after a store error)",
+            registry=self.registry)
+        self.event_publish_failures = Counter(
+            "hbmon_event_publish_failures_total",
+            "Attempts to store a batch of events that failed (the batch is retried)",
+            registry=self.registry)
+        self.event_outbox_dropped = Counter(
+            "hbmon_event_outbox_dropped_total",
+            "Events dropped, oldest first, because the outbox was full (store failing)",
+            registry=self.registry)
         self._service: ServiceMetrics | None = None
+
+    def watch_event_outbox(self, depth: Callable[[], int]) -> None:
+        """`depth` is read on every scrape."""
+        self.event_outbox_depth.set_function(depth)
+
+    def event_publish_failed(self) -> None:
+        self.event_publish_failures.inc()
+
+    def events_dropped(self, count: int) -> None:
+        self.event_outbox_dropped.inc(count)
 
     def observe_poll(self, switch: str, seconds: float) -> None:
         self.poll_duration.labels(switch=switch).observe(seconds)

@@ -32,7 +32,14 @@ class Store(Protocol):
     def update_peer(self, peer: Peer) -> None: ...
 
     def remove_peers(self, names: Sequence[str]) -> None:  # NotFoundError, nothing removed
+        """Also records each removed peer's (switch, index) as needing a reset."""
         ...
+
+    def pending_slot_resets(self) -> dict[str, set[int]]:
+        """Switch -> slots a peer left (removal, move) whose registers were not reset."""
+        ...
+
+    def slots_reset(self, switch: str, indexes: Sequence[int]) -> None: ...
 
     def append_events(self, events: Sequence[Event]) -> list[Event]:
         """Persist events; returns them with their assigned ids (strictly increasing)."""

@@ -11,6 +11,11 @@ Every public method is one transaction. Conflicts are checked inside the transac
 error names the field (`name`, `address`, `peer_id`); the unique constraints stay as the
 last line of defence against a concurrent replica and are mapped to the same errors.
 
+A slot a peer leaves (removal, or a move to another switch or index) is recorded in
+`slot_resets` in the same transaction, and forgotten once the controller has zeroed its
+registers (`slots_reset`): a crash between the two leaves the record, so the next start
+resets the slot before another peer uses it (`pending_slot_resets`).
+
 Event ids are strictly increasing in commit order on both backends, so a reader that pages
 with `after_id` (SSE resume) can never skip an event committed later with a smaller id:
 SQLite serialises writers anyway; on PostgreSQL `append_events` takes a transaction-scoped
@@ -219,23 +224,60 @@ class SqlStore:
         update = self._sql(f"UPDATE peers SET {assignments} WHERE name = ?")
 
         def write(cur: _Cursor) -> None:
-            if not self._one(cur, "SELECT 1 FROM peers WHERE name = ?", (peer.name,)):
+            old = self._one(cur, "SELECT switch, idx FROM peers WHERE name = ?", (peer.name,))
+            if not old:
                 raise NotFoundError("peer", peer.name)
             self._check_conflicts(cur, peer, exclude=peer.name)
             row = _peer_row(peer)
             cur.execute(update, (*row[1:], peer.name))
+            if (old[0], old[1]) != (peer.switch, peer.index):
+                self._record_slots(cur, [old])  # a move: the old slot is left behind
         self._run(write)
 
     def remove_peers(self, names: Sequence[str]) -> None:
         unique = list(dict.fromkeys(names))
 
         def write(cur: _Cursor) -> None:
+            slots = []
             for name in unique:
-                if not self._one(cur, "SELECT 1 FROM peers WHERE name = ?", (name,)):
+                row = self._one(cur, "SELECT switch, idx FROM peers WHERE name = ?", (name,))
+                if not row:
                     raise NotFoundError("peer", name)
+                slots.append(row)
             delete = self._sql("DELETE FROM peers WHERE name = ?")
             for name in unique:
                 cur.execute(delete, (name,))
+            self._record_slots(cur, slots)
+        self._run(write)
+
+    def _record_slots(self, cur: _Cursor, slots: Sequence[Sequence[Any]]) -> None:
+        """(switch, index) pairs a peer left: their registers still hold its values."""
+        insert = self._sql("INSERT INTO slot_resets (switch, idx) VALUES (?, ?) "
+                           "ON CONFLICT (switch, idx) DO NOTHING")
+        for switch, idx in slots:
+            if idx is not None:
+                cur.execute(insert, (switch, int(idx)))
+
+    def pending_slot_resets(self) -> dict[str, set[int]]:
+        """Switch -> slots left by a peer and not reset since (see the module docstring)."""
+        def read(cur: _Cursor) -> dict[str, set[int]]:
+            cur.execute("SELECT switch, idx FROM slot_resets")
+            out: dict[str, set[int]] = {}
+            for switch, idx in cur.fetchall():
+                out.setdefault(switch, set()).add(int(idx))
+            return out
+        result: dict[str, set[int]] = self._run(read)
+        return result
+
+    def slots_reset(self, switch: str, indexes: Sequence[int]) -> None:
+        """These slots' registers were zeroed: forget that they needed it."""
+        if not indexes:
+            return
+        delete = self._sql("DELETE FROM slot_resets WHERE switch = ? AND idx = ?")
+
+        def write(cur: _Cursor) -> None:
+            for idx in indexes:
+                cur.execute(delete, (switch, int(idx)))
         self._run(write)
 
     # ---- events --------------------------------------------------------------------
@@ -368,6 +410,11 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_peer_id ON events (peer, id);
 CREATE INDEX IF NOT EXISTS events_time ON events (time);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS slot_resets (
+    switch TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    PRIMARY KEY (switch, idx)
+);
 """
 
 
@@ -469,6 +516,11 @@ _PG_SCHEMA = [
     "CREATE INDEX IF NOT EXISTS events_peer_id ON events (peer, id)",
     "CREATE INDEX IF NOT EXISTS events_time ON events (time)",
     "CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS slot_resets (
+        switch TEXT NOT NULL,
+        idx INTEGER NOT NULL,
+        PRIMARY KEY (switch, idx)
+    )""",
 ]
 
 
