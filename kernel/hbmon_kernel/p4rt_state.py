@@ -370,23 +370,27 @@ class Session:
 @dataclass
 class _Group:
     sessions: list[Session] = field(default_factory=list)
-    highest: int | None = None  # highest election id ever seen for this (device, role)
+    # election_id_past of spec 5.3: the highest id any primary of this (device, role) ever
+    # had, kept after that primary leaves; None while there has been no primary at all
+    highest: int | None = None
     primary: Session | None = None
-    primary_id: int | None = None  # the primary's election id when everyone was last told
 
 
 class Arbiter:
-    """Primary/backup election per (device id, role).
+    """Primary/backup election per (device id, role), as P4Runtime 1.4 section 5 says.
 
-    The primary is the live client with the highest election id, as bmv2/PI do: when the
-    primary's stream ends, the next highest client becomes primary and every client is told
-    (spec 5.x would leave the device without a primary until someone re-arbitrates; with
-    PI's rule a standing backup takes over, which is what controllers written against bmv2
-    expect). A client without election id never becomes primary. Notifications follow spec
-    5.4: OK to the primary, ALREADY_EXISTS to backups, NOT_FOUND when there is no primary.
+    5.3: a client whose election id is >= the highest id ever seen for its (device, role)
+    becomes (or stays) primary; any other client is a backup. When the primary leaves or
+    lowers its id there is NO primary until a client advertises an id >= the highest ever
+    seen (changelog v1.1.0); the server does not promote the next backup, as PI does.
+    A client without an election id is always a backup. 5.4: notifications carry the
+    highest id ever seen (unset while there has been no primary), OK to the primary,
+    ALREADY_EXISTS to backups while there is a primary, NOT_FOUND when there is none.
+    Who is told: everyone on a change of primary (the others first, the new primary last),
+    when the primary leaves or steps down; only the asker when it becomes a backup.
 
     `lock` is shared with the device so that a change of primary waits for the Write in
-    progress (spec 5.3: the old primary's writes finish before the new one is accepted)."""
+    progress (5.3: the old primary's writes finish before the new one is accepted)."""
 
     MAX_SESSIONS_PER_ROLE = 16
 
@@ -410,6 +414,12 @@ class Arbiter:
             group = self._groups.get(role)
             return list(group.sessions) if group else []
 
+    def highest(self, role: str = "") -> int | None:
+        """election_id_past (spec 5.3) of a role: None while it never had a primary."""
+        with self.lock:
+            group = self._groups.get(role)
+            return group.highest if group else None
+
     def check_writer(self, device_id: int, role: str, election_id: int | None) -> None:
         """Spec 12 / 13: NOT_FOUND for another device or unknown role, PERMISSION_DENIED
         unless (role, election id) is the current primary."""
@@ -426,7 +436,9 @@ class Arbiter:
                 raise P4RTError(code_pb2.PERMISSION_DENIED,
                                 "not primary: no client is primary"
                                 + (f" for role {role!r}" if role else "")
-                                + " (open a StreamChannel and arbitrate first)")
+                                + " (open a StreamChannel and arbitrate with an election id"
+                                + (f" >= {group.highest}" if group and group.highest else "")
+                                + ")")
             if election_id is None or election_id != primary.election_id:
                 eid = "unset" if election_id is None else str(election_id)
                 raise P4RTError(code_pb2.PERMISSION_DENIED,
@@ -451,7 +463,7 @@ class Arbiter:
             raise invalid("role.config is not supported: this target only has full "
                           "pipeline access roles (leave role.config unset)")
         with self.lock:
-            if not session.arbitrated:
+            if not session.arbitrated:  # 5.3 case 1: first update on this stream
                 if update.device_id != self.device_id:
                     raise P4RTError(code_pb2.NOT_FOUND,
                                     f"device id {update.device_id} unknown (this target is "
@@ -468,7 +480,7 @@ class Arbiter:
                 session.role_given = update.HasField("role")
                 session.seq = self._seq
                 group.sessions.append(session)
-            else:
+            else:  # 5.3 case 2: a live controller
                 if update.device_id != session.device_id:
                     raise P4RTError(code_pb2.FAILED_PRECONDITION,
                                     f"device id {update.device_id} differs from this stream's "
@@ -480,9 +492,21 @@ class Arbiter:
                 group = self._groups[role]
                 self._check_unique(group, election_id, session)
                 session.election_id = election_id
-            if election_id is not None and (group.highest is None or election_id > group.highest):
+            old = group.primary
+            if election_id is not None and (group.highest is None
+                                            or election_id >= group.highest):
+                # becomes or stays primary; the old primary's Writes finished: we hold the lock
+                group.primary = session
                 group.highest = election_id
-            self._elect(group, asker=session)
+                if old is None:
+                    self._notify_all(group)
+                else:
+                    self._notify_all(group, last=session)
+            elif old is session:  # the primary stepped down below the highest id
+                group.primary = None
+                self._notify_all(group)
+            else:  # a backup: only the asker is told
+                self._notify(session, group)
 
     def leave(self, session: Session) -> None:
         with self.lock:
@@ -492,10 +516,9 @@ class Arbiter:
             if group is None or session not in group.sessions:
                 return
             group.sessions.remove(session)
-            was_primary = group.primary is session
-            if was_primary:
+            if group.primary is session:  # 5: no primary until someone re-arbitrates
                 group.primary = None
-                self._elect(group, asker=None)
+                self._notify_all(group)
 
     @staticmethod
     def _check_unique(group: _Group, election_id: int | None, session: Session) -> None:
@@ -506,18 +529,13 @@ class Arbiter:
                 raise invalid(f"election id {election_id} is already used by another client "
                               f"({other.describe()})")
 
-    def _elect(self, group: _Group, asker: Session | None) -> None:
-        candidates = [s for s in group.sessions if s.election_id is not None]
-        new = max(candidates, key=lambda s: s.election_id or 0) if candidates else None
-        old, old_id = group.primary, group.primary_id
-        group.primary = new
-        group.primary_id = new.election_id if new is not None else None
-        if new is not old or group.primary_id != old_id:
-            # a new primary, none any more, or the primary changed its id: everyone is told
-            for s in group.sessions:
+    def _notify_all(self, group: _Group, last: Session | None = None) -> None:
+        """Everyone in the group; `last` (the new primary) after all the others (5.3)."""
+        for s in group.sessions:
+            if s is not last:
                 self._notify(s, group)
-        elif asker is not None:
-            self._notify(asker, group)
+        if last is not None:
+            self._notify(last, group)
 
     def _notify(self, session: Session, group: _Group) -> None:
         msg = p4runtime_pb2.StreamMessageResponse()
@@ -525,10 +543,9 @@ class Arbiter:
         arb.device_id = self.device_id
         if session.role_given:
             arb.role.name = session.role or ""
+        if group.highest is not None:  # 5.4: unset while there has been no primary at all
+            arb.election_id.CopyFrom(make_uint128(group.highest))
         primary = group.primary
-        shown = primary.election_id if primary is not None else group.highest
-        if shown is not None:
-            arb.election_id.CopyFrom(make_uint128(shown))
         if primary is session:
             arb.status.CopyFrom(status_pb2.Status(code=code_pb2.OK, message="is primary"))
         elif primary is not None:
@@ -536,8 +553,11 @@ class Arbiter:
                 code=code_pb2.ALREADY_EXISTS,
                 message=f"is backup; the primary has election id {primary.election_id}"))
         else:
-            arb.status.CopyFrom(status_pb2.Status(code=code_pb2.NOT_FOUND,
-                                                  message="no primary"))
+            arb.status.CopyFrom(status_pb2.Status(
+                code=code_pb2.NOT_FOUND,
+                message="no primary"
+                + (f": arbitrate with an election id >= {group.highest} to become primary"
+                   if group.highest is not None else "")))
         session.sink.send(msg)
 
 

@@ -1,6 +1,11 @@
-"""Client arbitration on the real hbmon-kernel-target: primary/backup by election id,
-notifications to every client on changes, writes and packet-out refused to backups,
-stream-ending errors (wrong device, duplicate election id)."""
+"""Client arbitration on the real hbmon-kernel-target against P4Runtime 1.4 section 5:
+primary/backup by election id (5.3), notifications (5.4), no primary after the primary
+leaves until an id reaches the highest ever seen (5, changelog v1.1.0), writes and
+packet-out refused to backups (12, 16.1), stream-ending errors (5.3). Every test gets a
+fresh target: election_id_past lives as long as the target does.
+
+The same scenarios run against bmv2 in tests/test_bmv2_arbitration.py, where PI's known
+deviation (it promotes the next backup) is recorded."""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import grpc
 import pytest
 from google.rpc import code_pb2
 from hbmon.p4info import P4Schema, TableEntry
+from hbmon.p4rt import P4RuntimeClient
 from p4.v1 import p4runtime_pb2
 
 from .bpf_lab import Lab
@@ -23,15 +29,15 @@ def schema() -> P4Schema:
     return P4Schema.load(P4INFO)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def target(schema: P4Schema) -> Iterator[KernelTarget]:
     with Lab(2) as lab, KernelTarget(lab.ports) as t:
         assert t.address is not None
         with RawStream(t.address) as s:  # push the pipeline once, then leave
-            s.arbitrate(1, 1 << 100)
+            s.arbitrate(1, 1)  # the lowest id: every test's ids are above it (5.3)
             assert s.next("arbitration") is not None
             req = p4runtime_pb2.SetForwardingPipelineConfigRequest(
-                device_id=1, election_id=uint128(1 << 100),
+                device_id=1, election_id=uint128(1),
                 action=p4runtime_pb2.SetForwardingPipelineConfigRequest.VERIFY_AND_COMMIT)
             req.config.p4info.CopyFrom(schema.p4info)
             s.stub.SetForwardingPipelineConfig(req)
@@ -95,25 +101,47 @@ def test_primary_backup_and_takeover(target: KernelTarget, streams: list[RawStre
                                      schema: P4Schema) -> None:
     a = open_stream(target, streams)
     a.arbitrate(1, 5)
-    assert status(a) == (OK, 5)
+    assert status(a) == (OK, 5)  # 5.3: first id ever: primary
     b = open_stream(target, streams)
     b.arbitrate(1, 3)
-    assert status(b) == (EXISTS, 5)  # backup; only b is told
-    assert insert_peer_id(b, schema, 3, 100) == grpc.StatusCode.PERMISSION_DENIED
+    assert status(b) == (EXISTS, 5)  # 5.3: backup; only b is told (5.4: ALREADY_EXISTS)
+    assert insert_peer_id(b, schema, 3, 100) == grpc.StatusCode.PERMISSION_DENIED  # 12.1
     assert insert_peer_id(a, schema, 5, 100) == grpc.StatusCode.OK
     c = open_stream(target, streams)
-    c.arbitrate(1, 9)  # higher id: everybody hears of the new primary
-    assert status(c) == (OK, 9)
+    c.arbitrate(1, 9)  # 5.3: higher id: the others are told first, then the new primary
     assert status(a) == (EXISTS, 9) and status(b) == (EXISTS, 9)
+    assert status(c) == (OK, 9)
     assert insert_peer_id(a, schema, 5, 101) == grpc.StatusCode.PERMISSION_DENIED
     assert insert_peer_id(c, schema, 9, 101) == grpc.StatusCode.OK
-    c.close()  # the primary leaves: the next highest takes over and everyone is told
-    assert status(a) == (OK, 5)
-    assert status(b) == (EXISTS, 5)
-    assert insert_peer_id(a, schema, 5, 102) == grpc.StatusCode.OK
-    assert insert_peer_id(a, schema, 9, 103) == grpc.StatusCode.PERMISSION_DENIED
-    b.arbitrate(1, 7)  # a backup raising its id takes over
-    assert status(b) == (OK, 7) and status(a) == (EXISTS, 7)
+    c.close()  # 5: the primary leaves: no primary, everyone told with the highest id (5.4)
+    assert status(a) == (NOT_FOUND, 9)
+    assert status(b) == (NOT_FOUND, 9)
+    assert insert_peer_id(a, schema, 5, 102) == grpc.StatusCode.PERMISSION_DENIED
+    b.arbitrate(1, 7)  # below the highest ever seen (9): still a backup, only b told
+    assert status(b) == (NOT_FOUND, 9)
+    b.arbitrate(1, 10)  # above it: b takes over, a is told
+    assert status(a) == (EXISTS, 10) and status(b) == (OK, 10)
+    assert insert_peer_id(b, schema, 10, 102) == grpc.StatusCode.OK
+    b.arbitrate(1, 4)  # 5.3: the primary lowers its id: it steps down, everyone is told
+    assert status(a) == (NOT_FOUND, 10) and status(b) == (NOT_FOUND, 10)
+    assert insert_peer_id(b, schema, 4, 103) == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_a_reconnecting_primary_keeps_its_id(target: KernelTarget,
+                                             streams: list[RawStream]) -> None:
+    """5.3: an id >= election_id_past wins, so a primary whose stream broke is primary
+    again with its own id, while a backup with a lower id is not promoted meanwhile."""
+    a = open_stream(target, streams)
+    a.arbitrate(1, 12)
+    assert status(a) == (OK, 12)
+    b = open_stream(target, streams)
+    b.arbitrate(1, 11)
+    assert status(b) == (EXISTS, 12)
+    a.close()
+    assert status(b) == (NOT_FOUND, 12)
+    a2 = open_stream(target, streams)
+    a2.arbitrate(1, 12)
+    assert status(b) == (EXISTS, 12) and status(a2) == (OK, 12)
 
 
 def test_stream_errors_end_the_stream(target: KernelTarget, streams: list[RawStream]) -> None:
@@ -182,3 +210,32 @@ def test_packet_out_from_backup_refused(target: KernelTarget, streams: list[RawS
     err = b.next("error")
     assert err is not None and err.error.canonical_code == code_pb2.PERMISSION_DENIED
     assert err.error.HasField("digest_list_ack")
+
+
+def test_controller_standby_takes_over_and_the_old_primary_returns_as_backup(
+        target: KernelTarget, streams: list[RawStream], schema: P4Schema) -> None:
+    """The controller's client (hbmon.p4rt) on this spec-conforming target: when the primary
+    leaves, the target names no primary (5) and the standby re-arbitrates above the highest
+    id it was told of (5.4), becomes primary and can write; the old primary, back with its
+    configured id, is then a backup (5.3) and does not preempt it."""
+    assert target.address is not None
+    primary = P4RuntimeClient(target.address, 1, 10, schema=schema)
+    standby = P4RuntimeClient(target.address, 1, 9, schema=schema)
+    try:
+        assert primary.connect(10) is True
+        assert standby.connect(10) is False
+        primary.close()  # its stream ends: the target is left without a primary
+        assert wait_for(lambda: standby.primary, timeout=2.0), standby.last_error
+        assert standby.election_id == 11 and standby.base_election_id == 9
+        standby.insert([TableEntry("HbIngress.peer_ids", {"peer_id": 300},
+                                   "HbIngress.peer_id_known")])
+        returning = P4RuntimeClient(target.address, 1, 10)
+        try:
+            assert returning.connect(10) is False  # 10 < 11: a backup
+            assert returning.highest_election_id == 11
+            assert standby.primary
+        finally:
+            returning.close()
+    finally:
+        primary.close()
+        standby.close()

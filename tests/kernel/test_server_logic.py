@@ -198,12 +198,14 @@ OK, EXISTS, NOT_FOUND = code_pb2.OK, code_pb2.ALREADY_EXISTS, code_pb2.NOT_FOUND
 
 
 def test_highest_election_id_is_primary_and_everyone_is_told() -> None:
+    """Spec 5.3 (>= election_id_past: primary; else backup, only the asker told) and 5.4
+    (OK / ALREADY_EXISTS, election id = the highest seen)."""
     arb = Arbiter(1)
     _a, sa = _session(arb, 5)
     assert sa.statuses() == [(OK, 5)]
     _b, sb = _session(arb, 3)  # lower: backup, only b is told
     assert sb.statuses() == [(EXISTS, 5)] and len(sa.got) == 1
-    c, sc = _session(arb, 9)  # higher: new primary, everyone told
+    c, sc = _session(arb, 9)  # higher: new primary, everyone told, the new primary last
     assert arb.primary() is c
     assert sa.statuses()[-1] == (EXISTS, 9) and sb.statuses()[-1] == (EXISTS, 9)
     assert sc.statuses() == [(OK, 9)]
@@ -213,15 +215,34 @@ def test_highest_election_id_is_primary_and_everyone_is_told() -> None:
     assert info.value.code == code_pb2.PERMISSION_DENIED
 
 
-def test_primary_leaving_promotes_next_highest() -> None:
+def test_primary_leaving_leaves_no_primary_until_an_id_reaches_the_highest() -> None:
+    """Spec 5 ("the P4Runtime server will be without a primary controller, until a client
+    sends a successful MasterArbitrationUpdate"), changelog v1.1.0 and 5.4 (NOT_FOUND with
+    the highest id seen). PI promotes the next backup instead: not this target."""
     arb = Arbiter(1)
     a, sa = _session(arb, 5)
     b, _sb = _session(arb, 9)
     arb.leave(b)
-    assert arb.primary() is a
-    assert sa.statuses()[-1] == (OK, 5)
-    arb.leave(a)
     assert arb.primary() is None
+    assert sa.statuses()[-1] == (NOT_FOUND, 9)  # the highest ever, not a's own 5
+    with pytest.raises(P4RTError) as info:
+        arb.check_writer(1, "", 5)
+    assert info.value.code == code_pb2.PERMISSION_DENIED
+    arb.arbitrate(a, _update(1, 8))  # still below 9: a backup, only a is told
+    assert arb.primary() is None and sa.statuses()[-1] == (NOT_FOUND, 9)
+    arb.arbitrate(a, _update(1, 9))  # equal to election_id_past: primary (5.3, ">=")
+    assert arb.primary() is a and sa.statuses()[-1] == (OK, 9)
+    arb.check_writer(1, "", 9)
+
+
+def test_a_returning_primary_with_its_old_id_is_primary_again() -> None:
+    """Spec 5.3: an id equal to the highest ever seen wins, so a controller whose stream
+    broke comes back as primary with its own id."""
+    arb = Arbiter(1)
+    a, _ = _session(arb, 7)
+    arb.leave(a)
+    a2, sa2 = _session(arb, 7)
+    assert arb.primary() is a2 and sa2.statuses() == [(OK, 7)]
 
 
 def test_backup_leaving_tells_nobody() -> None:
@@ -234,6 +255,7 @@ def test_backup_leaving_tells_nobody() -> None:
 
 
 def test_unset_election_id_never_primary() -> None:
+    """Spec 5.4: no primary at all yet, so the notification leaves election_id unset."""
     arb = Arbiter(1)
     _a, sa = _session(arb, None)
     assert arb.primary() is None
@@ -246,6 +268,7 @@ def test_unset_election_id_never_primary() -> None:
 
 
 def test_duplicate_election_id_refused() -> None:
+    """Spec 5.3 1.2 / 2.4: an id used by another live controller ends the stream."""
     arb = Arbiter(1)
     _session(arb, 5)
     with pytest.raises(P4RTError) as info:
@@ -254,6 +277,7 @@ def test_duplicate_election_id_refused() -> None:
 
 
 def test_wrong_device_and_changes_of_device_or_role() -> None:
+    """Spec 5.3 1.1 (NOT_FOUND), 2.1 and 2.2 (FAILED_PRECONDITION)."""
     arb = Arbiter(7)
     s = Session(Sink())
     with pytest.raises(P4RTError) as info:
@@ -268,25 +292,35 @@ def test_wrong_device_and_changes_of_device_or_role() -> None:
     assert info.value.code == code_pb2.FAILED_PRECONDITION
 
 
-def test_re_arbitration_can_demote_and_promote() -> None:
+def test_a_primary_lowering_its_id_steps_down_and_nobody_is_primary() -> None:
+    """Spec 5.3 ("Otherwise, the controller becomes a backup. If the controller was
+    previously a primary (and downgraded itself), then an advisory message is sent to all
+    controllers") and 5.4 (NOT_FOUND, election id = the highest seen)."""
     arb = Arbiter(1)
     a, sa = _session(arb, 5)
     b, sb = _session(arb, 3)
     arb.arbitrate(b, _update(1, 8))  # b raises its id: takes over
     assert arb.primary() is b and sa.statuses()[-1] == (EXISTS, 8)
-    arb.arbitrate(b, _update(1, 2))  # and steps down again
-    assert arb.primary() is a and sa.statuses()[-1] == (OK, 5)
-    assert sb.statuses()[-1] == (EXISTS, 5)
+    arb.arbitrate(b, _update(1, 2))  # and steps down: no primary, not a (5 < 8)
+    assert arb.primary() is None
+    assert sa.statuses()[-1] == (NOT_FOUND, 8) and sb.statuses()[-1] == (NOT_FOUND, 8)
+    with pytest.raises(P4RTError):
+        arb.check_writer(1, "", 2)
+    arb.arbitrate(a, _update(1, 10))
+    assert arb.primary() is a and sb.statuses()[-1] == (EXISTS, 10)
 
 
-def test_primary_raising_its_id_tells_everyone() -> None:
+def test_primary_re_sending_its_id_tells_everyone() -> None:
+    """Spec 5.3: ">= election_id_past ... becomes, or stays, primary"; with a previous
+    primary (including this controller) every other controller is notified, then it."""
     arb = Arbiter(1)
     a, sa = _session(arb, 5)
     _b, sb = _session(arb, 3)
     arb.arbitrate(a, _update(1, 6))
     assert sa.statuses()[-1] == (OK, 6) and sb.statuses()[-1] == (EXISTS, 6)
-    arb.arbitrate(a, _update(1, 6))  # the same again: only the sender hears back
-    assert len(sb.got) == 2 and sa.statuses()[-1] == (OK, 6)
+    arb.arbitrate(a, _update(1, 6))
+    assert sb.statuses()[-1] == (EXISTS, 6) and len(sb.got) == 3
+    assert sa.statuses()[-1] == (OK, 6) and len(sa.got) == 3
 
 
 def test_roles_are_independent() -> None:
