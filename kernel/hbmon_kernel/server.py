@@ -2,25 +2,40 @@
 
     hbmon-kernel-target -i 1@veth0 -i 2@veth1 [--grpc-addr 127.0.0.1:9559] [--device-id 1]
                         [--cpu-port 255] [--p4info FILE] [--bpf-dir DIR] [--log-level info]
+                        [--tls-cert FILE --tls-key FILE [--tls-ca FILE] | --insecure]
+                        [--max-streams 32] [--arbitration-timeout 10]
+                        [--max-message-bytes 33554432]
 
 Started like bmv2's simple_switch_grpc; it implements the P4Info of p4src/ (docs/dataplane.md)
 with P4Runtime v1.4 semantics: arbitration, pipeline config (only this P4Info is accepted),
 Write/Read of the contract's tables, multicast groups, registers, counters and digest
 config, PacketOut, and DigestList + ack on the stream. It binds to loopback unless told
-otherwise (P4Runtime has no authentication here), refuses to start (exit 2, a clear message)
-when an interface is missing or BPF is not permitted, and detaches everything it attached on
-SIGINT/SIGTERM. Once serving, it prints `... listening on HOST:PORT` (port 0 = any free one).
+otherwise; with --tls-cert/--tls-key it serves TLS, and with --tls-ca also requires a client
+certificate signed by that CA (mutual TLS: the only client authentication P4Runtime has).
+It refuses to start (exit 2, a clear message) on a non-loopback address without TLS unless
+told --insecure, when an interface is missing or BPF is not permitted, and detaches
+everything it attached on SIGINT/SIGTERM. Once serving, it prints `... listening on
+HOST:PORT` (port 0 = any free one).
+
+Bounds, so that no client can starve the others: at most --max-streams StreamChannels at
+once (the next one ends at once with RESOURCE_EXHAUSTED); a stream that has not sent its
+first MasterArbitrationUpdate within --arbitration-timeout seconds ends with
+DEADLINE_EXCEEDED; the gRPC thread pool has UNARY_WORKERS threads beyond the stream cap, so
+Write/Read/pipeline calls always find one; and no message may exceed --max-message-bytes
+(gRPC answers RESOURCE_EXHAUSTED).
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import queue
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent import futures
 from pathlib import Path
@@ -38,8 +53,17 @@ log = logging.getLogger("hbmon_kernel.server")
 
 P4RUNTIME_API_VERSION = "1.4.1"
 SERVICE = "p4.v1.P4Runtime"
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # as PI's server: a whole table fits one Write
-MAX_WORKERS = 64  # each StreamChannel holds one worker for its lifetime
+# The largest message hbmon's controller sends at 65,536 peers is a Write of the whole peer
+# table in one batch (196,608 updates, 10.4 MB; its default batches of 1,000 are 52 KB, the
+# largest allowed batch of 100,000 is 5.3 MB); a cell ReadRequest is at most 3.2 MB and our
+# ReadResponses are cut at 1 MiB (p4rt_wire.MAX_RESPONSE_BYTES). 32 MiB is three times the
+# largest, and an eighth of PI's 256 MiB.
+DEFAULT_MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+DEFAULT_MAX_STREAMS = 32  # a few controllers, shells and tools per device
+DEFAULT_ARBITRATION_TIMEOUT = 10.0  # seconds from stream start to its first arbitration
+# Each StreamChannel holds one pool thread for its lifetime: the pool has this many threads
+# beyond --max-streams, for unary RPCs and for refusing streams over the cap.
+UNARY_WORKERS = 16
 P4INFO_NAME = "heartbeat.p4info.txtpb"
 EXIT_REFUSED = 2
 
@@ -88,8 +112,13 @@ class _Sink:
 class P4RuntimeService:
     """The P4Runtime gRPC methods over a KernelDevice."""
 
-    def __init__(self, device: KernelDevice) -> None:
+    def __init__(self, device: KernelDevice, *, max_streams: int = DEFAULT_MAX_STREAMS,
+                 arbitration_timeout: float = DEFAULT_ARBITRATION_TIMEOUT) -> None:
         self.device = device
+        self.max_streams = max_streams
+        self.arbitration_timeout = arbitration_timeout
+        self._streams = 0  # StreamChannels open now, arbitrated or not
+        self._streams_lock = threading.Lock()
 
     def Capabilities(self, request: p4runtime_pb2.CapabilitiesRequest,
                      context: grpc.ServicerContext) -> p4runtime_pb2.CapabilitiesResponse:
@@ -141,15 +170,51 @@ class P4RuntimeService:
     def StreamChannel(self, requests: Iterator[p4runtime_pb2.StreamMessageRequest],
                       context: grpc.ServicerContext,
                       ) -> Iterator[p4runtime_pb2.StreamMessageResponse]:
+        with self._streams_lock:
+            admitted = self._streams < self.max_streams
+            if admitted:
+                self._streams += 1
+        if not admitted:
+            log.warning("stream of %s refused: %d streams open (--max-streams)",
+                        context.peer(), self.max_streams)
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"too many streams: {self.max_streams} open (--max-streams)")
+        try:
+            yield from self._serve_stream(requests, context)
+        finally:
+            with self._streams_lock:
+                self._streams -= 1
+
+    def _serve_stream(self, requests: Iterator[p4runtime_pb2.StreamMessageRequest],
+                      context: grpc.ServicerContext,
+                      ) -> Iterator[p4runtime_pb2.StreamMessageResponse]:
         sink = _Sink()
         session = Session(sink, peer=context.peer())
+        arbitrated = threading.Event()  # set by the reader after the first arbitration
+        deadline = time.monotonic() + self.arbitration_timeout
         context.add_callback(sink.close)
-        reader = threading.Thread(target=self._read_stream, args=(requests, session, sink),
+        reader = threading.Thread(target=self._read_stream,
+                                  args=(requests, session, sink, arbitrated),
                                   name=f"stream-{context.peer()}", daemon=True)
         reader.start()
         try:
             while True:
-                item = sink.queue.get()
+                if arbitrated.is_set():
+                    item = sink.queue.get()
+                else:
+                    # an unarbitrated stream holds a slot and a thread: bounded in time
+                    left = deadline - time.monotonic()
+                    if left <= 0 and not arbitrated.is_set():
+                        log.info("stream of %s ended: no MasterArbitrationUpdate within "
+                                 "%gs", session.peer, self.arbitration_timeout)
+                        context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                      f"no MasterArbitrationUpdate within "
+                                      f"{self.arbitration_timeout:g}s of the stream's start "
+                                      f"(--arbitration-timeout)")
+                    try:
+                        item = sink.queue.get(timeout=max(left, 0.0))
+                    except queue.Empty:
+                        continue
                 if item is None:
                     return
                 if isinstance(item, P4RTError):
@@ -161,7 +226,7 @@ class P4RuntimeService:
             log.info("stream closed: %s", session.describe())
 
     def _read_stream(self, requests: Iterator[p4runtime_pb2.StreamMessageRequest],
-                     session: Session, sink: _Sink) -> None:
+                     session: Session, sink: _Sink, arbitrated: threading.Event) -> None:
         device = self.device
         try:
             for req in requests:
@@ -172,6 +237,7 @@ class P4RuntimeService:
                     except P4RTError as exc:
                         sink.fail(exc)
                         return
+                    arbitrated.set()
                     log.info("arbitration: %s is %s", session.describe(),
                              "primary" if device.arbiter.is_primary(session) else "backup")
                 elif kind == "packet":
@@ -224,20 +290,55 @@ def service_handler(service: P4RuntimeService) -> grpc.GenericRpcHandler:
     })
 
 
-def start_server(device: KernelDevice, address: str) -> tuple[grpc.Server, int]:
-    """Serve `device` on `address`; returns the server and the bound port."""
+def start_server(device: KernelDevice, address: str, *,
+                 credentials: grpc.ServerCredentials | None = None,
+                 max_streams: int = DEFAULT_MAX_STREAMS,
+                 arbitration_timeout: float = DEFAULT_ARBITRATION_TIMEOUT,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 ) -> tuple[grpc.Server, int]:
+    """Serve `device` on `address` (TLS when `credentials` are given); returns the server
+    and the bound port."""
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="p4rt"),
-        options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        futures.ThreadPoolExecutor(max_workers=max_streams + UNARY_WORKERS,
+                                   thread_name_prefix="p4rt"),
+        options=[("grpc.max_receive_message_length", max_message_bytes),
+                 ("grpc.max_send_message_length", max_message_bytes),
                  ("grpc.so_reuseport", 0)],
     )
-    server.add_generic_rpc_handlers((service_handler(P4RuntimeService(device)),))
-    port = server.add_insecure_port(address)  # raises RuntimeError when it cannot bind
+    service = P4RuntimeService(device, max_streams=max_streams,
+                               arbitration_timeout=arbitration_timeout)
+    server.add_generic_rpc_handlers((service_handler(service),))
+    # both raise RuntimeError when they cannot bind
+    port = (server.add_secure_port(address, credentials) if credentials is not None
+            else server.add_insecure_port(address))
     if not port:
         raise RuntimeError(f"cannot listen on {address}")
     server.start()
     return server, port
+
+
+def server_credentials(cert: Path, key: Path, ca: Path | None) -> grpc.ServerCredentials:
+    """TLS with `cert`/`key`; with `ca`, clients must present a certificate it signed."""
+    return grpc.ssl_server_credentials(
+        [(key.read_bytes(), cert.read_bytes())],
+        root_certificates=ca.read_bytes() if ca is not None else None,
+        require_client_auth=ca is not None)
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a gRPC listen address (`host:port`, `[v6]:port`, `unix:PATH`) is reachable
+    only from this host. Names other than `localhost` count as not loopback: what they
+    resolve to may change."""
+    if address.startswith(("unix:", "unix-abstract:")):
+        return True
+    host = address.rsplit(":", 1)[0] if ":" in address else address
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,6 +391,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     help="spacing of the fan-out's 128-replica bursts within a round, in us "
                          "(default 80; raise it when the peers' side "
                          "drops bursts, e.g. a veth with XDP on its far end)")
+    ap.add_argument("--tls-cert", type=Path, default=None, metavar="FILE",
+                    help="serve TLS with this certificate chain (PEM; needs --tls-key)")
+    ap.add_argument("--tls-key", type=Path, default=None, metavar="FILE",
+                    help="the private key of --tls-cert (PEM)")
+    ap.add_argument("--tls-ca", type=Path, default=None, metavar="FILE",
+                    help="require client certificates signed by this CA (PEM): mutual TLS")
+    ap.add_argument("--insecure", action="store_true",
+                    help="allow plaintext P4Runtime on a non-loopback address (anyone who "
+                         "can reach it can become primary and send PacketOut)")
+    ap.add_argument("--max-streams", type=int, default=DEFAULT_MAX_STREAMS, metavar="N",
+                    help="StreamChannels open at once; more are refused with "
+                         f"RESOURCE_EXHAUSTED (default {DEFAULT_MAX_STREAMS})")
+    ap.add_argument("--arbitration-timeout", type=float, default=DEFAULT_ARBITRATION_TIMEOUT,
+                    metavar="SECONDS",
+                    help="a stream without a MasterArbitrationUpdate this long after its "
+                         "start ends with DEADLINE_EXCEEDED (default "
+                         f"{DEFAULT_ARBITRATION_TIMEOUT:g})")
+    ap.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
+                    metavar="BYTES",
+                    help="largest gRPC message received or sent (default "
+                         f"{DEFAULT_MAX_MESSAGE_BYTES}, 32 MiB)")
     ap.add_argument("--log-level", default="info",
                     choices=["debug", "info", "warning", "error"])
     args = ap.parse_args(argv)
@@ -307,6 +429,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         ap.error(f"--cpu-port {args.cpu_port} outside 0..511")
     if args.device_id < 0:
         ap.error("--device-id must not be negative")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        ap.error("--tls-cert and --tls-key go together")
+    if args.tls_ca is not None and args.tls_cert is None:
+        ap.error("--tls-ca needs --tls-cert and --tls-key (the server side of mutual TLS)")
+    if args.max_streams < 1:
+        ap.error("--max-streams must be at least 1")
+    if not args.arbitration_timeout > 0:
+        ap.error("--arbitration-timeout must be positive")
+    if args.max_message_bytes < 64 * 1024:
+        ap.error("--max-message-bytes must be at least 65536")
     return args
 
 
@@ -332,6 +464,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise _Stop(signal.Signals(signum).name)
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    if args.tls_cert is None and not args.insecure and not is_loopback(args.grpc_addr):
+        return refuse(f"--grpc-addr {args.grpc_addr} is not a loopback address: P4Runtime "
+                      "without TLS lets anyone who reaches it become primary; give "
+                      "--tls-cert/--tls-key (and --tls-ca for client certificates), or "
+                      "--insecure")
+    credentials: grpc.ServerCredentials | None = None
+    if args.tls_cert is not None:
+        try:
+            credentials = server_credentials(args.tls_cert, args.tls_key, args.tls_ca)
+        except OSError as exc:
+            return refuse(f"cannot read the TLS files: {exc}")
     p4info_path = args.p4info or default_p4info()
     if p4info_path is None:
         return refuse(f"no P4Info: {P4INFO_NAME} not found in p4src/build/; pass --p4info")
@@ -366,7 +509,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             return refuse(str(exc))
         try:
-            server, port = start_server(device, args.grpc_addr)
+            server, port = start_server(
+                device, args.grpc_addr, credentials=credentials, max_streams=args.max_streams,
+                arbitration_timeout=args.arbitration_timeout,
+                max_message_bytes=args.max_message_bytes)
         except RuntimeError as exc:
             return refuse(f"cannot listen on {args.grpc_addr}: {exc}")
         pump = threading.Thread(target=device.pump_events, args=(stop,), name="digests",
@@ -375,8 +521,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         serving = True
         host = args.grpc_addr.rsplit(":", 1)[0]
         ports = ", ".join(f"{p}@{i}" for p, i in sorted(args.ports.items()))
+        security = ("plaintext" if credentials is None else
+                    "TLS, client certificates required" if args.tls_ca is not None else "TLS")
         print(f"hbmon-kernel-target: device {args.device_id}, ports {ports}, CPU port "
-              f"{args.cpu_port}; P4Runtime server listening on {host}:{port}", flush=True)
+              f"{args.cpu_port}; P4Runtime server ({security}) listening on {host}:{port}",
+              flush=True)
         stop.wait()
         log.info("stopping")
         return 0

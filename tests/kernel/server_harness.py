@@ -125,8 +125,10 @@ class KernelTarget:
 class RawStream:
     """A StreamChannel driven by hand: send requests, wait for responses by kind."""
 
-    def __init__(self, address: str) -> None:
-        self.channel = grpc.insecure_channel(address)
+    def __init__(self, address: str,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
+        self.channel = (grpc.insecure_channel(address) if credentials is None
+                        else grpc.secure_channel(address, credentials))
         self.stub = p4runtime_pb2_grpc.P4RuntimeStub(self.channel)
         self._out: queue.SimpleQueue[p4runtime_pb2.StreamMessageRequest | None] = \
             queue.SimpleQueue()
