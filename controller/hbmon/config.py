@@ -22,6 +22,7 @@ inventory. Example (every key but `switches` is optional)::
         device_id: 1
         p4info: p4src/build/heartbeat.p4info.txtpb
         ports: {1: hb1m1}        # data-plane port -> interface (informational / targets)
+        tls: {ca: ca.pem, cert: client.pem, key: client.key, server_name: s1.example}
       - name: s2
         kind: bmv2
         grpc: 127.0.0.1:9560
@@ -31,6 +32,11 @@ inventory. Example (every key but `switches` is optional)::
         interval_ms: 50          # per-switch overrides of interval/detect/poll/monitor
     peers:
       - {name: web1, switch: s1, address: 198.18.1.1, peer_id: 1, mac: "02:..:01", port: 1}
+
+`tls` (optional) makes the P4Runtime channel TLS: `ca` verifies the switch's certificate
+(default: the system's roots), `cert` + `key` are the controller's client certificate for
+mutual TLS, `server_name` is the name the switch's certificate must carry when it is not
+the host of `grpc`. Without `tls` the channel is plaintext (keep it on loopback).
 
 Relative paths are relative to the config file. Errors name the offending key path
 (`switches[1].grpc`).
@@ -45,6 +51,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import grpc
 import yaml
 
 from .health import HealthConfig
@@ -63,6 +70,22 @@ class MonitorAddress:
 
     mac: str = "02:00:00:00:00:01"
     ip: str = "198.18.0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """TLS for one switch's P4Runtime channel (files checked readable when loaded)."""
+
+    ca: Path | None = None  # PEM roots the switch's certificate must chain to; None: system
+    cert: Path | None = None  # PEM client certificate (mutual TLS), with `key`
+    key: Path | None = None
+    server_name: str | None = None  # expected name in the switch's certificate
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca.read_bytes() if self.ca else None,
+            private_key=self.key.read_bytes() if self.key else None,
+            certificate_chain=self.cert.read_bytes() if self.cert else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +110,7 @@ class SwitchConfig:
     monitor: MonitorAddress = field(default_factory=MonitorAddress)
     # "auto": push when the device runs another P4Info; "always"; "never"
     push_pipeline: str = "auto"
+    tls: TlsConfig | None = None  # None: plaintext P4Runtime
 
     @property
     def interval_s(self) -> float:
@@ -198,8 +222,36 @@ def _monitor(data: Any, where: str, default: MonitorAddress) -> MonitorAddress:
 _SWITCH_KEYS = {
     "name", "grpc", "device_id", "kind", "thrift_port", "p4info", "bmv2_json", "ports",
     "interval_ms", "detect_mult", "poll_interval_ms", "detail_interval_ms", "monitor",
-    "push_pipeline",
+    "push_pipeline", "tls",
 }
+
+
+def _tls(data: Any, where: str, base: Path) -> TlsConfig | None:
+    if data is None:
+        return None
+    _expect(data, dict, where.rstrip("."), "a mapping (ca, cert, key, server_name)")
+    _check_keys(data, {"ca", "cert", "key", "server_name"}, where)
+    files: dict[str, Path | None] = {}
+    for key in ("ca", "cert", "key"):
+        if data.get(key) is None:
+            files[key] = None
+            continue
+        path = _path(base, data[key], f"{where}{key}")
+        try:
+            with path.open("rb"):
+                pass  # readable now: a typo fails at load, not at the first connection
+        except OSError as exc:
+            raise ValidationError(f"{where}{key}",
+                                  f"cannot read {path}: {exc.strerror}") from exc
+        files[key] = path
+    if (files["cert"] is None) != (files["key"] is None):
+        missing = "key" if files["key"] is None else "cert"
+        raise ValidationError(f"{where}{missing}", "cert and key go together (mutual TLS)")
+    server_name = data.get("server_name")
+    if server_name is not None and (not isinstance(server_name, str) or not server_name):
+        raise ValidationError(f"{where}server_name", "must be a host name")
+    return TlsConfig(ca=files["ca"], cert=files["cert"], key=files["key"],
+                     server_name=server_name)
 
 
 def _switch(data: Any, i: int, base: Path, defaults: dict[str, Any]) -> SwitchConfig:
@@ -261,6 +313,7 @@ def _switch(data: Any, i: int, base: Path, defaults: dict[str, Any]) -> SwitchCo
                                    maximum=3_600_000),
         monitor=_monitor(data.get("monitor"), f"{where}monitor.", defaults["monitor"]),
         push_pipeline=push,
+        tls=_tls(data.get("tls"), f"{where}tls.", base),
     )
 
 
