@@ -841,8 +841,8 @@ class Fabric:
                 if failing == 1:
                     log.exception("publishing %d events failed; retrying", len(batch))
                 else:
-                    log.warning("publishing %d events failed (attempt %d, next in %.2g s): "
-                                "%s", len(batch), failing, backoff, exc)
+                    log.warning("publishing %d events failed (attempt %d): %s",
+                                len(batch), failing, exc)
                 if self._pump_stop:
                     give_up = give_up or time.monotonic() + 10.0
                     if time.monotonic() >= give_up:
