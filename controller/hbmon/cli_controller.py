@@ -211,9 +211,15 @@ def ensure_shell_venv(venv: Path = SHELL_VENV, echo: Any = click.echo) -> Path:
               show_default=True)
 def shell(config_path: str | None, switch_name: str | None, grpc_addr: str | None,
           device_id: int | None, election_id: int | None, venv_path: str) -> None:
-    """Open p4runtime-shell against a switch (a backup client; its own virtualenv)."""
+    """Open p4runtime-shell against a switch (a backup client; its own virtualenv).
+
+    Plaintext P4Runtime only: a switch with `tls:` in the config is refused (run the shell
+    on the target's host against a loopback plaintext listener instead)."""
     config = _load(config_path) if config_path else None
     sw = _pick_switch(config, switch_name)
+    if sw is not None and sw.tls is not None:
+        raise click.ClickException(f"switch {sw.name} uses TLS; hbmon shell speaks plaintext "
+                                   "P4Runtime only")
     addr = grpc_addr or (sw.grpc if sw else "127.0.0.1:9559")
     device = device_id if device_id is not None else (sw.device_id if sw else 1)
     if election_id is None:

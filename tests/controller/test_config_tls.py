@@ -52,3 +52,14 @@ def test_tls_errors_name_the_key(pki: Path, tls: Any, key: str, message: str) ->
     with pytest.raises(ValidationError) as info:
         parse_config(config(tls), base=pki)
     assert info.value.field == key and message in info.value.message, info.value
+
+
+def test_shell_refuses_a_tls_switch(pki: Path) -> None:
+    """`hbmon shell` speaks plaintext only: it says so rather than hanging on a TLS port."""
+    from click.testing import CliRunner
+    from hbmon.cli import main
+
+    cfg = pki / "hbmon.yaml"
+    cfg.write_text("switches: [{name: s1, grpc: '127.0.0.1:9559', tls: {ca: ca.pem}}]\n")
+    result = CliRunner().invoke(main, ["shell", "-c", str(cfg)])
+    assert result.exit_code != 0 and "plaintext P4Runtime only" in result.output, result.output
