@@ -81,9 +81,9 @@ class Rig:
 
     def __init__(self, server: TestP4RuntimeServer, db: Path, **fabric_args: Any) -> None:
         self.store = FlakyStore(db)
-        self.bus = EventBus(self.store)  # type: ignore[arg-type]
+        self.bus = EventBus(self.store)
         self.metrics = ControllerMetrics()
-        self.fabric = Fabric(make_config(server.port), self.store,  # type: ignore[arg-type]
+        self.fabric = Fabric(make_config(server.port), self.store,
                              self.bus, metrics=self.metrics, **fabric_args)
         self.emitted: list[Event] = []
         self._lock = threading.Lock()
