@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from hbmon_topo.model import Topology
 from hbmon_topo.netns import NetnsLab
+from pg_cluster import Cluster, cluster
 
 
 @pytest.fixture
@@ -68,3 +69,18 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("skips that are not allowed (only bmv2/p4c tests may skip)")
         for line in _bad_skips:
             terminalreporter.line(line)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    with cluster() as c:
+        yield c
+
+
+_db_counter = iter(range(1, 1_000_000))
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Cluster) -> str:
+    """A fresh, empty database on the session's PostgreSQL cluster."""
+    return pg_cluster.create_database(f"hbmon_test_{os.getpid()}_{next(_db_counter)}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,6 @@ from hbmon.events import EventBus
 from hbmon.metrics import ControllerMetrics
 from hbmon.store import SqlStore, open_store
 from hbmon.webhooks import WebhookDispatcher
-from pg_cluster import Cluster, cluster
 
 
 @pytest.fixture
@@ -66,21 +64,6 @@ def api(make_server: ServerFactory) -> Running:
 def client(api: Running) -> Iterator[httpx.Client]:
     with api.client() as c:
         yield c
-
-
-@pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[Cluster]:
-    with cluster() as c:
-        yield c
-
-
-_db_counter = iter(range(1, 1_000_000))
-
-
-@pytest.fixture
-def pg_url(pg_cluster: Cluster) -> str:
-    """A fresh, empty database on the session's PostgreSQL cluster."""
-    return pg_cluster.create_database(f"hbmon_test_{os.getpid()}_{next(_db_counter)}")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
