@@ -213,8 +213,8 @@ def shell(config_path: str | None, switch_name: str | None, grpc_addr: str | Non
           device_id: int | None, election_id: int | None, venv_path: str) -> None:
     """Open p4runtime-shell against a switch (a backup client; its own virtualenv).
 
-    Plaintext P4Runtime only: a switch with `tls:` in the config is refused (run the shell
-    on the target's host against a loopback plaintext listener instead)."""
+    Plaintext P4Runtime only (p4runtime-shell is given no certificates): a switch with
+    `tls:` in the config is refused."""
     config = _load(config_path) if config_path else None
     sw = _pick_switch(config, switch_name)
     if sw is not None and sw.tls is not None:

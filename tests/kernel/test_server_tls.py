@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hbmon.p4info import P4Schema, TableEntry
 from hbmon.p4rt import P4RuntimeClient, P4RuntimeError
-from hbmon_kernel.server import EXIT_REFUSED, is_loopback
+from hbmon_kernel.server import EXIT_REFUSED, is_loopback, parse_args
 from p4.v1 import p4runtime_pb2, p4runtime_pb2_grpc
 
 from .bpf_lab import Lab, ip
@@ -322,3 +322,20 @@ def test_is_loopback(address: str, loopback: bool) -> None:
     """Pure logic: which listen addresses count as loopback (names other than localhost do
     not: what they resolve to can change)."""
     assert is_loopback(address) is loopback
+
+
+def test_documented_defaults() -> None:
+    """Pure logic: the defaults README.md and docs/dataplane.md state are the parser's."""
+    args = parse_args(["-i", "1@lo"])
+    assert (args.grpc_addr, args.max_streams, args.arbitration_timeout,
+            args.max_message_bytes, args.insecure, args.tls_cert) == \
+        ("127.0.0.1:9559", 32, 10.0, 32 << 20, False, None)
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    assert "`--max-streams` (32 StreamChannels" in readme
+    assert "`--arbitration-timeout` (10 s" in readme and "`--max-message-bytes` (32 MiB)" in readme
+    table = (root / "docs" / "dataplane.md").read_text()
+    for row in ("| `--max-streams N` | 32 |", "| `--arbitration-timeout SECONDS` | 10 |",
+                "| `--max-message-bytes BYTES` | 33554432 (32 MiB) |",
+                "| `--grpc-addr HOST:PORT` | `127.0.0.1:9559` |"):
+        assert row in table, row
