@@ -14,6 +14,7 @@ tests/integration/test_durability.py.
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -25,10 +26,10 @@ import pytest
 from hbmon.controller import Fabric
 from hbmon.events import EventBus
 from hbmon.metrics import ControllerMetrics
-from hbmon.model import Event, EventKind, Health
+from hbmon.model import Event, EventKind, Health, NotFoundError
 from hbmon.p4info import P4Schema
 from hbmon.protocol import PlaneState
-from hbmon.store import SqliteStore
+from hbmon.store import SqliteStore, open_store
 
 from .p4rt_testserver import TestP4RuntimeServer
 from .test_fabric import P4INFO, entries, group, make_config, peer, set_slot, wait_for
@@ -275,4 +276,38 @@ def test_slot_left_before_a_crash_is_reset_after_restart(server: TestP4RuntimeSe
             == [2]
     finally:
         fabric.stop()
+        store.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    url: str = request.getfixturevalue("pg_url")  # tests/conftest.py: a real PostgreSQL
+    return url
+
+
+def test_store_records_left_slots_in_the_same_transaction(store_url: str) -> None:
+    """Removal and move record the slot left behind; a failed removal records nothing;
+    `slots_reset` forgets; the record survives reopening (both backends)."""
+    store = open_store(store_url)
+    try:
+        store.add_peers([peer(1, index=0), peer(2, index=1), peer(3, index=2)])
+        store.remove_peers(["p1"])
+        moved = peer(2, index=5)
+        store.update_peer(moved)
+        store.update_peer(dataclasses.replace(moved, port=2))  # same slot: nothing left
+        with pytest.raises(NotFoundError):
+            store.remove_peers(["p3", "nope"])  # one transaction: p3 stays, no record
+        assert [p.name for p in store.list_peers()] == ["p2", "p3"]
+        assert store.pending_slot_resets() == {"s1": {0, 1}}
+    finally:
+        store.close()
+    store = open_store(store_url)
+    try:
+        assert store.pending_slot_resets() == {"s1": {0, 1}}
+        store.remove_peers(["p3"])
+        store.slots_reset("s1", [0, 1])
+        assert store.pending_slot_resets() == {"s1": {2}}
+    finally:
         store.close()
