@@ -73,7 +73,10 @@ def free_tcp_port(host: str = "127.0.0.1") -> int:
 
 
 def tcp_port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on host:port now. With SO_REUSEADDR, as uvicorn
+    binds: connections of a previous run left in TIME-WAIT do not make the port busy."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -212,9 +215,12 @@ class Stack:
         on_step(f"starting the controller: hbmon serve --config {self.config_path}")
         hbmon = Path(sys.executable).with_name("hbmon")
         with open(self.workdir / "serve.log", "wb") as log:
+            # its own session: a SIGINT to the demo's process group (a supervisor, CI,
+            # `kill -INT -PGID`) reaches the demo, which stops this process itself in order
             self.serve = subprocess.Popen(
                 [str(hbmon), "serve", "--config", str(self.config_path)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True)
         self._client = httpx.Client(base_url=self.url, timeout=5.0)
         self._wait_http("/healthz", ready_timeout)
         on_step("waiting until the controller has programmed and read the target")

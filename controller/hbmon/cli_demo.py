@@ -8,7 +8,9 @@ table in the terminal. Ctrl-C stops and removes everything.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -119,6 +121,7 @@ def demo(target: str, n_peers: int, mininet: bool, api_port: int, interval_ms: f
     else:
         lab = NetnsLab(topology)
     expected = expected_states(topology)
+    stopper = _Stopper().install()
     ok = True
     try:
         with console.status("building the lab"):
@@ -131,13 +134,21 @@ def demo(target: str, n_peers: int, mininet: bool, api_port: int, interval_ms: f
         try:
             with console.status("starting target and controller"):
                 stack.start(on_step=lambda msg: console.print(f"[dim]{msg}[/]"))
+            # from here on a signal only sets the event: raised mid-print, KeyboardInterrupt
+            # would leave rich's output buffer half-written (--once waits inside the stack,
+            # so there it still raises)
+            if not once:
+                stopper.defer()
             console.print(f"\n[bold]dashboard:[/] {stack.url}/   REST API: {stack.url}/api/v1/"
                           f"   (write token: {stack.token_file})")
             muted = next((p.name for p in topology.peers if p.faults.mute),
                          topology.peers[0].name)
             console.print(f"inject a fault:  hbmon responder --ctl {ctl[muted]} start   "
                           f"(or stop | set loss=30 | set status=draining)")
-            ok = _run(console, stack, topology, expected, duration, once, timeout)
+            ok = _run(console, stack, topology, expected, duration, once, timeout,
+                      stopper.event)
+            if stopper.event.is_set():
+                console.print("\ninterrupted")
         finally:
             with console.status("stopping the controller and the target"):
                 stack.stop()
@@ -146,6 +157,8 @@ def demo(target: str, n_peers: int, mininet: bool, api_port: int, interval_ms: f
     except KeyboardInterrupt:
         console.print("\ninterrupted")
     finally:
+        # a second Ctrl-C (or the rest of a group's SIGINT) must not leave the lab half-removed
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         with console.status("removing the lab"):
             lab.stop()
         console.print("lab removed")
@@ -153,8 +166,36 @@ def demo(target: str, n_peers: int, mininet: bool, api_port: int, interval_ms: f
         sys.exit(1)
 
 
+class _Stopper:
+    """SIGINT stops the demo cleanly, whoever sends it. Installed explicitly:
+    a process started in the background by a non-interactive shell (a supervisor, a CI
+    script's `make demo &`) inherits SIGINT *ignored*, so Python's Ctrl-C handler is not
+    there, while the controller the demo starts (uvicorn sets its own handlers) would still
+    die of a group's SIGINT and leave the demo polling a dead API. While the lab is built
+    a signal raises KeyboardInterrupt; once `defer()`red it only sets `event`. (SIGTERM and
+    SIGHUP are the lab's: they unwind with LabInterrupted, exit status 143.)"""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._deferred = False
+
+    def install(self) -> _Stopper:
+        signal.signal(signal.SIGINT, self)
+        return self
+
+    def defer(self) -> None:
+        self._deferred = True
+        if self.event.is_set():
+            raise KeyboardInterrupt
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.event.set()
+        if not self._deferred:
+            raise KeyboardInterrupt
+
+
 def _run(console: Console, stack: Any, topology: Any, expected: dict[str, set[str]],
-         duration: float | None, once: bool, timeout: float) -> bool:
+         duration: float | None, once: bool, timeout: float, stop: threading.Event) -> bool:
     """Show the live table; returns whether the states matched (always True interactively)."""
     from hbmon_topo.stack import StackError
 
@@ -174,9 +215,11 @@ def _run(console: Console, stack: Any, topology: Any, expected: dict[str, set[st
         with Live(console=console, refresh_per_second=4) as live:
             while True:
                 live.update(_table(topology, stack.health(), title))
-                time.sleep(0.5)
+                if stop.wait(0.5):
+                    return True
     while end is None or time.monotonic() < end:
-        time.sleep(min(5.0, max(0.0, end - time.monotonic())) if end else 5.0)
+        if stop.wait(min(5.0, max(0.0, end - time.monotonic())) if end else 5.0):
+            return True
         console.print(_table(topology, stack.health(), title))
     states = stack.states()
     wrong = {n: states.get(n) for n, ok in expected.items() if states.get(n) not in ok}

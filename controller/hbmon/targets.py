@@ -208,8 +208,11 @@ def start_target(
         output_path.parent.mkdir(parents=True, exist_ok=True)
         out = output_path.open("wb")
     try:
+        # its own session: a SIGINT meant for the caller's process group does not kill
+        # the target under a controller that is still using it; the caller stops it
         proc = subprocess.Popen(cmd, stdout=out or subprocess.DEVNULL,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
     except OSError as exc:
         if out is not None:
             out.close()

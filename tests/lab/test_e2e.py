@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from hbmon.responder import ControlClient
 from hbmon_topo.mn import MininetLab
@@ -71,6 +72,93 @@ def test_demo_ctrl_c_removes_everything() -> None:
             proc.wait()
     assert "lab removed" in seen, seen
     assert leftovers(lab_prefix(seen)) == []
+
+
+def _as_a_background_job() -> None:
+    """What a non-interactive shell does to `cmd &` (POSIX): SIGINT ignored; and a
+    process group of its own, as a supervisor gives its service."""
+    os.setsid()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _demo_until_up(args: list[str]) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([HBMON, "demo", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
+                            env={**os.environ, "COLUMNS": "200"},
+                            preexec_fn=_as_a_background_job)
+    assert proc.stdout is not None
+    seen = ""
+    deadline = time.monotonic() + 120
+    while "dashboard:" not in seen:
+        line = proc.stdout.readline()
+        if not line or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"demo did not come up:\n{seen}")
+        seen += line
+    return proc, seen
+
+
+def test_demo_sigint_to_its_process_group_without_a_tty() -> None:
+    """Issue 14: a supervisor or CI sends SIGINT to the whole process group, with no
+    terminal, to a demo started as a background job (SIGINT inherited ignored): the demo
+    says so and removes the lab, with no traceback from the controller it started dying
+    under it. SIGTERM (a supervisor's stop) removes the lab too and exits 143."""
+    proc, seen = _demo_until_up(["--api-port", "0"])
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+        seen += rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "interrupted" in seen and "lab removed" in seen, seen
+    assert "Traceback" not in seen, seen
+    assert proc.returncode == 0, seen
+    assert leftovers(lab_prefix(seen)) == []
+
+    proc, seen = _demo_until_up(["--api-port", "0"])
+    try:
+        os.kill(proc.pid, signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=60)
+        seen += rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "lab removed" in seen and "Traceback" not in seen, seen
+    assert proc.returncode == 128 + signal.SIGTERM, seen
+    assert leftovers(lab_prefix(seen)) == []
+
+
+def test_demo_twice_back_to_back_on_port_8080() -> None:
+    """Issue 14: the previous run's connections in TIME-WAIT do not make 8080 look busy
+    (the pre-check binds with SO_REUSEADDR, as uvicorn does)."""
+    # a dashboard left open on the first run: its keep-alive connection is closed by the
+    # server when the demo stops, which leaves it in TIME-WAIT on 127.0.0.1:8080
+    proc, seen = _demo_until_up(["--api-port", "8080"])
+    try:
+        with httpx.Client(base_url="http://127.0.0.1:8080", timeout=5) as browser:
+            assert browser.get("/healthz").status_code == 200
+            os.kill(proc.pid, signal.SIGINT)
+            rest, _ = proc.communicate(timeout=60)
+            seen += rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "lab removed" in seen, seen
+    waiting = subprocess.run(["ss", "-Htan", "state", "time-wait", "( sport = :8080 )"],
+                             capture_output=True, text=True, check=True).stdout
+    assert waiting.strip(), "the first run left no TIME-WAIT on 8080: the test proves nothing"
+    again = subprocess.run(
+        [HBMON, "demo", "--once", "--api-port", "8080", "--timeout", "90"],
+        capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL,
+        env={**os.environ, "COLUMNS": "200"})
+    out = again.stdout + again.stderr
+    assert again.returncode == 0, out
+    assert "dashboard: http://127.0.0.1:8080/" in out, out
 
 
 def test_demo_on_bmv2_names_what_is_missing() -> None:
