@@ -92,6 +92,7 @@ def serve(config_path: str, store_url: str | None, host: str | None, port: int |
     from .controller import Fabric
     from .events import EventBus
     from .metrics import ControllerMetrics
+    from .sdnotify import notify
     from .store import open_store
     from .webhooks import WebhookConfig, WebhookDispatcher, read_secret
 
@@ -145,8 +146,11 @@ def serve(config_path: str, store_url: str | None, host: str | None, port: int |
             console.print(f"store: {config.store.split('@')[-1]}")
             if api is not None:
                 console.print(f"API: {api.url}/api/v1  dashboard: {api.url}/")
+            notify("READY=1", "STATUS=" + (f"API on {api.url}" if api is not None
+                                           else "controller running (no API)"))
             stop.wait()
         finally:
+            notify("STOPPING=1")
             console.print("stopping")
             if api is not None:
                 api.stop()

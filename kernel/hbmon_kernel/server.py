@@ -44,6 +44,7 @@ from typing import Any
 
 import grpc
 from google.rpc import code_pb2, status_pb2
+from hbmon.sdnotify import notify
 from p4.v1 import p4runtime_pb2
 
 from .p4rt_device import KernelDevice, WriteFailed, dataclass_fields, stream_error
@@ -526,8 +527,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hbmon-kernel-target: device {args.device_id}, ports {ports}, CPU port "
               f"{args.cpu_port}; P4Runtime server ({security}) listening on {host}:{port}",
               flush=True)
+        notify("READY=1", f"STATUS=P4Runtime ({security}) on {host}:{port}, ports {ports}")
         stop.wait()
         log.info("stopping")
+        notify("STOPPING=1")
         return 0
     except _Stop as exc:
         log.info("stopped by %s while starting", exc)
