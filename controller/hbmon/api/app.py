@@ -22,6 +22,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
@@ -34,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from swagger_ui_bundle import swagger_ui_path
 
 from ..events import EventBus, Subscription
 from ..metrics import ControllerMetrics
@@ -358,8 +360,9 @@ def create_app(
             state.close_streams()
             state.rtt.stop()
 
-    # No /docs: Swagger UI loads its assets from a CDN, and hbmon serves nothing that
-    # needs the internet. The document itself is at /openapi.json.
+    # /docs is Swagger UI from the swagger-ui-bundle wheel, served here: FastAPI's own
+    # /docs would load its assets from a CDN, and hbmon serves nothing that needs the
+    # internet. The document itself is at /openapi.json.
     app = FastAPI(
         title="hbmon", version=app_version(), lifespan=lifespan,
         description="Heartbeat monitoring offloaded to a P4 / eBPF data plane: peers, health, "
@@ -450,6 +453,18 @@ def create_app(
 
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/docs", include_in_schema=False)
+    def api_docs() -> Response:
+        # readable without a token, like the dashboard; "Authorize" takes the bearer token
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json", title="hbmon API",
+            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs/assets/swagger-ui.css",
+            swagger_favicon_url="/docs/assets/favicon-32x32.png",
+            swagger_ui_parameters={"persistAuthorization": True})
+
+    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
 
     router = _router(state)
     app.include_router(router)
