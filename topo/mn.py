@@ -283,6 +283,38 @@ class MininetLab:
 
     # ---- processes --------------------------------------------------------------------
 
+    def cli(self, health: Any = None, stdin: Any = None) -> None:
+        """Mininet's own `mininet>` CLI on this lab (pingall, xterm, `<host> <command>`,
+        ...), with the peers also reachable by their names (`peer01 ping ...`) and the
+        monitor as `monitor`; `health` prints hbmon's table (calls `health()`)."""
+        load_mininet()
+        from mininet.cli import CLI
+        from mininet.log import setLogLevel
+
+        net = self.net
+        aliases = {p.name: self.node(p.name) for p in self.topology.peers}
+        aliases["monitor"] = net.get(f"{self.prefix}mon" if self.target == "kernel"
+                                     else f"{self.prefix}sw")
+        added = [name for name in aliases if name not in net.nameToNode]
+        for name in added:
+            net.nameToNode[name] = aliases[name]
+
+        class HbmonCLI(CLI):  # type: ignore[misc,valid-type]
+            prompt = "mininet> "
+
+            def do_health(self, line: str) -> None:
+                """health: hbmon's view of every peer (the demo's table)."""
+                if health is not None:
+                    health()
+
+        setLogLevel("output")  # the lab builds quietly; the CLI prints at "output"
+        try:
+            HbmonCLI(net, stdin=stdin or sys.stdin)
+        finally:
+            setLogLevel("error")
+            for name in added:
+                net.nameToNode.pop(name, None)
+
     def node(self, host: str) -> Any:
         return self.net.get(self.host_name(host))
 

@@ -70,6 +70,9 @@ def _table(topology: Any, rows: list[dict[str, Any]], title: str) -> Table:
 @click.option("--peers", "n_peers", type=click.IntRange(4, 512), default=16, show_default=True)
 @click.option("--mininet", is_flag=True,
               help="Build the lab with Mininet instead of plain namespaces.")
+@click.option("--cli", "mininet_cli", is_flag=True,
+              help="With --mininet: Mininet's mininet> CLI instead of the live table "
+                   "(pingall, xterm peer01, peer01 ping ..., health); exit ends the demo.")
 @click.option("--api-port", type=click.IntRange(0, 65535), default=8080, show_default=True,
               help="REST API / dashboard port on 127.0.0.1 (0: any free port).")
 @click.option("--interval-ms", type=click.FloatRange(1, 10_000), default=100.0,
@@ -81,8 +84,9 @@ def _table(topology: Any, rows: list[dict[str, Any]], title: str) -> Table:
               help="Exit as soon as every peer shows its expected state (exit 1 on timeout).")
 @click.option("--timeout", type=click.FloatRange(1), default=60.0, show_default=True,
               help="With --once: how long to wait for the expected states.")
-def demo(target: str, n_peers: int, mininet: bool, api_port: int, interval_ms: float,
-         detect_mult: int, duration: float | None, once: bool, timeout: float) -> None:
+def demo(target: str, n_peers: int, mininet: bool, mininet_cli: bool, api_port: int,
+         interval_ms: float, detect_mult: int, duration: float | None, once: bool,
+         timeout: float) -> None:
     """Run hbmon end to end in a throw-away lab (needs root)."""
     from hbmon_topo.model import demo as demo_topology
     from hbmon_topo.netns import LabError, NetnsLab
@@ -99,6 +103,10 @@ def demo(target: str, n_peers: int, mininet: bool, api_port: int, interval_ms: f
         problem = mininet_available()
         if problem:
             missing.append(problem)
+    if mininet_cli and not mininet:
+        raise click.UsageError("--cli is Mininet's CLI: add --mininet")
+    if mininet_cli and (once or duration is not None):
+        raise click.UsageError("--cli runs until you type exit: drop --once / --duration")
     if missing:
         raise click.ClickException(f"cannot run the demo on {target}: missing\n  - "
                                    + "\n  - ".join(missing))
@@ -137,7 +145,7 @@ def demo(target: str, n_peers: int, mininet: bool, api_port: int, interval_ms: f
             # from here on a signal only sets the event: raised mid-print, KeyboardInterrupt
             # would leave rich's output buffer half-written (--once waits inside the stack,
             # so there it still raises)
-            if not once:
+            if not once and not mininet_cli:  # Mininet's CLI handles Ctrl-C itself
                 stopper.defer()
             console.print(f"\n[bold]dashboard:[/] {stack.url}/   REST API: {stack.url}/api/v1/"
                           f"   (write token: {stack.token_file})")
@@ -145,8 +153,14 @@ def demo(target: str, n_peers: int, mininet: bool, api_port: int, interval_ms: f
                          topology.peers[0].name)
             console.print(f"inject a fault:  hbmon responder --ctl {ctl[muted]} start   "
                           f"(or stop | set loss=30 | set status=draining)")
-            ok = _run(console, stack, topology, expected, duration, once, timeout,
-                      stopper.event)
+            if mininet_cli:
+                console.print("Mininet's CLI: pingall, peer01 ping peer02, xterm peer01, "
+                              "health (hbmon's table); exit ends the demo")
+                lab.cli(health=lambda: console.print(
+                    _table(topology, stack.health(), "peer health")))
+            else:
+                ok = _run(console, stack, topology, expected, duration, once, timeout,
+                          stopper.event)
             if stopper.event.is_set():
                 console.print("\ninterrupted")
         finally:

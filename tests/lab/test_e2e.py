@@ -161,6 +161,23 @@ def test_demo_twice_back_to_back_on_port_8080() -> None:
     assert "dashboard: http://127.0.0.1:8080/" in out, out
 
 
+def test_demo_mininet_cli() -> None:
+    """Issue 14: `hbmon demo --mininet --cli` is Mininet's own CLI on the running lab, with
+    the peers reachable by name; `health` prints hbmon's table; `exit` removes the lab."""
+    commands = "peer01 ping -c1 -W2 peer02\npeer03 ip -br addr show eth0\nhealth\nexit\n"
+    proc = subprocess.run([HBMON, "demo", "--mininet", "--cli", "--api-port", "0"],
+                          input=commands, capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "COLUMNS": "200"})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert out.count("mininet> ") >= 4, out
+    assert "1 packets transmitted, 1 received" in out, out  # peer02 resolved to its address
+    assert re.search(r"eth0\S*\s+UP\s+198\.18\.1\.3/", out), out
+    assert re.search(r"peer01\s+198\.18\.1\.1\s+(UP|UNKNOWN)", out), out  # health's table
+    assert "lab removed" in out and "Traceback" not in out, out
+    assert leftovers(lab_prefix(out)) == []
+
+
 def test_demo_on_bmv2_names_what_is_missing() -> None:
     env = {**os.environ, "SIMPLE_SWITCH_GRPC": "/nonexistent/simple_switch_grpc"}
     proc = subprocess.run([HBMON, "demo", "--target", "bmv2", "--once"], capture_output=True,
