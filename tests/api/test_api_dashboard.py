@@ -191,10 +191,10 @@ def test_dashboard_asks_for_a_token_when_reads_are_closed(
     run.service.add_peers(make_peers(3))
     page = browser.new_page()
     page.goto(run.url + "/")
-    page.wait_for_selector("#token-dialog[open]", timeout=15_000)
+    page.wait_for_selector("#token-dialog[open]", timeout=30_000)
     page.fill("#token-input", TOKEN)
     page.click("#token-form button")
-    page.wait_for_selector('body[data-ready="1"]', timeout=15_000)
+    page.wait_for_selector('body[data-ready="1"]', timeout=30_000)
     page.wait_for_selector('[data-name="peer-0002"]')
     states: Any = tile_states(page)
     assert set(states) == {"peer-0000", "peer-0001", "peer-0002"}

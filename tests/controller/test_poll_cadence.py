@@ -126,7 +126,9 @@ def test_peer_removed_while_a_poll_reads_is_dropped_from_that_poll() -> None:
     assert fabric.health("p4").state == Health.UNKNOWN
     assert fabric.health("p4").slot.rx_count == 0
     fresh = fabric._poll_members("s1")
-    assert fresh.names == ["p1", "p4", "p3"] and fresh is not members  # p4 took index 1
+    # the switch never connected, so p2's entries could not be removed: its index 1 is held
+    # until a reconcile (nothing lost, issue 10) and p4 takes the next one
+    assert fresh.names == ["p1", "p3", "p4"] and fresh is not members
 
 
 def test_rtt_history_samples_the_engine_arrays() -> None:
