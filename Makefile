@@ -8,6 +8,7 @@
 #   ptf TARGET=kernel|bmv2  the PTF data-plane suite against one target
 #   bench                 benchmarks in bench/
 #   fuzz                  1,000,000 fuzz frames through the kernel target's XDP program (FUZZ_FRAMES, FUZZ_SEED)
+#   soak                  the replica failover test (kill -9 of the leader) 20 times (SOAK_ROUNDS)
 #   lint                  ruff + mypy
 #   clean / distclean     build outputs / also the virtual environment
 
@@ -37,7 +38,7 @@ APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -y 
 VENV_STAMP := $(VENV)/.hbmon-installed
 STUBS_STAMP := $(VENV)/.hbmon-p4runtime-stubs
 
-.PHONY: help setup setup-apt setup-venv setup-bpf demo test p4-build ptf bench fuzz lint clean distclean
+.PHONY: help setup setup-apt setup-venv setup-bpf demo test p4-build ptf bench fuzz soak lint clean distclean
 
 help:
 	@sed -n '1,13p' $(ROOT)/Makefile | sed 's/^# \{0,1\}//'
@@ -119,6 +120,11 @@ bench: setup
 FUZZ_FRAMES ?= 1000000
 FUZZ_VETH_FRAMES ?= 200000
 FUZZ_SEED ?= 20261205
+SOAK_ROUNDS ?= 20
+soak: setup
+	cd $(ROOT) && HBMON_FAILOVER_ROUNDS=$(SOAK_ROUNDS) \
+		$(PY) -m pytest -s -p no:cacheprovider -o timeout=0 tests/integration/test_failover.py $(PYTEST_ARGS)
+
 fuzz: setup
 	cd $(ROOT) && HBMON_FUZZ_FRAMES=$(FUZZ_FRAMES) HBMON_FUZZ_VETH_FRAMES=$(FUZZ_VETH_FRAMES) \
 		HBMON_FUZZ_SEED=$(FUZZ_SEED) \

@@ -144,6 +144,8 @@ def serve(config_path: str, store_url: str | None, host: str | None, port: int |
                               str(counts.get(sw.name, 0)))
             console.print(table)
             console.print(f"store: {config.store.split('@')[-1]}")
+            if fabric.ha:  # docs/ha.md: leaders per switch among the replicas
+                console.print(f"HA: replica {fabric.replica_id} (PostgreSQL leadership)")
             if api is not None:
                 console.print(f"API: {api.url}/api/v1  dashboard: {api.url}/")
             notify("READY=1", "STATUS=" + (f"API on {api.url}" if api is not None

@@ -15,6 +15,7 @@ inventory. Example (every key but `switches` is optional)::
     api: {host: 127.0.0.1, port: 8080, token_file: /etc/hbmon/token, read_auth: false,
           max_body_bytes: 33554432, max_sse_clients: 256}
     webhooks: {urls: ["https://pager.example/hook"], secret_file: /etc/hbmon/hook.key}
+    ha: {replica_id: ctl-a, program_wait_s: 3}   # replicas sharing PostgreSQL (docs/ha.md)
     switches:
       - name: s1
         kind: kernel             # kernel | bmv2
@@ -147,6 +148,14 @@ class WebhooksConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HaConfig:
+    """Replicas sharing a PostgreSQL store (docs/ha.md); ignored with SQLite."""
+
+    replica_id: str | None = None  # None: hostname:pid
+    program_wait_s: float = 3.0  # a write waits this long for its leader to program it
+
+
+@dataclass(frozen=True, slots=True)
 class FabricConfig:
     switches: tuple[SwitchConfig, ...]
     peers: tuple[Peer, ...] = ()
@@ -156,6 +165,7 @@ class FabricConfig:
     store: str = "sqlite:///hbmon.db"
     api: ApiConfig = field(default_factory=ApiConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    ha: HaConfig = field(default_factory=HaConfig)
     write_batch_size: int = 1000
     path: Path | None = None
 
@@ -355,7 +365,7 @@ def parse_config(data: Any, base: Path | None = None, path: Path | None = None,
     _check_keys(data, {
         "interval_ms", "detect_mult", "poll_interval_ms", "detail_interval_ms", "monitor",
         "election_id", "store",
-        "health", "api", "webhooks", "switches", "peers", "write_batch_size",
+        "health", "api", "webhooks", "ha", "switches", "peers", "write_batch_size",
     }, "")
     defaults = {
         "interval_ms": _number(data, "interval_ms", "", 100.0, minimum=1, maximum=60_000),
@@ -427,6 +437,17 @@ def parse_config(data: Any, base: Path | None = None, path: Path | None = None,
         secret_file=_path(base, hooks_raw["secret_file"], "webhooks.secret_file")
         if hooks_raw.get("secret_file") else None,
     )
+    ha_raw = data.get("ha") or {}
+    _expect(ha_raw, dict, "ha", "a mapping")
+    _check_keys(ha_raw, {"replica_id", "program_wait_s"}, "ha.")
+    replica_id = ha_raw.get("replica_id")
+    if replica_id is not None:
+        _expect(replica_id, str, "ha.replica_id", "a string")
+        if not replica_id.strip():
+            raise ValidationError("ha.replica_id", "must not be empty")
+    ha = HaConfig(replica_id=replica_id,
+                  program_wait_s=float(_number(ha_raw, "program_wait_s", "ha.", 3.0,
+                                               minimum=0, maximum=600)))
     store = data.get("store", "sqlite:///hbmon.db")
     _expect(store, str, "store", "a URL")
     if store.startswith("sqlite:///") and not store.startswith("sqlite:////") \
@@ -438,7 +459,7 @@ def parse_config(data: Any, base: Path | None = None, path: Path | None = None,
         health=_health(data.get("health"), defaults["detect_mult"]),
         election_id=_number(data, "election_id", "", 10, minimum=1, maximum=2**128 - 1,
                             integer=True),
-        store=store, api=api, webhooks=webhooks,
+        store=store, api=api, webhooks=webhooks, ha=ha,
         write_batch_size=_number(data, "write_batch_size", "", 1000, minimum=1,
                                  maximum=100_000, integer=True),
         path=path,

@@ -25,6 +25,15 @@ Inventory changes commit to the store before the data plane changes (a removal: 
 then unprogram; if unprogramming fails, the switch reconciles and the freed index is held
 until it has). A slot a peer leaves is recorded in the store in the same transaction and
 forgotten once its registers are zeroed, so a restart resets it before another peer uses it.
+
+High availability (docs/ha.md): with a PostgreSQL store (`store.shared`) any number of
+replicas run the same config. `hbmon.ha.Leadership` elects one leader per switch; only the
+leader is primary on that switch (P4Runtime election id = `election_id` + its epoch, so a
+new leader outranks the old one) and only it programs the switch and emits the transitions
+of its peers. The others connect as backups without an election id and keep polling (their
+health engines stay warm for a take-over). Inventory changes reach every replica through
+LISTEN/NOTIFY; the leader programs them and records `programmed_at` in the store. With
+SQLite there is one process, always the leader of every switch.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import collections
 import contextlib
 import dataclasses
 import ipaddress
+import json
 import logging
 import os
 import signal
@@ -49,6 +59,7 @@ from p4.v1 import p4runtime_pb2
 
 from . import protocol
 from .config import FabricConfig, SwitchConfig
+from .ha import Leadership, default_replica_id
 from .health import SLOT_FIELDS, HealthEngine
 from .inventory import (
     IndexAllocator,
@@ -90,6 +101,7 @@ from .registers import (
     open_register_access,
 )
 from .service import EventSink, Store
+from .store import INVENTORY_CHANNEL, SlotTakenError
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +117,7 @@ _BACKOFF_S = (0.05, 5.0)  # first and longest wait between publish attempts
 # Test-only (tests/integration/test_durability.py): the process SIGKILLs itself at this
 # named point, the worst moment for a crash; not a user option.
 _CRASH_AT = os.environ.get("HBMON_TEST_CRASH_AT", "")
+_SLOT_RETRIES = 8  # adds that lost a slot race to another replica try again this often
 
 
 def _crash_point(name: str) -> None:
@@ -207,8 +220,11 @@ class SwitchDriver:
         self.schema = schema
         self.allocator = IndexAllocator()
         self.info = SwitchInfo(config.name, config.grpc, config.device_id, config.kind)
+        # HA: a backup without an election id until elected (then election_id + epoch);
+        # no take-over of its own: the leadership decides who is primary
         self.client = P4RuntimeClient(
-            config.grpc, config.device_id, fabric.config.election_id, schema=schema,
+            config.grpc, config.device_id, None if fabric.ha else fabric.config.election_id,
+            schema=schema, take_over=not fabric.ha,
             batch_size=fabric.config.write_batch_size,
             on_digest=self._on_digest, on_connection=self._on_connection,
             on_stream_error=self._on_stream_error,
@@ -279,13 +295,27 @@ class SwitchDriver:
         self.info.connected, self.info.primary = connected, primary
         # every (re)connection may follow a target restart: set up and reconcile again
         self._setup_needed = True
+        self._wake.set()
+        if not self.fabric._leads(self.name):
+            return  # the switch's leader reports its connection (each event once)
         self.fabric._emit([Event(
             kind=EventKind.SWITCH, time=time.time(), switch=self.name,
             reason=("connected as primary" if primary else "connected as backup")
             if connected else f"disconnected: {self.client.last_error or 'stream closed'}",
             details={"connected": connected, "primary": primary, "address": self.config.grpc},
         )])
-        self._wake.set()
+
+    # -- leadership (HA; the leadership thread) ---------------------------------------------
+
+    def elected(self, epoch: int) -> None:
+        """Leader of this switch: become primary on the live stream with an id above every
+        earlier leader's (P4Runtime 1.4 section 5.3); the primary path then sets up and
+        reconciles. take_over: a target that forgot its highest id is taken at once."""
+        self.client.set_election_id(self.fabric.config.election_id + epoch, take_over=True)
+
+    def deposed(self) -> None:
+        """No longer the leader: back to a backup without an election id, no writes."""
+        self.client.set_election_id(None, take_over=False)
 
     def _on_stream_error(self, error: p4runtime_pb2.StreamError) -> None:
         self.info.last_error = f"stream error: {error.message}"
@@ -468,6 +498,7 @@ class SwitchDriver:
                 self.client.write([make_update(kind, plan.group, self.schema)])
             self._group_programmed(len(desired.group.replicas))
             self.allocator.release_held(held)
+            self.fabric._programmed(self.name, [p.name for p in peers])
             return plan.summary()
 
     def _write(self, kind: p4runtime_pb2.Update.Type, entities: Sequence[Any],
@@ -511,12 +542,13 @@ class SwitchDriver:
 
     # -- programming peers (API threads) ----------------------------------------------------
 
-    def program_add(self, peers: Sequence[Peer], all_peers: Sequence[Peer]) -> None:
-        """Reset the new peers' slots, insert their entries, then extend the group.
+    def program_add(self, peers: Sequence[Peer], all_peers: Sequence[Peer]) -> bool:
+        """Reset the new peers' slots, insert their entries, then extend the group; False
+        when the switch cannot be programmed now (its next setup reconciles them in).
         On failure everything written here is undone and DataPlaneError raised."""
         with self._program_lock:
             if not self.programmable:
-                return  # the next setup reconciles them in
+                return False
             entities = [e for p in peers for e in peer_entities(p, self.config.detect_mult)]
             inserted: list[TableEntry] = []
             try:
@@ -543,6 +575,7 @@ class SwitchDriver:
                         log.exception("%s: rollback failed; reconcile will fix it", self.name)
                         self._setup_needed = True
                 raise DataPlaneError(f"switch {self.name}: {exc}") from exc
+            return True
 
     def program_remove(self, peers: Sequence[Peer], remaining: Sequence[Peer]) -> bool:
         """Shrink the group first (no more requests), then delete the entries. False when
@@ -693,6 +726,19 @@ class Fabric:
         self.metrics = metrics
         self.clock = clock
         self.engine = HealthEngine(config.health)
+        # HA over a store other replicas share (docs/ha.md); else one process leads all
+        self.ha = bool(getattr(store, "shared", False))
+        self.replica_id = config.ha.replica_id or default_replica_id()
+        if self.ha:
+            store.origin = self.replica_id  # type: ignore[attr-defined]  # NOTIFY payloads
+        self.leadership: Leadership | None = None
+        self._leading: set[str] = set()  # HA: switches this replica leads now
+        # HA: peer -> the state its last transition in the history has (led switches):
+        # a take-over continues the history from there, never repeats or skips a state
+        self._recorded: dict[str, Health] = {}
+        self._listen_stop = threading.Event()
+        self._listener: threading.Thread | None = None
+        self.listening = threading.Event()  # HA: LISTEN is up and the inventory re-read
         self._state_lock = threading.RLock()  # peers, indexes, engine: short holds only
         self._admin_lock = threading.RLock()  # serialises inventory changes
         self._peers: dict[str, Peer] = {}
@@ -709,6 +755,8 @@ class Fabric:
             if sw.p4info not in schemas:
                 schemas[sw.p4info] = P4Schema.load(sw.p4info)
             self.drivers[sw.name] = SwitchDriver(self, sw, schemas[sw.p4info])
+        if not self.ha:
+            self._leading = set(self.drivers)
         # the outbox: events not yet taken by the sink, oldest first; `_inflight` is the
         # batch being published (kept until the sink took it, retried on failure)
         self._outbox: collections.deque[Event] = collections.deque()
@@ -738,13 +786,31 @@ class Fabric:
         self._pump = threading.Thread(target=self._pump_events, name="hbmon-events",
                                       daemon=True)
         self._pump.start()
+        if self.ha:
+            self._listen_stop.clear()
+            self._listener = threading.Thread(target=self._listen, name="hbmon-inventory",
+                                              daemon=True)
+            self._listener.start()
         for driver in self.drivers.values():
             driver.start()
+        if self.ha:
+            self.leadership = Leadership(
+                self.store.url, list(self.drivers),  # type: ignore[attr-defined]
+                replica_id=self.replica_id, on_elected=self._elected,
+                on_deposed=self._deposed).start()
         return self
 
     def stop(self) -> None:
         if not self._started:
             return
+        if self.leadership is not None:
+            # first: the locks go at once, so another replica takes the switches over
+            self.leadership.stop()
+            self.leadership = None
+        self._listen_stop.set()
+        if self._listener is not None:
+            self._listener.join(timeout=10)
+            self._listener = None
         for driver in self.drivers.values():
             driver.stop()
         with self._outbox_cond:
@@ -787,9 +853,42 @@ class Fabric:
         with self._outbox_cond:
             return len(self._outbox) + len(self._inflight)
 
+    def _leads(self, switch: str) -> bool:
+        """This replica speaks for `switch` (always, without HA)."""
+        return switch in self._leading
+
+    def _note_recorded(self, events: Iterable[Event]) -> None:
+        """HA: transitions the history gets (or has) from this or another replica."""
+        if self.ha:
+            for e in events:
+                if e.kind is EventKind.TRANSITION and e.peer and e.new_state is not None:
+                    self._recorded[e.peer] = e.new_state
+
+    def _emit_observed(self, events: list[Event]) -> None:
+        """Transitions the engine saw in a poll, a digest or a tick (under the state lock).
+        HA: only the leader of the peer's switch emits them, continuing the history from
+        the state it last recorded: a state the history has already is not repeated (a new
+        leader whose engine lagged) and the old state is the history's (no gap)."""
+        if not self.ha:
+            self._emit(events)
+            return
+        out: list[Event] = []
+        for e in events:
+            if e.switch is None or e.switch not in self._leading:
+                continue
+            if e.kind is EventKind.TRANSITION and e.peer:
+                recorded = self._recorded.get(e.peer)
+                if recorded is not None and e.new_state == recorded:
+                    continue
+                if recorded is not None and e.old_state != recorded:
+                    e = dataclasses.replace(e, old_state=recorded)
+            out.append(e)
+        self._emit(out)
+
     def _emit(self, events: list[Event]) -> None:
         if not events:
             return
+        self._note_recorded(events)
         dropped, first = 0, False
         with self._outbox_cond:
             self._outbox.extend(events)
@@ -910,7 +1009,9 @@ class Fabric:
         self._emit([self._inventory_event(EventKind.PEER_ADDED, p, now, "config")
                     for p in seeds])
         for peer in [*stored.values(), *seeds]:
-            self._emit(self._register(peer, now))
+            events = self._register(peer, now)
+            if not self.ha:  # HA: the history has them; a new leader continues from it
+                self._emit(events)
 
     def _slots_left(self, switch: str, indexes: Iterable[int | None]) -> None:
         """The store has recorded these slots of `switch` as left by a peer (removal,
@@ -1004,7 +1105,7 @@ class Fabric:
                 rows = self.engine.rows([members.names[pos] for pos in keep])
             events = self.engine.observe_rows(rows, columns, now, fields)
             events.extend(self.engine.tick(now))
-            self._emit(events)
+            self._emit_observed(events)
 
     def _plane_events(self, driver: SwitchDriver, rows: Iterable[dict[str, int]]) -> None:
         now = self.clock()
@@ -1017,7 +1118,7 @@ class Fabric:
                 events.extend(self.engine.plane_event(
                     name, row.get("state", PlaneState.UNKNOWN), now=now,
                     last_seq=row.get("last_seq", 0), time_us=row.get("time_us", 0)))
-            self._emit(events)
+            self._emit_observed(events)
 
     # -- HbmonService: peers ----------------------------------------------------------------
 
@@ -1075,29 +1176,21 @@ class Fabric:
                 if p.switch == "default":
                     p.switch = only
         with self._admin_lock:
-            self._check_new(peers)
-            allocated: list[Peer] = []
-            try:
-                for i, peer in enumerate(peers):
-                    allocator = self.drivers[peer.switch].allocator
-                    if peer.index is not None:
-                        try:
-                            allocator.reserve(peer.index)
-                        except (ConflictError, ValidationError) as exc:
-                            where = f"peers[{i}]." if len(peers) > 1 else ""
-                            raise type(exc)(f"{where}index", exc.message) from exc
-                        allocator.needs_reset.add(peer.index)
-                    else:
-                        peer.index = allocator.allocate()
-                        allocator.needs_reset.add(peer.index)
-                    allocated.append(peer)
-                self.store.add_peers(peers)
-                _crash_point("after_add_commit")
-            except Exception:
-                for peer in allocated:
-                    if peer.index is not None:
-                        self.drivers[peer.switch].allocator.release(peer.index)
-                raise
+            chosen = [p.index is not None for p in peers]
+            for attempt in range(_SLOT_RETRIES):
+                try:
+                    self._commit_new(peers)
+                    break
+                except SlotTakenError:
+                    # another replica gave one of these slots away first (UNIQUE (switch,
+                    # idx)): catch up with the store, then pick again
+                    if all(chosen) or attempt == _SLOT_RETRIES - 1:
+                        raise
+                    for peer, fixed in zip(peers, chosen, strict=True):
+                        if not fixed:
+                            peer.index = None
+                    log.info("slot taken by another replica; re-reading the inventory")
+                    self._sync(None)
             # known to the engine before programming, so the first responses count
             now = self.clock()
             initial: list[Event] = []
@@ -1109,7 +1202,8 @@ class Fabric:
             done: list[str] = []
             try:
                 for switch, group in by_switch.items():
-                    self.drivers[switch].program_add(group, self._peers_of(switch))
+                    if self.drivers[switch].program_add(group, self._peers_of(switch)):
+                        self._programmed(switch, [p.name for p in group])
                     done.append(switch)
             except Exception:
                 for peer in peers:
@@ -1131,6 +1225,33 @@ class Fabric:
                         for p in peers] + initial)
             return [dataclasses.replace(p) for p in peers]
 
+    def _commit_new(self, peers: Sequence[Peer]) -> None:
+        """Check, give each peer its slot and commit them (one transaction); on failure
+        nothing is kept. SlotTakenError: another replica holds a slot picked here."""
+        self._check_new(peers)
+        allocated: list[Peer] = []
+        try:
+            for i, peer in enumerate(peers):
+                allocator = self.drivers[peer.switch].allocator
+                if peer.index is not None:
+                    try:
+                        allocator.reserve(peer.index)
+                    except (ConflictError, ValidationError) as exc:
+                        where = f"peers[{i}]." if len(peers) > 1 else ""
+                        raise type(exc)(f"{where}index", exc.message) from exc
+                    allocator.needs_reset.add(peer.index)
+                else:
+                    peer.index = allocator.allocate()
+                    allocator.needs_reset.add(peer.index)
+                allocated.append(peer)
+            self.store.add_peers(peers)
+            _crash_point("after_add_commit")
+        except Exception:
+            for peer in allocated:
+                if peer.index is not None:
+                    self.drivers[peer.switch].allocator.release(peer.index)
+            raise
+
     def remove_peers(self, names: Sequence[str]) -> None:
         """Commit, then unprogram. A store error changes nothing (and reaches the caller);
         once committed the removal stands: if unprogramming fails, the switch reconciles
@@ -1142,31 +1263,40 @@ class Fabric:
             self.store.remove_peers(names)  # also records the slots as needing a reset
             _crash_point("after_remove_commit")
             now = self.clock()
-            by_switch: dict[str, list[Peer]] = {}
-            for peer in peers:
-                self._unregister(peer)  # no longer polled, reported or reconciled in
-                by_switch.setdefault(peer.switch, []).append(peer)
-            for switch, group in by_switch.items():
-                self._slots_left(switch, [p.index for p in group])
-                driver = self.drivers.get(switch)
-                if driver is None:
-                    continue
-                try:
-                    unprogrammed = driver.program_remove(group, self._peers_of(switch))
-                except Exception as exc:
-                    unprogrammed = False
-                    log.warning("%s: unprogramming removed peers %s failed (%s); the "
-                                "switch reconciles them away", switch,
-                                [p.name for p in group], exc)
-                for peer in group:
-                    if peer.index is None:
-                        continue
-                    if unprogrammed:
-                        driver.allocator.release(peer.index)
-                    else:
-                        driver.allocator.hold(peer.index)
+            self._forget(peers)
             self._emit([self._inventory_event(EventKind.PEER_REMOVED, p, now, "removed")
                         for p in peers])
+
+    def _forget(self, peers: Sequence[Peer]) -> None:
+        """Removed peers (committed): out of the engine and the inventory, off the target
+        (where this replica programs it), their slots released or held."""
+        by_switch: dict[str, list[Peer]] = {}
+        for peer in peers:
+            self._unregister(peer)  # no longer polled, reported or reconciled in
+            by_switch.setdefault(peer.switch, []).append(peer)
+        for switch, group in by_switch.items():
+            self._slots_left(switch, [p.index for p in group])
+            driver = self.drivers.get(switch)
+            if driver is None:
+                continue
+            try:
+                unprogrammed = driver.program_remove(group, self._peers_of(switch))
+            except Exception as exc:
+                unprogrammed = False
+                log.warning("%s: unprogramming removed peers %s failed (%s); the "
+                            "switch reconciles them away", switch,
+                            [p.name for p in group], exc)
+            if self.ha and not self._leads(switch):
+                # the leader unprograms (and holds the slot if that fails); this
+                # replica never wrote the entries, so its view just frees the slot
+                unprogrammed = True
+            for peer in group:
+                if peer.index is None:
+                    continue
+                if unprogrammed:
+                    driver.allocator.release(peer.index)
+                else:
+                    driver.allocator.hold(peer.index)
 
     _MUTABLE = {"address", "peer_id", "mac", "port", "group", "labels", "detect_mult",
                 "admin_down", "switch", "index"}
@@ -1202,22 +1332,7 @@ class Fabric:
                 self.drivers[new.switch].allocator.needs_reset.add(new.index)
             self.store.update_peer(new)
             now = self.clock()
-            with self._state_lock:
-                self._inventory_changed()
-                self._peers[name] = new
-                if old.index is not None:
-                    self._by_index.pop((old.switch, old.index), None)
-                if new.index is not None:
-                    self._by_index[(new.switch, new.index)] = name
-                if new.switch != old.switch:
-                    self.engine.remove(name)
-                    self._emit(self.engine.add(name, new.switch, now=now,
-                                               detect_mult=new.detect_mult,
-                                               admin_down=new.admin_down))
-                else:
-                    self.engine.set_detect_mult(
-                        name, new.detect_mult or self.drivers[new.switch].config.detect_mult)
-                    self._emit(self.engine.set_admin_down(name, new.admin_down, now))
+            self._emit(self._swap(old, new, now))
             try:
                 for switch in {old.switch, new.switch}:
                     driver = self.drivers[switch]
@@ -1255,6 +1370,212 @@ class Fabric:
             self._emit([self._inventory_event(EventKind.PEER_UPDATED, new, now, "updated",
                                               {"changes": changed, "peer": new.to_dict()})])
             return dataclasses.replace(new)
+
+    def _swap(self, old: Peer, new: Peer, now: float) -> list[Event]:
+        """Replace peer `old` by `new` (same name) in the inventory and the engine; the
+        engine's transitions (admin down, a move's fresh start) are returned."""
+        name = new.name
+        with self._state_lock:
+            self._inventory_changed()
+            self._peers[name] = new
+            if old.index is not None:
+                self._by_index.pop((old.switch, old.index), None)
+            if new.index is not None:
+                self._by_index[(new.switch, new.index)] = name
+            if new.switch != old.switch:
+                self.engine.remove(name)
+                return self.engine.add(name, new.switch, now=now, detect_mult=new.detect_mult,
+                                       admin_down=new.admin_down)
+            self.engine.set_detect_mult(
+                name, new.detect_mult or self.drivers[new.switch].config.detect_mult)
+            return self.engine.set_admin_down(name, new.admin_down, now)
+
+    # -- HA: inventory changes of other replicas, leadership, programming -------------------
+
+    def _listen(self) -> None:
+        """LISTEN on the inventory channel (its own connection) and apply what other
+        replicas commit; after every (re)connection the whole inventory is re-read, so a
+        notification missed while not listening changes nothing."""
+        import psycopg
+
+        url: str = self.store.url  # type: ignore[attr-defined]
+        while not self._listen_stop.is_set():
+            try:
+                with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(f"LISTEN {INVENTORY_CHANNEL}")
+                    self._sync(None)
+                    self.listening.set()
+                    while not self._listen_stop.is_set():
+                        for note in conn.notifies(timeout=0.5):
+                            self._on_notify(note.payload)
+                            if self._listen_stop.is_set():
+                                break
+            except Exception as exc:
+                log.warning("inventory notifications: %s; re-reading after reconnect", exc)
+            self.listening.clear()
+            self._listen_stop.wait(0.5)
+
+    def _on_notify(self, payload: str) -> None:
+        try:
+            note = json.loads(payload)
+        except ValueError:
+            log.warning("undecodable inventory notification %r", payload[:200])
+            return
+        if note.get("origin") == self.replica_id:
+            return  # this replica's own change: applied when it was made
+        self._sync(None if note.get("op") == "reload" else list(note.get("names") or []))
+
+    def _sync(self, names: Sequence[str] | None) -> None:
+        """Make this replica's view of `names` (None: every peer) what the store has: apply
+        removals, changes and additions to the engine, allocators and caches, and where
+        this replica leads the switch, program them. Inventory events are the handling
+        replica's; transitions the engine makes here are only noted."""
+        with self._admin_lock:
+            if names is None:
+                stored = {p.name: p for p in self.store.list_peers()}
+                with self._state_lock:
+                    names = sorted(set(stored) | set(self._peers))
+            else:
+                stored = {p.name: p for p in self.store.get_peers(  # type: ignore[attr-defined]
+                    names)}
+            now = self.clock()
+            removed: list[Peer] = []
+            added: list[Peer] = []
+            changed: list[tuple[Peer, Peer]] = []
+            with self._state_lock:
+                for name in names:
+                    old, new = self._peers.get(name), stored.get(name)
+                    if old is not None and new is None:
+                        removed.append(dataclasses.replace(old))
+                    elif new is not None and new.switch not in self.drivers:
+                        continue
+                    elif old is None and new is not None:
+                        added.append(new)
+                    elif old is not None and new is not None and old != new:
+                        changed.append((dataclasses.replace(old), new))
+            if removed:
+                self._forget(removed)
+            moved: set[str] = set()
+            for old, new in changed:
+                if (old.switch, old.index) != (new.switch, new.index):
+                    self._claim(new)
+                self._note_recorded(self._swap(old, new, now))
+                moved.update({old.switch, new.switch})
+            for switch in moved:
+                driver = self.drivers[switch]
+                if self._leads(switch) and driver.programmable:
+                    try:
+                        driver.reconcile()
+                    except Exception as exc:
+                        log.warning("%s: reconcile after a change failed: %s", switch, exc)
+                        driver._setup_needed = True
+                        driver._wake.set()
+            for old, new in changed:
+                if (old.switch, old.index) != (new.switch, new.index) \
+                        and old.index is not None and old.switch in self.drivers:
+                    self.drivers[old.switch].allocator.release(old.index)
+                    self._slots_left(old.switch, [old.index])
+            by_switch: dict[str, list[Peer]] = {}
+            for peer in added:
+                self._claim(peer)
+                self._note_recorded(self._register(peer, now))
+                by_switch.setdefault(peer.switch, []).append(peer)
+            for switch, group in by_switch.items():
+                if not self._leads(switch):
+                    continue
+                driver = self.drivers[switch]
+                try:
+                    if driver.program_add(group, self._peers_of(switch)):
+                        self._programmed(switch, [p.name for p in group])
+                except DataPlaneError as exc:
+                    # committed by another replica: never rolled back here; reconcile
+                    log.warning("%s: programming %d added peers failed (%s); reconciling",
+                                switch, len(group), exc)
+                    driver._setup_needed = True
+                    driver._wake.set()
+
+    def _claim(self, peer: Peer) -> None:
+        """Take the slot the store gave `peer` (another replica chose it) in this view."""
+        if peer.index is None:
+            return
+        driver = self.drivers[peer.switch]
+        allocator = driver.allocator
+        if peer.index in allocator.held:
+            # this leader could not unprogram the slot's previous peer: a full reconcile
+            # (stale entries first) runs before the new peer counts on it
+            allocator.release_held([peer.index])
+            driver._setup_needed = True
+            driver._wake.set()
+        if peer.index not in allocator:
+            allocator.reserve(peer.index)
+        allocator.needs_reset.add(peer.index)
+
+    def _elected(self, switch: str, epoch: int) -> None:
+        """Leader of `switch` (leadership thread): continue its peers' history from what it
+        records (a transition the old leader did not get to write is written now, from
+        this replica's warm engine), then become primary on the target."""
+        try:
+            recorded = self.store.last_states(switch)  # type: ignore[attr-defined]
+        except Exception as exc:
+            log.warning("%s: reading the last recorded states failed: %s", switch, exc)
+            recorded = {}
+        now = self.clock()
+        with self._state_lock:
+            events: list[Event] = []
+            for name, peer in self._peers.items():
+                if peer.switch != switch:
+                    continue
+                # no transition yet: the peer is UNKNOWN in the history (added, never
+                # heard from), whatever the old leader's engine had not written yet
+                last = recorded.get(name, Health.UNKNOWN)
+                self._recorded[name] = last
+                state = self.engine.state(name)
+                if state != last and state is not Health.UNKNOWN:
+                    events.append(Event(
+                        kind=EventKind.TRANSITION, time=now, peer=name, switch=switch,
+                        old_state=last, new_state=state,
+                        reason=f"observed by {self.replica_id} while taking over"))
+            self._leading.add(switch)
+            self._emit(events)
+        log.info("%s: leader (epoch %d, election id %d)", switch, epoch,
+                 self.config.election_id + epoch)
+        self.drivers[switch].elected(epoch)
+
+    def _deposed(self, switch: str) -> None:
+        with self._state_lock:
+            self._leading.discard(switch)
+        self.drivers[switch].deposed()
+
+    def _programmed(self, switch: str, names: Sequence[str]) -> None:
+        """HA: the leader has programmed these peers of `switch` as they are: record it
+        (the replica that took the write answers with it)."""
+        if not self.ha or not names:
+            return
+        try:
+            self.store.mark_programmed(switch, names, self.clock())  # type: ignore[attr-defined]
+        except Exception as exc:  # the handler answers 202; the next reconcile marks them
+            log.warning("%s: recording programmed peers failed: %s", switch, exc)
+
+    def wait_programmed(self, names: Sequence[str]) -> float | None:
+        """When the peers `names` were programmed as they are now: single process, at
+        once (the write programmed them, or the switch's next setup will); HA, when their
+        leaders recorded it, waiting up to `ha.program_wait_s`; None if not by then."""
+        if not self.ha:
+            return self.clock()
+        deadline = time.monotonic() + self.config.ha.program_wait_s
+        waiter = threading.Event()
+        while True:
+            try:
+                found = self.store.programmed_at(names)  # type: ignore[attr-defined]
+            except Exception as exc:
+                log.warning("reading programmed_at failed: %s", exc)
+                found = {}
+            times = [found.get(n) for n in names]
+            if all(t is not None for t in times):
+                return max(t for t in times if t is not None) if times else self.clock()
+            if time.monotonic() >= deadline:
+                return None
+            waiter.wait(0.05)  # the store has no push to the handler: poll it
 
     # -- HbmonService: health ---------------------------------------------------------------
 

@@ -139,13 +139,17 @@ class P4RuntimeClient:
     client is left, so there the standby is primary already. `election_id` is the id in
     use (Write carries it); `base_election_id` the configured one, which the client falls
     back to when the target ends its stream over a clash of ids (spec 5.3: INVALID_ARGUMENT).
+
+    `election_id=None`: the arbitration update leaves the id unset, which makes the client
+    a backup for good (spec 15.3.1 / 5.3); it never attempts a Write. `set_election_id`
+    changes the id on the live stream (a replica elected leader of the switch, or deposed).
     """
 
     def __init__(
         self,
         address: str,
         device_id: int,
-        election_id: int = 1,
+        election_id: int | None = 1,
         *,
         schema: P4Schema | None = None,
         role: str = "",
@@ -280,10 +284,23 @@ class P4RuntimeClient:
     def _arbitration_request(self) -> p4runtime_pb2.StreamMessageRequest:
         req = p4runtime_pb2.StreamMessageRequest()
         req.arbitration.device_id = self.device_id
-        req.arbitration.election_id.CopyFrom(_uint128(self.election_id))
+        if self.election_id is not None:  # unset: a backup that never becomes primary
+            req.arbitration.election_id.CopyFrom(_uint128(self.election_id))
         if self.role:
             req.arbitration.role.name = self.role
         return req
+
+    def set_election_id(self, election_id: int | None, *, take_over: bool | None = None,
+                        ) -> None:
+        """Use `election_id` from now on (None: backup without an id) and re-arbitrate on
+        the live stream at once (a new MasterArbitrationUpdate, spec 5.3); without a stream
+        the next connection arbitrates with it. Also the id a clash falls back to."""
+        self.election_id = self.base_election_id = election_id
+        if take_over is not None:
+            self.take_over = take_over
+        q = self._send_queue
+        if q is not None:
+            q.put(self._arbitration_request())
 
     def _stream_loop(self) -> None:
         delay = self.backoff_initial
@@ -378,7 +395,7 @@ class P4RuntimeClient:
     def _take_over(self) -> bool:
         """No primary: re-arbitrate above the highest id seen (spec 5.3). True when an
         update went out (its answer decides the state)."""
-        if not self.take_over or self._closed.is_set():
+        if not self.take_over or self._closed.is_set() or self.election_id is None:
             return False
         wanted = max(self.election_id, (self.highest_election_id or 0) + 1)
         if wanted == self.election_id:
@@ -391,6 +408,15 @@ class P4RuntimeClient:
         self.election_id = wanted
         q.put(self._arbitration_request())
         return True
+
+    def _writer_id(self, what: str) -> int:
+        """The election id a write carries; a client without one is a backup and does not
+        attempt writes at all (the target would refuse them: spec 5.3, 15.3.1)."""
+        election_id = self.election_id
+        if election_id is None:
+            raise P4RuntimeError(f"{what} not attempted: no election id (backup)",
+                                 grpc.StatusCode.PERMISSION_DENIED)
+        return election_id
 
     def _send(self, req: p4runtime_pb2.StreamMessageRequest) -> None:
         q = self._send_queue
@@ -429,7 +455,7 @@ class P4RuntimeClient:
         req = p4runtime_pb2.SetForwardingPipelineConfigRequest(
             device_id=self.device_id, action=action,
         )
-        req.election_id.CopyFrom(_uint128(self.election_id))
+        req.election_id.CopyFrom(_uint128(self._writer_id("SetForwardingPipelineConfig")))
         if self.role:
             req.role = self.role
         req.config.p4info.CopyFrom(info)
@@ -494,6 +520,7 @@ class P4RuntimeClient:
         Batches after a transport failure (switch gone) are not attempted and are listed in
         `WriteError.not_attempted`."""
         updates = list(updates)
+        election_id = self._writer_id("Write")
         errors: list[UpdateError] = []
         not_attempted: list[int] = []
         for start in range(0, len(updates), self.batch_size):
@@ -504,7 +531,7 @@ class P4RuntimeClient:
             req = p4runtime_pb2.WriteRequest(
                 device_id=self.device_id, atomicity=atomicity,
             )
-            req.election_id.CopyFrom(_uint128(self.election_id))
+            req.election_id.CopyFrom(_uint128(election_id))
             if self.role:
                 req.role = self.role
             req.updates.extend(batch)

@@ -16,6 +16,16 @@ A slot a peer leaves (removal, or a move to another switch or index) is recorded
 registers (`slots_reset`): a crash between the two leaves the record, so the next start
 resets the slot before another peer uses it (`pending_slot_resets`).
 
+Slots are unique in the database: `UNIQUE (switch, idx)` on `peers` (schema 2). Replicas
+allocate from their own view of the inventory; when two pick the same index, the second
+commit fails on that constraint (`SlotTakenError`), and that replica re-reads the inventory
+and picks again. `programmed_at` says when the leader of the peer's switch last programmed
+the peer as it is now (NULL after an add or a change until then; docs/ha.md).
+
+On PostgreSQL every inventory change sends `NOTIFY hbmon_inventory` inside its own
+transaction (delivered at commit, in commit order) with the changed peer names and the
+`origin` replica, so every replica applies it (`hbmon.controller.Fabric`).
+
 Event ids are strictly increasing in commit order on both backends, so a reader that pages
 with `after_id` (SSE resume) can never skip an event committed later with a smaller id:
 SQLite serialises writers anyway; on PostgreSQL `append_events` takes a transaction-scoped
@@ -35,7 +45,9 @@ from urllib.parse import urlsplit
 
 from .model import ConflictError, Event, EventKind, Health, NotFoundError, Peer, ValidationError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: peers.programmed_at, UNIQUE (switch, idx)
+INVENTORY_CHANNEL = "hbmon_inventory"  # NOTIFY channel of inventory changes (PostgreSQL)
+_NOTIFY_MAX = 7900  # bytes: PostgreSQL refuses payloads of 8000 and more
 # Arbitrary constant shared by all replicas: the advisory lock that orders event commits.
 _PG_EVENT_LOCK = 0x6862_6D6F_6E01  # "hbmon" + 1
 
@@ -50,6 +62,13 @@ _EVENT_COLUMNS = (
 
 class StoreError(RuntimeError):
     """The database is unusable (bad URL, unreachable server, newer schema)."""
+
+
+class SlotTakenError(ConflictError):
+    """Another peer (added by another replica) holds this (switch, index) already."""
+
+    def __init__(self) -> None:
+        super().__init__("index", "slot already used on this switch")
 
 
 class _Cursor(Protocol):
@@ -112,6 +131,9 @@ class SqlStore:
     placeholder = "?"
     url: str
     shared = False
+    # the replica writing through this store (NOTIFY payloads name it, so a replica can
+    # skip its own changes); set by the controller
+    origin = ""
 
     def __init__(self) -> None:
         # One connection per store, used by one thread at a time: the controller's poll
@@ -131,6 +153,34 @@ class SqlStore:
 
     def _lock_events(self, cur: _Cursor) -> None:
         """Serialise event appends across replicas (no-op where writers are serialised)."""
+
+    def _notify(self, cur: _Cursor, op: str, names: Sequence[str]) -> None:
+        """Tell the other replicas, at commit, that these peers changed (no-op without)."""
+
+    def _add_programmed_column(self, cur: _Cursor) -> None:
+        raise NotImplementedError
+
+    def _migrate(self, cur: _Cursor) -> None:
+        """Bring a database of an older schema (or a fresh one) to SCHEMA_VERSION; runs in
+        the opening transaction, every step idempotent."""
+        row = self._one(cur, "SELECT value FROM meta WHERE key = 'schema_version'", ())
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
+            raise StoreError(
+                f"database schema {row[0]} is newer than this hbmon ({SCHEMA_VERSION})")
+        # 2: when the leader programmed the peer as it is now
+        self._add_programmed_column(cur)
+        # 2: one peer per slot. Slots given twice before the constraint existed: the first
+        # peer by name keeps it, the others get a fresh slot at the next start (no index)
+        cur.execute("UPDATE peers SET idx = NULL WHERE idx IS NOT NULL AND EXISTS ("
+                    "SELECT 1 FROM peers o WHERE o.switch = peers.switch "
+                    "AND o.idx = peers.idx AND o.name < peers.name)")
+        cur.execute("CREATE UNIQUE INDEX IF NOT EXISTS peers_switch_idx ON peers (switch, idx)")
+        if row is None:
+            cur.execute(self._sql("INSERT INTO meta (key, value) VALUES ('schema_version', ?)"),
+                        (str(SCHEMA_VERSION),))
+        elif int(row[0]) < SCHEMA_VERSION:
+            cur.execute(self._sql("UPDATE meta SET value = ? WHERE key = 'schema_version'"),
+                        (str(SCHEMA_VERSION),))
 
     def _insert_events(self, cur: _Cursor, rows: list[tuple[Any, ...]]) -> list[int]:
         raise NotImplementedError
@@ -160,6 +210,8 @@ class SqlStore:
     @staticmethod
     def _conflict_from(exc: BaseException) -> ConflictError:
         text = str(exc).lower()
+        if "idx" in text:
+            return SlotTakenError()
         if "address" in text:
             return ConflictError("address", "address already used on this switch")
         if "peer_id" in text:
@@ -216,11 +268,14 @@ class SqlStore:
             for peer in peers:
                 self._check_conflicts(cur, peer, exclude=None)
                 cur.execute(insert, _peer_row(peer))
+            self._notify(cur, "add", [p.name for p in peers])
         self._run(write)
 
     def update_peer(self, peer: Peer) -> None:
         peer.validate()
-        assignments = ", ".join(f"{c} = ?" for c in _PEER_COLUMNS[1:])
+        # a changed peer is not programmed as it is now until the leader says so
+        assignments = ", ".join(f"{c} = ?" for c in _PEER_COLUMNS[1:]) + \
+            ", programmed_at = NULL"
         update = self._sql(f"UPDATE peers SET {assignments} WHERE name = ?")
 
         def write(cur: _Cursor) -> None:
@@ -232,6 +287,7 @@ class SqlStore:
             cur.execute(update, (*row[1:], peer.name))
             if (old[0], old[1]) != (peer.switch, peer.index):
                 self._record_slots(cur, [old])  # a move: the old slot is left behind
+            self._notify(cur, "update", [peer.name])
         self._run(write)
 
     def remove_peers(self, names: Sequence[str]) -> None:
@@ -248,7 +304,65 @@ class SqlStore:
             for name in unique:
                 cur.execute(delete, (name,))
             self._record_slots(cur, slots)
+            self._notify(cur, "remove", unique)
         self._run(write)
+
+    def get_peers(self, names: Sequence[str]) -> list[Peer]:
+        """The stored peers among `names` (missing ones are left out), in one transaction."""
+        sql = self._sql(f"SELECT {', '.join(_PEER_COLUMNS)} FROM peers WHERE name = ?")
+
+        def read(cur: _Cursor) -> list[Peer]:
+            out = []
+            for name in dict.fromkeys(names):
+                cur.execute(sql, (name,))
+                row = cur.fetchone()
+                if row is not None:
+                    out.append(_row_peer(row))
+            return out
+        result: list[Peer] = self._run(read)
+        return result
+
+    def mark_programmed(self, switch: str, names: Sequence[str], at: float) -> None:
+        """The leader of `switch` has programmed these peers as they are now stored (only
+        peers still on `switch` and not marked yet are marked)."""
+        if not names:
+            return
+        sql = self._sql("UPDATE peers SET programmed_at = ? WHERE name = ? AND switch = ? "
+                        "AND programmed_at IS NULL")
+
+        def write(cur: _Cursor) -> None:
+            for name in names:
+                cur.execute(sql, (at, name, switch))
+        self._run(write)
+
+    def programmed_at(self, names: Sequence[str]) -> dict[str, float | None]:
+        """name -> when its leader programmed it as it is now (None: not yet); stored
+        peers only."""
+        sql = self._sql("SELECT programmed_at FROM peers WHERE name = ?")
+
+        def read(cur: _Cursor) -> dict[str, float | None]:
+            out: dict[str, float | None] = {}
+            for name in dict.fromkeys(names):
+                cur.execute(sql, (name,))
+                row = cur.fetchone()
+                if row is not None:
+                    out[name] = None if row[0] is None else float(row[0])
+            return out
+        result: dict[str, float | None] = self._run(read)
+        return result
+
+    def last_states(self, switch: str) -> dict[str, Health]:
+        """peer -> the new state of its last recorded transition on `switch`: what the
+        history says now (a new leader continues from it)."""
+        sql = self._sql(
+            "SELECT peer, new_state FROM events WHERE id IN (SELECT MAX(id) FROM events "
+            "WHERE kind = ? AND switch = ? AND peer IS NOT NULL GROUP BY peer)")
+
+        def read(cur: _Cursor) -> dict[str, Health]:
+            cur.execute(sql, (str(EventKind.TRANSITION), switch))
+            return {str(p): Health(st) for p, st in cur.fetchall() if st}
+        result: dict[str, Health] = self._run(read)
+        return result
 
     def _record_slots(self, cur: _Cursor, slots: Sequence[Sequence[Any]]) -> None:
         """(switch, index) pairs a peer left: their registers still hold its values."""
@@ -440,15 +554,17 @@ class SqliteStore(SqlStore):
         self._check_schema()
 
     def _check_schema(self) -> None:
-        with self._transaction() as cur:
-            row = self._one(cur, "SELECT value FROM meta WHERE key = 'schema_version'", ())
-            if row is None:
-                cur.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
-                    (str(SCHEMA_VERSION),))
-            elif int(row[0]) > SCHEMA_VERSION:
-                raise StoreError(
-                    f"database schema {row[0]} is newer than this hbmon ({SCHEMA_VERSION})")
+        try:
+            with self._transaction() as cur:
+                self._migrate(cur)
+        except StoreError:
+            self._conn.close()
+            raise
+
+    def _add_programmed_column(self, cur: _Cursor) -> None:
+        cur.execute("PRAGMA table_info(peers)")
+        if "programmed_at" not in {r[1] for r in cur.fetchall()}:
+            cur.execute("ALTER TABLE peers ADD COLUMN programmed_at REAL")
 
     @contextmanager
     def _transaction(self) -> Iterator[_Cursor]:
@@ -542,14 +658,7 @@ class PostgresStore(SqlStore):
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_EVENT_LOCK + 1,))
             for statement in _PG_SCHEMA:
                 cur.execute(statement)
-            row = self._one(cur, "SELECT value FROM meta WHERE key = 'schema_version'", ())
-            if row is None:
-                cur.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_version', %s)",
-                    (str(SCHEMA_VERSION),))
-            elif int(row[0]) > SCHEMA_VERSION:
-                raise StoreError(
-                    f"database schema {row[0]} is newer than this hbmon ({SCHEMA_VERSION})")
+            self._migrate(cur)
 
     def _connect(self) -> None:
         try:
@@ -582,12 +691,23 @@ class PostgresStore(SqlStore):
             return ConflictError("address", "address already used on this switch")
         if constraint == "peers_switch_peer_id":
             return ConflictError("peer_id", "peer id already used on this switch")
+        if constraint == "peers_switch_idx":
+            return SlotTakenError()
         if constraint == "peers_pkey":
             return ConflictError("name", "a peer with this name already exists")
         return SqlStore._conflict_from(exc)
 
     def _lock_events(self, cur: _Cursor) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_EVENT_LOCK,))
+
+    def _add_programmed_column(self, cur: _Cursor) -> None:
+        cur.execute("ALTER TABLE peers ADD COLUMN IF NOT EXISTS programmed_at DOUBLE PRECISION")
+
+    def _notify(self, cur: _Cursor, op: str, names: Sequence[str]) -> None:
+        payload = json.dumps({"origin": self.origin, "op": op, "names": list(names)})
+        if len(payload.encode()) > _NOTIFY_MAX:  # a big bulk change: re-read everything
+            payload = json.dumps({"origin": self.origin, "op": "reload", "names": []})
+        cur.execute("SELECT pg_notify(%s, %s)", (INVENTORY_CHANNEL, payload))
 
     def _insert_events(self, cur: _Cursor, rows: list[tuple[Any, ...]]) -> list[int]:
         ids = []

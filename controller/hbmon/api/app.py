@@ -608,18 +608,37 @@ def _router(state: AppState) -> APIRouter:
         state.listing.put(key, generation, body)
         return Response(body, media_type="application/json")
 
+    def programmed(names: Sequence[str]) -> tuple[int, float | None]:
+        """201 and when the peers were programmed, or 202 and None: committed, and the
+        switch's leader (another replica, docs/ha.md) has not programmed them within
+        `ha.program_wait_s`; it will. A service without replicas programs in the call."""
+        wait = getattr(service, "wait_programmed", None)
+        at = wait(names) if wait is not None else time.time()
+        return (201 if at is not None else 202), at
+
     @r.post("/peers", tags=["peers"], dependencies=write, status_code=201,
-            summary="Add one peer", responses={201: {"model": schemas.PeerOut}})
+            summary="Add one peer",
+            responses={201: {"model": schemas.PeerOut,
+                             "description": "Added and programmed (`programmed_at`)"},
+                       202: {"model": schemas.PeerOut,
+                             "description": "Added (committed); not programmed yet by the "
+                                            "switch's leader: `programmed_at` is null"}})
     def add_peer(body: schemas.PeerIn) -> Response:
         peer = Peer.from_dict(body.model_dump())
         with _changes(state):
             added = service.add_peers([peer])
-        return _json(added[0].to_dict(), 201,
+        status, at = programmed([added[0].name])
+        return _json({**added[0].to_dict(), "programmed_at": at}, status,
                      headers={"Location": f"/api/v1/peers/{added[0].name}"})
 
     @r.post("/peers/bulk", tags=["peers"], dependencies=write, status_code=201,
             summary="Add many peers, all or nothing",
-            responses={201: {"model": schemas.PeerList}})
+            responses={201: {"model": schemas.AddedList,
+                             "description": "Added and programmed (`programmed_at`)"},
+                       202: {"model": schemas.AddedList,
+                             "description": "Added (committed); not all programmed yet by "
+                                            "their switches' leaders: `programmed_at` is "
+                                            "null"}})
     def add_peers(body: schemas.BulkAdd) -> Response:
         if not body.peers:
             raise ValidationError("peers", "must not be empty")
@@ -633,7 +652,9 @@ def _router(state: AppState) -> APIRouter:
                 raise ValidationError(f"peers[{i}].{exc.field}", exc.message) from exc
         with _changes(state):
             added = service.add_peers(peers)
-        return _json({"total": len(added), "peers": [p.to_dict() for p in added]}, 201)
+        status, at = programmed([p.name for p in added])
+        return _json({"total": len(added), "peers": [p.to_dict() for p in added],
+                      "programmed_at": at}, status)
 
     @r.post("/peers/bulk-delete", tags=["peers"], dependencies=write,
             summary="Remove many peers, all or nothing",

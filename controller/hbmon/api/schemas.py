@@ -71,11 +71,20 @@ class PeerOut(BaseModel):
     since: float | None = None
     reason: str | None = None
     health: dict[str, Any] | None = Field(None, description="With include=health")
+    programmed_at: float | None = Field(
+        None, description="Replies to an add: when the switch's leader programmed the peer "
+        "(wall-clock seconds); null in a 202 (not programmed yet)")
 
 
 class PeerList(BaseModel):
     total: int = Field(description="Peers matching the filters, before limit/offset")
     peers: list[PeerOut]
+
+
+class AddedList(PeerList):
+    programmed_at: float | None = Field(
+        description="When the last of the peers was programmed by its switch's leader; "
+        "null in a 202 (not all programmed yet)")
 
 
 class PeerHealthOut(BaseModel):
