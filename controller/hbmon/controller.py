@@ -1041,6 +1041,9 @@ class Fabric:
     def _register(self, peer: Peer, now: float) -> list[Event]:
         with self._state_lock:
             self._inventory_changed()
+            # a new life in the history: it starts UNKNOWN (whatever an earlier peer of
+            # this name last recorded)
+            self._recorded.pop(peer.name, None)
             self._peers[peer.name] = peer
             if peer.index is not None:
                 self._by_index[(peer.switch, peer.index)] = peer.name
@@ -1052,6 +1055,7 @@ class Fabric:
     def _unregister(self, peer: Peer) -> None:
         with self._state_lock:
             self._inventory_changed()
+            self._recorded.pop(peer.name, None)
             self._peers.pop(peer.name, None)
             if peer.index is not None:
                 self._by_index.pop((peer.switch, peer.index), None)

@@ -352,14 +352,17 @@ class SqlStore:
         return result
 
     def last_states(self, switch: str) -> dict[str, Health]:
-        """peer -> the new state of its last recorded transition on `switch`: what the
+        """peer -> the new state of its last recorded transition on `switch` since it was
+        last added (a peer of the same name removed before had another life): what the
         history says now (a new leader continues from it)."""
         sql = self._sql(
-            "SELECT peer, new_state FROM events WHERE id IN (SELECT MAX(id) FROM events "
-            "WHERE kind = ? AND switch = ? AND peer IS NOT NULL GROUP BY peer)")
+            "SELECT e.peer, e.new_state FROM events e WHERE e.id IN (SELECT MAX(id) "
+            "FROM events WHERE kind = ? AND switch = ? AND peer IS NOT NULL GROUP BY peer) "
+            "AND NOT EXISTS (SELECT 1 FROM events a WHERE a.peer = e.peer AND a.kind = ? "
+            "AND a.id > e.id)")
 
         def read(cur: _Cursor) -> dict[str, Health]:
-            cur.execute(sql, (str(EventKind.TRANSITION), switch))
+            cur.execute(sql, (str(EventKind.TRANSITION), switch, str(EventKind.PEER_ADDED)))
             return {str(p): Health(st) for p, st in cur.fetchall() if st}
         result: dict[str, Health] = self._run(read)
         return result

@@ -26,6 +26,7 @@ during the failover) and A is killed with SIGKILL mid-load. The test prints and 
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -312,17 +313,18 @@ def _kill_round(fleet: Fleet, leader: Replica, round_: int,
     refused: list[tuple[str, int, str]] = []
     stop = threading.Event()
 
-    def writer(serial0: int) -> None:
+    def writer(serial0: int, turn: int) -> None:
         n = serial0
-        turn = 0
         clients = {r.name: r.client() for r in fleet.replicas}
         try:
             while not stop.is_set() and n - serial0 < 400:  # a bounded load
                 replica = fleet.replicas[turn % len(fleet.replicas)]
                 turn += 1
                 sw = SWITCHES[n % 2]
-                spec = pending[sw].pop(0) if pending[sw] and n % 3 == 0 \
-                    else _silent(sw, n)
+                spec = _silent(sw, n)
+                if n % 3 == 0:
+                    with contextlib.suppress(IndexError):  # the other writer took it
+                        spec = pending[sw].pop(0)
                 n += 1
                 try:
                     r = clients[replica.name].post("/api/v1/peers", json=spec)
@@ -336,10 +338,14 @@ def _kill_round(fleet: Fleet, leader: Replica, round_: int,
             for cl in clients.values():
                 cl.close()
 
-    thread = threading.Thread(target=writer, args=(serial,), name="writer")
-    thread.start()
+    # two writers at once, each on another replica: their slot choices race (a
+    # replica that loses re-reads the inventory and picks again)
+    threads = [threading.Thread(target=writer, args=(serial + k * 500, k), name=f"writer{k}")
+               for k in range(2)]
+    for thread in threads:
+        thread.start()
     try:
-        wait_for(lambda: len(acked) >= 10, SETTLE, "10 acknowledged writes")
+        wait_for(lambda: len(acked) >= 20, SETTLE, "20 acknowledged writes")
         assert leader.proc is not None
         killed = time.monotonic()
         os.kill(leader.proc.pid, signal.SIGKILL)
@@ -354,10 +360,11 @@ def _kill_round(fleet: Fleet, leader: Replica, round_: int,
         assert leader.proc.wait(10) == -signal.SIGKILL
         # the killed replica commits nothing more: later ids are the survivors'
         boundary = max([e["id"] for e in _history(survivors[0])] or [0])
-        wait_for(lambda: len(acked) >= 20, SETTLE, "10 more writes after the kill")
+        wait_for(lambda: len(acked) >= 40, SETTLE, "20 more writes after the kill")
     finally:
         stop.set()
-        thread.join(30)
+        for thread in threads:
+            thread.join(30)
     assert not refused, refused
     figures.append("new primary after kill -9: " + ", ".join(
         f"{sw} {took[sw]:.3f} s" for sw in SWITCHES))
@@ -418,8 +425,10 @@ def _kill_round(fleet: Fleet, leader: Replica, round_: int,
             state[e["peer"]] = "UNKNOWN"
         elif e["kind"] == "transition":
             prev = state.get(e["peer"], "UNKNOWN")
-            assert e["old_state"] == prev, ("a transition lost", prev, e)
-            assert e["new_state"] != prev, ("a transition twice", prev, e)
+            life = [(x["id"], x["kind"], x.get("old_state"), x.get("new_state"), x["reason"])
+                    for x in everything if x["peer"] == e["peer"]]
+            assert e["old_state"] == prev, ("a transition lost", prev, e, life)
+            assert e["new_state"] != prev, ("a transition twice", prev, e, life)
             state[e["peer"]] = e["new_state"]
     ids = [e["id"] for e in history]
     assert len(ids) == len(set(ids))
@@ -454,6 +463,9 @@ def _kill_round(fleet: Fleet, leader: Replica, round_: int,
     for sw in SWITCHES:
         pending[sw] = [d for d in fleet.answered[sw] if d["name"] in again
                        or d["name"] not in inv]
+    races = sum(r.log.read_text(errors="replace").count("slot taken by another replica")
+                for r in fleet.replicas)
+    figures.append(f"round {round_ + 1}: slot races lost and retried so far: {races}")
     figures.append(f"round {round_ + 1}: {len(acked)} writes acknowledged "
                    f"({sum(1 for v in acked.values() if v == 202)} as 202), none lost; "
                    f"{len(inv)} peers, no slot twice; {len(history)} transitions, "
