@@ -352,9 +352,11 @@ class SqlStore:
         return result
 
     def last_states(self, switch: str) -> dict[str, Health]:
-        """peer -> the new state of its last recorded transition on `switch` since it was
-        last added (a peer of the same name removed before had another life): what the
-        history says now (a new leader continues from it)."""
+        """peer -> the new state of its last recorded transition on `switch` since a peer
+        of that name was last removed (that one had another life): what the history says
+        now (a new leader continues from it). The removal, not the add, bounds a life: the
+        replica that took an add may record `peer_added` after the leader recorded the
+        peer's first transition."""
         sql = self._sql(
             "SELECT e.peer, e.new_state FROM events e WHERE e.id IN (SELECT MAX(id) "
             "FROM events WHERE kind = ? AND switch = ? AND peer IS NOT NULL GROUP BY peer) "
@@ -362,7 +364,7 @@ class SqlStore:
             "AND a.id > e.id)")
 
         def read(cur: _Cursor) -> dict[str, Health]:
-            cur.execute(sql, (str(EventKind.TRANSITION), switch, str(EventKind.PEER_ADDED)))
+            cur.execute(sql, (str(EventKind.TRANSITION), switch, str(EventKind.PEER_REMOVED)))
             return {str(p): Health(st) for p, st in cur.fetchall() if st}
         result: dict[str, Health] = self._run(read)
         return result

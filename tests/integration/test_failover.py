@@ -418,17 +418,19 @@ def _kill_round(fleet: Fleet, leader: Replica, round_: int,
         raise AssertionError(f"{exc}: last recorded states {missing}") from None
     everything = _history(observer)
     history = [e for e in everything if e["kind"] == "transition"]
-    # per peer and life (a peer removed and added again starts over from UNKNOWN)
+    # per peer and life (a peer removed and added again starts over from UNKNOWN; the
+    # removal bounds a life: the handler's peer_added may follow the leader's first
+    # transition)
     state: dict[str, str] = {}
     for e in everything:
-        if e["kind"] == "peer_added":
+        if e["kind"] == "peer_removed":
             state[e["peer"]] = "UNKNOWN"
         elif e["kind"] == "transition":
             prev = state.get(e["peer"], "UNKNOWN")
             life = [(x["id"], x["kind"], x.get("old_state"), x.get("new_state"), x["reason"])
                     for x in everything if x["peer"] == e["peer"]]
-            assert e["old_state"] == prev, ("a transition lost", prev, e, life)
-            assert e["new_state"] != prev, ("a transition twice", prev, e, life)
+            assert e["old_state"] == prev, f"a transition lost: {prev} then {e} in {life}"
+            assert e["new_state"] != prev, f"a transition twice: {prev} then {e} in {life}"
             state[e["peer"]] = e["new_state"]
     ids = [e["id"] for e in history]
     assert len(ids) == len(set(ids))
