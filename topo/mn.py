@@ -299,7 +299,7 @@ class MininetLab:
         for name in added:
             net.nameToNode[name] = aliases[name]
 
-        class HbmonCLI(CLI):  # type: ignore[misc,valid-type]
+        class HbmonCLI(CLI):
             prompt = "mininet> "
 
             def do_health(self, line: str) -> None:
