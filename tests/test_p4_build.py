@@ -221,7 +221,7 @@ def test_bmv2_json_is_this_program(bmv2: dict[str, Any], p4info: p4info_pb2.P4In
         assert name in arrays, f"bmv2 JSON lacks register {name}: {REBUILD}"
         assert (arrays[name]["bitwidth"], arrays[name]["size"]) == (width, 65536)
     counters = {c["name"].rsplit(".", 1)[-1]: c for c in bmv2["counter_arrays"]}
-    assert counters["hb_reason"]["size"] == 16
+    assert counters["hb_reason"]["size"] == REASON_COUNT
     json_tables = {t["name"] for p in bmv2["pipelines"] for t in p["tables"]}
     for t in p4info.tables:
         assert t.preamble.name in json_tables, f"bmv2 JSON lacks table {t.preamble.name}"
