@@ -1,9 +1,12 @@
 """The user-space heartbeat monitor a user would write instead of hbmon (issue 9's baseline).
 
 ONE Python process does the whole job in user space: every interval it sends one REQUEST
-per peer (docs/protocol.md: monitor_ip:9191 -> peer_ip:9190, sequence = round number,
-tx_timestamp_us from CLOCK_MONOTONIC), receives every RESPONSE, keeps per peer rx/tx, the
-last sequence (RFC 1982: duplicates and old sequences ignored), the last receive time, RTT
+per peer (docs/protocol.md version 2: monitor_ip:9191 -> peer_ip:9190, IPv4 TTL 255,
+sequence = round number, nonce = the peer's random 32-bit key XOR the sequence,
+tx_timestamp_us from CLOCK_MONOTONIC), receives every RESPONSE, checks what hbmon's data
+plane checks (source address, nonce, a sequence no later than the last round sent), keeps
+per peer rx/tx, the last sequence (RFC 1982: duplicates and old sequences ignored), the last
+receive time, RTT
 (last and EWMA, alpha 1/8 as the data plane) and the reported status, and derives the same
 health as hbmon: DOWN after detect_mult x interval without a fresh answer, DEGRADED on loss
 over a window, on RTT or on the peer's own status, UNKNOWN until the first answer.
@@ -12,10 +15,11 @@ Two variants (``--variant``):
 
 - ``tuned`` (default): non-blocking socket, epoll; after each wake-up recvmmsg (ctypes) drains
   the socket in batches until EAGAIN; a round goes out with sendmmsg in batches of up to 1,024
-  from prebuilt message vectors (a static per-peer 8-byte head + one shared 16-byte tail per
-  batch carrying sequence and timestamp), so per-round Python work is per batch, not per
-  peer. This is deliberately the fastest plain-Python monitor we know how to write: a slower
-  baseline would flatter hbmon.
+  from prebuilt message vectors (a static per-peer 8-byte head, the round's shared sequence,
+  the peer's nonce, one shared 12-byte tail per batch carrying the timestamp); the round's
+  nonces are one big-integer XOR of all keys with the sequence, so per-round Python work is
+  per batch, not per peer. This is deliberately the fastest plain-Python monitor we know how
+  to write: a slower baseline would flatter hbmon.
 - ``asyncio``: the stock way, an asyncio DatagramProtocol endpoint; `sendto` per peer per
   round, `datagram_received` per response.
 
@@ -41,6 +45,7 @@ import ctypes
 import errno
 import json
 import os
+import secrets
 import select
 import signal
 import socket
@@ -54,17 +59,20 @@ from pathlib import Path
 from typing import Any
 
 MAGIC = 0x4842
-VERSION = 1
+VERSION = 2
 REQUEST, RESPONSE = 1, 2
 REQUEST_PORT, RESPONSE_PORT = 9190, 9191
-HEADER_LEN = 24
+HEADER_LEN = 28
+SEND_TTL = 255  # RFC 5082, as hbmon's requests
 SEQ_MASK = 0xFFFFFFFF
 SEQ_HALF = 0x80000000
 # magic, version, type of a RESPONSE as one big-endian word: one compare per datagram
 RESPONSE_WORD = (MAGIC << 16) | (VERSION << 8) | RESPONSE
-_HEADER = struct.Struct("!IIIQBB2x")  # magic+version+type, peer_id, sequence, tx_ts, status, load
+# magic+version+type, peer_id, sequence, nonce, tx_ts, status, load
+_HEADER = struct.Struct("!IIIIQBB2x")
 _HEAD = struct.Struct("!HBBI")  # the static first 8 bytes of a REQUEST
-_TAIL = struct.Struct("!IQBB2x")  # sequence, tx_timestamp_us, status, load, reserved
+_SEQ = struct.Struct("!I")
+_TAIL = struct.Struct("!QBB2x")  # tx_timestamp_us, status, load, reserved
 
 UNKNOWN, UP, DEGRADED, DOWN = "UNKNOWN", "UP", "DEGRADED", "DOWN"
 STATES = (UNKNOWN, UP, DEGRADED, DOWN)
@@ -114,6 +122,8 @@ class PeerTable:
         if len(self.index) != len(self.peer_ids):
             raise ValueError("peer_id must be unique")
         n = len(self.peer_ids)
+        # per-peer random nonce keys, never sent alone: request nonce = key ^ sequence
+        self.nonce_keys = [secrets.randbits(32) or 1 for _ in range(n)]
         self.rx = [0] * n
         self.tx_base = [0] * n  # round counter when the peer was added: tx = rounds - base
         self.last_seq = [-1] * n  # -1: nothing recorded yet
@@ -130,7 +140,8 @@ class PeerTable:
         self.rounds = 0
         self.degraded_by = {"status": 0, "rtt": 0, "loss": 0}  # of the last evaluation
         self.counters = {"received": 0, "recorded": 0, "duplicate": 0, "old_sequence": 0,
-                         "bad": 0, "unknown_peer": 0, "spoofed": 0}
+                         "bad": 0, "unknown_peer": 0, "spoofed": 0, "bad_nonce": 0,
+                         "future_sequence": 0}
 
     # ---- receive path (hot) -------------------------------------------------------------
 
@@ -141,14 +152,15 @@ class PeerTable:
         index_get = self.index.get
         addr_ints, last_seq, rx = self.addr_ints, self.last_seq, self.rx
         last_rx, rtt_last, ewma = self.last_rx_us, self.rtt_last_us, self.rtt_ewma_us
-        status, load = self.status, self.load
+        status, load, keys, tx_base = self.status, self.load, self.nonce_keys, self.tx_base
+        sent = self.rounds  # sequence of the last round sent (the round number)
         unpack = _HEADER.unpack_from
-        recorded = dup = old = bad = unknown = spoofed = 0
+        recorded = dup = old = bad = unknown = spoofed = bad_nonce = future = 0
         for i in range(n):
             if lens[i] != HEADER_LEN:
                 bad += 1
                 continue
-            word, pid, seq, ts, st, ld = unpack(data, i * slot)
+            word, pid, seq, nonce, ts, st, ld = unpack(data, i * slot)
             if word != RESPONSE_WORD:
                 bad += 1
                 continue
@@ -158,6 +170,14 @@ class PeerTable:
                 continue
             if addr_ints[idx] != sources[i]:
                 spoofed += 1
+                continue
+            if nonce != keys[idx] ^ seq:
+                bad_nonce += 1
+                continue
+            # only sequences really sent count: none sent yet, or after the last round sent
+            d = (seq - sent) & SEQ_MASK
+            if sent == tx_base[idx] or (d != 0 and d < SEQ_HALF):
+                future += 1
                 continue
             last = last_seq[idx]
             if last >= 0:
@@ -187,6 +207,8 @@ class PeerTable:
         c["bad"] += bad
         c["unknown_peer"] += unknown
         c["spoofed"] += spoofed
+        c["bad_nonce"] += bad_nonce
+        c["future_sequence"] += future
 
     def ingest_one(self, payload: bytes, source: str, now: int) -> None:
         """One datagram from `source` (dotted quad), as asyncio hands them over."""
@@ -286,7 +308,9 @@ def _sockaddr_in(address: str, port: int) -> bytes:
 
 
 class _Sender:
-    """A round's REQUESTs as prebuilt sendmmsg vectors; only a 16-byte tail changes."""
+    """A round's REQUESTs as prebuilt sendmmsg vectors: per message a static head, the
+    shared sequence, the peer's nonce and a shared tail (4 iovecs); a round rewrites the
+    sequence, all nonces (one big-integer XOR) and, per batch, the tail's timestamp."""
 
     def __init__(self, table: PeerTable) -> None:
         n = len(table.peer_ids)
@@ -295,32 +319,48 @@ class _Sender:
                                         for pid in table.peer_ids))
         self.names = bytearray(b"".join(_sockaddr_in(a, REQUEST_PORT)
                                         for a in table.addresses))
+        # all keys as one integer (4 big-endian bytes each), and 1 in every 4-byte lane: the
+        # round's nonces are keys ^ (ones * seq), no carry crossing lanes (seq < 2^32)
+        self.keys = int.from_bytes(b"".join(k.to_bytes(4, "big") for k in table.nonce_keys),
+                                   "big")
+        self.ones = int.from_bytes(b"\0\0\0\1" * n, "big")
+        self.nonces = bytearray(4 * n)
+        self.seq = bytearray(_SEQ.size)
         self.tail = bytearray(_TAIL.size)
-        self.iov = (_IoVec * (2 * n))()
+        self.iov = (_IoVec * (4 * n))()
         self.msgs = (_MMsgHdr * n)()
-        heads, names, tail = _addr(self.heads), _addr(self.names), _addr(self.tail)
+        heads, names, nonces = _addr(self.heads), _addr(self.names), _addr(self.nonces)
+        seq, tail = _addr(self.seq), _addr(self.tail)
         iov_base = ctypes.addressof(self.iov)
         iov_size = ctypes.sizeof(_IoVec)
         for i in range(n):
-            self.iov[2 * i].iov_base = heads + 8 * i
-            self.iov[2 * i].iov_len = 8
-            self.iov[2 * i + 1].iov_base = tail
-            self.iov[2 * i + 1].iov_len = _TAIL.size
+            for j, (base, length) in enumerate(((heads + 8 * i, 8), (seq, 4),
+                                                (nonces + 4 * i, 4), (tail, _TAIL.size))):
+                self.iov[4 * i + j].iov_base = base
+                self.iov[4 * i + j].iov_len = length
             hdr = self.msgs[i].msg_hdr
             hdr.msg_name = names + 16 * i
             hdr.msg_namelen = 16
-            hdr.msg_iov = iov_base + 2 * i * iov_size
-            hdr.msg_iovlen = 2
+            hdr.msg_iov = iov_base + 4 * i * iov_size
+            hdr.msg_iovlen = 4
         self.base = ctypes.addressof(self.msgs)
         self.errors = 0
+
+    def stamp(self, seq: int) -> None:
+        """Write round `seq`'s sequence and every peer's nonce into the vectors."""
+        seq &= SEQ_MASK
+        _SEQ.pack_into(self.seq, 0, seq)
+        # same length: written in place, the iovecs keep pointing at it
+        self.nonces[:] = (self.keys ^ (self.ones * seq)).to_bytes(4 * self.n, "big")
 
     def send_round(self, fd: int, seq: int) -> int:
         """Send every peer's REQUEST of round `seq`; returns how many went out."""
         sent = 0
         pack = _TAIL.pack_into
+        self.stamp(seq)
         while sent < self.n:
             # the kernel copies the payload during the call, so one tail serves a batch
-            pack(self.tail, 0, seq & SEQ_MASK, now_us(), 0, 0)
+            pack(self.tail, 0, now_us(), 0, 0)
             k = _sendmmsg(fd, self.base + sent * _MMSG_SIZE, min(TX_BATCH, self.n - sent), 0)
             if k > 0:
                 sent += k
@@ -382,6 +422,7 @@ def open_socket(monitor_ip: str) -> socket.socket:
         except OSError:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, plain, 96 << 20)
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, SEND_TTL)
     sock.bind((monitor_ip, RESPONSE_PORT))
     sock.setblocking(False)
     return sock
@@ -485,11 +526,12 @@ async def _run_asyncio(mon: Monitor, monitor_ip: str) -> None:
     transport, _ = await loop.create_datagram_endpoint(
         lambda: _Protocol(table), sock=open_socket(monitor_ip))
     dests = [(a, REQUEST_PORT) for a in table.addresses]
-    pack = struct.Struct("!HBBIIQBB2x").pack
+    pack = struct.Struct("!HBBIIIQBB2x").pack
 
     def send_round(seq: int) -> None:
-        for pid, dest in zip(table.peer_ids, dests, strict=True):
-            transport.sendto(pack(MAGIC, VERSION, REQUEST, pid, seq & SEQ_MASK, now_us(),
+        seq &= SEQ_MASK
+        for pid, key, dest in zip(table.peer_ids, table.nonce_keys, dests, strict=True):
+            transport.sendto(pack(MAGIC, VERSION, REQUEST, pid, seq, key ^ seq, now_us(),
                                   0, 0), dest)
 
     stop = asyncio.Event()

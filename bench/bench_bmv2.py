@@ -35,6 +35,7 @@ from hbmon import targets  # noqa: E402
 from hbmon.p4info import CounterRead, P4Schema, TableEntry  # noqa: E402
 from hbmon.p4rt import P4RuntimeClient  # noqa: E402
 from hbmon.protocol import Reason  # noqa: E402
+from hbmon.registers import open_register_access  # noqa: E402
 
 from tests.kernel.bpf_lab import Lab, heartbeat_frame, ip_int, response_frame  # noqa: E402
 
@@ -69,7 +70,7 @@ def measure(responses: int, window: int) -> dict[str, object]:
     with Lab(1) as lab:
         target = targets.start_target(
             targets.BMV2, lab.ports, grpc_addr=f"127.0.0.1:{free_port()}",
-            thrift_port=free_port(), wait=60)
+            thrift_port=(thrift := free_port()), wait=60)
         client = P4RuntimeClient(target.grpc_addr, target.device_id, election_id=3,
                                  schema=schema)
         try:
@@ -78,12 +79,19 @@ def measure(responses: int, window: int) -> dict[str, object]:
             client.set_pipeline(schema, BMV2_JSON.read_bytes())
             client.insert([
                 TableEntry("HbIngress.peers", {"src_addr": PEER_IP, "peer_id": PEER_ID},
-                           "HbIngress.set_peer_index", {"index": INDEX}),
+                           "HbIngress.set_peer_index",
+                           {"index": INDEX, "nonce_key": 0, "min_ttl": 0}),
                 TableEntry("HbIngress.peer_ids", {"peer_id": PEER_ID},
                            "HbIngress.peer_id_known"),
                 TableEntry("HbIngress.l2_forward", {"dst_addr": MARKER_MAC},
                            "HbIngress.set_egress_port", {"port": 1}),
             ])
+            # protocol v2: only sequences already sent count; "requests 1 .. responses were
+            # sent" (no fan-out runs here), and nonce key 0 is what response_frame echoes
+            registers = open_register_access("bmv2", schema=schema, thrift_port=thrift,
+                                             bmv2_json=BMV2_JSON)
+            registers.write_many([("hb_tx_count", INDEX, responses),
+                                  ("hb_last_tx_seq", INDEX, responses)])
             frames = [response_frame(peer_ip=PEER_IP, monitor_ip=MONITOR_IP, peer_id=PEER_ID,
                                      seq=seq, tx_us=0, dst_mac=lab.root_mac(1))
                       for seq in range(1, responses + 1)]

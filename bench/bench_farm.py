@@ -82,9 +82,9 @@ def flood(frames: int, n_faults: int, n_peers: int) -> dict[str, object]:
                 template = request_frame(
                     src_mac=port.mac, dst_mac=peer.mac, src_ip=topo.monitor_address,
                     dst_ip=FIRST_PEER, peer_id=peer.peer_id, sequence=0, tx_timestamp_us=0)
-                # struct farm_gen: ifindex, n_addrs, seq, pad, frame[72]
+                # struct farm_gen: ifindex, n_addrs, seq, pad, frame[HB_FRAME_LEN + 6]
                 gen.map("farm_gen").update(struct.pack("=I", 0), struct.pack(
-                    "=IIII72s", root_idx, n_peers, 1, 0, template))
+                    f"=IIII{len(template) + 6}s", root_idx, n_peers, 1, 0, template))
                 ctx = lb.XdpMd(data=0, data_end=len(template), ingress_ifindex=root_idx)
                 stats_fd = lb.enable_run_stats()
                 rt0, cnt0 = lb.prog_run_stats(farm.prog_fd)

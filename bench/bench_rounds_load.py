@@ -72,6 +72,7 @@ ETH_P_IP = 0x0800
 SO_TIMESTAMPNS = 35
 SCM_TIMESTAMPNS = SO_TIMESTAMPNS
 REQUEST_PORT = 9190  # requests go to the peer's port 9190 (docs/protocol.md)
+IPV4_TOTAL_LEN = 56  # a version-2 heartbeat's IPv4 packet (docs/protocol.md)
 BULK_MB = 50
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -127,7 +128,7 @@ class Capture:
             if not ready:
                 continue
             data, anc, _, addr = self.sock.recvmsg(2048, 64)
-            if addr[2] == socket.PACKET_OUTGOING or len(data) < 66:
+            if addr[2] == socket.PACKET_OUTGOING or len(data) < 14 + IPV4_TOTAL_LEN:
                 continue
             # IPv4 / UDP to the request port, to the observed address
             if data[23] != 17 or data[30:34] != self.dst or \
@@ -138,7 +139,7 @@ class Capture:
                 if level == socket.SOL_SOCKET and kind == SCM_TIMESTAMPNS:
                     sec, nsec = struct.unpack("qq", raw[:16])
                     ts = sec * 1_000_000_000 + nsec
-            seq, tx_us = struct.unpack_from("!IQ", data, 42 + 8)
+            seq, tx_us = struct.unpack_from("!I4xQ", data, 42 + 8)  # sequence, (nonce), tx
             if self.recording:
                 with self._lock:
                     self.records.append((ts, seq, tx_us))

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hbmon.protocol import Heartbeat, MsgType, Reason  # noqa: E402
+from hbmon.protocol import HEADER_LEN, Heartbeat, MsgType, Reason  # noqa: E402
 from hbmon_kernel import libbpf as lb  # noqa: E402
 from hbmon_kernel.datapath import Datapath, default_bpf_dir  # noqa: E402
 from results_io import write_result  # noqa: E402
@@ -46,6 +46,10 @@ INDEX = 0
 
 def test_run_paths(dp: Datapath, repeat: int) -> dict[str, dict[str, float]]:
     now = dp.now_us()
+    # protocol v2: only a sequence already sent counts; "request 5 was sent" makes the first
+    # run RESPONSE_RECORDED and every repetition a DUPLICATE, as before the sequence window
+    dp.register_write("hb_tx_count", INDEX, 1)
+    dp.register_write("hb_last_tx_seq", INDEX, 5)
     frames = {
         # after the first run every repetition is a DUPLICATE: parse + both lookups + compare
         "known_peer_duplicate": response_frame(peer_ip=PEER_IP, monitor_ip=MONITOR_IP,
@@ -57,7 +61,7 @@ def test_run_paths(dp: Datapath, repeat: int) -> dict[str, dict[str, float]]:
             payload=Heartbeat(MsgType.RESPONSE, 1, 1, 1, magic=0x1234).pack()),
         "ordinary_udp_pass": heartbeat_frame(
             src_mac=1, dst_mac=2, src_ip=PEER_IP, dst_ip=MONITOR_IP, sport=1, dport=53,
-            payload=bytes(24)),
+            payload=bytes(HEADER_LEN)),
     }
     out: dict[str, dict[str, float]] = {}
     for name, frame in frames.items():
@@ -79,11 +83,15 @@ def veth_flood(dp: Datapath, lab: Lab, frames: int) -> dict[str, float]:
         config = gen.map("gen_config")
         config.update((0).to_bytes(4, "little"), eth0.to_bytes(4, "little"))
         config.update((1).to_bytes(4, "little"), (1).to_bytes(4, "little"))
+        config.update((2).to_bytes(4, "little"), (0).to_bytes(4, "little"))  # peers_set's key
         template = response_frame(peer_ip=PEER_IP, monitor_ip=MONITOR_IP, peer_id=PEER_ID,
                                   seq=0, tx_us=0, dst_mac=lab.root_mac(1))
         ctx = lb.XdpMd(data=0, data_end=len(template), ingress_ifindex=eth0)
         for name in ("hb_rx_count", "hb_last_seq"):
             dp.register_write(name, INDEX, 0)
+        # sequences 1 .. frames count as sent (protocol v2: later ones are FUTURE_SEQUENCE)
+        dp.register_write("hb_tx_count", INDEX, 1)
+        dp.register_write("hb_last_tx_seq", INDEX, frames + 1)
         stats_fd = lb.enable_run_stats()
         xdp_fd = dp.program_fd("hb_xdp_rx")
         rt0, cnt0 = lb.prog_run_stats(xdp_fd)

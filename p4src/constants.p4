@@ -16,11 +16,11 @@ const bit<8>  IP_PROTO_UDP   = 17;
 const bit<16> HB_REQUEST_PORT   = 9190;   /* peers listen here */
 const bit<16> HB_RESPONSE_PORT  = 9191;   /* the monitor's request source port; responses arrive here */
 const bit<16> HB_MAGIC          = 0x4842; /* "HB" */
-const bit<8>  HB_VERSION        = 1;
+const bit<8>  HB_VERSION        = 2;      /* 2: the nonce field (protocol.md "Version history") */
 const bit<8>  HB_TYPE_REQUEST   = 1;
 const bit<8>  HB_TYPE_RESPONSE  = 2;
-const bit<16> HB_UDP_LEN        = 32;     /* 8 (UDP) + 24 (heartbeat) */
-const bit<16> HB_IPV4_TOTAL_LEN = 52;     /* 20 (IPv4, no options) + 32 */
+const bit<16> HB_UDP_LEN        = 36;     /* 8 (UDP) + 28 (heartbeat) */
+const bit<16> HB_IPV4_TOTAL_LEN = 56;     /* 20 (IPv4, no options) + 36 */
 
 /* ---- target ---- */
 const bit<9>  CPU_PORT = 255;  /* simple_switch_grpc --cpu-port 255 */
@@ -37,7 +37,7 @@ const bit<8> STATE_UP      = 1;
 const bit<8> STATE_DOWN    = 2;
 
 /* ---- hb_reason counter indexes ---- */
-#define HB_REASON_COUNT 16
+#define HB_REASON_COUNT 32  /* room for new reasons without resizing the counter again */
 typedef bit<8> reason_t;
 const reason_t REASON_RESPONSE_RECORDED = 0;
 const reason_t REASON_REQUEST_SENT      = 1;
@@ -54,6 +54,9 @@ const reason_t REASON_REQUEST_NO_PEER   = 11;
 const reason_t REASON_BAD_TEMPLATE      = 12;
 const reason_t REASON_PEER_DOWN_EVENT   = 13;
 const reason_t REASON_PEER_UP_EVENT     = 14;
+const reason_t REASON_FUTURE_SEQUENCE   = 15;  /* after the last request sent (or none sent) */
+const reason_t REASON_BAD_NONCE         = 16;  /* not the nonce the peer's request carried */
+const reason_t REASON_BAD_TTL           = 17;  /* IPv4 TTL below the peer's min_ttl (GTSM) */
 
 /* ---- v1model instance types (bmv2 simple_switch) ---- */
 const bit<32> INSTANCE_TYPE_RECIRC      = 4;

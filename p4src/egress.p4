@@ -4,7 +4,9 @@
  * The controller sends ONE REQUEST template per interval to multicast group 1 (the fan-out
  * group). Each replica carries egress_rid = its peer's index; peer_requests[index] says where and
  * to whom it goes. The rewrite stamps tx_timestamp_us with the egress time, so the RTT the
- * response yields covers the wire and the peer, not the controller.
+ * response yields covers the wire and the peer, not the controller, and writes the peer's
+ * nonce (nonce_key ^ sequence) that its response must echo. The IPv4 TTL is the template's
+ * (the controller sends 255, so peers can check GTSM too).
  *
  * Miss detection: before counting the request, hb_miss_count[index] (requests since the
  * last fresh response) is compared with detect_mult; reaching it while the peer is not DOWN
@@ -23,13 +25,16 @@ control HbEgress(inout headers_t hdr,
                  inout metadata_t meta,
                  inout standard_metadata_t std_meta) {
 
+    /* nonce_key: the same key as the peer's `peers` entry; the nonce changes every round
+     * with the sequence, and the key itself is never on the wire alone. */
     @id(0x01000006)
     action rewrite_request(bit<48> dst_mac, bit<32> dst_addr, bit<32> peer_id,
-                           bit<8> detect_mult) {
+                           bit<8> detect_mult, bit<32> nonce_key) {
         hdr.ethernet.dst_addr = dst_mac;
         hdr.ipv4.dst_addr = dst_addr;
         hdr.udp.checksum = 0;  /* allowed for IPv4, and the payload just changed */
         hdr.hb.peer_id = peer_id;
+        hdr.hb.nonce = nonce_key ^ hdr.hb.sequence;
         hdr.hb.tx_timestamp_us = (bit<64>)std_meta.egress_global_timestamp;
         meta.detect_mult = detect_mult;
     }
@@ -80,6 +85,8 @@ control HbEgress(inout headers_t hdr,
                 hb_tx_count.read(sent, index);
                 hb_tx_count.write(index, sent + 1);
                 hb_last_tx_us.write(index, now);
+                /* the upper bound of what a response may answer (ingress FUTURE_SEQUENCE) */
+                hb_last_tx_seq.write(index, hdr.hb.sequence);
                 if (misses != 0xFFFFFFFF) {
                     hb_miss_count.write(index, misses + 1);
                 }

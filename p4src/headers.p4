@@ -52,13 +52,14 @@ header udp_t {
     bit<16> checksum;
 }
 
-/* The 24-byte heartbeat header (docs/protocol.md), network byte order. */
+/* The 28-byte heartbeat header (docs/protocol.md, version 2), network byte order. */
 header heartbeat_t {
     bit<16> magic;
     bit<8>  version;
     bit<8>  msg_type;
     bit<32> peer_id;
     bit<32> sequence;
+    bit<32> nonce;            /* nonce_key ^ sequence, set per replica by egress, echoed */
     bit<64> tx_timestamp_us;  /* monitor's clock at transmission, echoed by the peer */
     bit<8>  status;           /* 0 HEALTHY, 1 DEGRADED, 2 DRAINING */
     bit<8>  load;             /* 0-255 */
@@ -87,6 +88,8 @@ struct metadata_t {
     bit<1>       fanout;       /* ingress: a valid REQUEST template sent to the fan-out group */
     bit<1>       resend;       /* ingress: a recirculated DOWN carrier, send it as it is */
     peer_index_t index;        /* ingress: the peer's slot, from `peers` */
+    bit<32>      nonce_key;    /* ingress: the peer's nonce key, from `peers` */
+    bit<8>       min_ttl;      /* ingress: the peer's GTSM floor, from `peers` (0: off) */
     bit<8>       detect_mult;  /* egress: from `peer_requests` */
 
     /* A pending peer_event_t. Ingress raises the digest when ev_state != 0. A DOWN event is

@@ -26,9 +26,14 @@ control HbIngress(inout headers_t hdr,
     @id(0x01000001) @name(".NoAction")
     action no_action() { }
 
+    /* nonce_key: what egress XORs with the sequence into the requests to this peer, so an
+     * answer must echo nonce_key ^ sequence. min_ttl: the peer's GTSM floor (RFC 5082), 0 off,
+     * 255 when the peer is one hop away and sends with TTL 255. */
     @id(0x01000002)
-    action set_peer_index(bit<16> index) {
+    action set_peer_index(bit<16> index, bit<32> nonce_key, bit<8> min_ttl) {
         meta.index = index;
+        meta.nonce_key = nonce_key;
+        meta.min_ttl = min_ttl;
     }
 
     /* Marks a peer_id as registered (for some source): tells SPOOFED from UNKNOWN_PEER. */
@@ -134,17 +139,33 @@ control HbIngress(inout headers_t hdr,
             } else if (peers.apply().hit) {
                 bit<32> rx_count;
                 bit<32> last_seq;
+                bit<32> tx_count;
+                bit<32> last_tx_seq;
                 hb_rx_count.read(rx_count, meta.index);
                 hb_last_seq.read(last_seq, meta.index);
-                /* RFC 1982 on 32 bits: seq is newer than last_seq when 0 < seq - last_seq <
-                 * 2^31. A slot without any response yet takes whatever comes first. */
+                hb_tx_count.read(tx_count, meta.index);
+                hb_last_tx_seq.read(last_tx_seq, meta.index);
+                /* RFC 1982 on 32 bits: a is after b when 0 < a - b < 2^31. */
                 bit<32> seq_diff = hdr.hb.sequence - last_seq;
+                bit<32> ahead = hdr.hb.sequence - last_tx_seq;
                 bool first = rx_count == 0;
-                if (!first && seq_diff == 0) {
+                if (hdr.ipv4.ttl < meta.min_ttl) {
+                    /* GTSM (RFC 5082): it crossed a router, so it is not from the peer. */
+                    reason = REASON_BAD_TTL;
+                } else if (hdr.hb.nonce != (meta.nonce_key ^ hdr.hb.sequence)) {
+                    /* Not the nonce of that round's request: the sender never saw it. */
+                    reason = REASON_BAD_NONCE;
+                } else if (tx_count == 0 || (ahead != 0 && ahead < 0x80000000)) {
+                    /* Answers a request not sent yet: recording it would make every real
+                     * answer up to that sequence OLD_SEQUENCE (the lockout of issue 11). */
+                    reason = REASON_FUTURE_SEQUENCE;
+                } else if (!first && seq_diff == 0) {
                     reason = REASON_DUPLICATE;
                 } else if (!first && seq_diff >= 0x80000000) {
                     reason = REASON_OLD_SEQUENCE;
                 } else {
+                    /* In (last recorded, last sent]; a slot without any response yet takes
+                     * the first that passed the checks above. */
                     reason = REASON_RESPONSE_RECORDED;
                 }
 
@@ -198,7 +219,9 @@ control HbIngress(inout headers_t hdr,
                         meta.ev_last_seq = hdr.hb.sequence;
                         meta.ev_time_us = now;
                     }
-                } else {
+                } else if (reason == REASON_DUPLICATE || reason == REASON_OLD_SEQUENCE) {
+                    /* BAD_TTL, BAD_NONCE and FUTURE_SEQUENCE change no register: a forger
+                     * must not be able to move any of the peer's numbers. */
                     bit<32> dups;
                     hb_dup_count.read(dups, meta.index);
                     hb_dup_count.write(meta.index, dups + 1);

@@ -6,7 +6,7 @@
  * templates). Ordinary traffic is parsed no further than UDP.
  *
  * v1model does not drop on a parser error: ingress runs with standard_metadata.parser_error
- * set. A response shorter than 24 bytes after UDP fails the heartbeat extract with
+ * set. A response shorter than 28 bytes after UDP fails the heartbeat extract with
  * error.PacketTooShort, leaves hdr.hb invalid, and ingress counts it TRUNCATED.
  */
 #ifndef HB_PARSER_P4

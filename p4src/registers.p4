@@ -13,7 +13,8 @@
  *
  * A controller resets a slot before reusing an index by writing 0 to every register at that
  * index. A slot whose hb_rx_count is 0 has recorded no response yet: its first response is
- * fresh whatever its sequence, and it sets hb_rtt_min_us and hb_rtt_ewma_us outright.
+ * fresh whatever its sequence (once it passed the TTL, nonce and FUTURE_SEQUENCE checks),
+ * and it sets hb_rtt_min_us and hb_rtt_ewma_us outright.
  */
 #ifndef HB_REGISTERS_P4
 #define HB_REGISTERS_P4
@@ -66,6 +67,12 @@
 /* Data-plane liveness: 0 UNKNOWN, 1 UP, 2 DOWN. UP on a fresh response, DOWN when a request
  * finds hb_miss_count >= detect_mult; each change raises a peer_event_t digest. */
 @id(0x1600000e) register<bit<8>, peer_index_t>(HB_MAX_PEERS) hb_state;
+
+/* Sequence of the last request transmitted to the peer (no unit), written by egress with
+ * hb_tx_count and hb_last_tx_us. A response whose sequence is after it (or that arrives
+ * while hb_tx_count is 0) answers nothing this target sent: FUTURE_SEQUENCE. Without this
+ * bound one forged response far ahead (last + 2^30) made every real answer OLD_SEQUENCE. */
+@id(0x1600000f) register<bit<32>, peer_index_t>(HB_MAX_PEERS) hb_last_tx_seq;
 
 /* Packets and bytes per reason code (constants.p4, REASON_*), ingress and egress alike. */
 @id(0x12000001) counter<reason_t>(HB_REASON_COUNT, CounterType.packets_and_bytes) hb_reason;

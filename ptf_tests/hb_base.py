@@ -173,20 +173,32 @@ class HbTest(BaseTest):
         self.slots.add(index)
 
     def add_peer(self, index: int, *, address: str, peer_id: int, port: int | None = None,
-                 mac: str | None = None, detect_mult: int = 3, requests: bool = True) -> None:
-        """The contract's peer programming: peers + peer_ids (+ peer_requests) entries."""
+                 mac: str | None = None, detect_mult: int = 3, requests: bool = True,
+                 nonce_key: int = ex.NONCE_KEY, min_ttl: int = 0) -> None:
+        """The contract's peer programming: peers + peer_ids (+ peer_requests) entries. The
+        nonce key defaults to the examples' (so ex.RESPONSE answers request 7); min_ttl 0 is
+        GTSM off, 255 single-hop GTSM."""
         self.use_slot(index)
         self.insert(f"peers {address}/{peer_id}", TableEntry(
             "HbIngress.peers", {"src_addr": address, "peer_id": peer_id},
-            "HbIngress.set_peer_index", {"index": index}))
+            "HbIngress.set_peer_index",
+            {"index": index, "nonce_key": nonce_key, "min_ttl": min_ttl}))
         self.insert(f"peer_ids {peer_id}", TableEntry(
             "HbIngress.peer_ids", {"peer_id": peer_id}, "HbIngress.peer_id_known"))
         if requests:
             self.insert(f"peer_requests {index}", TableEntry(
                 "HbEgress.peer_requests", {"index": index}, "HbEgress.rewrite_request",
                 {"dst_mac": mac or peer_mac(index), "dst_addr": address, "peer_id": peer_id,
-                 "detect_mult": detect_mult}))
+                 "detect_mult": detect_mult, "nonce_key": nonce_key}))
             assert port is not None, "a peer with requests needs its port"
+
+    def mark_sent(self, index: int, sequence: int, count: int = 1) -> None:
+        """Leave slot `index` as egress does after sending its `count`th request, `sequence`
+        (hb_tx_count, hb_last_tx_seq; written like a controller's slot reset, over P4Runtime
+        or Thrift), so responses up to `sequence` are not FUTURE_SEQUENCE. Tests of the
+        response path use it instead of a fan-out round; FanOut checks egress writes them."""
+        self.s.registers.write_many([("hb_tx_count", index, count),
+                                     ("hb_last_tx_seq", index, sequence)])
 
     def add_fanout_group(self, replicas: Iterable[tuple[int, int]]) -> None:
         """Multicast group 1 with (port, instance = peer index) replicas."""
@@ -214,7 +226,9 @@ class HbTest(BaseTest):
         return frame
 
     def template(self, sequence: int, **fields: int) -> bytes:
-        """The fan-out REQUEST template: the example request with the per-peer fields 0."""
+        """The fan-out REQUEST template: the example request with the per-peer fields 0
+        (the nonce too: egress writes each peer's)."""
+        fields = {"nonce": 0, **fields}
         ipv4 = ex.with_fields(ex.REQUEST, dst="0.0.0.0", peer_id=0, sequence=sequence,
                               tx_timestamp_us=0, **fields)
         return ex.frame("00:00:00:00:00:00", MONITOR_MAC, ipv4)

@@ -6,23 +6,25 @@ starts from these bytes; `with_fields` and friends derive the variants a test ne
 (another peer, sequence, a broken magic, ...), keeping the IPv4 header checksum valid.
 
 Offsets are those of an IPv4 packet without options: IPv4 at 0, UDP at 20, heartbeat at 28.
+Protocol version 2: 28-byte heartbeat with the nonce at offset 12, IPv4 TTL 255.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import struct
+from typing import Any
 
 REQUEST_HEX = """
-45 00 00 34 00 00 40 00 40 11 ad 91 c6 12 00 01 c6 12 01 02
-23 e7 23 e6 00 20 00 00
-48 42 01 01 00 00 00 2a 00 00 00 07 00 00 00 00 07 5b cd 15 00 00 00 00
+45 00 00 38 00 00 40 00 ff 11 ee 8c c6 12 00 01 c6 12 01 02
+23 e7 23 e6 00 24 00 00
+48 42 02 01 00 00 00 2a 00 00 00 07 5e ed 12 33 00 00 00 00 07 5b cd 15 00 00 00 00
 """
 
 RESPONSE_HEX = """
-45 00 00 34 00 00 40 00 40 11 ad 91 c6 12 01 02 c6 12 00 01
-23 e6 23 e7 00 20 00 00
-48 42 01 02 00 00 00 2a 00 00 00 07 00 00 00 00 07 5b cd 15 01 25 00 00
+45 00 00 38 00 00 40 00 ff 11 ee 8c c6 12 01 02 c6 12 00 01
+23 e6 23 e7 00 24 00 00
+48 42 02 02 00 00 00 2a 00 00 00 07 5e ed 12 33 00 00 00 00 07 5b cd 15 01 25 00 00
 """
 
 # What the examples say, for tests that check a decoded value against the bytes above.
@@ -30,6 +32,9 @@ MONITOR_IP = "198.18.0.1"
 PEER_IP = "198.18.1.2"
 PEER_ID = 42
 SEQUENCE = 7
+NONCE_KEY = 0x5EED1234  # the peer's nonce key (in its peers / peer_requests entries)
+NONCE = NONCE_KEY ^ SEQUENCE  # what request 7 carries and its response echoes
+TTL = 255  # both directions (RFC 5082), so a monitor can require it (GTSM)
 TX_TIMESTAMP_US = 123456789
 RESPONSE_STATUS = 1  # DEGRADED
 RESPONSE_LOAD = 37
@@ -70,18 +75,23 @@ HB_FIELDS: dict[str, tuple[int, str]] = {
     "msg_type": (3, "!B"),
     "peer_id": (4, "!I"),
     "sequence": (8, "!I"),
-    "tx_timestamp_us": (12, "!Q"),
-    "status": (20, "!B"),
-    "load": (21, "!B"),
-    "reserved": (22, "!H"),
+    "nonce": (12, "!I"),
+    "tx_timestamp_us": (16, "!Q"),
+    "status": (24, "!B"),
+    "load": (25, "!B"),
+    "reserved": (26, "!H"),
 }
 
 
 def with_fields(packet: bytes, *, src: str | None = None, dst: str | None = None,
-                sport: int | None = None, dport: int | None = None,
+                sport: int | None = None, dport: int | None = None, ttl: int | None = None,
                 **hb: int) -> bytes:
-    """A copy of an example packet with some fields replaced; the IPv4 checksum follows."""
+    """A copy of an example packet with some fields replaced; the IPv4 checksum follows.
+    Changing `sequence` alone leaves the nonce of sequence 7: a test that wants a valid
+    answer to another request passes nonce=answer_nonce(seq) too (or uses `answer`)."""
     out = bytearray(packet)
+    if ttl is not None:
+        out[8] = ttl
     if src is not None:
         out[12:16] = ipaddress.IPv4Address(src).packed
     if dst is not None:
@@ -97,6 +107,16 @@ def with_fields(packet: bytes, *, src: str | None = None, dst: str | None = None
         struct.pack_into(fmt, out, HB_OFF + off, value)
     _fix_ipv4_checksum(out)
     return bytes(out)
+
+
+def answer_nonce(sequence: int, nonce_key: int = NONCE_KEY) -> int:
+    """The nonce a response to request `sequence` echoes (docs/protocol.md "Nonce")."""
+    return (nonce_key ^ sequence) & 0xFFFFFFFF
+
+
+def answer(packet: bytes, sequence: int, nonce_key: int = NONCE_KEY, **kw: Any) -> bytes:
+    """A response (or request) for another sequence, carrying that round's nonce."""
+    return with_fields(packet, sequence=sequence, nonce=answer_nonce(sequence, nonce_key), **kw)
 
 
 def with_payload_length(packet: bytes, hb_len: int) -> bytes:

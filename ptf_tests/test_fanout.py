@@ -13,22 +13,35 @@ A_IP, A_ID = ex.PEER_IP, ex.PEER_ID
 B_IP, B_ID = "198.18.1.3", 43
 
 
+B_KEY = 0x0BADC0DE  # B's nonce key (A has the examples')
+
+
 def expected_request(index: int, address: str, peer_id: int, sequence: int,
-                     tx_us: int) -> bytes:
-    """The request a peer must receive: the example request, for this peer and round."""
-    return ex.frame(peer_mac(index), MONITOR_MAC, ex.with_fields(
-        ex.REQUEST, dst=address, peer_id=peer_id, sequence=sequence, tx_timestamp_us=tx_us))
+                     tx_us: int, nonce_key: int = ex.NONCE_KEY) -> bytes:
+    """The request a peer must receive: the example request, for this peer and round (its
+    nonce is the peer's key XOR the round's sequence)."""
+    return ex.frame(peer_mac(index), MONITOR_MAC, ex.answer(
+        ex.REQUEST, sequence, nonce_key, dst=address, peer_id=peer_id, tx_timestamp_us=tx_us))
+
+
+def answer_to(request: bytes, **fields: int) -> bytes:
+    """A peer's response to an IPv4 request: id, sequence, nonce and timestamp echoed."""
+    return ex.with_fields(ex.RESPONSE, src=ex.PEER_IP, peer_id=ex.field(request, "peer_id"),
+                          sequence=ex.field(request, "sequence"),
+                          nonce=ex.field(request, "nonce"),
+                          tx_timestamp_us=ex.field(request, "tx_timestamp_us"), **fields)
 
 
 class FanOut(HbTest):
-    """One template -> exactly one correctly rewritten request per peer replica, nothing on
-    ports without a replica, a replica without peer_requests dropped (REQUEST_NO_PEER);
-    hb_tx_count / hb_miss_count / hb_last_tx_us follow, other slots untouched."""
+    """One template -> exactly one correctly rewritten request per peer replica (its peer's
+    nonce for the round), nothing on ports without a replica, a replica without peer_requests
+    dropped (REQUEST_NO_PEER); hb_tx_count / hb_miss_count / hb_last_tx_us / hb_last_tx_seq
+    follow, other slots untouched."""
 
     def runTest(self) -> None:
         p = self.s.ports
         self.add_peer(3, address=A_IP, peer_id=A_ID, port=p[0])
-        self.add_peer(4, address=B_IP, peer_id=B_ID, port=p[1])
+        self.add_peer(4, address=B_IP, peer_id=B_ID, port=p[1], nonce_key=B_KEY)
         self.use_slot(7)  # a replica with no peer behind it
         self.add_fanout_group([(p[0], 3), (p[1], 4), (p[2], 7)])
         regs_before = self.snapshot()
@@ -41,12 +54,15 @@ class FanOut(HbTest):
             self.wait_reasons(before, {Reason.REQUEST_SENT: 2, Reason.REQUEST_NO_PEER: 1})
             self.assert_nothing_else(p, sender=p[3])
 
-            for index, address, peer_id in ((3, A_IP, A_ID), (4, B_IP, B_ID)):
+            for index, address, peer_id, key in ((3, A_IP, A_ID, ex.NONCE_KEY),
+                                                 (4, B_IP, B_ID, B_KEY)):
                 slot = self.slot(index)
                 tx_us = ex.field(ipv4_of(got[index]), "tx_timestamp_us")
                 self.assertEqual(got[index].hex(),
-                                 expected_request(index, address, peer_id, seq, tx_us).hex(),
+                                 expected_request(index, address, peer_id, seq, tx_us,
+                                                  key).hex(),
                                  f"request to peer {index}, round {round_no}")
+                self.assertEqual(slot["hb_last_tx_seq"], seq)
                 self.assertEqual(slot["hb_last_tx_us"], tx_us)
                 self.assertGreater(tx_us, last_tx[index])
                 last_tx[index] = tx_us
@@ -82,10 +98,13 @@ class BadTemplate(HbTest):
         before = self.reasons()
         broken = [
             self.template(1, magic=0x4843),
-            self.template(2, version=2),
+            self.template(2, version=1),
+            self.template(5, version=3),
             self.template(3, msg_type=2),
             ex.frame("00:00:00:00:00:00", MONITOR_MAC,
-                     ex.with_payload_length(ex.with_fields(ex.REQUEST, dst="0.0.0.0"), 30)),
+                     ex.with_payload_length(ex.with_fields(ex.REQUEST, dst="0.0.0.0"), 24)),
+            ex.frame("00:00:00:00:00:00", MONITOR_MAC,
+                     ex.with_lengths(ex.with_fields(ex.REQUEST, dst="0.0.0.0"), udp_len=32)),
         ]
         for frame in broken:
             self.packet_out(frame)
@@ -104,10 +123,7 @@ class RoundTripTime(HbTest):
         self.packet_out(self.template(seq))
         request = ipv4_of(self.receive(p[0]))
         tx_us = ex.field(request, "tx_timestamp_us")
-        response = ex.with_fields(
-            ex.RESPONSE, src=A_IP, peer_id=ex.field(request, "peer_id"),
-            sequence=ex.field(request, "sequence"), tx_timestamp_us=tx_us)
-        self.send_response(p[0], response)
+        self.send_response(p[0], answer_to(request))
         slot = self.wait_slot(8, lambda s: s["hb_last_seq"] == seq)
         elapsed_us = (time.monotonic() - started) * 1e6
         self.assertEqual(slot["hb_last_seq"], seq, "response not recorded")
@@ -179,8 +195,7 @@ class MissDownUp(HbTest):
         self.no_digest_pending(index)
 
         tx4 = ex.field(requests[4], "tx_timestamp_us")
-        self.send_response(p[0], ex.with_fields(ex.RESPONSE, src=A_IP, peer_id=A_ID,
-                                                sequence=4, tx_timestamp_us=tx4))
+        self.send_response(p[0], answer_to(requests[4]))
         up = self.next_digest(index)
         slot = self.slot(index)
         self.assertEqual(list(up.data), [

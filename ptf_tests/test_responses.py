@@ -1,4 +1,7 @@
-"""Responses arriving on port 9191: recorded, or counted by reason and never recorded."""
+"""Responses arriving on port 9191: recorded, or counted by reason and never recorded.
+
+A response counts only when it answers a request sent: tests mark what was "sent" to a slot
+with mark_sent (the registers egress writes), test_fanout.py runs the real rounds."""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ class ValidResponse(HbTest):
         self.add_peer(22, address=OTHER_IP, peer_id=OTHER_ID, port=p[1])
         self.add_l2(SWITCH_MAC, p[2])  # a response that were forwarded would show up here
         self.enable_digests()
+        self.mark_sent(21, ex.SEQUENCE)
         regs_before = self.snapshot()
         before = self.reasons()
 
@@ -35,7 +39,7 @@ class ValidResponse(HbTest):
         rtt = expected_rtt(rx_us, ex.TX_TIMESTAMP_US)
         self.assertEqual(slot, {
             "hb_rx_count": 1,
-            "hb_tx_count": 0,
+            "hb_tx_count": 1,
             "hb_dup_count": 0,
             "hb_miss_count": 0,
             "hb_last_seq": ex.SEQUENCE,
@@ -48,6 +52,7 @@ class ValidResponse(HbTest):
             "hb_peer_status": ex.RESPONSE_STATUS,
             "hb_peer_load": ex.RESPONSE_LOAD,
             "hb_state": 1,
+            "hb_last_tx_seq": ex.SEQUENCE,
         })
 
         digest = self.next_digest(21)
@@ -109,23 +114,25 @@ class _Malformed(HbTest):
 
 _R = ex.RESPONSE
 MALFORMED: dict[str, tuple[Reason, bytes]] = {
-    # fewer than 24 bytes after the UDP header (lengths consistent with the short datagram)
+    # fewer than 28 bytes after the UDP header (lengths consistent with the short datagram)
     "TruncatedEmpty": (Reason.TRUNCATED, ex.with_payload_length(_R, 0)),
     "Truncated10": (Reason.TRUNCATED, ex.with_payload_length(_R, 10)),
-    "Truncated23": (Reason.TRUNCATED, ex.with_payload_length(_R, 23)),
+    "Truncated24": (Reason.TRUNCATED, ex.with_payload_length(_R, 24)),  # a v1 header's size
+    "Truncated27": (Reason.TRUNCATED, ex.with_payload_length(_R, 27)),
     "TruncatedBeatsBadMagic": (
         Reason.TRUNCATED, ex.with_payload_length(ex.with_fields(_R, magic=0), 12)),
     "BadMagic": (Reason.BAD_MAGIC, ex.with_fields(_R, magic=0x4843)),
     "BadMagicBeatsBadVersion": (Reason.BAD_MAGIC, ex.with_fields(_R, magic=0, version=9)),
     "BadVersion0": (Reason.BAD_VERSION, ex.with_fields(_R, version=0)),
-    "BadVersion2": (Reason.BAD_VERSION, ex.with_fields(_R, version=2)),
-    "BadVersionBeatsBadType": (Reason.BAD_VERSION, ex.with_fields(_R, version=2, msg_type=1)),
+    "BadVersion1": (Reason.BAD_VERSION, ex.with_fields(_R, version=1)),
+    "BadVersion3": (Reason.BAD_VERSION, ex.with_fields(_R, version=3)),
+    "BadVersionBeatsBadType": (Reason.BAD_VERSION, ex.with_fields(_R, version=1, msg_type=1)),
     "BadTypeRequest": (Reason.BAD_TYPE, ex.with_fields(_R, msg_type=1)),
     "BadTypeUnknown": (Reason.BAD_TYPE, ex.with_fields(_R, msg_type=3)),
     "BadTypeBeatsBadLength": (
-        Reason.BAD_TYPE, ex.with_payload_length(ex.with_fields(_R, msg_type=0), 30)),
-    # 26 payload bytes, lengths consistent: not a 32-byte UDP datagram
-    "BadLengthLonger": (Reason.BAD_LENGTH, ex.with_payload_length(_R, 26)),
+        Reason.BAD_TYPE, ex.with_payload_length(ex.with_fields(_R, msg_type=0), 34)),
+    # 30 payload bytes, lengths consistent: not a 36-byte UDP datagram
+    "BadLengthLonger": (Reason.BAD_LENGTH, ex.with_payload_length(_R, 30)),
     # the size is right, a length field lies
     "BadLengthUdpField": (Reason.BAD_LENGTH, ex.with_lengths(_R, udp_len=40)),
     "BadLengthIpField": (Reason.BAD_LENGTH, ex.with_lengths(_R, ip_total_len=60)),
@@ -162,8 +169,10 @@ class DuplicateAndOldSequence(HbTest):
             (0xFFFFFFFF, old, 2, 5, 5),
         ]
         for i, (seq, reason, last_seq, rx_count, dup_count) in enumerate(steps):
+            if reason is rec:  # request `seq` went out; the others answer earlier ones
+                self.mark_sent(5, seq, count=i + 1)
             before = self.reasons()
-            self.send_response(p[0], ex.with_fields(ex.RESPONSE, sequence=seq))
+            self.send_response(p[0], ex.answer(ex.RESPONSE, seq))
             expected = {reason: 1}
             if i == 0:
                 expected[Reason.PEER_UP_EVENT] = 1
@@ -185,3 +194,84 @@ class ReasonCounterBytes(HbTest):
         self.assertEqual(after[Reason.UNKNOWN_PEER][1] - before[Reason.UNKNOWN_PEER][1],
                          len(frame))
         self.assertEqual(after[Reason.RESPONSE_RECORDED], before[Reason.RESPONSE_RECORDED])
+
+
+class FutureSequence(HbTest):
+    """The lockout of issue 11: a response ahead of the last request sent (by 1, by 2^30, or
+    2^31-1 itself) is FUTURE_SEQUENCE and changes no register, so the real answer to the
+    last request is still recorded; with nothing sent yet, any answer is in the future."""
+
+    def runTest(self) -> None:
+        p = self.s.ports
+        self.add_peer(5, address=ex.PEER_IP, peer_id=ex.PEER_ID, port=p[0])
+        before, regs_before = self.reasons(), self.snapshot()
+        self.send_response(p[0], ex.RESPONSE)  # nothing sent to slot 5 yet
+        self.wait_reasons(before, {Reason.FUTURE_SEQUENCE: 1})
+        self.assertEqual(self.snapshot(), regs_before)
+
+        self.mark_sent(5, ex.SEQUENCE)
+        regs_before = self.snapshot()
+        before = self.reasons()
+        forged = [ex.SEQUENCE + 1, ex.SEQUENCE + (1 << 30), 0x7FFFFFFF]
+        for seq in forged:  # nonce right: only the sequence window stops these
+            self.send_response(p[0], ex.answer(ex.RESPONSE, seq))
+        self.wait_reasons(before, {Reason.FUTURE_SEQUENCE: len(forged)})
+        self.assertEqual(self.snapshot(), regs_before)
+
+        before = self.reasons()
+        self.send_response(p[0], ex.RESPONSE)
+        self.wait_reasons(before, {Reason.RESPONSE_RECORDED: 1, Reason.PEER_UP_EVENT: 1})
+        self.assertEqual(self.slot(5)["hb_last_seq"], ex.SEQUENCE)
+
+
+class BadNonce(HbTest):
+    """Everything right but the nonce (what an off-path forger can guess): BAD_NONCE, no
+    register changes; BAD_NONCE is decided before FUTURE_SEQUENCE."""
+
+    def runTest(self) -> None:
+        p = self.s.ports
+        self.add_peer(5, address=ex.PEER_IP, peer_id=ex.PEER_ID, port=p[0])
+        self.add_peer(9, address=OTHER_IP, peer_id=OTHER_ID, port=p[1],
+                      nonce_key=ex.NONCE_KEY ^ 0x00010000)
+        self.mark_sent(5, ex.SEQUENCE)
+        self.mark_sent(9, ex.SEQUENCE)
+        regs_before = self.snapshot()
+        before = self.reasons()
+        forged = [
+            ex.with_fields(ex.RESPONSE, nonce=0),
+            ex.with_fields(ex.RESPONSE, nonce=ex.SEQUENCE),  # the v1 guess: no key
+            ex.with_fields(ex.RESPONSE, nonce=ex.NONCE ^ 0x80000000),
+            ex.with_fields(ex.RESPONSE, sequence=ex.SEQUENCE + 1),  # the nonce of round 7
+            ex.with_fields(ex.RESPONSE, src=OTHER_IP, peer_id=OTHER_ID),  # another peer's key
+        ]
+        for packet in forged:
+            self.send_response(p[0], packet)
+        self.wait_reasons(before, {Reason.BAD_NONCE: len(forged)})
+        self.assertEqual(self.snapshot(), regs_before)
+
+
+class BadTtl(HbTest):
+    """GTSM (RFC 5082): with min_ttl 255 an answer that crossed a router (TTL 254, or 64 as
+    an ordinary host sends) is BAD_TTL, decided before the nonce, and changes no register;
+    TTL 255 is recorded. A peer with min_ttl 0 (GTSM off) takes any TTL."""
+
+    def runTest(self) -> None:
+        p = self.s.ports
+        self.add_peer(5, address=ex.PEER_IP, peer_id=ex.PEER_ID, port=p[0], min_ttl=255)
+        self.add_peer(9, address=OTHER_IP, peer_id=OTHER_ID, port=p[1], min_ttl=0)
+        self.mark_sent(5, ex.SEQUENCE)
+        self.mark_sent(9, ex.SEQUENCE)
+        regs_before = self.snapshot()
+        before = self.reasons()
+        for packet in (ex.with_fields(ex.RESPONSE, ttl=254), ex.with_fields(ex.RESPONSE, ttl=64),
+                       ex.with_fields(ex.RESPONSE, ttl=1, nonce=0)):
+            self.send_response(p[0], packet)
+        self.wait_reasons(before, {Reason.BAD_TTL: 3})
+        self.assertEqual(self.snapshot(), regs_before)
+
+        before = self.reasons()
+        self.send_response(p[0], ex.RESPONSE)  # TTL 255
+        self.send_response(p[1], ex.with_fields(ex.RESPONSE, src=OTHER_IP, peer_id=OTHER_ID,
+                                                ttl=1))
+        self.wait_reasons(before, {Reason.RESPONSE_RECORDED: 2, Reason.PEER_UP_EVENT: 2})
+        self.assertEqual((self.slot(5)["hb_rx_count"], self.slot(9)["hb_rx_count"]), (1, 1))

@@ -34,13 +34,22 @@ PEERS = [{"name": "a", "address": "198.18.1.1", "peer_id": 1001},
          {"name": "b", "address": "198.18.1.2", "peer_id": 1002}]
 
 
+KEYS = {1001: 0xA5A5_0001, 1002: 0x5A5A_0002}  # nonce keys the test tables use
+
+
 def response(peer_id: int, seq: int, ts: int, status: int = 0, *, magic: int = 0x4842,
-             msg_type: int = 2) -> bytes:
-    return struct.pack("!HBBIIQBB2x", magic, 1, msg_type, peer_id, seq, ts, status, 7)
+             msg_type: int = 2, nonce: int | None = None) -> bytes:
+    """A version-2 RESPONSE; by default with the nonce the table's request carried."""
+    if nonce is None:
+        nonce = KEYS.get(peer_id, 0) ^ seq
+    return struct.pack("!HBBIIIQBB2x", magic, 2, msg_type, peer_id, seq, nonce, ts, status, 7)
 
 
 def table(bm: ModuleType, **rules: int | float) -> Any:
-    return bm.PeerTable(PEERS, bm.Rules(interval_us=INTERVAL_US, **rules))
+    t = bm.PeerTable(PEERS, bm.Rules(interval_us=INTERVAL_US, **rules))
+    assert len(set(t.nonce_keys)) == 2 and 0 not in t.nonce_keys  # random, per peer
+    t.nonce_keys = [KEYS[pid] for pid in t.peer_ids]
+    return t
 
 
 def feed(bm: ModuleType, t: Any, payloads: list[tuple[bytes, str]], now: int) -> None:
@@ -63,6 +72,7 @@ def test_serial_number_arithmetic_wraps(bm: ModuleType) -> None:
 def test_duplicates_old_spoofed_unknown_and_bad_are_not_answers(bm: ModuleType,
                                                                 batched: bool) -> None:
     t = table(bm)
+    t.rounds = 5  # the last request sent had sequence 5
     arrivals = [
         (response(1001, 5, 1_000), "198.18.1.1"),  # recorded
         (response(1001, 5, 1_000), "198.18.1.1"),  # duplicate
@@ -74,6 +84,11 @@ def test_duplicates_old_spoofed_unknown_and_bad_are_not_answers(bm: ModuleType,
         (response(1002, 1, 1) + b"x", "198.18.1.2"),  # bad length
         (response(1002, 0xFFFFFFFF, 1_500), "198.18.1.2"),  # recorded
         (response(1002, 0, 1_600), "198.18.1.2"),  # wrapped: newer, recorded
+        (response(1001, 3, 800, nonce=KEYS[1001] ^ 4), "198.18.1.1"),  # wrong nonce
+        (response(1001, 3, 800, nonce=3), "198.18.1.1"),  # the sequence alone: wrong nonce
+        (response(1001, 6, 1_100), "198.18.1.1"),  # not sent yet: future
+        (response(1001, 5 + 2**30, 1_100), "198.18.1.1"),  # issue 11's lockout: future
+        (response(1001, 5 + 2**31, 1_100), "198.18.1.1"),  # exactly half-way: old, not future
     ]
     if batched:
         feed(bm, t, arrivals, now=2_000)
@@ -81,8 +96,8 @@ def test_duplicates_old_spoofed_unknown_and_bad_are_not_answers(bm: ModuleType,
         for payload, src in arrivals:
             t.ingest_one(payload, src, 2_000)
     c = t.counters
-    assert c == {"received": 10, "recorded": 3, "duplicate": 1, "old_sequence": 1, "bad": 3,
-                 "unknown_peer": 1, "spoofed": 1}
+    assert c == {"received": 15, "recorded": 3, "duplicate": 1, "old_sequence": 2, "bad": 3,
+                 "unknown_peer": 1, "spoofed": 1, "bad_nonce": 2, "future_sequence": 2}
     assert t.rx == [1, 2] and t.last_seq == [5, 0]
     assert t.rtt_last_us == [1_000, 400]
     # EWMA alpha 1/8 as the data plane: the first sample sets it
@@ -93,9 +108,14 @@ def test_duplicates_old_spoofed_unknown_and_bad_are_not_answers(bm: ModuleType,
 def test_health_unknown_up_down(bm: ModuleType) -> None:
     t = table(bm, detect_mult=3)
     assert t.evaluate(0) == {"UNKNOWN": 2, "UP": 0, "DEGRADED": 0, "DOWN": 0}
+    # nothing sent yet: any answer is ahead of what was sent
+    feed(bm, t, [(response(1001, 1, 0), "198.18.1.1")], now=500)
+    assert t.counters["future_sequence"] == 1 and t.rx == [0, 0]
+    t.rounds = 1
     feed(bm, t, [(response(1001, 1, 0), "198.18.1.1"),
                  (response(1002, 1, 0), "198.18.1.2")], now=1_000)
     assert t.evaluate(1_000)["UP"] == 2
+    t.rounds = 2
     feed(bm, t, [(response(1001, 2, 100_000), "198.18.1.1")], now=101_000)
     # b's last answer is exactly detect_mult x interval old: still alive; one µs more: DOWN
     assert t.evaluate(301_000)["UP"] == 2
@@ -119,7 +139,28 @@ def test_degraded_on_status_rtt_and_loss(bm: ModuleType) -> None:
     assert t.state == ["UP", "DEGRADED"]
     assert t.loss[1] == pytest.approx(0.5, abs=0.11)
     t2 = table(bm, rtt_degraded_us=50_000)
+    t2.rounds = 1
     feed(bm, t2, [(response(1001, 1, 0), "198.18.1.1"),
                   (response(1002, 1, 0, status=2), "198.18.1.2")], now=60_000)
     t2.evaluate(60_000)
     assert t2.state == ["DEGRADED", "DEGRADED"]  # RTT; DRAINING
+
+
+@pytest.mark.parametrize("seq", [1, 0x1234_5678, 0xFFFF_FFFF])
+def test_sender_stamps_each_peers_nonce(bm: ModuleType, seq: int) -> None:
+    """The tuned sender's one-XOR stamping gives every peer key ^ sequence (docs/protocol.md
+    "Nonce"), lane by lane, and the request bytes its iovecs gather are a v2 REQUEST."""
+    peers = [{"name": f"p{i}", "address": f"198.18.1.{i + 1}", "peer_id": 5000 + i}
+             for i in range(50)]
+    t = bm.PeerTable(peers, bm.Rules(interval_us=INTERVAL_US))
+    t.nonce_keys[0] = 0xFFFF_FFFF  # all ones: a carry would show in the next lane
+    sender = bm._Sender(t)
+    sender.stamp(seq)
+    for i, key in enumerate(t.nonce_keys):
+        assert int.from_bytes(sender.nonces[4 * i:4 * i + 4], "big") == key ^ seq
+    payload = (bytes(sender.heads[8 * 7:8 * 8]) + bytes(sender.seq)
+               + bytes(sender.nonces[28:32]) + bytes(sender.tail))
+    assert len(payload) == bm.HEADER_LEN == 28
+    magic, version, mtype, pid, got_seq, nonce = struct.unpack_from("!HBBIII", payload)
+    assert (magic, version, mtype, pid, got_seq, nonce) == (
+        0x4842, 2, 1, 5007, seq, t.nonce_keys[7] ^ seq)

@@ -72,12 +72,18 @@ def test_request_fields() -> None:
     assert (hb.peer_id, hb.sequence, hb.tx_timestamp_us) == (
         EX.PEER_ID, EX.SEQUENCE, EX.TX_TIMESTAMP_US)
     assert (hb.status, hb.load) == (0, 0)
+    # version 2: the round's nonce is the peer's key XOR the sequence; sent with TTL 255
+    assert hb.version == protocol.VERSION == 2
+    assert hb.nonce == protocol.request_nonce(EX.NONCE_KEY, EX.SEQUENCE) == EX.NONCE
+    assert req[8] == protocol.SEND_TTL == EX.TTL
 
 
 def test_response_is_what_the_protocol_builds() -> None:
     req, rsp = EX.REQUEST, EX.RESPONSE
     assert protocol.build_response(req[28:], EX.RESPONSE_STATUS, EX.RESPONSE_LOAD) == rsp[28:]
     assert rsp[12:16] == req[16:20] and rsp[16:20] == req[12:16]
+    assert rsp[8] == protocol.SEND_TTL, "peers answer with TTL 255 (RFC 5082)"
+    assert EX.field(rsp, "nonce") == EX.field(req, "nonce"), "the nonce is echoed"
     assert struct.unpack_from("!HH", rsp, 20) == (protocol.REQUEST_PORT, protocol.RESPONSE_PORT)
 
 
@@ -101,5 +107,13 @@ def test_with_payload_length_truncates_consistently() -> None:
     with pytest.raises(protocol.ProtocolError) as err:
         protocol.Heartbeat.unpack(short[28:])
     assert err.value.reason == protocol.Reason.TRUNCATED
-    longer = EX.with_payload_length(EX.RESPONSE, 30)
-    assert len(longer) == 58 and longer[28:52] == EX.RESPONSE[28:]
+    longer = EX.with_payload_length(EX.RESPONSE, 34)
+    assert len(longer) == 62 and longer[28:56] == EX.RESPONSE[28:]
+
+
+def test_answer_carries_the_rounds_nonce() -> None:
+    out = EX.answer(EX.RESPONSE, 0xFFFFFFFF)
+    assert EX.field(out, "sequence") == 0xFFFFFFFF
+    assert EX.field(out, "nonce") == EX.NONCE_KEY ^ 0xFFFFFFFF
+    assert EX.answer(EX.RESPONSE, EX.SEQUENCE) == EX.RESPONSE
+    assert EX.ipv4_checksum(EX.with_fields(EX.RESPONSE, ttl=254)[:20]) == 0

@@ -9,6 +9,7 @@ target is attached; the demo uses it to tell "peer is down" from "lab is broken"
 from __future__ import annotations
 
 import contextlib
+import secrets
 import select
 import socket
 import struct
@@ -18,9 +19,11 @@ from dataclasses import dataclass
 from hbmon.protocol import (
     REQUEST_PORT,
     RESPONSE_PORT,
+    SEND_TTL,
     Heartbeat,
     MsgType,
     ProtocolError,
+    request_nonce,
 )
 
 from .model import PeerSpec
@@ -44,13 +47,15 @@ def ipv4_checksum(header: bytes) -> int:
 
 def request_frame(
     *, src_mac: str, dst_mac: str, src_ip: str, dst_ip: str, peer_id: int, sequence: int,
-    tx_timestamp_us: int, ident: int = 0,
+    tx_timestamp_us: int, ident: int = 0, nonce: int = 0,
 ) -> bytes:
-    """A complete Ethernet/IPv4/UDP/heartbeat REQUEST, UDP checksum 0 (docs/protocol.md)."""
-    payload = Heartbeat(MsgType.REQUEST, peer_id, sequence, tx_timestamp_us).pack()
+    """A complete Ethernet/IPv4/UDP/heartbeat REQUEST, UDP checksum 0, TTL 255
+    (docs/protocol.md, version 2)."""
+    payload = Heartbeat(MsgType.REQUEST, peer_id, sequence, tx_timestamp_us,
+                        nonce=nonce).pack()
     udp = _UDP.pack(RESPONSE_PORT, REQUEST_PORT, 8 + len(payload), 0) + payload
-    ip = bytearray(_IPV4.pack(0x45, 0, 20 + len(udp), ident & 0xFFFF, 0x4000, 64, 17, 0,
-                              socket.inet_aton(src_ip), socket.inet_aton(dst_ip)))
+    ip = bytearray(_IPV4.pack(0x45, 0, 20 + len(udp), ident & 0xFFFF, 0x4000, SEND_TTL, 17,
+                              0, socket.inet_aton(src_ip), socket.inet_aton(dst_ip)))
     struct.pack_into("!H", ip, 10, ipv4_checksum(bytes(ip)))
     return _mac_bytes(dst_mac) + _mac_bytes(src_mac) + struct.pack("!H", ETH_P_IP) + ip + udp
 
@@ -63,6 +68,7 @@ class Answer:
     dst_port: int
     heartbeat: Heartbeat
     received_us: int
+    ttl: int = SEND_TTL  # IPv4 TTL it arrived with (255: it crossed no router)
 
 
 class Probe:
@@ -72,6 +78,9 @@ class Probe:
         self.iface = iface
         self.monitor_mac = monitor_mac
         self.monitor_ip = monitor_ip
+        # like the controller's per-peer keys: random, so answers to another probe's (or an
+        # earlier run's) requests do not count
+        self.nonce_key = secrets.randbits(32) or 1
         self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IP))
         self._sock.bind((iface, ETH_P_IP))
         # a whole round of answers arrives at once: room for thousands of frames
@@ -97,6 +106,7 @@ class Probe:
             src_mac=self.monitor_mac, dst_mac=peer.mac, src_ip=self.monitor_ip,
             dst_ip=peer.address, peer_id=peer.peer_id, sequence=sequence,
             tx_timestamp_us=time.monotonic_ns() // 1000, ident=sequence,
+            nonce=request_nonce(self.nonce_key, sequence),
         )
         self._sock.send(frame)
 
@@ -107,7 +117,7 @@ class Probe:
         if len(frame) < 14 + 20 + 8 or frame[12:14] != b"\x08\x00":
             return None
         ip = frame[14:34]
-        ver_ihl, _, total, _, _, _, proto, _, src, dst = _IPV4.unpack(ip)
+        ver_ihl, _, total, _, _, ttl, proto, _, src, dst = _IPV4.unpack(ip)
         if ver_ihl != 0x45 or proto != 17:
             return None
         sport, dport, _, _ = _UDP.unpack_from(frame, 34)
@@ -118,7 +128,7 @@ class Probe:
         except ProtocolError:
             return None
         return Answer(socket.inet_ntoa(src), socket.inet_ntoa(dst), sport, dport, hb,
-                      time.monotonic_ns() // 1000)
+                      time.monotonic_ns() // 1000, ttl)
 
     def collect(self, *, until: int | None = None, timeout: float = 2.0) -> list[Answer]:
         """Responses arriving within `timeout`; returns early once `until` have arrived."""
@@ -151,11 +161,13 @@ class Probe:
     def round(self, peers: list[PeerSpec], sequence: int, *, timeout: float = 1.0) -> dict[
         str, Answer
     ]:
-        """One heartbeat round: a request to every peer; answers by peer address."""
+        """One heartbeat round: a request to every peer; answers by peer address (those
+        echoing this round's sequence and nonce, as the data plane counts them)."""
         for peer in peers:
             self.send(peer, sequence)
         by_addr: dict[str, Answer] = {}
+        nonce = request_nonce(self.nonce_key, sequence)
         for answer in self.collect(until=len(peers), timeout=timeout):
-            if answer.heartbeat.sequence == sequence:
+            if answer.heartbeat.sequence == sequence and answer.heartbeat.nonce == nonce:
                 by_addr[answer.src_ip] = answer
         return by_addr

@@ -63,6 +63,7 @@ class StackOptions:
     grpc_port: int = 0  # 0: any free port
     thrift_port: int = 0  # bmv2 only; 0: any free port
     switch_name: str = "s1"
+    gtsm: bool = False  # the switch's `gtsm` option: only answers with TTL 255 count
 
 
 def free_tcp_port(host: str = "127.0.0.1") -> int:
@@ -119,6 +120,8 @@ def controller_config(topology: Topology, options: StackOptions, *, grpc_addr: s
         "name": options.switch_name, "kind": options.target, "grpc": grpc_addr,
         "device_id": 1, "p4info": str(P4INFO), "ports": {int(k): v for k, v in ports.items()},
     }
+    if options.gtsm:
+        switch["gtsm"] = True
     if options.target == "bmv2":
         switch["thrift_port"] = thrift_port
         switch["bmv2_json"] = str(BMV2_JSON)

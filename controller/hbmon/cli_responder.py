@@ -60,7 +60,10 @@ def responder(
     as_json: bool,
     action: str | None, assignments: tuple[str, ...],
 ) -> None:
-    """Answer hbmon heartbeats (docs/protocol.md), with fault injection.
+    """Answer hbmon heartbeats (docs/protocol.md, version 2), with fault injection.
+
+    Answers echo the request's nonce and leave with IPv4 TTL 255 (RFC 5082), from the
+    address the request was sent to.
 
     \b
     Control a running responder through its --ctl socket:

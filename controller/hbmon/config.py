@@ -7,7 +7,7 @@ inventory. Example (every key but `switches` is optional)::
     interval_ms: 100           # heartbeat period
     detect_mult: 3             # missed requests before DOWN
     poll_interval_ms: 800      # verdict registers read this often (loss/RTT verdicts <= 1 s)
-    detail_interval_ms: 5000   # all 14 registers and the hb_reason counters this often
+    detail_interval_ms: 5000   # all 15 registers and the hb_reason counters this often
     monitor: {mac: "02:00:00:00:00:01", ip: 198.18.0.1}
     election_id: 10
     store: sqlite:///hbmon.db
@@ -24,6 +24,7 @@ inventory. Example (every key but `switches` is optional)::
         p4info: p4src/build/heartbeat.p4info.txtpb
         ports: {1: hb1m1}        # data-plane port -> interface (informational / targets)
         tls: {ca: ca.pem, cert: client.pem, key: client.key, server_name: s1.example}
+        gtsm: true               # count only answers with TTL 255 (directly attached peers)
       - name: s2
         kind: bmv2
         grpc: 127.0.0.1:9560
@@ -38,6 +39,10 @@ inventory. Example (every key but `switches` is optional)::
 (default: the system's roots), `cert` + `key` are the controller's client certificate for
 mutual TLS, `server_name` is the name the switch's certificate must carry when it is not
 the host of `grpc`. Without `tls` the channel is plaintext (keep it on loopback).
+
+`gtsm` (default false) turns on RFC 5082's TTL check for every peer of the switch: an
+answer counts only if it arrives with IPv4 TTL 255 (it crossed no router); anything else is
+counted BAD_TTL and changes nothing (docs/protocol.md).
 
 Relative paths are relative to the config file. Errors name the offending key path
 (`switches[1].grpc`).
@@ -57,6 +62,7 @@ import yaml
 
 from .health import HealthConfig
 from .model import Peer, ValidationError
+from .protocol import GTSM_MIN_TTL
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_P4INFO = REPO_ROOT / "p4src" / "build" / "heartbeat.p4info.txtpb"
@@ -104,14 +110,23 @@ class SwitchConfig:
     # Verdict registers (rx, tx, miss, state, last_rx_us, peer_status, the RTT metric) are
     # read every poll_interval_ms: a loss or RTT verdict reaches the API within
     # poll_interval_ms + one read (UP/DOWN also come at once by digest), so the default stays
-    # below 1 s. The other registers (dup, last_seq, last_tx_us, RTT min/max/other, load) and
-    # the hb_reason counters are informational: read every detail_interval_ms.
+    # below 1 s. The other registers (dup, last_seq, last_tx_us, last_tx_seq, RTT
+    # min/max/other, load) and the hb_reason counters are informational: read every
+    # detail_interval_ms.
     poll_interval_ms: float = 800.0
     detail_interval_ms: float = 5000.0
     monitor: MonitorAddress = field(default_factory=MonitorAddress)
     # "auto": push when the device runs another P4Info; "always"; "never"
     push_pipeline: str = "auto"
     tls: TlsConfig | None = None  # None: plaintext P4Runtime
+    # GTSM (RFC 5082): answers from this switch's peers count only with IPv4 TTL 255, i.e.
+    # from a directly attached peer (min_ttl 255 in every peer entry; off: min_ttl 0)
+    gtsm: bool = False
+
+    @property
+    def min_ttl(self) -> int:
+        """The `min_ttl` of this switch's peer entries (docs/protocol.md classification)."""
+        return GTSM_MIN_TTL if self.gtsm else 0
 
     @property
     def interval_s(self) -> float:
@@ -232,7 +247,7 @@ def _monitor(data: Any, where: str, default: MonitorAddress) -> MonitorAddress:
 _SWITCH_KEYS = {
     "name", "grpc", "device_id", "kind", "thrift_port", "p4info", "bmv2_json", "ports",
     "interval_ms", "detect_mult", "poll_interval_ms", "detail_interval_ms", "monitor",
-    "push_pipeline", "tls",
+    "push_pipeline", "tls", "gtsm",
 }
 
 
@@ -324,6 +339,7 @@ def _switch(data: Any, i: int, base: Path, defaults: dict[str, Any]) -> SwitchCo
         monitor=_monitor(data.get("monitor"), f"{where}monitor.", defaults["monitor"]),
         push_pipeline=push,
         tls=_tls(data.get("tls"), f"{where}tls.", base),
+        gtsm=_expect(data.get("gtsm", False), bool, f"{where}gtsm", "true or false"),
     )
 
 

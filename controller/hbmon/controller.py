@@ -45,6 +45,7 @@ import ipaddress
 import json
 import logging
 import os
+import secrets
 import signal
 import struct
 import threading
@@ -63,6 +64,7 @@ from .ha import Leadership, default_replica_id
 from .health import SLOT_FIELDS, HealthEngine
 from .inventory import (
     IndexAllocator,
+    PeerGuard,
     desired_state,
     fanout_group,
     peer_entities,
@@ -111,6 +113,8 @@ _REGISTER_FIELD = {name: name[3:] for name in REGISTERS}
 assert set(_REGISTER_FIELD.values()) == set(_SLOT_FIELDS)
 _U32 = 0xFFFFFFFF
 SEEDED_SETTING = "controller.config_peers_seeded"  # store setting: config peers already added
+# store setting: hex of the 32-byte secret peers' nonce keys derive from (protocol v2)
+NONCE_SECRET_SETTING = "controller.nonce_secret"
 OUTBOX_LIMIT = 200_000  # events waiting for the store: 3 transitions per peer at 65,536 peers
 _PUBLISH_BATCH = 10_000  # events per store transaction when a backlog drains
 _BACKOFF_S = (0.05, 5.0)  # first and longest wait between publish attempts
@@ -123,6 +127,20 @@ _SLOT_RETRIES = 8  # adds that lost a slot race to another replica try again thi
 def _crash_point(name: str) -> None:
     if name == _CRASH_AT:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def load_nonce_secret(store: Store) -> bytes:
+    """The secret peers' nonce keys derive from: created once (32 random bytes) in the
+    store, so every restart and every controller sharing the store programs the same keys,
+    and requests in flight across a restart or a fail-over are still answered correctly."""
+    value = store.setting_default(NONCE_SECRET_SETTING, secrets.token_bytes(32).hex())
+    try:
+        secret = bytes.fromhex(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"store setting {NONCE_SECRET_SETTING} is not hex") from exc
+    if len(secret) < 16:
+        raise ValueError(f"store setting {NONCE_SECRET_SETTING} is shorter than 16 bytes")
+    return secret
 
 
 class PollMetrics(Protocol):
@@ -153,13 +171,15 @@ def _ipv4_checksum(header: bytes) -> int:
 
 
 def request_template(src_mac: str, src_ip: str, sequence: int) -> bytes:
-    """Ethernet/IPv4/UDP/heartbeat REQUEST for the fan-out: the data plane rewrites the
-    destination MAC and IPv4 (and checksum), peer_id and tx_timestamp_us per replica."""
+    """Ethernet/IPv4/UDP/heartbeat (version 2) REQUEST for the fan-out: the data plane
+    rewrites the destination MAC and IPv4 (and checksum), peer_id, nonce (the peer's key XOR
+    the sequence; 0 here) and tx_timestamp_us per replica. IPv4 TTL 255 (RFC 5082): requests
+    are sent as answers are, so a peer may apply GTSM to them too."""
     mac = bytes.fromhex(src_mac.replace(":", ""))
     eth = b"\xff" * 6 + mac + b"\x08\x00"
     src = ipaddress.IPv4Address(src_ip).packed
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, protocol.IPV4_TOTAL_LEN, 0, 0x4000, 64, 17, 0,
-                     src, b"\x00\x00\x00\x00")
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, protocol.IPV4_TOTAL_LEN, 0, 0x4000,
+                     protocol.SEND_TTL, 17, 0, src, b"\x00\x00\x00\x00")
     ip = ip[:10] + struct.pack("!H", _ipv4_checksum(ip)) + ip[12:]
     udp = struct.pack("!HHHH", protocol.RESPONSE_PORT, protocol.REQUEST_PORT, protocol.UDP_LEN,
                       0)
@@ -170,13 +190,15 @@ def request_template(src_mac: str, src_ip: str, sequence: int) -> bytes:
 # The kernel target keeps rounds itself; the controller re-states its template this often.
 REARM_S = 5.0
 _SEQ_AT = 14 + 20 + 8 + 8  # Ethernet, IPv4, UDP, then magic..peer_id
-_TX_AT = _SEQ_AT + 4
+_NONCE_AT = _SEQ_AT + 4  # stays 0 in the template: the data plane writes it per replica
+_TX_AT = _NONCE_AT + 4
 
 
 def _with_round(template: bytes, sequence: int, period_us: int) -> bytes:
     """The template for a round: its sequence, and in tx_timestamp_us (which every replica
     overwrites) the round period asked of a target that keeps time (0: this round only)."""
-    return (template[:_SEQ_AT] + struct.pack("!IQ", sequence & _U32, period_us)
+    return (template[:_SEQ_AT] + struct.pack("!I", sequence & _U32)
+            + template[_NONCE_AT:_TX_AT] + struct.pack("!Q", period_us)
             + template[_TX_AT + 8:])
 
 
@@ -231,6 +253,8 @@ class SwitchDriver:
             credentials=config.tls.channel_credentials() if config.tls else None,
             server_name=config.tls.server_name if config.tls else None,
         )
+        # nonce keys and min_ttl of this switch's peer entries (docs/protocol.md, version 2)
+        self.guard = PeerGuard(fabric.nonce_secret, config.name, config.min_ttl)
         self.registers: RegisterAccess | None = None
         self.sequence = 0
         self.counters: dict[str, tuple[int, int]] = {}
@@ -475,7 +499,7 @@ class SwitchDriver:
             # this reconcile deletes whatever still points at them
             held = self.allocator.held
             peers = self.fabric._peers_of(self.name)
-            desired = desired_state(self.schema, peers, self.config.detect_mult)
+            desired = desired_state(self.schema, peers, self.config.detect_mult, self.guard)
             tables = [TableEntry(t) for t in
                       ("HbIngress.peers", "HbIngress.peer_ids", "HbEgress.peer_requests")]
             actual = [TableEntry.decode(self.schema, e) for e in self.client.read(tables)]
@@ -549,7 +573,7 @@ class SwitchDriver:
         with self._program_lock:
             if not self.programmable:
                 return False
-            entities = [e for p in peers for e in peer_entities(p, self.config.detect_mult)]
+            entities = self._entities(peers)
             inserted: list[TableEntry] = []
             try:
                 self._reset_slots([p.index for p in peers if p.index is not None])
@@ -586,13 +610,16 @@ class SwitchDriver:
                 return False
             try:
                 self._write_group(remaining)
-                entities = [e for p in peers for e in peer_entities(p, self.config.detect_mult)]
+                entities = self._entities(peers)
                 self._write(DELETE, entities, ignore="NOT_FOUND")
             except Exception as exc:
                 self._setup_needed = True  # reconcile from the inventory
                 self._wake.set()
                 raise DataPlaneError(f"switch {self.name}: {exc}") from exc
             return True
+
+    def _entities(self, peers: Sequence[Peer]) -> list[TableEntry]:
+        return [e for p in peers for e in peer_entities(p, self.config.detect_mult, self.guard)]
 
     def _write_group(self, peers: Sequence[Peer]) -> None:
         group = fanout_group(peers)
@@ -749,6 +776,7 @@ class Fabric:
         self._recorded_resets: dict[str, set[int]] = {}
         self._sorted_cache: tuple[int, list[str], npt.NDArray[np.intp]] | None = None
         self._labels_cache: tuple[int, list[str], list[str]] | None = None
+        self.nonce_secret = load_nonce_secret(store)
         schemas: dict[Path, P4Schema] = {}
         self.drivers: dict[str, SwitchDriver] = {}
         for sw in config.switches:

@@ -22,7 +22,7 @@ from typing import Any
 
 from .model import ConflictError, Peer, ValidationError
 from .p4info import MulticastGroup, P4Schema, Replica, TableEntry
-from .protocol import FANOUT_GROUP, MAX_PEERS
+from .protocol import FANOUT_GROUP, MAX_PEERS, derive_nonce_key
 
 PEERS_TABLE = "HbIngress.peers"
 PEER_IDS_TABLE = "HbIngress.peer_ids"
@@ -125,18 +125,40 @@ class IndexAllocator:
         return max(self._used) + 1 if self._used else 0
 
 
-def peer_entities(peer: Peer, default_detect_mult: int) -> list[TableEntry]:
-    """The three table entries that make `peer` known to the data plane."""
+@dataclass(frozen=True, slots=True)
+class PeerGuard:
+    """A switch's anti-forgery parameters of peer entries (docs/protocol.md, version 2).
+
+    `secret`: the controller's nonce secret (from the store, the same for every replica and
+    restart); `min_ttl`: 255 with GTSM on for the switch, else 0 (no TTL check)."""
+
+    secret: bytes
+    switch: str
+    min_ttl: int = 0
+
+    def nonce_key(self, peer: Peer) -> int:
+        """Derived from where the peer sits (switch, index, peer id): a peer that moves to
+        another slot gets another key, so a late answer to the old slot's requests fails."""
+        if peer.index is None:
+            raise ValueError(f"peer {peer.name!r} has no index")
+        return derive_nonce_key(self.secret, self.switch, peer.index, peer.peer_id)
+
+
+def peer_entities(peer: Peer, default_detect_mult: int, guard: PeerGuard) -> list[TableEntry]:
+    """The three table entries that make `peer` known to the data plane. The nonce key goes
+    into both the ingress entry (to check answers) and the egress one (to stamp requests)."""
     if peer.index is None:
         raise ValueError(f"peer {peer.name!r} has no index")
     detect = peer.detect_mult or default_detect_mult
+    key = guard.nonce_key(peer)
     return [
         TableEntry(PEERS_TABLE, {"src_addr": peer.address, "peer_id": peer.peer_id},
-                   "HbIngress.set_peer_index", {"index": peer.index}),
+                   "HbIngress.set_peer_index",
+                   {"index": peer.index, "nonce_key": key, "min_ttl": guard.min_ttl}),
         TableEntry(PEER_IDS_TABLE, {"peer_id": peer.peer_id}, "HbIngress.peer_id_known"),
         TableEntry(REQUESTS_TABLE, {"index": peer.index}, "HbEgress.rewrite_request",
                    {"dst_mac": peer.mac, "dst_addr": peer.address, "peer_id": peer.peer_id,
-                    "detect_mult": detect}),
+                    "detect_mult": detect, "nonce_key": key}),
     ]
 
 
@@ -156,10 +178,10 @@ class DesiredState:
 
 
 def desired_state(schema: P4Schema, peers: Sequence[Peer], default_detect_mult: int,
-                  ) -> DesiredState:
+                  guard: PeerGuard) -> DesiredState:
     entries: dict[tuple[Any, ...], TableEntry] = {}
     for peer in peers:
-        for entry in peer_entities(peer, default_detect_mult):
+        for entry in peer_entities(peer, default_detect_mult, guard):
             norm = entry.normalized(schema)
             entries[norm.key(schema)] = norm
     return DesiredState(entries, fanout_group(peers))

@@ -146,6 +146,7 @@ class Slot:
     peer_status: int = 0
     peer_load: int = 0
     state: int = 0
+    last_tx_seq: int = 0  # sequence of the last request sent (protocol v2's window end)
 
 
 @dataclass(slots=True)

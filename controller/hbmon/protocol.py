@@ -7,20 +7,26 @@ controller templates) goes through this module so the numbers live in one place.
 from __future__ import annotations
 
 import enum
+import hashlib
+import hmac
 import struct
 from dataclasses import dataclass, replace
 
 MAGIC = 0x4842
-VERSION = 1
+VERSION = 2  # 2: the nonce field (docs/protocol.md "Version history")
 REQUEST_PORT = 9190  # peers listen here
 RESPONSE_PORT = 9191  # the monitor's source port of requests, where responses go
-HEADER_LEN = 24
+HEADER_LEN = 28
 UDP_LEN = 8 + HEADER_LEN
 IPV4_TOTAL_LEN = 20 + UDP_LEN
 FANOUT_GROUP = 1  # multicast group id of the request fan-out
 MAX_PEERS = 65536  # peer index is 16 bits (bmv2's replication id)
+# RFC 5082 (GTSM): both sides send with TTL 255; a monitor with min_ttl 255 for a peer
+# counts any answer that crossed a router (TTL < 255) as BAD_TTL.
+SEND_TTL = 255
+GTSM_MIN_TTL = 255
 
-_HEADER = struct.Struct("!HBBIIQBBH")
+_HEADER = struct.Struct("!HBBIIIQBBH")
 assert _HEADER.size == HEADER_LEN
 
 
@@ -63,9 +69,12 @@ class Reason(enum.IntEnum):
     BAD_TEMPLATE = 12
     PEER_DOWN_EVENT = 13
     PEER_UP_EVENT = 14
+    FUTURE_SEQUENCE = 15  # ahead of the last request sent to the peer (or none sent yet)
+    BAD_NONCE = 16  # nonce is not the one the peer's requests carry for that sequence
+    BAD_TTL = 17  # IPv4 TTL below the peer's min_ttl (GTSM)
 
 
-REASON_COUNT = 16
+REASON_COUNT = 32
 
 # Registers of the health-check structure, in P4Info order, with their bit widths.
 REGISTERS: dict[str, int] = {
@@ -83,6 +92,7 @@ REGISTERS: dict[str, int] = {
     "hb_peer_status": 8,
     "hb_peer_load": 8,
     "hb_state": 8,
+    "hb_last_tx_seq": 32,
 }
 
 
@@ -102,12 +112,13 @@ class Heartbeat:
     tx_timestamp_us: int
     status: int = PeerStatus.HEALTHY
     load: int = 0
+    nonce: int = 0
     version: int = VERSION
     magic: int = MAGIC
 
     def pack(self) -> bytes:
         return _HEADER.pack(
-            self.magic, self.version, self.type, self.peer_id, self.sequence,
+            self.magic, self.version, self.type, self.peer_id, self.sequence, self.nonce,
             self.tx_timestamp_us, self.status, self.load, 0,
         )
 
@@ -116,7 +127,8 @@ class Heartbeat:
         """Parse and validate a heartbeat header (the UDP payload), in the monitor's order."""
         if len(data) < HEADER_LEN:
             raise ProtocolError(Reason.TRUNCATED, f"{len(data)} bytes < {HEADER_LEN}")
-        magic, version, mtype, peer_id, seq, tx_us, status, load, _ = _HEADER.unpack_from(data)
+        magic, version, mtype, peer_id, seq, nonce, tx_us, status, load, _ = \
+            _HEADER.unpack_from(data)
         if magic != MAGIC:
             raise ProtocolError(Reason.BAD_MAGIC, f"magic {magic:#06x}")
         if version != VERSION:
@@ -127,10 +139,10 @@ class Heartbeat:
             raise ProtocolError(Reason.BAD_TYPE, f"type {mtype}")
         if len(data) != HEADER_LEN:
             raise ProtocolError(Reason.BAD_LENGTH, f"payload {len(data)} bytes != {HEADER_LEN}")
-        return cls(MsgType(mtype), peer_id, seq, tx_us, status, load, version, magic)
+        return cls(MsgType(mtype), peer_id, seq, tx_us, status, load, nonce, version, magic)
 
     def response(self, status: int, load: int) -> Heartbeat:
-        """The answer a responder sends: echoes id, sequence and timestamp."""
+        """The answer a responder sends: echoes id, sequence, nonce and timestamp."""
         return replace(self, type=MsgType.RESPONSE, status=status, load=load)
 
 
@@ -146,3 +158,19 @@ def seq_newer(seq: int, last: int) -> bool:
     """RFC 1982 serial comparison on 32 bits: is `seq` after `last`?"""
     diff = (seq - last) & 0xFFFFFFFF
     return diff != 0 and diff < 0x80000000
+
+
+def request_nonce(nonce_key: int, sequence: int) -> int:
+    """The nonce a request carries (docs/protocol.md "Nonce"): the peer's 32-bit nonce key
+    XOR the round's sequence, so it changes every round and, the key being random and never
+    sent alone, an off-path sender cannot predict it. The data plane computes the same to
+    check an answer (the key comes from the peer's table entries)."""
+    return (nonce_key ^ sequence) & 0xFFFFFFFF
+
+
+def derive_nonce_key(secret: bytes, switch: str, index: int, peer_id: int) -> int:
+    """A peer's nonce key: 32 bits of HMAC-SHA256 over where it sits, under the controller's
+    secret (kept in the store, so every replica and every restart derives the same key).
+    Never 0: a key of 0 would make the nonce the sequence itself."""
+    mac = hmac.new(secret, f"{switch}/{index}/{peer_id}".encode(), hashlib.sha256).digest()
+    return int.from_bytes(mac[:4], "big") or 1

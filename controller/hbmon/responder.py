@@ -44,6 +44,7 @@ from .protocol import (
     HEADER_LEN,
     MAGIC,
     REQUEST_PORT,
+    SEND_TTL,
     VERSION,
     MsgType,
     PeerStatus,
@@ -60,6 +61,9 @@ STATUS_NAMES = {s.name.lower(): int(s) for s in PeerStatus}
 # magic, version, type of a valid REQUEST: the common case skips the full decoder
 _REQUEST_PREFIX = struct.pack("!HBB", MAGIC, VERSION, MsgType.REQUEST)
 _RESPONSE_TYPE = bytes([MsgType.RESPONSE])
+# bytes 0..23 (magic .. tx_timestamp_us, nonce included) are echoed; status, load, reserved
+# (the last 4) are the responder's own
+_ECHO_END = HEADER_LEN - 4
 
 
 @dataclass(slots=True)
@@ -159,7 +163,7 @@ def _grow_buffers(sock: socket.socket) -> None:
 
 MSG_DONTWAIT = 0x40
 MSG_TRUNC = 0x20
-_SLOT = 64  # receive room per datagram: a heartbeat is 24; MSG_TRUNC flags anything longer
+_SLOT = 64  # receive room per datagram: a heartbeat is 28; MSG_TRUNC flags anything longer
 _CTL = socket.CMSG_SPACE(_PKTINFO.size)
 _CMSG_HDR = struct.Struct("=QiI")  # struct cmsghdr on 64-bit Linux: len, level, type
 _FLAGS_LEN = struct.Struct("=i4xI")  # mmsghdr: msg_hdr.msg_flags (offset 48) ... msg_len (56)
@@ -312,6 +316,9 @@ class Responder:
                 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                 if address == "0.0.0.0":
                     sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+                # docs/protocol.md: answers leave with TTL 255 (RFC 5082), so a monitor with
+                # GTSM on can tell them from anything that crossed a router
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, SEND_TTL)
                 _grow_buffers(sock)
                 try:
                     sock.bind((address, self.port))
@@ -492,9 +499,10 @@ class Responder:
                     continue
                 out = j * HEADER_LEN
                 # docs/protocol.md "Building a response": type 2, own status/load, reserved 0
-                tx_data[out:out + 20] = rx_data[off:off + 20]
+                # (magic, version, peer_id, sequence, nonce and timestamp echoed)
+                tx_data[out:out + _ECHO_END] = rx_data[off:off + _ECHO_END]
                 tx_data[out + 3] = MsgType.RESPONSE
-                tx_data[out + 20:out + 24] = tail
+                tx_data[out + _ECHO_END:out + HEADER_LEN] = tail
                 tx_names[j * 16:j * 16 + 16] = rx_names[i * 16:i * 16 + 16]
                 if pktinfo:
                     c = i * _CTL
@@ -534,7 +542,7 @@ class Responder:
                 continue
             if data[:4] == _REQUEST_PREFIX:
                 # docs/protocol.md "Building a response": type 2, own status/load, reserved 0
-                response = data[:3] + _RESPONSE_TYPE + data[4:20] + tail
+                response = data[:3] + _RESPONSE_TYPE + data[4:_ECHO_END] + tail
             else:
                 try:
                     response = build_response(data, status, faults.load)

@@ -54,6 +54,10 @@ class Store(Protocol):
 
     def set_setting(self, key: str, value: Any) -> None: ...
 
+    def setting_default(self, key: str, value: Any) -> Any:
+        """The stored value of `key`, storing `value` first if there is none (atomic)."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -488,6 +488,22 @@ class SqlStore:
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value")
         self._run(lambda cur: cur.execute(upsert, (key, text)))
 
+    def setting_default(self, key: str, value: Any) -> Any:
+        """The setting's value, storing `value` first if there is none. One transaction
+        with INSERT .. ON CONFLICT DO NOTHING, so controllers starting together on one store
+        all get the value of whichever inserted first (a get-then-set would let each keep
+        its own)."""
+        text = json.dumps(value, sort_keys=True)
+        insert = self._sql(
+            "INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING")
+        select = "SELECT value FROM settings WHERE key = ?"  # _one adapts the placeholder
+
+        def write(cur: _Cursor) -> Any:
+            cur.execute(insert, (key, text))
+            return json.loads(self._one(cur, select, (key,))[0])
+
+        return self._run(write)
+
     def __enter__(self) -> SqlStore:
         return self
 

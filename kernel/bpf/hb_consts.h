@@ -6,22 +6,22 @@
 
 /* Heartbeat wire protocol (docs/protocol.md) */
 #define HB_MAGIC 0x4842
-#define HB_VERSION 1
+#define HB_VERSION 2 /* 2: the nonce field (protocol.md "Version history") */
 #define HB_TYPE_REQUEST 1
 #define HB_TYPE_RESPONSE 2
 #define HB_REQUEST_PORT 9190  /* peers listen here */
 #define HB_RESPONSE_PORT 9191 /* responses arrive here */
-#define HB_HDR_LEN 24
+#define HB_HDR_LEN 28
 #define HB_UDP_LEN (8 + HB_HDR_LEN)
 #define HB_IPV4_TOTAL_LEN (20 + HB_UDP_LEN)
-#define HB_FRAME_LEN (14 + HB_IPV4_TOTAL_LEN) /* Ethernet + IPv4 + UDP + heartbeat = 66 */
+#define HB_FRAME_LEN (14 + HB_IPV4_TOTAL_LEN) /* Ethernet + IPv4 + UDP + heartbeat = 70 */
 
 /* Sizes. Per-peer maps are resized by the loader (Datapath(max_peers=...)). */
 #define HB_MAX_PEERS 65536
 #define HB_MAX_PORTS 512 /* P4 port numbers are 9 bits */
 #define HB_L2_SIZE 1024
 #define HB_MAX_GROUPS 256
-#define HB_REASON_COUNT 16
+#define HB_REASON_COUNT 32
 #define HB_EVENTS_BYTES (256 * 1024)
 
 /* Fan-out bursts and the round timer (docs/dataplane.md "Rounds kept by the target").
@@ -49,6 +49,9 @@ enum hb_reason {
 	HB_BAD_TEMPLATE = 12,
 	HB_PEER_DOWN_EVENT = 13,
 	HB_PEER_UP_EVENT = 14,
+	HB_FUTURE_SEQUENCE = 15, /* after the last request sent (or none sent) */
+	HB_BAD_NONCE = 16,       /* not the nonce the peer's request carried */
+	HB_BAD_TTL = 17,         /* IPv4 TTL below the peer's min_ttl (GTSM) */
 };
 
 /* hb_state values */

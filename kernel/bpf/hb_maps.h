@@ -14,7 +14,7 @@
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct peer_key);
-	__type(value, __u32); /* peer index */
+	__type(value, struct peer_entry);
 	__uint(max_entries, HB_MAX_PEERS);
 } peers SEC(".maps");
 
@@ -111,6 +111,7 @@ HB_REGISTER(hb_rtt_ewma_us, __u32);
 HB_REGISTER(hb_peer_status, __u8);
 HB_REGISTER(hb_peer_load, __u8);
 HB_REGISTER(hb_state, __u8);
+HB_REGISTER(hb_last_tx_seq, __u32);
 
 /* ---- counter and notifications ---- */
 

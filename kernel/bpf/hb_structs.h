@@ -6,14 +6,16 @@
 
 #include <linux/types.h>
 
-/* The 24-byte heartbeat header. tx_timestamp_us sits at offset 12, so it is split in two
- * 32-bit halves to keep every field naturally aligned relative to the header start. */
+/* The 28-byte heartbeat header (version 2). tx_timestamp_us sits at offset 16 but the
+ * header itself starts at frame offset 42, 4-byte aligned at best, so it stays split in two
+ * 32-bit halves. */
 struct hb_hdr {
 	__be16 magic;
 	__u8 version;
 	__u8 type;
 	__be32 peer_id;
 	__be32 sequence;
+	__be32 nonce; /* nonce_key ^ sequence, written per replica, echoed by the peer */
 	__be32 tx_us_hi;
 	__be32 tx_us_lo;
 	__u8 status;
@@ -25,6 +27,14 @@ struct hb_hdr {
 struct peer_key {
 	__u32 src_addr;
 	__u32 peer_id;
+};
+
+/* HbIngress.peers value: the params of set_peer_index(index, nonce_key, min_ttl) */
+struct peer_entry {
+	__u32 index;
+	__u32 nonce_key; /* an answer must echo nonce_key ^ sequence */
+	__u8 min_ttl;    /* GTSM floor (RFC 5082): 0 off, 255 single hop */
+	__u8 pad[3];
 };
 
 /* HbIngress.l2_forward key: the 48-bit destination MAC, padded to 8 bytes */
@@ -45,6 +55,7 @@ struct peer_request {
 	__u8 valid;
 	__u32 dst_addr;
 	__u32 peer_id;
+	__u32 nonce_key; /* the request's nonce = nonce_key ^ sequence */
 };
 
 /* One replica of a multicast group at a position 0..count-1 */

@@ -25,7 +25,9 @@
 #define OFF_UDP_CSUM (OFF_UDP + 6)
 #define OFF_HB (OFF_UDP + 8)
 #define OFF_HB_PEER_ID (OFF_HB + 4)
-#define OFF_HB_TX_US (OFF_HB + 12)
+#define OFF_HB_SEQ (OFF_HB + 8)
+#define OFF_HB_NONCE (OFF_HB + 12)
+#define OFF_HB_TX_US (OFF_HB + 16)
 
 static __always_inline __u32 port_ifindex(__u32 port)
 {
@@ -63,6 +65,8 @@ struct fanout {
 	__u32 group;
 	__u32 start;
 	__u32 ip_sum; /* one's-complement sum of the template IPv4 header without csum and dst */
+	__u32 seq;    /* the template's (the round's) sequence: each replica's nonce and
+		       * hb_last_tx_seq derive from it */
 	/* No per-round tallies here: constants the callback increments would keep the verifier
 	 * from converging on bpf_loop's callback state; each replica counts itself instead. */
 	__u8 frame[HB_FRAME_LEN + 2]; /* the template; +2 keeps the struct 8-byte sized */
@@ -103,9 +107,11 @@ static long fanout_one(__u32 i, void *arg)
 	__u32 *miss = REG(hb_miss_count, index);
 	__u64 *last_tx = REG(hb_last_tx_us, index);
 	__u32 *last_seq = REG(hb_last_seq, index);
+	__u32 *last_tx_seq = REG(hb_last_tx_seq, index);
 	__u8 *state = REG(hb_state, index);
 
-	if (!req || !req->valid || !tx || !miss || !last_tx || !last_seq || !state) {
+	if (!req || !req->valid || !tx || !miss || !last_tx || !last_seq || !last_tx_seq ||
+	    !state) {
 		hb_count(HB_REQUEST_NO_PEER, 1, HB_FRAME_LEN);
 		return 0;
 	}
@@ -119,11 +125,16 @@ static long fanout_one(__u32 i, void *arg)
 	fr[OFF_IP_CSUM] = csum >> 8;
 	fr[OFF_IP_CSUM + 1] = csum;
 	put_be32(fr + OFF_HB_PEER_ID, req->peer_id);
+	put_be32(fr + OFF_HB_NONCE, req->nonce_key ^ f->seq);
 	put_be32(fr + OFF_HB_TX_US, now >> 32);
 	put_be32(fr + OFF_HB_TX_US + 4, now);
 	if (bpf_skb_store_bytes(f->skb, 0, fr, HB_FRAME_LEN, BPF_F_INVALIDATE_HASH))
 		return 1; /* cannot write the skb: give up this injection */
 
+	/* hb_last_tx_seq before hb_tx_count: the XDP program takes hb_tx_count != 0 as "the
+	 * last sent sequence is valid"; both are written before the request leaves, so its
+	 * answer always finds them */
+	*last_tx_seq = f->seq;
 	__sync_fetch_and_add(tx, 1);
 	*last_tx = now;
 	/* detect_mult earlier requests each went a whole interval unanswered (0: never) */
@@ -240,7 +251,7 @@ int hb_tc_cpu(struct __sk_buff *skb)
 			r->sequence++;
 			/* the schedule's template, which the controller may have replaced */
 			__builtin_memcpy(f.frame, r->frame, HB_FRAME_LEN);
-			put_be32(f.frame + OFF_HB + 8, r->sequence);
+			put_be32(f.frame + OFF_HB_SEQ, r->sequence);
 			if (len < HB_FRAME_LEN)
 				return TC_ACT_SHOT;
 			goto loaded;
@@ -268,6 +279,8 @@ loaded:
 	for (int k = 0; k < 8; k++)
 		sum += bpf_ntohs(w[k]);
 	f.ip_sum = sum;
+	f.seq = ((__u32)f.frame[OFF_HB_SEQ] << 24) | ((__u32)f.frame[OFF_HB_SEQ + 1] << 16) |
+		((__u32)f.frame[OFF_HB_SEQ + 2] << 8) | f.frame[OFF_HB_SEQ + 3];
 
 	struct mcast_group *grp = bpf_map_lookup_elem(&mcast_groups, &f.group);
 	__u32 total = grp ? grp->count : 0;

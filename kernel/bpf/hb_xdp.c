@@ -24,9 +24,15 @@ static __always_inline int consume(__u32 reason, __u64 bytes)
 	return XDP_DROP;
 }
 
-static __always_inline int record(__u32 index, const struct hb_hdr *hb, __u64 bytes)
+/* The checks for a matched peer, in the order of p4src/ingress.p4 (TTL, nonce, future
+ * sequence, duplicate, old), then the recording of a fresh response. */
+static __always_inline int record(const struct peer_entry *peer, __u8 ttl,
+				  const struct hb_hdr *hb, __u64 bytes)
 {
+	__u32 index = peer->index;
 	__u32 *rx = REG(hb_rx_count, index);
+	__u32 *tx = REG(hb_tx_count, index);
+	__u32 *last_tx_seq = REG(hb_last_tx_seq, index);
 	__u32 *dup = REG(hb_dup_count, index);
 	__u32 *miss = REG(hb_miss_count, index);
 	__u32 *last_seq = REG(hb_last_seq, index);
@@ -39,13 +45,24 @@ static __always_inline int record(__u32 index, const struct hb_hdr *hb, __u64 by
 	__u8 *load = REG(hb_peer_load, index);
 	__u8 *state = REG(hb_state, index);
 
-	if (!rx || !dup || !miss || !last_seq || !last_rx || !rtt_last || !rtt_min || !rtt_max ||
-	    !rtt_ewma || !status || !load || !state)
+	if (!rx || !tx || !last_tx_seq || !dup || !miss || !last_seq || !last_rx || !rtt_last ||
+	    !rtt_min || !rtt_max || !rtt_ewma || !status || !load || !state)
 		return consume(HB_UNKNOWN_PEER, bytes); /* index beyond max_peers */
 
 	__u32 seq = bpf_ntohl(hb->sequence);
 	__u32 first = *rx == 0; /* nothing recorded in this slot yet: no "last one" to compare */
+	__u32 ahead = seq - *last_tx_seq;
 
+	/* GTSM (RFC 5082): an answer that crossed a router is not from the peer */
+	if (ttl < peer->min_ttl)
+		return consume(HB_BAD_TTL, bytes);
+	/* not the nonce of that round's request: the sender never saw the request */
+	if (bpf_ntohl(hb->nonce) != (peer->nonce_key ^ seq))
+		return consume(HB_BAD_NONCE, bytes);
+	/* answers a request not sent yet: recording it would make every real answer up to that
+	 * sequence OLD_SEQUENCE (the lockout of issue 11). Like the two above, no register moves. */
+	if (*tx == 0 || (ahead != 0 && ahead < 0x80000000u))
+		return consume(HB_FUTURE_SEQUENCE, bytes);
 	if (!first) {
 		__u32 diff = seq - *last_seq; /* RFC 1982 on 32 bits, as hbmon.protocol.seq_newer */
 
@@ -135,14 +152,14 @@ int hb_xdp_rx(struct xdp_md *ctx)
 		.src_addr = bpf_ntohl(iph->saddr),
 		.peer_id = bpf_ntohl(hb->peer_id),
 	};
-	__u32 *index = bpf_map_lookup_elem(&peers, &key);
+	struct peer_entry *peer = bpf_map_lookup_elem(&peers, &key);
 
-	if (!index) {
+	if (!peer) {
 		if (bpf_map_lookup_elem(&peer_ids, &key.peer_id))
 			return consume(HB_SPOOFED, bytes);
 		return consume(HB_UNKNOWN_PEER, bytes);
 	}
-	return record(*index, hb, bytes);
+	return record(peer, iph->ttl, hb, bytes);
 }
 
 char _license[] SEC("license") = "GPL";

@@ -38,6 +38,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from hbmon import protocol
 from hbmon.protocol import REGISTERS
 
 from . import libbpf as lb
@@ -46,14 +47,15 @@ from .maps import PerCpuCounter, RegisterArray
 __all__ = ["REGISTERS", "Datapath", "DatapathError", "PeerEvent", "TableFullError"]
 
 MAX_PORT = (1 << 9) - 1  # P4 ports are 9 bits
+FRAME_LEN = 14 + protocol.IPV4_TOTAL_LEN  # HB_FRAME_LEN: a request template, 70 bytes
 MAX_GROUP = (1 << 16) - 1
 # Replicas of one fan-out burst (HB_BURST in kernel/bpf/hb_consts.h): each clone lands in
 # the receiving CPU's backlog (net.core.netdev_max_backlog, 1000 by default), a NIC's TX
 # ring or a veth's 256-entry XDP ring (which frees its slots in batches, so a 256 burst
 # already loses some); the kernel program runs a round as bursts of this size.
 REPLICAS_PER_BURST = 128
-# The carrier on the wire of a pacer: the 66-byte template plus its 16-byte trailer.
-_CARRIER_BYTES = 66 + 16
+# The carrier on the wire of a pacer: the 70-byte template plus its 16-byte trailer.
+_CARRIER_BYTES = FRAME_LEN + 16
 # A lap of the round pacer is at most this long: longer periods take several laps (a token
 # bucket's rate is whole bytes per second, too coarse for one 82-byte lap of minutes).
 _MAX_LAP_NS = 100_000_000
@@ -64,11 +66,11 @@ _MAX_LAP_NS = 100_000_000
 BURST_GAP_NS = 80_000
 PERIOD_MIN_US = 100  # HB_PERIOD_MIN_US / HB_PERIOD_MAX_US in kernel/bpf/hb_consts.h
 PERIOD_MAX_US = 3_600_000_000
-# struct hb_round: period_ns, round_ns, laps, sequence, generation, group, frame[66], pad
-_ROUND = struct.Struct("=QQIIHH66s6x4x")  # 104 bytes: 8-byte aligned
+# struct hb_round: period_ns, round_ns, laps, sequence, generation, group, frame[70], pad
+_ROUND = struct.Struct(f"=QQIIHH{FRAME_LEN}s6x")  # 104 bytes: 8-byte aligned
 _ROUND_FRAME_AT = 28
 _SEQ_AT = 14 + 20 + 8 + 8  # Ethernet, IPv4, UDP, then magic..peer_id
-_TX_AT = _SEQ_AT + 4
+_TX_AT = _SEQ_AT + 8  # after the sequence and the nonce
 _SOL_PACKET = 263  # linux/socket.h (the socket module does not export it)
 _PACKET_QDISC_BYPASS = 20  # linux/if_packet.h
 CPU_PORT_MTU = 9000
@@ -81,9 +83,11 @@ _SWEEP_NS_PER_SLOT = 15 * 20
 _CPU_TRAILER_MAGIC = 0x48424350
 _EVENT = struct.Struct("=QIHBx")  # struct hb_event
 _PEER_KEY = struct.Struct("=II")
+_PEER_ENTRY = struct.Struct("=IIB3x")  # struct peer_entry: index, nonce_key, min_ttl
 _U32 = struct.Struct("=I")
 _L2_VALUE = struct.Struct("=II")
-_PEER_REQUEST = struct.Struct("=6sBBII")
+_PEER_REQUEST = struct.Struct("=6sBBIII")  # dst_mac, detect_mult, valid, dst_addr, peer_id,
+#                                            nonce_key
 _MCAST_KEY = struct.Struct("=II")
 _MCAST_REPLICA = struct.Struct("=II")
 L2_FORWARD, L2_DROP = 0, 1
@@ -123,11 +127,14 @@ class PeerEvent:
 def is_request_template(frame: bytes) -> bool:
     """A fan-out template as docs/dataplane.md "Templates" defines it (hb_tc.c template_ok):
     only such a frame's tx_timestamp_us is a round period."""
-    return (len(frame) >= 66 and frame[12:14] == b"\x08\x00" and frame[14] == 0x45
-            and frame[23] == 17 and frame[16:18] == b"\x00\x34"
+    return (len(frame) >= FRAME_LEN and frame[12:14] == b"\x08\x00" and frame[14] == 0x45
+            and frame[23] == 17
+            and int.from_bytes(frame[16:18], "big") == protocol.IPV4_TOTAL_LEN
             and int.from_bytes(frame[20:22], "big") & 0x3FFF == 0
-            and frame[34:40] == b"\x23\xe7\x23\xe6\x00\x20"
-            and frame[42:46] == b"\x48\x42\x01\x01")
+            and frame[34:40] == struct.pack("!HHH", protocol.RESPONSE_PORT,
+                                            protocol.REQUEST_PORT, protocol.UDP_LEN)
+            and frame[42:46] == struct.pack("!HBB", protocol.MAGIC, protocol.VERSION,
+                                            protocol.MsgType.REQUEST))
 
 
 def default_bpf_dir() -> Path:
@@ -635,14 +642,21 @@ class Datapath:
 
     # ------------------------------------------------------------------ tables
 
-    def peers_set(self, src_addr: int, peer_id: int, index: int) -> None:
+    def peers_set(self, src_addr: int, peer_id: int, index: int, nonce_key: int = 0,
+                  min_ttl: int = 0) -> None:
+        """HbIngress.set_peer_index(index, nonce_key, min_ttl) for (src_addr, peer_id).
+        nonce_key 0 makes the expected nonce the sequence itself (what requests carry when
+        peer_requests has key 0 too); min_ttl 0 turns GTSM off."""
         _check_range("src_addr", src_addr, 32)
         _check_range("peer_id", peer_id, 32)
         _check_range("index", index, 16)
+        _check_range("nonce_key", nonce_key, 32)
+        _check_range("min_ttl", min_ttl, 8)
         if index >= self.max_peers:
             raise ValueError(f"index = {index} outside 0..{self.max_peers - 1} (max_peers)")
         try:
-            self._map("peers").update(_PEER_KEY.pack(src_addr, peer_id), _U32.pack(index))
+            self._map("peers").update(_PEER_KEY.pack(src_addr, peer_id),
+                                      _PEER_ENTRY.pack(index, nonce_key, min_ttl))
         except lb.LibbpfError as exc:
             raise _kernel_error(exc, "peers") from exc
 
@@ -652,14 +666,15 @@ class Datapath:
         _check_range("peer_id", peer_id, 32)
         return self._map("peers").delete(_PEER_KEY.pack(src_addr, peer_id))
 
-    def peers_get(self, src_addr: int, peer_id: int) -> int | None:
+    def peers_get(self, src_addr: int, peer_id: int) -> tuple[int, int, int] | None:
+        """(index, nonce_key, min_ttl) of an entry, None if there is none."""
         raw = self._map("peers").lookup(_PEER_KEY.pack(src_addr, peer_id))
-        return None if raw is None else _U32.unpack(raw)[0]
+        return None if raw is None else _PEER_ENTRY.unpack(raw)
 
-    def peers_items(self) -> list[tuple[int, int, int]]:
-        """Every peers entry as (src_addr, peer_id, index), read in batches."""
+    def peers_items(self) -> list[tuple[int, int, int, int, int]]:
+        """Every peers entry as (src_addr, peer_id, index, nonce_key, min_ttl), in batches."""
         return [
-            (*_PEER_KEY.unpack(k), _U32.unpack(v)[0])
+            (*_PEER_KEY.unpack(k), *_PEER_ENTRY.unpack(v))
             for k, v in self._map("peers").lookup_batch()
         ]
 
@@ -712,28 +727,34 @@ class Datapath:
             raise ValueError(f"index = {index} outside 0..{self.max_peers - 1} (max_peers)")
 
     def peer_requests_set(
-        self, index: int, dst_mac: int, dst_addr: int, peer_id: int, detect_mult: int
+        self, index: int, dst_mac: int, dst_addr: int, peer_id: int, detect_mult: int,
+        nonce_key: int = 0,
     ) -> None:
+        """HbEgress.rewrite_request(dst_mac, dst_addr, peer_id, detect_mult, nonce_key) for
+        replicas of `index`: each carries nonce = nonce_key ^ its sequence."""
         self._check_index(index)
         _check_range("dst_mac", dst_mac, 48)
         _check_range("dst_addr", dst_addr, 32)
         _check_range("peer_id", peer_id, 32)
         _check_range("detect_mult", detect_mult, 8)
-        value = _PEER_REQUEST.pack(dst_mac.to_bytes(6, "big"), detect_mult, 1, dst_addr, peer_id)
+        _check_range("nonce_key", nonce_key, 32)
+        value = _PEER_REQUEST.pack(dst_mac.to_bytes(6, "big"), detect_mult, 1, dst_addr, peer_id,
+                                   nonce_key)
         self._map("peer_requests").update(_U32.pack(index), value)
         if index >= self._index_limit:
             with self._lock:
                 self._index_limit = max(self._index_limit, index + 1)
                 self._write_config()
 
-    def peer_requests_get(self, index: int) -> tuple[int, int, int, int] | None:
-        """(dst_mac, dst_addr, peer_id, detect_mult) of an entry, None if there is none."""
+    def peer_requests_get(self, index: int) -> tuple[int, int, int, int, int] | None:
+        """(dst_mac, dst_addr, peer_id, detect_mult, nonce_key) of an entry, None if there
+        is none."""
         self._check_index(index)
         raw = self._map("peer_requests").lookup(_U32.pack(index))
         if raw is None:
             return None
-        mac, mult, valid, addr, pid = _PEER_REQUEST.unpack(raw)
-        return (int.from_bytes(mac, "big"), addr, pid, mult) if valid else None
+        mac, mult, valid, addr, pid, key = _PEER_REQUEST.unpack(raw)
+        return (int.from_bytes(mac, "big"), addr, pid, mult, key) if valid else None
 
     def peer_requests_delete(self, index: int) -> bool:
         existed = self.peer_requests_get(index) is not None
@@ -946,7 +967,7 @@ class Datapath:
         assert raw is not None
         cur_period, cur_round, laps, _, generation, cur_group, _ = _ROUND.unpack(raw)
         now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-        template = frame[:66].ljust(66, b"\0")
+        template = frame[:FRAME_LEN].ljust(FRAME_LEN, b"\0")
         alive = now - cur_round < 2 * period_ns + _MAX_LAP_NS
         if cur_period == period_ns and cur_group == group and alive:
             # same schedule, carrier alive: only the template changes, from the next round;
@@ -954,7 +975,7 @@ class Datapath:
             # updating are never written back stale
             with mmap.mmap(rounds.fd, mmap.PAGESIZE, flags=mmap.MAP_SHARED,
                            prot=mmap.PROT_READ | mmap.PROT_WRITE) as mm:
-                mm[_ROUND_FRAME_AT:_ROUND_FRAME_AT + 66] = template
+                mm[_ROUND_FRAME_AT:_ROUND_FRAME_AT + FRAME_LEN] = template
             return
         laps = -(-period_ns // _MAX_LAP_NS)
         if period_ns // laps != self._round_period_ns:

@@ -163,6 +163,33 @@ def test_settings(st: SqlStore) -> None:
     assert st.get_setting("flag") is True
 
 
+def test_setting_default_first_writer_wins(any_url: str) -> None:
+    """Controllers starting together on one store (hbmon.controller.load_nonce_secret) must
+    all get the one value stored first: eight connections race on a fresh key."""
+    stores = [open_store(any_url) for _ in range(8)]
+    try:
+        stores[0].set_setting("other", 1)  # the key under test is still absent
+        start = threading.Barrier(len(stores))
+        results: list[object] = [None] * len(stores)
+
+        def race(i: int) -> None:
+            start.wait()
+            results[i] = stores[i].setting_default("race", f"value-{i}")
+
+        threads = [threading.Thread(target=race, args=(i,)) for i in range(len(stores))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        stored = stores[0].get_setting("race")
+        assert stored in {f"value-{i}" for i in range(len(stores))}
+        assert results == [stored] * len(stores)
+        assert stores[3].setting_default("race", "later") == stored  # never overwritten
+    finally:
+        for s in stores:
+            s.close()
+
+
 def test_reopen_keeps_everything(any_url: str) -> None:
     s = open_store(any_url)
     s.add_peers(make_peers(20))

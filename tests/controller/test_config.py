@@ -66,6 +66,14 @@ def test_minimal_config_defaults() -> None:
     assert cfg.switches[0].interval_ms == 100 and cfg.switches[0].detect_mult == 3
     assert cfg.peers[0].switch == "s"  # the only switch
     assert cfg.store.startswith("sqlite:///") and cfg.api.host == "127.0.0.1"
+    assert (cfg.switches[0].gtsm, cfg.switches[0].min_ttl) == (False, 0)
+
+
+def test_gtsm_is_per_switch() -> None:
+    """`gtsm: true` -> min_ttl 255 (RFC 5082 single hop) for the switch's peers only."""
+    cfg = parse_config({"switches": [{"name": "s", "grpc": "h:1", "gtsm": True},
+                                     {"name": "t", "grpc": "h:2", "gtsm": False}]})
+    assert [(s.gtsm, s.min_ttl) for s in cfg.switches] == [(True, 255), (False, 0)]
 
 
 @pytest.mark.parametrize(("data", "field"), [
@@ -97,6 +105,8 @@ def test_minimal_config_defaults() -> None:
     ({"switches": [{"name": "s", "grpc": "h:1"}], "api": {"port": 70000}}, "api.port"),
     ({"switches": [{"name": "s", "grpc": "h:1"}], "webhooks": {"urls": "x"}}, "webhooks.urls"),
     ({"switches": [{"name": "s", "grpc": "h:1"}], "typo": 1}, "typo"),
+    ({"switches": [{"name": "s", "grpc": "h:1", "gtsm": "yes"}]}, "switches[0].gtsm"),
+    ({"switches": [{"name": "s", "grpc": "h:1", "gtsm": 1}]}, "switches[0].gtsm"),
 ])
 def test_errors_name_the_key(data: dict, field: str) -> None:
     with pytest.raises(ValidationError) as info:

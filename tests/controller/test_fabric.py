@@ -12,14 +12,31 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hbmon.config import FabricConfig, parse_config
-from hbmon.controller import DataPlaneError, Fabric, next_sequence, request_template
+from hbmon.controller import (
+    NONCE_SECRET_SETTING,
+    DataPlaneError,
+    Fabric,
+    _with_round,
+    next_sequence,
+    request_template,
+)
 from hbmon.events import EventBus
 from hbmon.model import ConflictError, EventKind, Health, NotFoundError, Peer, ValidationError
 from hbmon.p4info import MulticastGroup, P4Schema, TableEntry, encode_digest_list, encode_int
-from hbmon.protocol import FANOUT_GROUP, Heartbeat, MsgType, PlaneState, seq_newer
+from hbmon.protocol import (
+    FANOUT_GROUP,
+    IPV4_TOTAL_LEN,
+    SEND_TTL,
+    Heartbeat,
+    MsgType,
+    PlaneState,
+    derive_nonce_key,
+    seq_newer,
+)
 from hbmon.store import open_store
 from p4.v1 import p4runtime_pb2
 
@@ -116,10 +133,18 @@ def set_slot(server: TestP4RuntimeServer, schema: P4Schema, index: int, **values
 
 def test_request_template_is_a_valid_request() -> None:
     frame = request_template("02:00:00:00:00:01", "198.18.0.1", 77)
-    assert len(frame) == 14 + 52
+    assert len(frame) == 14 + 56 == 14 + IPV4_TOTAL_LEN
     assert frame[12:14] == b"\x08\x00"
+    assert frame[22] == SEND_TTL == 255  # RFC 5082: requests leave with TTL 255 too
     hb = Heartbeat.unpack(frame[42:], expect=MsgType.REQUEST)
-    assert (hb.sequence, hb.peer_id, hb.tx_timestamp_us) == (77, 0, 0)
+    assert hb.version == 2
+    # the nonce stays 0: the data plane writes nonce_key ^ sequence per replica
+    assert (hb.sequence, hb.peer_id, hb.nonce, hb.tx_timestamp_us) == (77, 0, 0, 0)
+    # a round's copy changes only the sequence and the period in tx_timestamp_us
+    rnd = _with_round(frame, 0xFFFF_FFFE, 10_000)
+    hb = Heartbeat.unpack(rnd[42:], expect=MsgType.REQUEST)
+    assert (hb.sequence, hb.nonce, hb.tx_timestamp_us) == (0xFFFF_FFFE, 0, 10_000)
+    assert rnd[:50] == frame[:50] and rnd[54:58] == frame[54:58] and rnd[66:] == frame[66:]
     ip = frame[14:34]
     total = sum(int.from_bytes(ip[i:i + 2], "big") for i in range(0, 20, 2))
     assert (total & 0xFFFF) + (total >> 16) == 0xFFFF  # checksum verifies
@@ -286,6 +311,79 @@ def test_controller_restart_keeps_indexes_and_no_duplicates(server: TestP4Runtim
     second.store.close()
 
 
+def nonce_params(server: TestP4RuntimeServer, schema: P4Schema) -> dict[Any, tuple[Any, ...]]:
+    """index -> (peer_id, ingress nonce_key, egress nonce_key, min_ttl) as programmed."""
+    ingress = {e.params["index"]: (e.match["peer_id"], e.params["nonce_key"], e.params["min_ttl"])
+               for e in entries(server, schema, "HbIngress.peers")}
+    egress = {e.match["index"]: e.params["nonce_key"]
+              for e in entries(server, schema, "HbEgress.peer_requests")}
+    assert ingress.keys() == egress.keys()
+    return {i: (pid, key, egress[i], ttl) for i, (pid, key, ttl) in ingress.items()}
+
+
+def test_nonce_keys_per_peer_stable_across_restart_and_controllers(schema: P4Schema,
+                                                                   tmp_path: Path) -> None:
+    """Protocol v2 (docs/protocol.md "Nonce"): each peer's key is programmed into its ingress
+    and egress entries, differs per peer, and derives from the store's secret, so a restarted
+    controller and a second controller on the same store program the very same keys (answers
+    to requests in flight stay valid across a restart or a fail-over)."""
+    url = f"sqlite:///{tmp_path / 'hb.db'}"
+    servers = [TestP4RuntimeServer() for _ in range(3)]
+    for srv in servers:
+        srv.start()
+    try:
+        first = Harness(make_config(servers[0].port), url)
+        with first.fabric:
+            assert first.fabric.wait_ready(15)
+            first.fabric.add_peers([peer(i) for i in range(1, 9)])
+            programmed = nonce_params(servers[0], schema)
+            # a second controller sharing the store, on another target, at the same time
+            second = Harness(make_config(servers[1].port), url)
+            with second.fabric:
+                assert second.fabric.wait_ready(15)
+                assert nonce_params(servers[1], schema) == programmed
+            second.store.close()
+        secret = bytes.fromhex(str(first.store.get_setting(NONCE_SECRET_SETTING)))
+        first.store.close()
+        assert len(secret) == 32
+        assert len(programmed) == 8
+        keys = {key for _, key, _, _ in programmed.values()}
+        assert len(keys) == 8 and 0 not in keys  # one key per peer
+        for index, (peer_id, key, egress_key, min_ttl) in programmed.items():
+            assert key == egress_key == derive_nonce_key(secret, "s1", index, peer_id)
+            assert min_ttl == 0  # gtsm off by default
+        # a restart on the same store, against a target that lost everything
+        third = Harness(make_config(servers[2].port), url)
+        with third.fabric:
+            assert third.fabric.wait_ready(15)
+            assert nonce_params(servers[2], schema) == programmed
+        third.store.close()
+    finally:
+        for srv in servers:
+            srv.stop()
+
+
+def test_other_store_other_keys_and_gtsm_min_ttl(server: TestP4RuntimeServer,
+                                                 schema: P4Schema) -> None:
+    """`gtsm: true` on a switch programs min_ttl 255 (RFC 5082 single hop) into every peer's
+    ingress entry; a fresh store makes a fresh secret, so its keys are not another's."""
+    data = {"switches": [{"name": "s1", "grpc": f"127.0.0.1:{server.port}",
+                          "p4info": str(P4INFO), "gtsm": True}]}
+    config = parse_config(data)
+    assert config.switch("s1").min_ttl == 255
+    h = Harness(config)
+    with h.fabric:
+        assert h.fabric.wait_ready(15)
+        h.fabric.add_peers([peer(i) for i in range(1, 4)])
+        programmed = nonce_params(server, schema)
+        assert [ttl for *_, ttl in programmed.values()] == [255, 255, 255]
+        secret = bytes.fromhex(str(h.store.get_setting(NONCE_SECRET_SETTING)))
+    h.store.close()
+    other = Harness(make_config(server.port))
+    assert other.store.get_setting(NONCE_SECRET_SETTING) != secret.hex()
+    other.store.close()
+
+
 def test_switch_restart_is_reconciled(schema: P4Schema) -> None:
     server = TestP4RuntimeServer()
     server.start()
@@ -327,13 +425,14 @@ def test_entry_already_present_is_taken_over(harness: Harness, server: TestP4Run
                                              schema: P4Schema) -> None:
     # what a concurrent reconcile (or a leftover) leaves: the entry exists, maybe differently
     te = TableEntry("HbEgress.peer_requests", {"index": 0}, "HbEgress.rewrite_request",
-                    {"dst_mac": 1, "dst_addr": 1, "peer_id": 1, "detect_mult": 9}) \
-        .encode(schema).table_entry
+                    {"dst_mac": 1, "dst_addr": 1, "peer_id": 1, "detect_mult": 9,
+                     "nonce_key": 5}).encode(schema).table_entry
     with server.lock:
         server.tables[_key(te)] = te
     assert harness.fabric.add_peers([peer(1)])[0].index == 0
     [req] = entries(server, schema, "HbEgress.peer_requests")
     assert req.params["peer_id"] == 1 and req.params["detect_mult"] == 3
+    assert req.params["nonce_key"] != 5  # the derived key replaced the leftover
     assert req.params["dst_mac"] == 0x020000000101
 
 

@@ -81,8 +81,14 @@ def test_lookup_by_name_alias_and_id(schema: P4Schema) -> None:
     assert [f.name for f in peers.match_fields] == ["src_addr", "peer_id"]
     assert peers.size == 65536
     action = schema.action("HbEgress.rewrite_request")
-    assert [p.name for p in action.params] == ["dst_mac", "dst_addr", "peer_id", "detect_mult"]
+    assert [p.name for p in action.params] == ["dst_mac", "dst_addr", "peer_id", "detect_mult",
+                                               "nonce_key"]
     assert action.param("dst_mac").bitwidth == 48
+    assert action.param("nonce_key").bitwidth == 32
+    # protocol v2: the ingress action carries the peer's nonce key and GTSM minimum TTL
+    index = schema.action("HbIngress.set_peer_index")
+    assert [(p.id, p.name, p.bitwidth) for p in index.params] == [
+        (1, "index", 16), (2, "nonce_key", 32), (3, "min_ttl", 8)]
     for name, width in protocol.REGISTERS.items():
         reg = schema.register(name)
         assert (reg.bitwidth, reg.size) == (width, 65536)
@@ -113,16 +119,19 @@ def test_binary_and_text_load_agree(schema: P4Schema, tmp_path: Path) -> None:
 
 def test_table_entry_round_trip(schema: P4Schema) -> None:
     entry = TableEntry("peers", {"src_addr": "198.18.0.2", "peer_id": 7}, "set_peer_index",
-                       {"index": 3})
+                       {"index": 3, "nonce_key": 0xA1B2C3D4, "min_ttl": 255})
     msg = entry.encode(schema)
     te = msg.table_entry
     assert te.table_id == 0x02000001
     assert [m.exact.value for m in te.match] == [b"\xc6\x12\x00\x02", b"\x07"]
     assert te.action.action.action_id == 0x01000002
-    assert te.action.action.params[0].value == b"\x03"
+    # P4Runtime 1.4 section 8.3 (bytestrings): the shortest big-endian encoding
+    assert [(p.param_id, p.value) for p in te.action.action.params] == [
+        (1, b"\x03"), (2, b"\xa1\xb2\xc3\xd4"), (3, b"\xff")]
     back = TableEntry.decode(schema, msg)
     assert back == TableEntry("HbIngress.peers", {"src_addr": 0xC6120002, "peer_id": 7},
-                              "HbIngress.set_peer_index", {"index": 3})
+                              "HbIngress.set_peer_index",
+                              {"index": 3, "nonce_key": 0xA1B2C3D4, "min_ttl": 255})
     assert back.key(schema) == entry.key(schema)
     assert entry.normalized(schema) == back
 

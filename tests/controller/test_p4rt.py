@@ -58,7 +58,7 @@ def client(server: TestP4RuntimeServer, schema: P4Schema) -> Iterator[P4RuntimeC
 
 def _peer(i: int) -> TableEntry:
     return TableEntry("peers", {"src_addr": f"198.18.0.{i}", "peer_id": i}, "set_peer_index",
-                      {"index": i})
+                      {"index": i, "nonce_key": 0x1000 + i, "min_ttl": 0})
 
 
 def test_arbitration_primary_and_backup(server: TestP4RuntimeServer, schema: P4Schema) -> None:

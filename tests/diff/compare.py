@@ -9,7 +9,17 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from hbmon.protocol import REGISTERS, PlaneState, Reason
+from hbmon.protocol import (
+    HEADER_LEN,
+    IPV4_TOTAL_LEN,
+    REASON_COUNT,
+    REGISTERS,
+    SEND_TTL,
+    UDP_LEN,
+    PlaneState,
+    Reason,
+    request_nonce,
+)
 
 from .model import (
     EXACT_REGISTERS,
@@ -26,9 +36,11 @@ from .player import Observation, StepObs
 
 # Byte counts of the reasons counted for PacketOuts are not part of the contract and differ:
 # bmv2 counts standard_metadata.packet_length, fixed at ingress, so the 4-byte packet_out
-# header the template arrived with is in every replica's count (70 per request); the kernel
-# target counts the frame that leaves (66). Their packet counts are compared like any other.
+# header the template arrived with is in every replica's count (74 per request); the kernel
+# target counts the frame that leaves (70). Their packet counts are compared like any other.
 FANOUT_REASONS = frozenset({Reason.REQUEST_SENT, Reason.REQUEST_NO_PEER, Reason.BAD_TEMPLATE})
+
+FRAME_LEN = 14 + 20 + 8 + HEADER_LEN
 
 # Host and target clocks both tick in real microseconds, but are read at slightly different
 # moments and with different granularity: bounds derived from the host clock get this slack.
@@ -52,7 +64,8 @@ def run_model(trace: dict[str, Any], obs: Observation) -> list[Expected]:
         reasons = []
         op = step["op"]
         if op == "round":
-            model.fan_out({peers[n].get("index"): r.tx_us for n, r in so.requests.items()},
+            model.fan_out(step["seq"],
+                          {peers[n].get("index"): r.tx_us for n, r in so.requests.items()},
                           digests)
             for sent in so.sent:
                 assert sent.echo_round is not None and sent.echo_peer is not None
@@ -91,7 +104,8 @@ def check_requests(trace: dict[str, Any], obs: Observation) -> list[str]:
     peers = {p["name"]: p for p in trace["peers"]}
     for so in obs.steps:
         for f in so.unexpected:
-            diffs.append(f"{obs.target} {_where(so)}: unexpected frame {f[:66].hex()}")
+            diffs.append(f"{obs.target} {_where(so)}: unexpected frame "
+                         f"{f[:FRAME_LEN].hex()}")
         for port, _, seen in so.direct:
             if not seen:
                 diffs.append(f"{obs.target} {_where(so)}: direct packet-out not seen on "
@@ -102,11 +116,14 @@ def check_requests(trace: dict[str, Any], obs: Observation) -> list[str]:
             p = peers[name]
             f = req.frame
             want = {
-                "length": 66, "port": p["port"],
+                "length": FRAME_LEN, "port": p["port"],
                 "dst_mac": p["mac"].replace(":", ""), "src_mac": mon["mac"].replace(":", ""),
                 "dst_ip": ip_int(p["ip"]), "src_ip": ip_int(mon["ip"]),
-                "ip_total_len": 52, "udp": (9191, 9190, 32, 0), "ip_csum_ok": True,
-                "peer_id": p["peer_id"], "type": 1, "tail": b"\0\0\0\0",
+                "ip_total_len": IPV4_TOTAL_LEN, "udp": (9191, 9190, UDP_LEN, 0),
+                "ip_csum_ok": True, "ttl": SEND_TTL,  # the template's, kept
+                "peer_id": p["peer_id"], "type": 1, "version": 2,
+                "nonce": request_nonce(p["key"], req.seq),  # this peer's, this round's
+                "tail": b"\0\0\0\0",
             }
             got = {
                 "length": len(f), "port": req.port,
@@ -115,8 +132,9 @@ def check_requests(trace: dict[str, Any], obs: Observation) -> list[str]:
                 "src_ip": int.from_bytes(f[26:30], "big"),
                 "ip_total_len": struct.unpack_from("!H", f, 16)[0],
                 "udp": struct.unpack_from("!HHHH", f, 34), "ip_csum_ok": _csum_ok(f[14:34]),
-                "peer_id": struct.unpack_from("!I", f, 46)[0], "type": f[45],
-                "tail": f[62:66],
+                "ttl": f[22], "peer_id": struct.unpack_from("!I", f, 46)[0], "type": f[45],
+                "version": f[44], "nonce": struct.unpack_from("!I", f, 54)[0],
+                "tail": f[66:70],
             }
             for k, v in want.items():
                 if got[k] != v:
@@ -141,7 +159,7 @@ def check_model(trace: dict[str, Any], obs: Observation,
         diffs.append(f"{t}: the run stopped: {obs.problem}")
     for so, exp in zip(obs.steps, expected, strict=False):
         w = f"{t} {_where(so)}"
-        for r in range(16):
+        for r in range(REASON_COUNT):
             if so.reasons[r][0] != exp.reasons[r]:
                 diffs.append(f"{w}: hb_reason[{_rname(r)}] packets {so.reasons[r][0]}, "
                              f"model {exp.reasons[r]}")
@@ -232,7 +250,7 @@ def compare_targets(a: Observation, b: Observation) -> list[str]:
         w = f"{ab} {_where(sa)}"
         if sa.problem or sb.problem:
             break
-        for r in range(16):
+        for r in range(REASON_COUNT):
             pa, ba = sa.reasons[r]
             pb, bb = sb.reasons[r]
             if pa != pb or (ba != bb and r not in FANOUT_REASONS):
@@ -280,7 +298,7 @@ def _sign(v: int) -> str:
 
 
 def _no_time(frame: bytes) -> bytes:
-    return frame[:54] + b"\0" * 8 + frame[62:]
+    return frame[:58] + b"\0" * 8 + frame[66:]  # tx_timestamp_us: hb offset 16
 
 
 def summary(obs: Observation) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from hbmon.protocol import (
     HEADER_LEN,
     IPV4_TOTAL_LEN,
     MAGIC,
+    REASON_COUNT,
     REQUEST_PORT,
     RESPONSE_PORT,
     UDP_LEN,
@@ -38,12 +39,14 @@ U32 = 0xFFFFFFFF
 TIME_REGISTERS = ("hb_last_rx_us", "hb_rtt_last_us", "hb_rtt_min_us", "hb_rtt_max_us",
                   "hb_rtt_ewma_us")
 EXACT_REGISTERS = ("hb_rx_count", "hb_tx_count", "hb_dup_count", "hb_miss_count",
-                   "hb_last_seq", "hb_last_tx_us", "hb_peer_status", "hb_peer_load", "hb_state")
+                   "hb_last_seq", "hb_last_tx_us", "hb_peer_status", "hb_peer_load", "hb_state",
+                   "hb_last_tx_seq")
 # Reasons decided by looking at one received frame: their byte count is that frame's length.
 RESPONSE_REASONS = (Reason.RESPONSE_RECORDED, Reason.TRUNCATED, Reason.BAD_MAGIC,
                     Reason.BAD_VERSION, Reason.BAD_TYPE, Reason.BAD_LENGTH,
                     Reason.UNKNOWN_PEER, Reason.SPOOFED, Reason.DUPLICATE,
-                    Reason.OLD_SEQUENCE)
+                    Reason.OLD_SEQUENCE, Reason.FUTURE_SEQUENCE, Reason.BAD_NONCE,
+                    Reason.BAD_TTL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,7 @@ class Header:
     """The fields of an Ethernet/IPv4/UDP frame the classification looks at."""
 
     src_addr: int
+    ttl: int
     ip_total_len: int
     udp_len: int
     dport: int
@@ -93,7 +97,7 @@ def parse_udp(frame: bytes) -> Header | None:
     total = struct.unpack_from("!H", ip, 2)[0]
     src = int.from_bytes(ip[12:16], "big")
     sport, dport, udp_len = struct.unpack_from("!HHH", ip, 20)
-    return Header(src, total, udp_len, dport, sport, bytes(ip[28:]))
+    return Header(src, ip[8], total, udp_len, dport, sport, bytes(ip[28:]))
 
 
 def classify_shape(frame: bytes) -> Reason | None:
@@ -171,11 +175,12 @@ class Model:
     def __init__(self, trace: dict) -> None:
         self.trace = trace
         self.by_name = {p["name"]: p for p in trace["peers"]}
-        self.peers: dict[tuple[int, int], int] = {}
+        # (source, peer_id) -> the peers entry's params (index, nonce_key, min_ttl)
+        self.peers: dict[tuple[int, int], tuple[int, int, int]] = {}
         self.peer_ids: set[int] = set()
         self.requests: dict[int, dict] = {}
         self.replicas: list[tuple[int, int]] = []
-        self.reasons = [0] * 16
+        self.reasons = [0] * REASON_COUNT
         self.reason_bytes = dict.fromkeys((int(r) for r in RESPONSE_REASONS), 0)
         self.slots: dict[int, Slot] = {}
         for p in trace["peers"]:
@@ -190,7 +195,8 @@ class Model:
     def insert_peer(self, p: dict, tables: Iterable[str]) -> None:
         for t in tables:
             if t == "peers":
-                self.peers[(ip_int(p["ip"]), p["peer_id"])] = p["index"]
+                self.peers[(ip_int(p["ip"]), p["peer_id"])] = (p["index"], p["key"],
+                                                               p["min_ttl"])
             elif t == "peer_ids":
                 self.peer_ids.add(p["peer_id"])
             elif t == "peer_requests":
@@ -217,8 +223,9 @@ class Model:
     def bad_template(self) -> None:
         self.reasons[Reason.BAD_TEMPLATE] += 1
 
-    def fan_out(self, tx_by_index: dict[int, int], digests: list[Digest]) -> None:
-        """One valid template: every replica of the group, with the tx times observed."""
+    def fan_out(self, seq: int, tx_by_index: dict[int, int], digests: list[Digest]) -> None:
+        """One valid template of sequence `seq`: every replica of the group, with the tx
+        times observed."""
         for _, index in self.replicas:
             req = self.requests.get(index)
             if req is None:
@@ -236,6 +243,7 @@ class Model:
                 self.reasons[Reason.PEER_DOWN_EVENT] += 1
             e["hb_tx_count"] = (e["hb_tx_count"] + 1) & U32
             e["hb_last_tx_us"] = now
+            e["hb_last_tx_seq"] = seq
             if misses != U32:
                 e["hb_miss_count"] = misses + 1
             self.reasons[Reason.REQUEST_SENT] += 1
@@ -250,16 +258,32 @@ class Model:
         if reason is Reason.RESPONSE_RECORDED:
             h = parse_udp(frame)
             assert h is not None
-            peer_id, seq = struct.unpack_from("!II", h.hb, 4)
-            status, load = h.hb[20], h.hb[21]
-            index = self.peers.get((h.src_addr, peer_id))
-            if index is None:
+            peer_id, seq, nonce = struct.unpack_from("!III", h.hb, 4)
+            status, load = h.hb[24], h.hb[25]
+            entry = self.peers.get((h.src_addr, peer_id))
+            if entry is None:
                 reason = Reason.SPOOFED if peer_id in self.peer_ids else Reason.UNKNOWN_PEER
             else:
-                reason = self._record(index, seq, status, load, arrival, echoed, digests)
+                index, key, min_ttl = entry
+                reason = self._admit(index, seq, nonce, h.ttl, key, min_ttl)
+                if reason is Reason.RESPONSE_RECORDED:
+                    reason = self._record(index, seq, status, load, arrival, echoed, digests)
         self.reasons[reason] += 1
         self.reason_bytes[reason] += len(frame)
         return reason
+
+    def _admit(self, index: int, seq: int, nonce: int, ttl: int, key: int, min_ttl: int
+               ) -> Reason:
+        """protocol.md's checks for a matched peer before its slot's own: GTSM, the nonce,
+        and "answers a request sent" (RESPONSE_RECORDED: go on). None of them writes."""
+        e = self.slots.setdefault(index, Slot()).exact
+        if ttl < min_ttl:
+            return Reason.BAD_TTL
+        if nonce != key ^ seq:
+            return Reason.BAD_NONCE
+        if e["hb_tx_count"] == 0 or seq_newer(seq, e["hb_last_tx_seq"]):
+            return Reason.FUTURE_SEQUENCE
+        return Reason.RESPONSE_RECORDED
 
     def _record(self, index: int, seq: int, status: int, load: int, arrival: Span,
                 echoed: int, digests: list[Digest]) -> Reason:

@@ -44,12 +44,15 @@ from hbmon.p4info import (
 )
 from hbmon.p4rt import P4RuntimeClient
 from hbmon.protocol import (
+    HEADER_LEN,
+    REASON_COUNT,
     REGISTERS,
     REQUEST_PORT,
     RESPONSE_PORT,
     Heartbeat,
     MsgType,
     Reason,
+    request_nonce,
 )
 from hbmon.registers import Bmv2ThriftRegisterAccess, bmv2_register_names
 from kernel.bpf_lab import Capture, Lab, heartbeat_frame, ip_int, mac_int
@@ -165,7 +168,7 @@ def _patch(frame: bytes, spec: dict[str, Any]) -> bytes:
 
 def _hb_payload(base: Heartbeat, hb: dict[str, Any], frame: dict[str, Any]) -> bytes:
     payload = Heartbeat(base.type, base.peer_id, base.sequence, base.tx_timestamp_us,
-                        base.status, base.load, hb.get("version", base.version),
+                        base.status, base.load, base.nonce, hb.get("version", base.version),
                         hb.get("magic", base.magic)).pack()
     if "type" in hb:
         payload = payload[:3] + bytes([hb["type"]]) + payload[4:]
@@ -180,13 +183,14 @@ def _udp_frame(*, src_mac: int, dst_mac: int, src_ip: int, dst_ip: int, sport: i
                dport: int, payload: bytes, frame: dict[str, Any]) -> bytes:
     # a frame cut short keeps the lengths it claims (as one truncated on the way would)
     truncated = "truncate_hb" in frame
-    udp_len = frame.get("udp_len", 8 + 24 if truncated else None)
-    ip_total_len = frame.get("ip_total_len", 20 + 8 + 24 if truncated else None)
+    udp_len = frame.get("udp_len", 8 + HEADER_LEN if truncated else None)
+    ip_total_len = frame.get("ip_total_len", 20 + 8 + HEADER_LEN if truncated else None)
     raw = heartbeat_frame(
         src_mac=src_mac, dst_mac=dst_mac, src_ip=src_ip, dst_ip=dst_ip,
         sport=frame.get("sport", sport), dport=frame.get("dport", dport), payload=payload,
         ihl=frame.get("ihl", 5), ip_total_len=ip_total_len, udp_len=udp_len,
-        frag_off=frame.get("frag_off", 0), proto=frame.get("proto", 17))
+        frag_off=frame.get("frag_off", 0), proto=frame.get("proto", 17),
+        ttl=frame.get("ttl", 255))
     return _patch(raw, frame)
 
 
@@ -227,8 +231,17 @@ def response_for(trace: dict[str, Any], pkt: dict[str, Any], rounds: dict[str, R
                                f"{offset} µs: it started too recently")
         echoed = req.tx_us - offset
     seq = pkt["seq"] if "seq" in pkt else (req.seq + pkt.get("seq_add", 0)) & 0xFFFFFFFF
+    # the nonce: echoed from the captured request when the answer is to that request (so a
+    # target writing a wrong nonce fails here too), else the right one for the sequence the
+    # packet claims; {"value": v} forges one, {"xor": x} flips bits of the right one
+    if seq == req.seq and req.frame:
+        nonce = Heartbeat.unpack(req.frame[42:42 + HEADER_LEN]).nonce
+    else:
+        nonce = request_nonce(peer["key"], seq)
+    spec = pkt.get("nonce", {})
+    nonce = spec["value"] if "value" in spec else nonce ^ spec.get("xor", 0)
     base = Heartbeat(MsgType.RESPONSE, pkt.get("peer_id", peer["peer_id"]), seq, echoed,
-                     pkt.get("status", 0), pkt.get("load", 0))
+                     pkt.get("status", 0), pkt.get("load", 0), nonce)
     frame_spec = pkt.get("frame", {})
     payload = _hb_payload(base, pkt.get("hb", {}), frame_spec)
     mon = trace["monitor"]
@@ -240,7 +253,8 @@ def response_for(trace: dict[str, Any], pkt: dict[str, Any], rounds: dict[str, R
 
 
 def is_request(frame: bytes) -> bool:
-    return (len(frame) >= 66 and frame[12:14] == b"\x08\x00" and frame[23] == 17
+    return (len(frame) >= 14 + 20 + 8 + HEADER_LEN and frame[12:14] == b"\x08\x00"
+            and frame[23] == 17
             and frame[36:38] == struct.pack("!H", REQUEST_PORT))
 
 
@@ -277,7 +291,7 @@ class Target:
 
     def reasons(self) -> list[tuple[int, int]]:
         assert self.client is not None
-        out = [(0, 0)] * 16
+        out = [(0, 0)] * REASON_COUNT
         for e in self.client.read([CounterRead("hb_reason")]):
             c = e.counter_entry
             out[c.index.index] = (c.data.packet_count, c.data.byte_count)
@@ -407,7 +421,8 @@ def program(target: Target, trace: dict[str, Any]) -> None:
 
 def peers_entry(p: dict[str, Any]) -> TableEntry:
     return TableEntry("HbIngress.peers", {"src_addr": ip_int(p["ip"]), "peer_id": p["peer_id"]},
-                      "HbIngress.set_peer_index", {"index": p["index"]})
+                      "HbIngress.set_peer_index",
+                      {"index": p["index"], "nonce_key": p["key"], "min_ttl": p["min_ttl"]})
 
 
 def peer_ids_entry(p: dict[str, Any]) -> TableEntry:
@@ -419,7 +434,7 @@ def requests_entry(p: dict[str, Any]) -> TableEntry:
     return TableEntry("HbEgress.peer_requests", {"index": p["index"]},
                       "HbEgress.rewrite_request",
                       {"dst_mac": mac_int(p["mac"]), "dst_addr": ip_int(p["ip"]),
-                       "peer_id": p["peer_id"], "detect_mult": p["dm"]})
+                       "peer_id": p["peer_id"], "detect_mult": p["dm"], "nonce_key": p["key"]})
 
 
 ENTRY_OF: dict[str, Callable[[dict[str, Any]], TableEntry]] = {
@@ -480,7 +495,7 @@ class Player:
             frames = self.captures[port].frames(partial(at_least, n), is_request,
                                                 timeout_s=STEP_DEADLINE_S)
             for f in frames:
-                hb = Heartbeat.unpack(f[42:66])
+                hb = Heartbeat.unpack(f[42:42 + HEADER_LEN])
                 peer = self.by_id.get(hb.peer_id)
                 if peer is None or peer["name"] in obs.requests or hb.sequence != step["seq"]:
                     obs.unexpected.append(f)

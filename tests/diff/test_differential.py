@@ -105,7 +105,7 @@ def test_declared_reasons_are_the_contracts(trace: dict[str, Any]) -> None:
     for i, step in enumerate(trace["steps"]):
         digests: list[Digest] = []
         if step["op"] == "round":
-            model.fan_out({p["index"]: 10**9 for p in trace["peers"]}, digests)
+            model.fan_out(step["seq"], {p["index"]: 10**9 for p in trace["peers"]}, digests)
             for pkt in step["packets"]:
                 _, frame, echoed = response_for(trace, pkt, rounds)
                 arrival = Span(10**9 + 1, 10**9 + 2)

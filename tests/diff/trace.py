@@ -15,18 +15,22 @@ Every packet carries `expect` (the reason the contract gives it, or ORDINARY for
 is not a heartbeat) and `why`. `model.py` derives the same reasons from the bytes, and a test
 fails when the two disagree, so the script's intent is checked too.
 
-Peers (`index` = the slot in every register, `dm` = detect_mult):
+Peers (`index` = the slot in every register, `dm` = detect_mult, `key` = nonce key,
+`min_ttl` = GTSM floor, protocol v2). A's forgeries: future sequences (+1, the lockout of
+issue 11 with last + 2^30 and 2^31 - 1), wrong nonces, TTL below 255; its real answer after
+them is still recorded. F: the far-ahead answer that locked v1 out, then only forgeries
+while it goes DOWN, then a real answer. G has GTSM off: TTL 1 is fine.
 
-| name | index | port | peer_id | dm | role |
-| --- | --- | --- | --- | --- | --- |
-| A | 0 | 1 | 1001 | 3 | answers every round; status, load and RTT vary |
-| B | 7 | 2 | 1002 | 2 | stops answering long enough for DOWN, then answers again |
-| C | 300 | 1 | 1003 | 3 | duplicates, old and reordered answers, an echoed time in the future |
-| D | 65535 | 2 | 0xFFFFFFFF | 1 | silent from the start (UNKNOWN -> DOWN), answers at the end |
-| E | 12 | 1 | 1005 | 0 | detection off: silent for a long time, never DOWN |
-| F | 4096 | 2 | 1006 | 3 | serial-number edges (2^31 apart), DOWN while its answers are old |
-| G | 2 | 2 | 1007 | 3 | slot reset by the controller in the middle, then answers an old round |
-| H | 1 | 1 | 1008 | 255 | its `peers` entry removed (answers become SPOOFED), then restored |
+| name | index | port | peer_id | dm | min_ttl | role |
+| --- | --- | --- | --- | --- | --- | --- |
+| A | 0 | 1 | 1001 | 3 | 255 | answers every round; status, load, RTT vary; forgeries |
+| B | 7 | 2 | 1002 | 2 | 0 | stops answering long enough for DOWN, then answers again |
+| C | 300 | 1 | 1003 | 3 | 255 | duplicates, old/reordered, a future echoed time, TTL 254 |
+| D | 65535 | 2 | 0xFFFFFFFF | 1 | 0 | silent from the start (UNKNOWN -> DOWN), answers at the end |
+| E | 12 | 1 | 1005 | 0 | 0 | detection off: silent for a long time, never DOWN |
+| F | 4096 | 2 | 1006 | 3 | 0 | serial edges, the v1 lockout answer, DOWN amid forgeries |
+| G | 2 | 2 | 1007 | 3 | 0 | slot reset in the middle, then answers an old round; TTL 1 |
+| H | 1 | 1 | 1008 | 255 | 0 | its `peers` entry removed (answers SPOOFED), then restored |
 
 Group 1 also holds a replica (port 1, instance 9) for an index without `peer_requests`:
 every round counts one REQUEST_NO_PEER. Round sequences walk across 2^32 (0 .. 8, then
@@ -42,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 TRACE_PATH = Path(__file__).with_name("trace.json")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: protocol v2 (peers' nonce key and min_ttl; nonce / ttl in packets)
 
 Packet = dict[str, Any]
 Step = dict[str, Any]
@@ -62,8 +66,11 @@ PEERS: list[dict[str, Any]] = [
     {"name": "G", "index": 2, "port": 2, "ip": "198.18.2.7", "peer_id": 1007, "dm": 3},
     {"name": "H", "index": 1, "port": 1, "ip": "198.18.1.8", "peer_id": 1008, "dm": 255},
 ]
+GTSM = {"A", "C"}  # single-hop GTSM (min_ttl 255) on these; off (0) on the others
 for _n, _p in enumerate(PEERS, start=1):
     _p["mac"] = f"02:cc:00:00:00:{_n:02x}"
+    _p["key"] = (0x9E3779B9 * _n) & 0xFFFFFFFF  # a nonce key per peer (any distinct values)
+    _p["min_ttl"] = 255 if _p["name"] in GTSM else 0
 
 EXTRA_REPLICAS = [{"port": 1, "instance": 9}]  # no peer_requests entry: REQUEST_NO_PEER
 
@@ -121,7 +128,8 @@ def build() -> dict[str, Any]:
     ], why="D (detect_mult 1) had one unanswered request: DOWN from UNKNOWN"))
 
     malformed = [
-        ans("A", "r2", "TRUNCATED", frame={"truncate_hb": 23}, why="one byte short"),
+        ans("A", "r2", "TRUNCATED", frame={"truncate_hb": 27}, why="one byte short"),
+        ans("A", "r2", "TRUNCATED", frame={"truncate_hb": 24}, why="a version 1 header's size"),
         ans("A", "r2", "TRUNCATED", frame={"truncate_hb": 0}, why="UDP header only"),
         ans("A", "r2", "TRUNCATED", hb={"magic": 0x4141}, frame={"truncate_hb": 10},
             why="truncated wins over a bad magic"),
@@ -129,18 +137,21 @@ def build() -> dict[str, Any]:
         ans("A", "r2", "BAD_MAGIC", hb={"magic": 0x0000, "version": 9},
             why="magic is checked before version"),
         ans("A", "r2", "BAD_VERSION", hb={"version": 0}),
-        ans("A", "r2", "BAD_VERSION", hb={"version": 2, "type": 1},
+        ans("A", "r2", "BAD_VERSION", hb={"version": 1}, why="a version 1 answer"),
+        ans("A", "r2", "BAD_VERSION", hb={"version": 3, "type": 1},
             why="version is checked before type"),
         ans("A", "r2", "BAD_TYPE", hb={"type": 1}, why="a REQUEST sent to the monitor"),
         ans("A", "r2", "BAD_TYPE", hb={"type": 3}),
         ans("A", "r2", "BAD_TYPE", hb={"type": 0}, frame={"extra": 4},
             why="type is checked before the lengths"),
-        ans("A", "r2", "BAD_LENGTH", frame={"extra": 4}, why="UDP length 36"),
-        ans("A", "r2", "BAD_LENGTH", frame={"extra": 4, "udp_len": 32},
-            why="UDP length 32 but IPv4 total length 56"),
-        ans("A", "r2", "BAD_LENGTH", frame={"udp_len": 31}, why="UDP length field 31"),
-        ans("A", "r2", "BAD_LENGTH", frame={"ip_total_len": 53},
-            why="IPv4 total length field 53"),
+        ans("A", "r2", "BAD_LENGTH", frame={"extra": 4}, why="UDP length 40"),
+        ans("A", "r2", "BAD_LENGTH", frame={"extra": 4, "udp_len": 36},
+            why="UDP length 36 but IPv4 total length 60"),
+        ans("A", "r2", "BAD_LENGTH", frame={"udp_len": 35}, why="UDP length field 35"),
+        ans("A", "r2", "BAD_LENGTH", frame={"ip_total_len": 57},
+            why="IPv4 total length field 57"),
+        ans("A", "r2", "BAD_LENGTH", frame={"udp_len": 32, "ip_total_len": 52},
+            why="version 1 lengths"),
         ans("A", "r2", "BAD_LENGTH", peer_id=UNKNOWN_ID, frame={"extra": 8},
             why="lengths are checked before the peer lookup"),
     ]
@@ -168,12 +179,29 @@ def build() -> dict[str, Any]:
         ordinary("A", "r3", "UDP to the request port", dport=9190),
         ordinary("A", "r3", "protocol TCP", proto=6),
         ordinary("A", "r3", "not IPv4 (ARP ethertype)", ethertype=0x0806),
-        a_answer(3, "r3", why="after the ordinary frames on the same port: they are done"),
-        ans("F", "r3", load=3), ans("G", "r3", load=4), ans("H", "r3", load=5),
-    ], why="identity faults and ordinary traffic; C skips this round (answers it late)"))
+        ans("A", "r3", "BAD_TTL", frame={"ttl": 254},
+            why="after the ordinary frames on the same port; A has GTSM on: one router away"),
+        ans("A", "r3", "BAD_TTL", frame={"ttl": 64}, nonce={"value": 0},
+            why="TTL is checked before the nonce"),
+        ans("A", "r3", "BAD_NONCE", nonce={"xor": 1}, why="one bit off"),
+        ans("A", "r3", "BAD_NONCE", nonce={"value": 3}, why="the sequence itself (no key)"),
+        ans("A", "r3", "BAD_NONCE", seq_add=1, nonce={"value": 0},
+            why="the nonce is checked before the future sequence"),
+        ans("A", "r3", "FUTURE_SEQUENCE", seq_add=1, why="round 4 is not sent yet"),
+        ans("A", "r3", "FUTURE_SEQUENCE", seq_add=1 << 30,
+            why="the lockout of issue 11: last + 2^30 (v1 recorded it)"),
+        ans("A", "r3", "FUTURE_SEQUENCE", seq=0x7FFFFFFF, why="the lockout with 2^31 - 1"),
+        a_answer(3, "r3", why="A's real answer is still recorded: no lockout"),
+        ans("F", "r3", load=3),
+        ans("G", "r3", load=4, frame={"ttl": 1}, why="GTSM off for G: any TTL"),
+        ans("H", "r3", load=5),
+    ], why="identity, TTL, nonce and future-sequence faults and ordinary traffic; C skips "
+           "this round (answers it late)"))
 
     steps.append(rnd("r4", 4, [
         a_answer(4, "r4"),
+        ans("C", "r4", "BAD_TTL", load=2, frame={"ttl": 254},
+            why="C's answer through a router: GTSM (min_ttl 255) counts it, C is not recorded"),
         ans("C", "r4", load=2),
         ans("C", "r3", "OLD_SEQUENCE", why="reordered: round 3's answer after round 4's"),
         ans("F", "r4", load=3), ans("G", "r4", load=4), ans("H", "r4", load=5),
@@ -183,8 +211,12 @@ def build() -> dict[str, Any]:
         a_answer(5, "r5"),
         ans("C", "r5", load=2, tx={"future": True},
             why="echoed time later than the arrival: RTT 0 (min becomes 0)"),
-        ans("F", "r5", "OLD_SEQUENCE", seq_add=0x80000000 - 1,
-            why="sequence 4 + 2^31 (last is 4): exactly half the space away counts as old"),
+        ans("F", "r5", "FUTURE_SEQUENCE", seq_add=0x80000000 - 1,
+            why="5 + 2^31 - 1: the farthest after the last sent (5); v1 counted it old only "
+                "because the last recorded was 4"),
+        ans("F", "r5", "OLD_SEQUENCE", seq_add=0x80000000,
+            why="5 + 2^31: exactly half the space from the last sent is not after it, and it "
+                "is not after the last recorded (4) either"),
         ans("F", "r5", load=3),
         ans("G", "r5", load=4), ans("H", "r5", load=5),
     ], why="B stays DOWN without a second digest"))
@@ -198,8 +230,10 @@ def build() -> dict[str, Any]:
         a_answer(6, "r6"),
         ans("B", "r6", load=1, why="B answers again: UP"),
         ans("C", "r6", load=2),
-        ans("F", "r6", seq=0x80000004, load=3,
-            why="0x80000004 = 5 + 2^31 - 1 is newer than 5: recorded, F jumps far ahead"),
+        ans("F", "r6", "FUTURE_SEQUENCE", seq=0x80000004, load=3,
+            why="0x80000004 = 5 + 2^31 - 1 is newer than 5; v1 recorded it and F was locked "
+                "out; it is after the last sent (6)"),
+        ans("F", "r6", load=3, why="F's real answer, recorded"),
         ans("E", "r6", load=6, why="E's first answer after seven unanswered requests"),
         ans("H", "r6", load=5),
     ]))
@@ -210,7 +244,7 @@ def build() -> dict[str, Any]:
     steps.append(rnd("r7", 7, [
         ans("H", "r7", "SPOOFED", why="id still known, (source, id) not: SPOOFED"),
         a_answer(7, "r7"), ans("B", "r7", load=1), ans("C", "r7", load=2),
-        ans("F", "r7", "OLD_SEQUENCE", load=3, why="7 is before 0x80000004"),
+        ans("F", "r7", load=3, why="recorded: the forged 0x80000004 left no trace (v1: old)"),
         ans("G", "r7", load=4),
     ]))
 
@@ -223,10 +257,12 @@ def build() -> dict[str, Any]:
         {"frame": {"sport": 9999}, "why": "source port not 9191"},
         {"hb": {"magic": 0x4141}, "why": "bad magic"},
         {"hb": {"version": 3}, "why": "bad version"},
-        {"frame": {"truncate_hb": 16}, "why": "cut 8 bytes short"},
+        {"hb": {"version": 1}, "why": "a version 1 template"},
+        {"frame": {"truncate_hb": 24}, "why": "cut 4 bytes short (a version 1 header)"},
+        {"frame": {"truncate_hb": 20}, "why": "cut 8 bytes short"},
         {"frame": {"ihl": 6}, "why": "IPv4 options"},
-        {"frame": {"udp_len": 33}, "why": "UDP length 33"},
-        {"frame": {"extra": 4}, "why": "4 bytes too long (UDP 36, IPv4 56)"},
+        {"frame": {"udp_len": 37}, "why": "UDP length 37"},
+        {"frame": {"extra": 4}, "why": "4 bytes too long (UDP 40, IPv4 60)"},
     ]
     steps.append({"op": "bad_templates", "seq": 100, "templates": templates,
                   "direct": [{"port": 2, "why": "mcast_grp 0: sent unchanged out of port 2"}],
@@ -244,11 +280,20 @@ def build() -> dict[str, Any]:
         i = 9 + n
         packets = [a_answer(i, label), ans("B", label, load=1), ans("C", label, load=2),
                    ans("G", label, load=4), ans("H", label, load=5)]
-        if label in ("r9", "r10"):
-            packets.append(ans("F", label, "OLD_SEQUENCE", load=3,
-                               why="still behind F's 0x80000004"))
+        if label == "r9":
+            packets.append(ans("F", label, "BAD_NONCE", load=3, nonce={"value": 0x9E3779B9},
+                               why="F is silent: only forgeries with a guessed nonce"))
+        elif label == "r10":
+            packets.append(ans("F", label, "FUTURE_SEQUENCE", load=3, seq_add=1,
+                               why="a forged answer to a round not sent yet"))
         elif label == "r11":
-            packets.append(ans("F", label, load=3, why="0xC0000000 is after 0x80000004: UP"))
+            packets.append(ans("F", label, "BAD_NONCE", load=3, seq_add=-1 & 0xFFFFFFFF,
+                               nonce={"xor": 0x100},
+                               why="DOWN at this round's request: forgeries did not help"))
+            packets.append(ans("F", "r10", load=3,
+                               why="F's real answer to round 10, late (0xC0000000 is more than "
+                                   "2^31 after its last recorded 7): in (last recorded, last "
+                                   "sent], recorded: UP"))
         else:
             packets.append(ans("F", label, load=3))
         if label == "r14":

@@ -62,14 +62,16 @@ def heartbeat_frame(
     *, src_mac: int, dst_mac: int, src_ip: int, dst_ip: int, sport: int, dport: int,
     payload: bytes, ihl: int = 5, ip_total_len: int | None = None,
     udp_len: int | None = None, frag_off: int = 0, proto: int = 17,
+    ttl: int = protocol.SEND_TTL,
 ) -> bytes:
-    """Ethernet/IPv4/UDP frame; lengths default to the real ones, override to break them."""
+    """Ethernet/IPv4/UDP frame; lengths default to the real ones, override to break them.
+    TTL 255 by default: what v2 peers send (RFC 5082), so GTSM passes unless a test lowers it."""
     options = bytes(4 * (ihl - 5))
     udp_length = udp_len if udp_len is not None else 8 + len(payload)
     udp = struct.pack("!HHHH", sport, dport, udp_length, 0) + payload
     total = ip_total_len if ip_total_len is not None else 4 * ihl + len(udp)
     hdr = struct.pack(
-        "!BBHHHBBH4s4s", 0x40 | ihl, 0, total, 0x1234, frag_off, 64, proto, 0,
+        "!BBHHHBBH4s4s", 0x40 | ihl, 0, total, 0x1234, frag_off, ttl, proto, 0,
         src_ip.to_bytes(4, "big"), dst_ip.to_bytes(4, "big"),
     ) + options
     hdr = hdr[:10] + struct.pack("!H", ipv4_checksum(hdr)) + hdr[12:]
@@ -79,11 +81,16 @@ def heartbeat_frame(
 def response_frame(
     *, peer_ip: int, monitor_ip: int, peer_id: int, seq: int, tx_us: int,
     status: int = 0, load: int = 0, src_mac: int = 0x02AA00000001, dst_mac: int = 0x02BB00000001,
+    nonce_key: int = 0, nonce: int | None = None, ttl: int = protocol.SEND_TTL,
 ) -> bytes:
-    hb = protocol.Heartbeat(protocol.MsgType.RESPONSE, peer_id, seq, tx_us, status, load)
+    """A peer's answer to request `seq`: it echoes nonce_key ^ seq (the request's nonce)
+    unless `nonce` forges another one."""
+    if nonce is None:
+        nonce = protocol.request_nonce(nonce_key, seq)
+    hb = protocol.Heartbeat(protocol.MsgType.RESPONSE, peer_id, seq, tx_us, status, load, nonce)
     return heartbeat_frame(
         src_mac=src_mac, dst_mac=dst_mac, src_ip=peer_ip, dst_ip=monitor_ip,
-        sport=protocol.REQUEST_PORT, dport=protocol.RESPONSE_PORT, payload=hb.pack(),
+        sport=protocol.REQUEST_PORT, dport=protocol.RESPONSE_PORT, payload=hb.pack(), ttl=ttl,
     )
 
 

@@ -15,6 +15,8 @@ from functools import partial
 import pytest
 from hbmon.protocol import (
     FANOUT_GROUP,
+    HEADER_LEN,
+    REASON_COUNT,
     REGISTERS,
     REQUEST_PORT,
     RESPONSE_PORT,
@@ -22,6 +24,7 @@ from hbmon.protocol import (
     MsgType,
     PlaneState,
     Reason,
+    request_nonce,
 )
 from hbmon_kernel.datapath import Datapath, PeerEvent
 
@@ -43,6 +46,7 @@ pytestmark = pytest.mark.netns
 MONITOR_IP = ip_int("198.18.0.1")
 MONITOR_MAC = 0x02DD00000001
 MAX_PEERS = 4096
+FRAME_LEN = 14 + 20 + 8 + HEADER_LEN
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class Peer:
     mac: int
     addr: int
     peer_id: int
+    nonce_key: int
 
 
 def make_peers(n: int, ports: tuple[int, ...] = (1, 2), detect_mult: int = 3,
@@ -59,21 +64,22 @@ def make_peers(n: int, ports: tuple[int, ...] = (1, 2), detect_mult: int = 3,
     peers = []
     for i in range(start, start + n):
         port = ports[i % len(ports)]
-        peers.append(Peer(i, port, 0x02CC00000000 + i, ip_int("198.18.16.0") + i, 100000 + i))
+        peers.append(Peer(i, port, 0x02CC00000000 + i, ip_int("198.18.16.0") + i, 100000 + i,
+                          (0x9E3779B9 * (i + 1)) & 0xFFFFFFFF))  # distinct per peer
     return peers
 
 
 def program(dp: Datapath, peers: list[Peer], detect_mult: int = 3,
             group: int = FANOUT_GROUP) -> None:
     for p in peers:
-        dp.peer_requests_set(p.index, p.mac, p.addr, p.peer_id, detect_mult)
-        dp.peers_set(p.addr, p.peer_id, p.index)
+        dp.peer_requests_set(p.index, p.mac, p.addr, p.peer_id, detect_mult, p.nonce_key)
+        dp.peers_set(p.addr, p.peer_id, p.index, p.nonce_key)
         dp.peer_ids_set(p.peer_id)
     dp.mcast_group_set(group, [(p.port, p.index) for p in peers])
 
 
 def is_request(frame: bytes) -> bool:
-    return (len(frame) >= 66 and frame[12:14] == b"\x08\x00" and frame[23] == 17
+    return (len(frame) >= FRAME_LEN and frame[12:14] == b"\x08\x00" and frame[23] == 17
             and frame[36:38] == struct.pack("!H", REQUEST_PORT))
 
 
@@ -107,7 +113,7 @@ def captures(lab: Lab, datapath: Datapath) -> dict[int, Capture]:
 def dp(datapath: Datapath, captures: dict[int, Capture]) -> Datapath:
     for group in list(datapath.mcast_groups()):
         datapath.mcast_group_delete(group)
-    for src, pid, index in datapath.peers_items():
+    for src, pid, index, *_ in datapath.peers_items():
         datapath.peers_delete(src, pid)
         datapath.peer_requests_delete(index)
     for pid in datapath.peer_ids_items():
@@ -116,7 +122,7 @@ def dp(datapath: Datapath, captures: dict[int, Capture]) -> Datapath:
         datapath.l2_delete(mac)
     for name in REGISTERS:
         datapath.register_fill(name, 0)
-    for i in range(16):
+    for i in range(REASON_COUNT):
         datapath.counter_write("hb_reason", i, 0, 0)
     datapath.poll_events(0)
     for cap in captures.values():
@@ -156,7 +162,7 @@ def test_fanout_rewrites_one_request_per_peer(dp: Datapath, captures: dict[int, 
     for port, frames in got.items():
         assert len(frames) == 20, f"port {port}"
         for f in frames:
-            assert len(f) == 66
+            assert len(f) == FRAME_LEN
             hb = Heartbeat.unpack(f[42:], expect=MsgType.REQUEST)
             peer = by_id[hb.peer_id]
             assert peer.port == port
@@ -166,8 +172,13 @@ def test_fanout_rewrites_one_request_per_peer(dp: Datapath, captures: dict[int, 
             assert ipv4_checksum(iph) == 0, "IPv4 checksum valid after the rewrite"
             assert int.from_bytes(iph[12:16], "big") == MONITOR_IP
             assert int.from_bytes(iph[16:20], "big") == peer.addr
-            assert struct.unpack("!HHHH", f[34:42]) == (RESPONSE_PORT, REQUEST_PORT, 32, 0)
+            assert struct.unpack("!HHHH", f[34:42]) == (RESPONSE_PORT, REQUEST_PORT, 36, 0)
+            assert iph[8] == 255, "the template's TTL (255, RFC 5082) is kept"
             assert hb.sequence == 500 and (hb.status, hb.load) == (0, 0)
+            # each replica carries its own peer's nonce for this round; egress remembers
+            # the sequence as the last one sent (the bound of FUTURE_SEQUENCE)
+            assert hb.nonce == request_nonce(peer.nonce_key, 500)
+            assert dp.register_read("hb_last_tx_seq", peer.index) == 500
             assert before <= hb.tx_timestamp_us <= after
             assert dp.register_read("hb_last_tx_us", peer.index) == hb.tx_timestamp_us
             seen.add(hb.peer_id)
@@ -176,7 +187,8 @@ def test_fanout_rewrites_one_request_per_peer(dp: Datapath, captures: dict[int, 
     assert dp.register_read_all("hb_tx_count")[:n] == [1] * n
     assert dp.register_read_all("hb_miss_count")[:n] == [1] * n
     assert dp.register_read_all("hb_tx_count")[n:] == [0] * (MAX_PEERS - n)
-    assert dp.counter_read("hb_reason", Reason.REQUEST_SENT) == (n, n * 66)
+    assert dp.counter_read("hb_reason", Reason.REQUEST_SENT) == (n, n * FRAME_LEN)
+    assert len({Heartbeat.unpack(f[42:]).nonce for f in got[1] + got[2]}) == n
     assert dp.reason_counts().keys() == {Reason.REQUEST_SENT}
 
 
@@ -223,11 +235,14 @@ BAD_TEMPLATES = {
     "from-other-port": _mutate(34, struct.pack("!H", 4000)),
     "fragment": _mutate(20, b"\x20"),
     "bad-magic": _mutate(42, b"XX"),
-    "bad-version": _mutate(44, b"\x02"),
+    "version-1": _mutate(44, b"\x01"),
+    "version-3": _mutate(44, b"\x03"),
+    "v1-udp-length": _mutate(38, b"\x00\x20"),
+    "v1-ip-length": _mutate(16, b"\x00\x34"),
     "not-ipv4": _mutate(12, b"\x08\x06"),
     "not-udp": _mutate(23, b"\x06"),
     "ip-options": _mutate(14, b"\x46"),
-    "short": lambda: _bad()()[:60],
+    "short": lambda: _bad()()[:66],
 }
 
 
@@ -251,7 +266,7 @@ def test_miss_detection_down_then_up(dp: Datapath, lab: Lab, captures: dict[int,
                                      ) -> None:
     fast, slow = make_peers(2, ports=(1,))
     program(dp, [fast, slow], detect_mult=3)
-    dp.peer_requests_set(fast.index, fast.mac, fast.addr, fast.peer_id, 1)
+    dp.peer_requests_set(fast.index, fast.mac, fast.addr, fast.peer_id, 1, fast.nonce_key)
     dp.register_write("hb_last_seq", slow.index, 33)
     events: list[PeerEvent] = []
     expected_down = {1: [], 2: [fast.index], 3: [fast.index], 4: [fast.index, slow.index],
@@ -280,12 +295,20 @@ def test_miss_detection_down_then_up(dp: Datapath, lab: Lab, captures: dict[int,
     assert dp.register_read("hb_miss_count", slow.index) == 5
     assert dp.register_read("hb_tx_count", slow.index) == 5
 
-    # the peer answers the last request for real, through the port's XDP program
+    # the peer answers the last request for real, through the port's XDP program; a forger
+    # first, who knows everything but the nonce, then one a round ahead: neither counts
     last_tx = dp.register_read("hb_last_tx_us", slow.index)
-    answer = response_frame(peer_ip=slow.addr, monitor_ip=MONITOR_IP, peer_id=slow.peer_id,
-                            seq=1005, tx_us=last_tx, load=17, src_mac=slow.mac,
-                            dst_mac=lab.root_mac(1))
-    lab.sender(1).send(answer)
+    assert dp.register_read("hb_last_tx_seq", slow.index) == 1005
+    answer = partial(response_frame, peer_ip=slow.addr, monitor_ip=MONITOR_IP,
+                     peer_id=slow.peer_id, tx_us=last_tx, load=17, src_mac=slow.mac,
+                     dst_mac=lab.root_mac(1))
+    sender = lab.sender(1)
+    sender.send(answer(seq=1005, nonce_key=fast.nonce_key))
+    sender.send(answer(seq=1006, nonce_key=slow.nonce_key))
+    assert wait_until(lambda: counted(dp, Reason.BAD_NONCE) == 1
+                      and counted(dp, Reason.FUTURE_SEQUENCE) == 1)
+    assert dp.poll_events(0) == [] and dp.register_read("hb_rx_count", slow.index) == 0
+    sender.send(answer(seq=1005, nonce_key=slow.nonce_key))
     up: list[PeerEvent] = []
 
     def up_event() -> bool:
@@ -306,7 +329,7 @@ def test_detect_mult_zero_never_down_and_miss_count_saturates(
     never, full = make_peers(2, ports=(2,))
     program(dp, [never], detect_mult=0)
     program(dp, [never, full], detect_mult=200)
-    dp.peer_requests_set(never.index, never.mac, never.addr, never.peer_id, 0)
+    dp.peer_requests_set(never.index, never.mac, never.addr, never.peer_id, 0, never.nonce_key)
     dp.register_write("hb_miss_count", never.index, 1000)
     dp.register_write("hb_miss_count", full.index, 0xFFFFFFFF)
     dp.register_write("hb_state", full.index, PlaneState.DOWN)  # already DOWN: no new event

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from hbmon.protocol import REGISTERS
+from hbmon.protocol import REASON_COUNT, REGISTERS
 from hbmon_kernel import libbpf as lb
 from hbmon_kernel.datapath import Datapath, DatapathError, TableFullError
 
@@ -210,7 +210,7 @@ def test_counter_sums_over_cpus(dp: Datapath) -> None:
     total = (sum(range(1, ncpus + 1)), 100 * sum(range(1, ncpus + 1)))
     assert dp.counter_read("hb_reason", 9) == total
     assert dp.counter_read_all("hb_reason")[9] == total
-    assert len(dp.counter_read_all("hb_reason")) == 16
+    assert len(dp.counter_read_all("hb_reason")) == REASON_COUNT
     dp.counter_write("hb_reason", 9, 0, 0)
     assert dp.counter_read("hb_reason", 9) == (0, 0)
     with pytest.raises(KeyError):
@@ -221,17 +221,17 @@ def test_counter_sums_over_cpus(dp: Datapath) -> None:
 
 
 def test_table_entries_round_trip(dp: Datapath) -> None:
-    dp.peers_set(0xC6120101, 77, 5)
-    assert dp.peers_get(0xC6120101, 77) == 5
-    assert (0xC6120101, 77, 5) in dp.peers_items()
-    dp.peers_set(0xC6120101, 77, 6)  # modify
-    assert dp.peers_get(0xC6120101, 77) == 6
+    dp.peers_set(0xC6120101, 77, 5, 0xDEADBEEF, 255)
+    assert dp.peers_get(0xC6120101, 77) == (5, 0xDEADBEEF, 255)
+    assert (0xC6120101, 77, 5, 0xDEADBEEF, 255) in dp.peers_items()
+    dp.peers_set(0xC6120101, 77, 6)  # modify: nonce key and GTSM back to 0 (off)
+    assert dp.peers_get(0xC6120101, 77) == (6, 0, 0)
     assert dp.peers_delete(0xC6120101, 77) and dp.peers_get(0xC6120101, 77) is None
     dp.peer_ids_set(77)
     assert 77 in dp.peer_ids_items()
     assert dp.peer_ids_delete(77) and not dp.peer_ids_delete(77)
-    dp.peer_requests_set(3, 0x0211223344FF, 0xC6120103, 99, 4)
-    assert dp.peer_requests_get(3) == (0x0211223344FF, 0xC6120103, 99, 4)
+    dp.peer_requests_set(3, 0x0211223344FF, 0xC6120103, 99, 4, 0xFFFFFFFF)
+    assert dp.peer_requests_get(3) == (0x0211223344FF, 0xC6120103, 99, 4, 0xFFFFFFFF)
     assert dp.peer_requests_delete(3) and dp.peer_requests_get(3) is None
     assert not dp.peer_requests_delete(3)
     dp.l2_set(0x0200000000AA, 4)
@@ -250,6 +250,9 @@ def test_table_entries_round_trip(dp: Datapath) -> None:
         (lambda d: d.l2_set(1 << 48, 1), "dst_mac"),
         (lambda d: d.l2_set(1, 512), "port"),
         (lambda d: d.peer_requests_set(0, 1, 1, 1, 256), "detect_mult"),
+        (lambda d: d.peer_requests_set(0, 1, 1, 1, 3, 1 << 32), "nonce_key"),
+        (lambda d: d.peers_set(1, 1, 0, -1), "nonce_key"),
+        (lambda d: d.peers_set(1, 1, 0, 0, 256), "min_ttl"),
         (lambda d: d.mcast_group_set(0, []), "group_id"),
         (lambda d: d.mcast_group_set(1, [(1, 2), (1, 2)]), "given twice"),
         (lambda d: d.mcast_group_set(1, [(512, 2)]), "port"),

@@ -17,7 +17,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 
 import pytest
-from hbmon.protocol import FANOUT_GROUP, Heartbeat, MsgType, PlaneState, Reason
+from hbmon.protocol import FANOUT_GROUP, Heartbeat, MsgType, PlaneState, Reason, request_nonce
 from hbmon_kernel.datapath import Datapath, DatapathError, PeerEvent
 
 from .bpf_lab import Capture, Lab, request_template, response_frame
@@ -51,7 +51,7 @@ def captures(lab: Lab, dp: Datapath) -> Iterator[dict[int, Capture]]:
 
 def periodic(seq: int, period_us: int, mac: int = MONITOR_MAC) -> bytes:
     frame = bytearray(request_template(monitor_mac=mac, monitor_ip=MONITOR_IP, seq=seq))
-    frame[54:62] = period_us.to_bytes(8, "big")  # tx_timestamp_us of the template
+    frame[58:66] = period_us.to_bytes(8, "big")  # tx_timestamp_us of the template
     return bytes(frame)
 
 
@@ -84,8 +84,11 @@ def test_periodic_template_runs_rounds_without_packet_outs(dp: Datapath,
     # one PacketOut; the sequence goes up by one per round, from the template's
     assert complete[0] == 1000
     assert complete == list(range(1000, 1000 + len(complete)))
+    keys = {p.peer_id: p.nonce_key for p in peers}
     for seq in complete:
         assert {hb.peer_id for hb in rounds[seq]} == {p.peer_id for p in peers}
+        # the kernel's own rounds write each replica's nonce from that round's sequence
+        assert all(hb.nonce == request_nonce(keys[hb.peer_id], seq) for hb in rounds[seq])
     # the period asked is the period run (target time of each round's first request)
     starts = [min(hb.tx_timestamp_us for hb in rounds[s]) for s in complete]
     gaps = [b - a for a, b in itertools.pairwise(starts)]
@@ -195,7 +198,7 @@ def test_down_at_last_answer_plus_detection_time(dp: Datapath, lab: Lab,
                 answered_muted += 1
             sender.send(response_frame(peer_ip=peer.addr, monitor_ip=MONITOR_IP,
                                        peer_id=peer.peer_id, seq=hb.sequence,
-                                       tx_us=hb.tx_timestamp_us))
+                                       tx_us=hb.tx_timestamp_us, nonce=hb.nonce))
             if peer is muted:
                 want = answered_muted
                 assert wait_until(lambda: dp.register_read("hb_rx_count", muted.index)
@@ -229,7 +232,8 @@ def test_no_deadline_without_periodic_rounds(dp: Datapath, lab: Lab,
     f = captures[1].frames(lambda f: len(f) >= 1, is_request)[0]
     hb = Heartbeat.unpack(f[42:], expect=MsgType.REQUEST)
     lab.sender(1).send(response_frame(peer_ip=peer.addr, monitor_ip=MONITOR_IP,
-                                      peer_id=peer.peer_id, seq=1, tx_us=hb.tx_timestamp_us))
+                                      peer_id=peer.peer_id, seq=1, tx_us=hb.tx_timestamp_us,
+                                      nonce=hb.nonce))
     assert wait_until(lambda: dp.register_read("hb_state", 0) == PlaneState.UP)
     dp.poll_events(0)
     # far beyond any deadline: still UP, no event, until a request finds the miss

@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from hbmon.protocol import REGISTERS, PlaneState, Reason
+from hbmon.protocol import REASON_COUNT, REGISTERS, PlaneState, Reason
 from hbmon_kernel.datapath import Datapath
 
 from .bpf_lab import Lab, ip_int
@@ -31,6 +31,7 @@ from .xdp_fuzz import (
     UNTOUCHED_REGISTERS,
     Fuzzer,
     Model,
+    PeerEntry,
     Response,
     classify,
     frame,
@@ -43,28 +44,40 @@ VETH_FRAMES = int(os.environ.get("HBMON_FUZZ_VETH_FRAMES", "20000"))
 SEED = int(os.environ.get("HBMON_FUZZ_SEED", "20261205"))
 MONITOR_IP = ip_int("198.18.0.1")
 MAX_PEERS = 64
-PEERS = {(ip_int(f"198.18.3.{i + 1}"), 7000 + i): i for i in range(48)}
+# 48 peers, each with its own nonce key; GTSM single-hop (255) on a third of them, a floor of
+# 64 on another third, off on the rest
+PEERS = {(ip_int(f"198.18.3.{i + 1}"), 7000 + i):
+         PeerEntry(i, (0x9E3779B9 * (i + 1)) & 0xFFFFFFFF, (0, 255, 64)[i % 3]) for i in range(48)}
 CHUNK = 1024  # frames between two full comparisons of counters and registers
 # reasons the response path can count; the fuzz must reach every one (else it proves little)
 INGRESS_REASONS = {Reason.RESPONSE_RECORDED, Reason.TRUNCATED, Reason.BAD_MAGIC,
                    Reason.BAD_VERSION, Reason.BAD_TYPE, Reason.BAD_LENGTH, Reason.UNKNOWN_PEER,
-                   Reason.SPOOFED, Reason.DUPLICATE, Reason.OLD_SEQUENCE, Reason.PEER_UP_EVENT}
+                   Reason.SPOOFED, Reason.DUPLICATE, Reason.OLD_SEQUENCE, Reason.PEER_UP_EVENT,
+                   Reason.FUTURE_SEQUENCE, Reason.BAD_NONCE, Reason.BAD_TTL}
 
 
 def prepare(dp: Datapath) -> None:
     """Empty tables, zeroed registers and counter, no events; then the fuzz peers."""
-    for src, pid, _ in dp.peers_items():
+    for src, pid, *_ in dp.peers_items():
         dp.peers_delete(src, pid)
     for pid in dp.peer_ids_items():
         dp.peer_ids_delete(pid)
     for name in REGISTERS:
         dp.register_fill(name, 0)
-    for i in range(16):
+    for i in range(REASON_COUNT):
         dp.counter_write("hb_reason", i, 0, 0)
     dp.poll_events(0)
-    for (src, pid), index in PEERS.items():
-        dp.peers_set(src, pid, index)
+    for (src, pid), entry in PEERS.items():
+        dp.peers_set(src, pid, entry.index, entry.nonce_key, entry.min_ttl)
         dp.peer_ids_set(pid)
+
+
+def play_egress(dp: Datapath, model: Model, fuzzer: Fuzzer) -> None:
+    """Requests "sent" between chunks: the registers egress writes (hb_tx_count,
+    hb_last_tx_seq), written as the model says (test_bpf_fanout.py checks egress itself)."""
+    for index in fuzzer.egress():
+        dp.register_write("hb_tx_count", index, model.slots[index].tx_count)
+        dp.register_write("hb_last_tx_seq", index, model.slots[index].last_tx_seq)
 
 
 class Checker:
@@ -174,6 +187,7 @@ def test_fuzz_prog_test_run(datapath: Datapath) -> None:
                         f"{data.hex()}"
         checker.check(t0, dp.now_us(), f"chunk {chunk} (seed {SEED})")
         mute_some(dp, model, fuzzer)
+        play_egress(dp, model, fuzzer)
     seconds = time.monotonic() - start
     report("BPF_PROG_TEST_RUN fuzz", SEED, fuzzer, by_class, seconds,
            f"; {tagged_would_record:,} tagged frames would have been recorded untagged")
@@ -219,7 +233,9 @@ def test_fuzz_veth_slice() -> None:
                 time.sleep(0.001)  # polling the counter, not waiting a fixed time
             checker.check(t0, dp.now_us(), f"veth batch {batch} (seed {SEED + 1})")
             mute_some(dp, model, fuzzer)
+            play_egress(dp, model, fuzzer)
         report("veth fuzz slice", SEED + 1, fuzzer, by_class, time.monotonic() - start)
         reached = {Reason(i) for i, (packets, _) in enumerate(model.counts) if packets}
         assert {Reason.RESPONSE_RECORDED, Reason.DUPLICATE, Reason.SPOOFED,
-                Reason.TRUNCATED} <= reached
+                Reason.TRUNCATED, Reason.FUTURE_SEQUENCE, Reason.BAD_NONCE,
+                Reason.BAD_TTL} <= reached

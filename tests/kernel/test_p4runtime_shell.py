@@ -27,7 +27,7 @@ import pytest
 from hbmon.cli_controller import SHELL_VENV, ensure_shell_venv
 from hbmon.p4info import CounterRead, P4Schema, TableEntry
 from hbmon.p4rt import P4RuntimeClient
-from hbmon.protocol import Reason
+from hbmon.protocol import REASON_COUNT, Reason
 
 from .bpf_lab import Lab, ip_int, response_frame
 from .server_harness import P4INFO, KernelTarget, wait_for
@@ -49,6 +49,8 @@ SHELL_SCRIPT = textwrap.dedent('''
         te.match["src_addr"] = "198.18.7.7"
         te.match["peer_id"] = "77"
         te.action["index"] = "12"
+        te.action["nonce_key"] = "0x5eed1234"
+        te.action["min_ttl"] = "255"
         te.insert()
     out = {
         "peers": [json_format.MessageToDict(e.msg())
@@ -100,12 +102,13 @@ def as_int(b64: str) -> int:
     return int.from_bytes(base64.b64decode(b64), "big")
 
 
-def peers_of(result: dict[str, Any]) -> set[tuple[int, int, int]]:
+def peers_of(result: dict[str, Any]) -> set[tuple[int, ...]]:
+    """(src_addr, peer_id, index, nonce_key, min_ttl) of each peers entry the shell read."""
     out = set()
     for entry in result["peers"]:
         match = {m["fieldId"]: as_int(m["exact"]["value"]) for m in entry["match"]}
-        (param,) = entry["action"]["action"]["params"]
-        out.add((match[1], match[2], as_int(param["value"])))
+        params = {p["paramId"]: as_int(p["value"]) for p in entry["action"]["action"]["params"]}
+        out.add((match[1], match[2], *(params[i] for i in sorted(params))))
     return out
 
 
@@ -116,9 +119,12 @@ def test_shell_reads_peers_and_counters_as_backup(shell_python: Path, target: Ke
     with P4RuntimeClient(target.address, 1, election_id=10, schema=schema) as ctl:
         assert ctl.connect(timeout=10)
         ctl.set_pipeline(schema, b"{}")
-        peers = {(ip_int("198.18.1.2"), 42, 3), (ip_int("198.18.1.9"), 43, 4)}
+        peers = {(ip_int("198.18.1.2"), 42, 3, 0x5EED0003, 0),
+                 (ip_int("198.18.1.9"), 43, 4, 0x5EED0004, 255)}
         ctl.insert([TableEntry("HbIngress.peers", {"src_addr": a, "peer_id": p},
-                               "HbIngress.set_peer_index", {"index": i}) for a, p, i in peers])
+                               "HbIngress.set_peer_index",
+                               {"index": i, "nonce_key": k, "min_ttl": t})
+                     for a, p, i, k, t in peers])
         # real traffic for the counters: two responses from a peer nobody programmed
         frame = response_frame(peer_ip=ip_int("198.18.9.9"), monitor_ip=ip_int("198.18.0.1"),
                                peer_id=999, seq=1, tx_us=1)
@@ -141,7 +147,7 @@ def test_shell_reads_peers_and_counters_as_backup(shell_python: Path, target: Ke
     assert all('("src_addr")' in t and '("HbIngress.set_peer_index")' in t
                for t in result["peers_text"]), result["peers_text"]
     counters = {int(k): v for k, v in result["hb_reason"].items()}
-    assert sorted(counters) == list(range(16))
+    assert sorted(counters) == list(range(REASON_COUNT))
     assert counters[Reason.UNKNOWN_PEER] == [2, 2 * len(frame)]
     assert all(v == [0, 0] for k, v in counters.items() if k != Reason.UNKNOWN_PEER)
 
@@ -153,8 +159,8 @@ def test_shell_pushes_pipeline_and_writes(shell_python: Path, target: KernelTarg
     device_config.write_text("{}")  # bmv2's JSON would go here; the kernel target ignores it
     result = run_shell(shell_python, tmp_path, target.address, "primary", str(P4INFO),
                        str(device_config))
-    assert peers_of(result) == {(ip_int("198.18.7.7"), 77, 12)}
-    assert len(result["hb_reason"]) == 16
+    assert peers_of(result) == {(ip_int("198.18.7.7"), 77, 12, 0x5EED1234, 255)}
+    assert len(result["hb_reason"]) == REASON_COUNT
 
 
 

@@ -23,7 +23,16 @@ from hbmon.p4info import (
     TableEntry,
 )
 from hbmon.p4rt import P4RuntimeClient
-from hbmon.protocol import FANOUT_GROUP, REQUEST_PORT, Heartbeat, MsgType, PlaneState, Reason
+from hbmon.protocol import (
+    FANOUT_GROUP,
+    GTSM_MIN_TTL,
+    REQUEST_PORT,
+    Heartbeat,
+    MsgType,
+    PlaneState,
+    Reason,
+    request_nonce,
+)
 from p4.v1 import p4runtime_pb2
 
 from .bpf_lab import Capture, Lab, ip_int, mac_bytes, request_template, response_frame
@@ -43,6 +52,7 @@ class Peer:
         self.addr = ip_int("198.18.1.0") + index
         self.peer_id = 5000 + index
         self.mac = 0x02CC00000000 + index
+        self.nonce_key = 0xA5A5F00D ^ index  # one per peer, as a controller derives them
 
 
 @pytest.fixture(scope="module")
@@ -84,13 +94,15 @@ class Controller:
         for p in peers:
             entities += [
                 TableEntry("HbIngress.peers", {"src_addr": p.addr, "peer_id": p.peer_id},
-                           "HbIngress.set_peer_index", {"index": p.index}),
+                           "HbIngress.set_peer_index",
+                           {"index": p.index, "nonce_key": p.nonce_key,
+                            "min_ttl": GTSM_MIN_TTL}),
                 TableEntry("HbIngress.peer_ids", {"peer_id": p.peer_id},
                            "HbIngress.peer_id_known"),
                 TableEntry("HbEgress.peer_requests", {"index": p.index},
                            "HbEgress.rewrite_request",
                            {"dst_mac": p.mac, "dst_addr": p.addr, "peer_id": p.peer_id,
-                            "detect_mult": detect_mult}),
+                            "detect_mult": detect_mult, "nonce_key": p.nonce_key}),
             ]
         entities.append(MulticastGroup(FANOUT_GROUP, tuple(Replica(p.port, p.index)
                                                            for p in peers)))
@@ -126,7 +138,7 @@ def ctl(target: KernelTarget, schema: P4Schema,
 
 
 def is_request(frame: bytes) -> bool:
-    return (len(frame) >= 66 and frame[12:14] == b"\x08\x00" and frame[23] == 17
+    return (len(frame) >= 70 and frame[12:14] == b"\x08\x00" and frame[23] == 17
             and frame[36:38] == struct.pack("!H", REQUEST_PORT))
 
 
@@ -138,10 +150,12 @@ def template(seq: int) -> bytes:
     return request_template(monitor_mac=MONITOR_MAC, monitor_ip=MONITOR_IP, seq=seq)
 
 
-def answer(lab: Lab, peer: Peer, seq: int, tx_us: int) -> None:
-    """The peer's host answers request `seq` (from its namespace, out of its port)."""
+def answer(lab: Lab, peer: Peer, seq: int, tx_us: int, ttl: int = 255) -> None:
+    """The peer's host answers request `seq` (from its namespace, out of its port), echoing
+    the request's nonce, with TTL 255 unless told otherwise."""
     frame = response_frame(peer_ip=peer.addr, monitor_ip=MONITOR_IP, peer_id=peer.peer_id,
-                           seq=seq, tx_us=tx_us, status=1, load=37)
+                           seq=seq, tx_us=tx_us, status=1, load=37, nonce_key=peer.nonce_key,
+                           ttl=ttl)
     lab.sender(peer.port).send(frame)
 
 
@@ -158,10 +172,13 @@ def test_packet_out_fans_out_to_every_peer(ctl: Controller, captures: dict[int, 
             hb = Heartbeat.unpack(f[42:], expect=MsgType.REQUEST)
             peer = by_id[hb.peer_id]
             assert peer.port == port and hb.sequence == 77
+            # the nonce key programmed over P4Runtime (rewrite_request param 5) reached egress
+            assert hb.nonce == request_nonce(peer.nonce_key, 77)
             assert f[0:6] == mac_bytes(peer.mac)
             assert int.from_bytes(f[30:34], "big") == peer.addr
     assert wait_for(lambda: ctl.reasons()[Reason.REQUEST_SENT] == 6)
     assert [ctl.register("hb_tx_count", p.index) for p in peers] == [1] * 6
+    assert [ctl.register("hb_last_tx_seq", p.index) for p in peers] == [77] * 6
     assert ctl.register("hb_tx_count", 6) == 0
 
 
@@ -211,6 +228,10 @@ def test_response_recorded_and_up_down_digests(ctl: Controller, lab: Lab,
     ctl.packet_out(template(10))
     (req,) = captures[1].frames(partial(at_least, 1), is_request)
     tx_us = Heartbeat.unpack(req[42:]).tx_timestamp_us
+    # GTSM on (min_ttl 255 over P4Runtime): the same answer one router away is not the peer's
+    answer(lab, peer, 10, tx_us, ttl=254)
+    assert wait_for(lambda: ctl.reasons().get(Reason.BAD_TTL) == 1)
+    assert ctl.register("hb_rx_count", 3) == 0 and not ctl.digests
     answer(lab, peer, 10, tx_us)
     assert wait_for(lambda: ctl.digests), "no UP digest"
     up = ctl.digests[0]

@@ -117,7 +117,7 @@ def _table(p4info: p4info_pb2.P4Info, name: str) -> p4info_pb2.Table:
     (lambda p: setattr(p.registers[5].type_spec.bitstring.bit, "bitwidth", 32),
      "register 'hb_last_rx_us': type is bit<32>, expected bit<64>"),
     (lambda p: setattr(p.counters[0], "size", 8),
-     "counter 'hb_reason': size is 8, expected 16"),
+     "counter 'hb_reason': size is 8, expected 32"),
     (lambda p: setattr(p.controller_packet_metadata[0].metadata[2], "bitwidth", 8),
      "controller packet metadata 'packet_out': metadata 'mcast_grp' is id 3, 8 bits"),
     (lambda p: p.type_info.structs["peer_event_t"].members[3].type_spec.bitstring.bit
@@ -125,7 +125,7 @@ def _table(p4info: p4info_pb2.P4Info, name: str) -> p4info_pb2.Table:
      "digest 'peer_event_t': member #4 is 'time_us': bit<48>, expected 'time_us': bit<64>"),
     (lambda p: p.meters.add().preamble.CopyFrom(p4info_pb2.Preamble(id=0x15000001, name="m")),
      "meter 'm' is not part of this target's pipeline"),
-    (lambda p: p.actions[1].params.add(id=2, name="extra", bitwidth=8),
+    (lambda p: p.actions[1].params.add(id=4, name="extra", bitwidth=8),
      "action 'HbIngress.set_peer_index': unexpected parameter 'extra'"),
 ])
 def test_first_mismatch_named(reference: p4info_pb2.P4Info, mutate: object,

@@ -31,6 +31,7 @@ from hbmon.p4rt import (
     WriteError,
     make_update,
 )
+from hbmon.protocol import REASON_COUNT
 from p4.config.v1 import p4info_pb2
 from p4.v1 import p4runtime_pb2, p4runtime_pb2_grpc
 
@@ -136,6 +137,8 @@ def peers_entry(schema: P4Schema, src: bytes = b"\xc6\x12\x01\x02",
     if index is not None:
         te.action.action.action_id = schema.action("HbIngress.set_peer_index").id
         te.action.action.params.add(param_id=1, value=index)
+        te.action.action.params.add(param_id=2, value=b"\x5e\xed\x12\x34")  # nonce_key
+        te.action.action.params.add(param_id=3, value=b"\xff")  # min_ttl: GTSM on
     return te
 
 
@@ -433,7 +436,8 @@ def test_default_entries(client: P4RuntimeClient, schema: P4Schema,
         (MODIFY, TableEntry("HbIngress.l2_forward", action="HbIngress.set_egress_port",
                             params={"port": 1}, is_default=True), "UNIMPLEMENTED"),
         (MODIFY, TableEntry("HbIngress.peers", action="HbIngress.set_peer_index",
-                            params={"index": 1}, is_default=True), "UNIMPLEMENTED"),
+                            params={"index": 1, "nonce_key": 1, "min_ttl": 0},
+                            is_default=True), "UNIMPLEMENTED"),
         (INSERT, TableEntry("HbIngress.peers", action="NoAction", is_default=True),
          "INVALID_ARGUMENT"),
         (DELETE, TableEntry("HbIngress.peers", is_default=True), "INVALID_ARGUMENT"),
@@ -597,7 +601,7 @@ def _counters(entities: Sequence[p4runtime_pb2.Entity]) -> dict[int, tuple[int, 
 def test_counter_reads_and_writes(client: P4RuntimeClient, schema: P4Schema,
                                   stub: p4runtime_pb2_grpc.P4RuntimeStub) -> None:
     assert _counters(client.read_all([CounterRead("hb_reason")])) == {
-        i: (0, 0) for i in range(16)}
+        i: (0, 0) for i in range(REASON_COUNT)}
     cid = schema.counter("hb_reason").id
     one = p4runtime_pb2.Entity(counter_entry=p4runtime_pb2.CounterEntry(counter_id=cid))
     one.counter_entry.index.index = 3
@@ -610,7 +614,7 @@ def test_counter_reads_and_writes(client: P4RuntimeClient, schema: P4Schema,
     every.counter_entry.data.packet_count = 1
     client.write([p4runtime_pb2.Update(type=MODIFY, entity=every)])
     assert set(_counters(client.read_all([CounterRead("hb_reason")])).values()) == {(1, 0)}
-    one.counter_entry.index.index = 16
+    one.counter_entry.index.index = REASON_COUNT
     assert write_codes(stub, update(MODIFY, one), update(INSERT, every)) == [
         code_pb2.OUT_OF_RANGE, code_pb2.INVALID_ARGUMENT]
 

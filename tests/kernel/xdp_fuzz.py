@@ -1,10 +1,11 @@
 """Fuzz frames for the kernel target's response path, and the reference they are judged by.
 
 `classify` is written from docs/protocol.md ("How a monitor classifies what arrives on port
-9191") and docs/dataplane.md ("What is a heartbeat", "First response"), NOT from
+9191", version 2) and docs/dataplane.md ("What is a heartbeat", "First response"), NOT from
 kernel/bpf/hb_xdp.c: a fuzz run compares the BPF program with this second, independent
-reading of the contract. `Model` is the contract's state (tables, the slots' exact fields,
-the hb_reason counter, UP events); `Fuzzer` makes seeded frames of named classes.
+reading of the contract. `Model` is the contract's state (tables with each peer's nonce key
+and GTSM floor, the slots' exact fields including what egress last sent, the hb_reason
+counter, UP events); `Fuzzer` makes seeded frames of named classes.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ MONITOR_MAC = bytes.fromhex("02bb00000001")
 HB_PORT = 9191  # responses arrive here (docs/protocol.md "Transport")
 PEER_PORT = 9190
 SERIAL_HALF = 1 << 31
-_HB = struct.Struct("!HBBIIQBBH")  # the 24-byte header as docs/protocol.md draws it
+_HB = struct.Struct("!HBBIIIQBBH")  # the 28-byte v2 header as docs/protocol.md draws it
+HB_LEN = _HB.size
+VERSION = 2
+SEND_TTL = 255  # RFC 5082: what peers send with, and the single-hop GTSM floor
 _IP = struct.Struct("!BBHHHBBH4s4s")
 _UDP = struct.Struct("!HHHH")
 _U32 = 0xFFFFFFFF
@@ -35,9 +39,11 @@ class Response:
     src: int
     peer_id: int
     seq: int
+    nonce: int
     tx_us: int
     status: int
     load: int
+    ttl: int  # IPv4 TTL as received (GTSM)
 
 
 def classify(frame: bytes) -> Reason | Response | None:
@@ -58,18 +64,20 @@ def classify(frame: bytes) -> Reason | Response | None:
     if len(udp) < 8 or int.from_bytes(udp[2:4], "big") != HB_PORT:
         return None
     hb = udp[8:]
-    if len(hb) < 24:  # real bytes after the UDP header, whatever the length fields claim
+    if len(hb) < HB_LEN:  # real bytes after the UDP header, whatever the length fields claim
         return Reason.TRUNCATED
-    magic, version, mtype, peer_id, seq, tx_us, status, load, _ = _HB.unpack_from(hb)
+    magic, version, mtype, peer_id, seq, nonce, tx_us, status, load, _ = _HB.unpack_from(hb)
     if magic != 0x4842:
         return Reason.BAD_MAGIC
-    if version != 1:
+    if version != VERSION:
         return Reason.BAD_VERSION
     if mtype != 2:
         return Reason.BAD_TYPE
-    if int.from_bytes(udp[4:6], "big") != 32 or int.from_bytes(ip[2:4], "big") != 52:
+    if (int.from_bytes(udp[4:6], "big") != 8 + HB_LEN
+            or int.from_bytes(ip[2:4], "big") != 20 + 8 + HB_LEN):
         return Reason.BAD_LENGTH
-    return Response(int.from_bytes(ip[12:16], "big"), peer_id, seq, tx_us, status, load)
+    return Response(int.from_bytes(ip[12:16], "big"), peer_id, seq, nonce, tx_us, status, load,
+                    ip[8])
 
 
 @dataclass(slots=True)
@@ -83,26 +91,38 @@ class Slot:
     peer_status: int = 0
     peer_load: int = 0
     state: int = PlaneState.UNKNOWN
+    tx_count: int = 0  # requests egress sent (the fuzz plays egress between chunks)
+    last_tx_seq: int = 0  # the sequence of the last of them
     last_tx_us: int = 0  # the echoed tx_timestamp_us of the last recorded response
 
 
 EXACT_REGISTERS = {
     "hb_rx_count": "rx_count", "hb_dup_count": "dup_count", "hb_miss_count": "miss_count",
     "hb_last_seq": "last_seq", "hb_peer_status": "peer_status", "hb_peer_load": "peer_load",
-    "hb_state": "state",
+    "hb_state": "state", "hb_tx_count": "tx_count", "hb_last_tx_seq": "last_tx_seq",
 }
 # written only by a recorded response (their values depend on the arrival time)
 TIMED_REGISTERS = ("hb_last_rx_us", "hb_rtt_last_us", "hb_rtt_min_us", "hb_rtt_max_us",
                    "hb_rtt_ewma_us")
-# never written by the response path at all
-UNTOUCHED_REGISTERS = ("hb_tx_count", "hb_last_tx_us")
+# never written by the response path at all (hb_tx_count and hb_last_tx_seq are not either:
+# they are EXACT above because the fuzz writes them between chunks, as egress would)
+UNTOUCHED_REGISTERS = ("hb_last_tx_us",)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerEntry:
+    """A `peers` entry: HbIngress.set_peer_index(index, nonce_key, min_ttl)."""
+
+    index: int
+    nonce_key: int
+    min_ttl: int
 
 
 @dataclass
 class Model:
     """What the contract says the data plane holds after the frames fed so far."""
 
-    peers: dict[tuple[int, int], int]  # (source IPv4, peer_id) -> index
+    peers: dict[tuple[int, int], PeerEntry]  # (source IPv4, peer_id) -> entry
     max_peers: int
     peer_ids: set[int] = field(init=False)
     slots: list[Slot] = field(init=False)
@@ -113,7 +133,7 @@ class Model:
     def __post_init__(self) -> None:
         self.peer_ids = {pid for _, pid in self.peers}
         self.slots = [Slot() for _ in range(self.max_peers)]
-        self.counts = [[0, 0] for _ in range(16)]
+        self.counts = [[0, 0] for _ in range(32)]  # docs/dataplane.md: hb_reason has 32
         self.up_events = []
         self.recorded = set()
 
@@ -130,11 +150,26 @@ class Model:
         self._count(reason, len(frame))
         return reason
 
-    def _judge(self, r: Response, nbytes: int) -> Reason:
-        index = self.peers.get((r.src, r.peer_id))
-        if index is None:
-            return Reason.SPOOFED if r.peer_id in self.peer_ids else Reason.UNKNOWN_PEER
+    def sent(self, index: int, seq: int) -> None:
+        """Egress sent request `seq` to slot `index`."""
         slot = self.slots[index]
+        slot.tx_count = (slot.tx_count + 1) & _U32
+        slot.last_tx_seq = seq & _U32
+
+    def _judge(self, r: Response, nbytes: int) -> Reason:
+        entry = self.peers.get((r.src, r.peer_id))
+        if entry is None:
+            return Reason.SPOOFED if r.peer_id in self.peer_ids else Reason.UNKNOWN_PEER
+        index = entry.index
+        slot = self.slots[index]
+        # protocol.md, for a matched peer: 1 TTL (GTSM), 2 nonce, 3 not after the last sent
+        if r.ttl < entry.min_ttl:
+            return Reason.BAD_TTL
+        if r.nonce != entry.nonce_key ^ r.seq:
+            return Reason.BAD_NONCE
+        ahead = (r.seq - slot.last_tx_seq) & _U32
+        if slot.tx_count == 0 or 0 < ahead < SERIAL_HALF:
+            return Reason.FUTURE_SEQUENCE
         if slot.rx_count:  # a slot that never recorded has no last sequence to compare
             diff = (r.seq - slot.last_seq) & _U32
             if diff == 0 or diff >= SERIAL_HALF:  # RFC 1982: equal, or not after it
@@ -167,19 +202,21 @@ def ipv4_checksum(header: bytes) -> int:
 
 def frame(*, src: int, dst: int, payload: bytes, dport: int = HB_PORT, sport: int = PEER_PORT,
           proto: int = 17, frag: int = 0x4000, ihl: int = 5, ip_len: int | None = None,
-          udp_len: int | None = None) -> bytes:
+          udp_len: int | None = None, ttl: int = SEND_TTL) -> bytes:
     udp = _UDP.pack(sport, dport, 8 + len(payload) if udp_len is None else udp_len, 0)
     options = bytes(4 * (ihl - 5))
     total = 4 * ihl + len(udp) + len(payload) if ip_len is None else ip_len
-    hdr = _IP.pack(0x40 | ihl, 0, total & 0xFFFF, 0, frag, 64, proto, 0,
+    hdr = _IP.pack(0x40 | ihl, 0, total & 0xFFFF, 0, frag, ttl, proto, 0,
                    src.to_bytes(4, "big"), dst.to_bytes(4, "big")) + options
     hdr = hdr[:10] + ipv4_checksum(hdr).to_bytes(2, "big") + hdr[12:]
     return MONITOR_MAC + PEER_MAC + ETH_IPV4 + hdr + udp + payload
 
 
-def heartbeat(peer_id: int, seq: int, tx_us: int = 0, *, status: int = 0, load: int = 0,
-              magic: int = 0x4842, version: int = 1, mtype: int = 2) -> bytes:
-    return _HB.pack(magic, version, mtype, peer_id & _U32, seq & _U32, tx_us, status, load, 0)
+def heartbeat(peer_id: int, seq: int, tx_us: int = 0, *, nonce: int = 0, status: int = 0,
+              load: int = 0, magic: int = 0x4842, version: int = VERSION, mtype: int = 2
+              ) -> bytes:
+    return _HB.pack(magic, version, mtype, peer_id & _U32, seq & _U32, nonce & _U32, tx_us,
+                    status, load, 0)
 
 
 def tag(frame_: bytes, tpid: int, vid: int) -> bytes:
@@ -188,12 +225,14 @@ def tag(frame_: bytes, tpid: int, vid: int) -> bytes:
 
 
 # Offsets (in an untagged frame) where one mutated byte changes a check's outcome.
-_HOT = (12, 13, 14, 16, 17, 20, 21, 23, 36, 37, 38, 39, 42, 43, 44, 45, 46, 47, 48, 49,
-        50, 51, 52, 53)
+_HOT = (12, 13, 14, 16, 17, 20, 21, 22, 23, 36, 37, 38, 39, 42, 43, 44, 45, 46, 47, 48, 49,
+        50, 51, 52, 53, 54, 55, 56, 57)
 
 CLASSES = {  # class -> weight (of a draw)
     "valid": 14, "stale": 8, "replayed": 6, "spoofed": 6, "unknown": 6, "truncated": 10,
     "mutated": 18, "tagged": 8, "fragmented": 7, "ordinary": 6, "random": 6, "bad_length": 3,
+    # v2: an off-path forger (no nonce), the lockout of issue 11, answers from beyond a router
+    "bad_nonce": 6, "future": 6, "low_ttl": 5,
 }
 
 
@@ -212,15 +251,45 @@ class Fuzzer:
         self.sent: Counter[str] = Counter()  # frames run through the program, per class
 
     def _peer(self) -> tuple[int, int, int]:
-        (src, pid), index = self.rng.choice(self.peers)
-        return src, pid, index
+        (src, pid), entry = self.rng.choice(self.peers)
+        return src, pid, entry.index
+
+    def _key(self, src: int, pid: int) -> int:
+        return self.model.peers[(src, pid)].nonce_key
+
+    def _hb(self, src: int, pid: int, seq: int, tx_us: int = 0, **kw: int) -> bytes:
+        """A heartbeat carrying the nonce the peer's request `seq` carried (key ^ seq)."""
+        return heartbeat(pid, seq, tx_us, nonce=self._key(src, pid) ^ (seq & _U32), **kw)
+
+    def egress(self) -> list[int]:
+        """Play egress for a random 80 % of the slots: one more request each, mostly the next
+        sequence, sometimes a jump (a controller restart); a slot's first request has a random
+        sequence (wraps included). Returns the slots written (the test writes them too)."""
+        rng = self.rng
+        changed = []
+        for _, entry in self.peers:
+            if rng.random() < 0.8:
+                slot = self.model.slots[entry.index]
+                if slot.tx_count == 0:
+                    seq = rng.getrandbits(32)
+                else:
+                    seq = slot.last_tx_seq + rng.choice((1, 3, 10, 50, rng.randrange(1, 1000)))
+                self.model.sent(entry.index, seq)
+                changed.append(entry.index)
+        return changed
 
     def _fresh(self, index: int) -> int:
+        """A sequence in (last recorded, last sent] when there is one (else a future one)."""
         slot = self.model.slots[index]
-        if not slot.rx_count:
+        if not slot.tx_count:
             return self.rng.getrandbits(32)
-        step = self.rng.choice((1, 1, 1, 2, 3, self.rng.randrange(1, SERIAL_HALF)))
-        return (slot.last_seq + step) & _U32
+        if not slot.rx_count:
+            return (slot.last_tx_seq - self.rng.randrange(0, 4)) & _U32
+        room = (slot.last_tx_seq - slot.last_seq) & _U32
+        if not 0 < room < SERIAL_HALF:
+            return (slot.last_seq + 1) & _U32
+        step = self.rng.choice((1, 1, 1, 2, 3, room, self.rng.randrange(1, room + 1)))
+        return (slot.last_seq + min(step, room)) & _U32
 
     def _tx_us(self) -> int:
         roll = self.rng.random()
@@ -233,8 +302,8 @@ class Fuzzer:
     def valid(self, index_src_pid: tuple[int, int, int] | None = None) -> bytes:
         src, pid, index = index_src_pid or self._peer()
         rng = self.rng
-        hb = heartbeat(pid, self._fresh(index), self._tx_us(), status=rng.randrange(3),
-                       load=rng.randrange(256))
+        hb = self._hb(src, pid, self._fresh(index), self._tx_us(), status=rng.randrange(3),
+                      load=rng.randrange(256))
         return frame(src=src, dst=self.monitor_ip, payload=hb,
                      frag=rng.choice((0x4000, 0x0000)))
 
@@ -249,7 +318,8 @@ class Fuzzer:
             src, pid, index = self._peer()
             back = rng.choice((0, 1, 2, rng.randrange(SERIAL_HALF + 1)))
             seq = self.model.slots[index].last_seq - back
-            out = frame(src=src, dst=self.monitor_ip, payload=heartbeat(pid, seq, self._tx_us()))
+            out = frame(src=src, dst=self.monitor_ip, payload=self._hb(src, pid, seq,
+                                                                       self._tx_us()))
         elif cls == "replayed" and self.recent:
             out = rng.choice(self.recent)
             repeat = rng.randrange(1, 7)
@@ -287,22 +357,44 @@ class Fuzzer:
             flags = more | offset | rng.choice((0, 0x4000, 0x8000))
             src, pid, index = self._peer()
             out = frame(src=src, dst=self.monitor_ip, frag=flags,
-                        payload=heartbeat(pid, self._fresh(index), self._tx_us()))
+                        payload=self._hb(src, pid, self._fresh(index), self._tx_us()))
         elif cls == "ordinary":
             out = self._ordinary()
+        elif cls == "bad_nonce":  # everything right but the nonce: what an off-path forger has
+            src, pid, index = self._peer()
+            seq = self._fresh(index)
+            good = self._key(src, pid) ^ seq
+            other_src, other_pid, _ = self._peer()
+            nonce = rng.choice((rng.getrandbits(32), seq, self._key(src, pid), 0,
+                                self._key(other_src, other_pid) ^ seq,
+                                good ^ (1 << rng.randrange(32))))
+            nonce = nonce if nonce != good else good ^ 1
+            out = frame(src=src, dst=self.monitor_ip,
+                        payload=heartbeat(pid, seq, self._tx_us(), nonce=nonce))
+        elif cls == "future":  # the lockout: ahead of the last request sent, nonce right
+            src, pid, index = self._peer()
+            slot = self.model.slots[index]
+            ahead = rng.choice((1, 2, 1 << 30, SERIAL_HALF - 1, rng.randrange(1, SERIAL_HALF)))
+            seq = rng.choice((slot.last_tx_seq + ahead, SERIAL_HALF - 1))
+            out = frame(src=src, dst=self.monitor_ip, payload=self._hb(src, pid, seq,
+                                                                       self._tx_us()))
+        elif cls == "low_ttl":  # a fresh answer that crossed routers (GTSM peers count it)
+            src, pid, index = self._peer()
+            out = frame(src=src, dst=self.monitor_ip, ttl=rng.randrange(SEND_TTL),
+                        payload=self._hb(src, pid, self._fresh(index), self._tx_us()))
         elif cls == "bad_length":
             src, pid, index = self._peer()
-            hb = heartbeat(pid, self._fresh(index))
+            hb = self._hb(src, pid, self._fresh(index))
             kind = rng.randrange(3)
             if kind == 0:
                 out = frame(src=src, dst=self.monitor_ip, payload=hb + rng.randbytes(
                     rng.randrange(1, 64)))
             elif kind == 1:
                 out = frame(src=src, dst=self.monitor_ip, payload=hb,
-                            udp_len=rng.choice((0, 8, 31, 33, 0xFFFF)))
+                            udp_len=rng.choice((0, 8, 32, 35, 37, 0xFFFF)))
             else:
                 out = frame(src=src, dst=self.monitor_ip, payload=hb,
-                            ip_len=rng.choice((0, 20, 51, 53, 0xFFFF)))
+                            ip_len=rng.choice((0, 20, 52, 55, 57, 0xFFFF)))
         else:  # "random", or a replay before anything was sent
             cls = "random"
             out = self._random()
@@ -316,7 +408,7 @@ class Fuzzer:
     def _ordinary(self) -> bytes:
         rng = self.rng
         src, pid, index = self._peer()
-        hb = heartbeat(pid, self._fresh(index))
+        hb = self._hb(src, pid, self._fresh(index))
         kind = rng.randrange(6)
         if kind == 0:  # ARP
             return MONITOR_MAC + PEER_MAC + b"\x08\x06" + rng.randbytes(28)

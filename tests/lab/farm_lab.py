@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
-from hbmon.protocol import REQUEST_PORT, build_response
+from hbmon.protocol import HEADER_LEN, IPV4_TOTAL_LEN, REQUEST_PORT, UDP_LEN, build_response
 
 ROOT = Path(__file__).resolve().parents[2]
 ETH_P_ALL = 0x0003
@@ -44,17 +44,18 @@ def ipv4_checksum(header: bytes) -> int:
 def expected_response(frame: bytes, status: int, load: int) -> bytes:
     """docs/protocol.md "Building a response from a request", applied to a whole frame.
 
-    The fields the protocol leaves to the sender's IP stack are those Linux writes for an
-    unconnected UDP socket (TOS 0, id 0, DF, TTL 64); the UDP checksum is 0 (none).
+    TTL 255 is the protocol's (version 2 responder rule, RFC 5082). The fields it leaves to
+    the sender's IP stack are those Linux writes for an unconnected UDP socket (TOS 0, id 0,
+    DF); the UDP checksum is 0 (none).
     """
     ip = frame[14:34]
     sport = struct.unpack_from("!H", frame, 34)[0]
-    iph = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 52, 0, 0x4000, 64, 17, 0,
-                                ip[16:20], ip[12:16]))
+    iph = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, IPV4_TOTAL_LEN, 0, 0x4000, 255, 17,
+                                0, ip[16:20], ip[12:16]))
     struct.pack_into("!H", iph, 10, ipv4_checksum(bytes(iph)))
-    udp = struct.pack("!HHHH", REQUEST_PORT, sport, 32, 0)
+    udp = struct.pack("!HHHH", REQUEST_PORT, sport, UDP_LEN, 0)
     return (frame[6:12] + frame[0:6] + frame[12:14] + bytes(iph) + udp
-            + build_response(frame[42:66], status, load))
+            + build_response(frame[42:42 + HEADER_LEN], status, load))
 
 
 def udp_checksum_ok(ipv4_packet: bytes) -> bool:

@@ -11,8 +11,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from hbmon.protocol import Heartbeat, MsgType, PeerStatus
+from hbmon.protocol import SEND_TTL, Heartbeat, MsgType, PeerStatus, request_nonce
 from hbmon.responder import ControlClient
+
+from .test_responder import IP_RECVTTL, _recv_ttl
 
 HBMON = str(Path(sys.executable).with_name("hbmon"))
 
@@ -42,11 +44,18 @@ def served(tmp_path: Path, free_udp_port: Callable[[], int]) -> Iterator[tuple[i
 
 
 def ask(port: int, seq: int) -> Heartbeat:
+    """One v2 request; the answer must echo its nonce and arrive with TTL 255 (docs/protocol.md
+    responder rule; loopback does not decrement)."""
+    nonce = request_nonce(0xC0FF_EE00, seq)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         s.settimeout(5)
-        s.sendto(Heartbeat(MsgType.REQUEST, 5, seq, 1).pack(), ("127.0.0.1", port))
-        return Heartbeat.unpack(s.recv(2048), expect=MsgType.RESPONSE)
+        s.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
+        s.sendto(Heartbeat(MsgType.REQUEST, 5, seq, 1, nonce=nonce).pack(), ("127.0.0.1", port))
+        data, ttl = _recv_ttl(s)
+    answer = Heartbeat.unpack(data, expect=MsgType.RESPONSE)
+    assert (answer.version, answer.nonce, ttl) == (2, nonce, SEND_TTL)
+    return answer
 
 
 def test_serve_control_and_terminate(served: tuple[int, str, subprocess.Popen[str]]) -> None:

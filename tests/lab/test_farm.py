@@ -98,7 +98,9 @@ ROWS = [
         {"198.18.1.2": {"status": 1, "load": 37}}, (1, 37)),
     Row("no-entry-defaults", lambda: req(), "answered"),
     Row("extreme-values", lambda: req(peer_id=0xFFFFFFFF, sequence=0xFFFFFFFF,
-                                      tx_timestamp_us=2**64 - 1), "answered"),
+                                      nonce=0xFFFFFFFF, tx_timestamp_us=2**64 - 1), "answered"),
+    Row("nonce-echoed", lambda: req(nonce=0x5A5A_C3C3), "answered"),
+    Row("nonce-zero", lambda: req(nonce=0), "answered"),
     Row("other-source-port", lambda: req(sport=40000), "answered"),
     Row("other-monitor-address", lambda: req(src="198.18.0.77"), "answered"),
     Row("last-address-of-prefix", lambda: req(dst="198.18.255.254"), "answered"),
@@ -125,12 +127,14 @@ ROWS = [
     # ---- UDP to 9190 but not a valid REQUEST: passed, counted, never answered
     Row("bad-magic", lambda: req(magic=0x4843), "not_request"),
     Row("bad-version-0", lambda: req(version=0), "not_request"),
-    Row("bad-version-2", lambda: req(version=2), "not_request"),
+    Row("bad-version-1", lambda: req(version=1), "not_request"),  # a v1 header, v2 length
+    Row("bad-version-3", lambda: req(version=3), "not_request"),
     Row("type-response", lambda: req(msg_type=MsgType.RESPONSE), "not_request"),
     Row("type-0", lambda: req(msg_type=0), "not_request"),
     Row("type-3", lambda: req(msg_type=3), "not_request"),
-    Row("truncated-23", lambda: req_ip(lambda p: EX.with_payload_length(p, 23)), "not_request"),
-    Row("too-long-25", lambda: req_ip(lambda p: EX.with_payload_length(p, 25)), "not_request"),
+    Row("truncated-27", lambda: req_ip(lambda p: EX.with_payload_length(p, 27)), "not_request"),
+    Row("v1-length-24", lambda: req_ip(lambda p: EX.with_payload_length(p, 24)), "not_request"),
+    Row("too-long-29", lambda: req_ip(lambda p: EX.with_payload_length(p, 29)), "not_request"),
     Row("empty", lambda: req_ip(lambda p: EX.with_payload_length(p, 0)), "not_request"),
     Row("udp-length-field", lambda: req_ip(lambda p: EX.with_lengths(p, udp_len=40)),
         "not_request"),
@@ -271,6 +275,7 @@ def wire_lab() -> Iterator[WireLab]:
 def _variants() -> list[tuple[str, bytes]]:
     return [
         ("doc-example", req(sequence=101)),
+        ("nonce", req(sequence=109, nonce=0xDEAD_BEEF)),
         ("other-peer", req(sequence=102, dst="198.18.1.3", peer_id=0xFFFFFFFF)),
         ("big-timestamp", req(sequence=103, tx_timestamp_us=2**64 - 2)),
         ("source-port-40000", req(sequence=104, sport=40000)),
@@ -285,10 +290,10 @@ def _variants() -> list[tuple[str, bytes]]:
 def _invalid() -> list[tuple[str, bytes]]:
     return [
         ("bad-magic", req(sequence=201, magic=0x1111)),
-        ("bad-version", req(sequence=202, version=2)),
+        ("bad-version", req(sequence=202, version=1)),
         ("type-response", req(sequence=203, msg_type=MsgType.RESPONSE)),
-        ("too-long", req_ip(lambda p: EX.with_payload_length(p, 26), sequence=204)),
-        ("too-short", req_ip(lambda p: EX.with_payload_length(p, 22), sequence=205)),
+        ("too-long", req_ip(lambda p: EX.with_payload_length(p, 30), sequence=204)),
+        ("too-short", req_ip(lambda p: EX.with_payload_length(p, 24), sequence=205)),
         ("to-9191", req(sequence=206, dport=9191)),
         ("first-fragment", req_ip(lambda p: with_ip_header(p, frag=0x2000), sequence=207)),
         ("later-fragment", req_ip(lambda p: with_ip_header(p, frag=0x0003), sequence=208)),
@@ -320,8 +325,8 @@ def test_matches_hbmon_responder_byte_for_byte(wire_lab: WireLab) -> None:
         assert seq in reference, f"{name}: hbmon responder did not answer"
         assert seq in answers, f"{name}: the farm did not answer"
         ref, got = reference[seq], answers[seq]
-        # Identical: Ethernet, IPv4 version/IHL, TOS 0, total length, DF, TTL 64, protocol,
-        # addresses, UDP ports and length, and the 24 heartbeat bytes.
+        # Identical: Ethernet, IPv4 version/IHL, TOS 0, total length, DF, TTL 255, protocol,
+        # addresses, UDP ports and length, and the 28 heartbeat bytes (nonce echoed).
         free = {18, 19, 24, 25, 40, 41}  # IPv4 id and (so) its checksum, UDP checksum
         differ = [i for i in range(len(ref)) if i not in free and got[i] != ref[i]]
         assert len(got) == len(ref) and not differ, f"{name}: bytes {differ} differ"
@@ -332,6 +337,8 @@ def test_matches_hbmon_responder_byte_for_byte(wire_lab: WireLab) -> None:
         assert ipv4_checksum(got[14:34]) == 0 and ipv4_checksum(ref[14:34]) == 0
         assert udp_checksum_ok(ref[14:])
         assert got == expected_response(frame, 1, 37), name
+        assert ref[22] == got[22] == 255, f"{name}: TTL (RFC 5082)"
+        assert ref[54:58] == got[54:58] == frame[54:58], f"{name}: nonce echoed"
     for name, frame in invalid:
         seq = sequence_of(frame)
         assert seq not in reference, f"{name}: hbmon responder answered"
@@ -456,8 +463,9 @@ def test_bench_generator_writes_fresh_requests(loaded: PeerFarm) -> None:
         gen.load()
         fd = gen.program_fd("hb_farm_gen")
         template = req(sequence=0, dst="198.18.0.2")
+        # struct farm_gen: ifindex, n_addrs, seq, pad, frame[HB_FRAME_LEN + 6]
         gen.map("farm_gen").update(struct.pack("=I", 0), struct.pack(
-            "=IIII72s", 1, 3, 41, 0, template))
+            f"=IIII{len(template) + 6}s", 1, 3, 41, 0, template))
         stale = expected_response(template, 2, 9)  # what the farm left in the page
         outs = [lb.prog_test_run(fd, stale) for _ in range(4)]
     finally:

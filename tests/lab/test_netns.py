@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from hbmon.protocol import PeerStatus
+from hbmon.protocol import PeerStatus, request_nonce
 from hbmon.responder import ControlClient
 from hbmon_topo.model import Faults, Layout, Topology, multi, star
 from hbmon_topo.netns import NetnsLab, cleanup_stale
@@ -90,6 +90,10 @@ def test_responders_answer_through_the_lab(netns_lab: MakeLab) -> None:
                 a = answers[peer.address]
                 assert a.heartbeat.peer_id == peer.peer_id
                 assert (a.dst_ip, a.src_port, a.dst_port) == (topo.monitor_address, 9190, 9191)
+                # protocol v2: the nonce of this round's request comes back, with TTL 255 (the
+                # lab's fabric is a bridge: no router decrements it)
+                assert a.heartbeat.nonce == request_nonce(probe.nonce_key, 1)
+                assert a.ttl == 255
         assert answers[topo.peer("peer03").address].heartbeat.status == PeerStatus.DEGRADED
         assert answers[topo.peer("peer03").address].heartbeat.load == 40
         ControlClient(ctl["peer02"]).set(mute=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from hbmon.model import ValidationError
 from hbmon.protocol import (
     HEADER_LEN,
     MAGIC,
+    SEND_TTL,
     Heartbeat,
     MsgType,
     PeerStatus,
@@ -41,8 +43,9 @@ class Running:
     def send(self, payload: bytes) -> None:
         self.sock.sendto(payload, ("127.0.0.1", self.port))
 
-    def request(self, peer_id: int = 7, seq: int = 1, tx: int = 123_456_789) -> bytes:
-        payload = Heartbeat(MsgType.REQUEST, peer_id, seq, tx).pack()
+    def request(self, peer_id: int = 7, seq: int = 1, tx: int = 123_456_789,
+                nonce: int = 0x5EED_0001) -> bytes:
+        payload = Heartbeat(MsgType.REQUEST, peer_id, seq, tx, nonce=nonce).pack()
         self.send(payload)
         return payload
 
@@ -92,28 +95,31 @@ def running(tmp_path: Path) -> Iterator[Running]:
 
 
 def test_answers_per_protocol(running: Running) -> None:
-    request = running.request(peer_id=0xDEADBEEF, seq=0xFFFFFFFF, tx=2**64 - 2)
+    request = running.request(peer_id=0xDEADBEEF, seq=0xFFFFFFFF, tx=2**64 - 2,
+                              nonce=0xA5C3_0F1E)
     response, source = running.recv()
     assert source == ("127.0.0.1", running.port)  # from the port requests go to
     assert response.type is MsgType.RESPONSE
-    assert (response.peer_id, response.sequence, response.tx_timestamp_us) == (
-        0xDEADBEEF, 0xFFFFFFFF, 2**64 - 2)
+    assert (response.peer_id, response.sequence, response.nonce, response.tx_timestamp_us) == (
+        0xDEADBEEF, 0xFFFFFFFF, 0xA5C3_0F1E, 2**64 - 2)
     assert (response.status, response.load) == (PeerStatus.HEALTHY, 0)
     # byte-for-byte what docs/protocol.md prescribes (and what the shared codec builds)
     running.send(request)
     raw, _ = running.sock.recvfrom(2048)
     assert raw == build_response(request, PeerStatus.HEALTHY, 0)
-    assert len(raw) == HEADER_LEN and raw[3] == MsgType.RESPONSE and raw[22:] == b"\0\0"
+    assert len(raw) == HEADER_LEN and raw[3] == MsgType.RESPONSE and raw[26:] == b"\0\0"
 
 
 @pytest.mark.parametrize(
     ("payload", "reason"),
     [
         (b"\x48\x42\x01", "TRUNCATED"),
-        (struct.pack("!HBBIIQBBH", 0x1234, 1, 1, 7, 1, 1, 0, 0, 0), "BAD_MAGIC"),
-        (struct.pack("!HBBIIQBBH", MAGIC, 2, 1, 7, 1, 1, 0, 0, 0), "BAD_VERSION"),
+        (struct.pack("!HBBIIIQBBH", 0x1234, 2, 1, 7, 1, 9, 1, 0, 0, 0), "BAD_MAGIC"),
+        # a version-1 header padded to the v2 length (v1's 24 bytes count as TRUNCATED)
+        (struct.pack("!HBBIIIQBBH", MAGIC, 1, 1, 7, 1, 9, 1, 0, 0, 0), "BAD_VERSION"),
+        (struct.pack("!HBBIIQBBH", MAGIC, 1, 1, 7, 1, 1, 0, 0, 0), "TRUNCATED"),
         (Heartbeat(MsgType.RESPONSE, 7, 1, 1).pack(), "BAD_TYPE"),
-        (struct.pack("!HBBIIQBBH", MAGIC, 1, 9, 7, 1, 1, 0, 0, 0), "BAD_TYPE"),
+        (struct.pack("!HBBIIIQBBH", MAGIC, 2, 9, 7, 1, 9, 1, 0, 0, 0), "BAD_TYPE"),
         (Heartbeat(MsgType.REQUEST, 7, 1, 1).pack() + b"\0", "BAD_LENGTH"),
     ],
 )
@@ -251,6 +257,47 @@ def test_apply_changes_is_pure_and_validates() -> None:
                                                                   "status": "degraded"}
     with pytest.raises(ValidationError):
         parse_assignments(["loss"])
+
+
+IP_RECVTTL = getattr(socket, "IP_RECVTTL", 12)  # Python 3.12+ names it; <linux/in.h> value
+
+
+def _recv_ttl(sock: socket.socket) -> tuple[bytes, int]:
+    """One datagram and the IPv4 TTL it arrived with (IP_RECVTTL ancillary data)."""
+    data, ancdata, _flags, _source = sock.recvmsg(2048, socket.CMSG_SPACE(4))
+    ttls = [int.from_bytes(cdata[:4], sys.byteorder) for level, ctype, cdata in ancdata
+            if level == socket.IPPROTO_IP and ctype == socket.IP_TTL]
+    assert len(ttls) == 1, ancdata
+    return data, ttls[0]
+
+
+@pytest.mark.parametrize(("bind", "batched"), [("127.0.0.1", True), ("127.0.0.1", False),
+                                               ("0.0.0.0", True), ("0.0.0.0", False)])
+def test_v2_answer_echoes_nonce_with_ttl_255(bind: str, batched: bool) -> None:
+    """docs/protocol.md (version 2) responder rule on every send path (sendmmsg with and
+    without IP_PKTINFO, sendmsg): the nonce comes back unchanged in every answer, and the
+    answer leaves with IPv4 TTL 255 (RFC 5082), which loopback delivers undecremented."""
+    responder = Responder(port=0, binds=[bind], batched=batched)
+    responder.open()
+    thread = threading.Thread(target=responder.serve_forever, daemon=True)
+    thread.start()
+    port = responder.addresses[0][1]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(5.0)
+        sock.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
+        try:
+            for seq, nonce in ((1, 0xFFFF_FFFF), (2, 0), (3, 0x1234_5678)):
+                request = Heartbeat(MsgType.REQUEST, 9, seq, 77, nonce=nonce).pack()
+                sock.sendto(request, ("127.0.0.1", port))
+                data, ttl = _recv_ttl(sock)
+                assert data == build_response(request)
+                assert Heartbeat.unpack(data).nonce == nonce
+                assert ttl == SEND_TTL == 255
+        finally:
+            responder.stop()
+            thread.join(timeout=5)
+            responder.close()
 
 
 def test_bind_conflict_is_a_clear_error(running: Running) -> None:

@@ -22,6 +22,7 @@
 #include "hb_structs.h"
 
 #define IP_DF 0x4000
+#define HB_SEND_TTL 255 /* hbmon.protocol.SEND_TTL */
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1fff
 
@@ -172,15 +173,17 @@ int hb_farm(struct xdp_md *ctx)
 	__builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, mac, ETH_ALEN);
 
-	/* IPv4: a fresh header as the Linux stack writes it for a UDP socket (what `hbmon
-	 * responder` sends): TOS 0, DF, TTL 64; id 0 as docs/protocol.md's example (Linux
-	 * writes a per-packet id; the protocol leaves it free). */
+	/* IPv4: a fresh header as the Linux stack writes it for `hbmon responder`'s UDP
+	 * socket: TOS 0, DF, TTL 255 (docs/protocol.md responder rule, RFC 5082: a monitor with
+	 * GTSM on counts only answers that crossed no router); id 0 as docs/protocol.md's
+	 * example (Linux writes a per-packet id; the protocol leaves it free). The header
+	 * checksum is recomputed below over the new TTL and addresses. */
 	__u32 src = iph->saddr;
 
 	iph->tos = 0;
 	iph->id = 0;
 	iph->frag_off = bpf_htons(IP_DF);
-	iph->ttl = 64;
+	iph->ttl = HB_SEND_TTL;
 	iph->saddr = dst;
 	iph->daddr = src;
 	iph->check = 0;
@@ -191,7 +194,8 @@ int hb_farm(struct xdp_md *ctx)
 	udp->source = bpf_htons(HB_REQUEST_PORT);
 	udp->check = 0;
 
-	/* heartbeat: magic, version, peer_id, sequence, tx timestamp echoed unchanged */
+	/* heartbeat: magic, version, peer_id, sequence, nonce, tx timestamp echoed unchanged
+	 * (the monitor checks the nonce against the one its request to this peer carried) */
 	hb->type = HB_TYPE_RESPONSE;
 	hb->status = status;
 	hb->load = load;
