@@ -31,13 +31,13 @@ from typing import Any, Protocol
 
 import httpx
 import yaml
+from hbmon import assets
 
 from .model import Topology
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-P4INFO = REPO_ROOT / "p4src" / "build" / "heartbeat.p4info.txtpb"
-BMV2_JSON = REPO_ROOT / "p4src" / "build" / "heartbeat.json"
-BPF_BUILD = REPO_ROOT / "build" / "bpf"
+P4INFO = assets.p4_output(assets.P4INFO_NAME)
+BMV2_JSON = assets.p4_output(assets.BMV2_JSON_NAME)
+BPF_BUILD = assets.bpf_dir()
 
 
 class StackError(RuntimeError):
@@ -91,14 +91,14 @@ def missing_for(target: str) -> list[str]:
 
     missing: list[str] = []
     if not P4INFO.is_file():
-        missing.append(f"{P4INFO.relative_to(REPO_ROOT)} (the P4Info; `make p4-build`)")
+        missing.append(f"{P4INFO} (the P4Info; `make p4-build`)")
     if target == "kernel":
         if importlib.util.find_spec("hbmon_kernel.server") is None:
             missing.append("hbmon_kernel.server (the kernel target's P4Runtime server)")
         if targets.find_kernel_target() is None:
             missing.append("hbmon-kernel-target (run `make setup`)")
         if not any(BPF_BUILD.glob("*.o")):
-            missing.append(f"BPF objects in {BPF_BUILD.relative_to(REPO_ROOT)}/ "
+            missing.append(f"BPF objects in {BPF_BUILD}/ "
                            "(`make setup` builds them with clang)")
     elif target == "bmv2":
         if targets.find_simple_switch_grpc() is None:
@@ -106,7 +106,7 @@ def missing_for(target: str) -> list[str]:
                            "in $SIMPLE_SWITCH_GRPC — e.g. `source /opt/p4/env.sh`, or use "
                            "the Vagrant lab")
         if not BMV2_JSON.is_file():
-            missing.append(f"{BMV2_JSON.relative_to(REPO_ROOT)} (p4c output; `make p4-build`)")
+            missing.append(f"{BMV2_JSON} (p4c output; `make p4-build`)")
     else:
         missing.append(f"a target called {target!r} (kernel or bmv2)")
     return missing

@@ -17,10 +17,11 @@ from typing import Any
 
 import click
 
-from .config import REPO_ROOT, FabricConfig, SwitchConfig, load_config
+from .assets import state_dir
+from .config import FabricConfig, SwitchConfig, load_config
 from .model import ValidationError
 
-SHELL_VENV = REPO_ROOT / "build" / "p4rt-shell-venv"
+SHELL_VENV = state_dir() / "p4rt-shell-venv"
 SHELL_PACKAGE = "p4runtime-shell"
 
 

@@ -60,13 +60,13 @@ from typing import Any
 import grpc
 import yaml
 
+from .assets import BMV2_JSON_NAME, P4INFO_NAME, p4_output
 from .health import HealthConfig
 from .model import Peer, ValidationError
 from .protocol import GTSM_MIN_TTL
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_P4INFO = REPO_ROOT / "p4src" / "build" / "heartbeat.p4info.txtpb"
-DEFAULT_BMV2_JSON = REPO_ROOT / "p4src" / "build" / "heartbeat.json"
+DEFAULT_P4INFO = p4_output(P4INFO_NAME)
+DEFAULT_BMV2_JSON = p4_output(BMV2_JSON_NAME)
 _MAC = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from hbmon import protocol
+from hbmon import assets, protocol
 from hbmon.protocol import REGISTERS
 
 from . import libbpf as lb
@@ -138,10 +138,7 @@ def is_request_template(frame: bytes) -> bool:
 
 
 def default_bpf_dir() -> Path:
-    env = os.environ.get("HBMON_BPF_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "build" / "bpf"
+    return assets.bpf_dir()
 
 
 def _check_range(field: str, value: int, bits: int, low: int = 0) -> None:

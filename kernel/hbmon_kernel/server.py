@@ -17,6 +17,13 @@ told --insecure, when an interface is missing or BPF is not permitted, and detac
 everything it attached on SIGINT/SIGTERM. Once serving, it prints `... listening on
 HOST:PORT` (port 0 = any free one).
 
+`--datapath memory` serves the same P4Runtime device over an in-memory data plane
+(hbmon_kernel.memory.MemoryDatapath: tables, groups, registers, counters and fan-out rounds
+as the BPF maps keep them, no BPF, no root, no interfaces): a simulator to run `hbmon serve`
+against anywhere. Its ports are `--ports 1,2` (default) or `-i PORT@NAME` (NAME ignored);
+`--answering` makes every peer answer each request at once (healthy simulated peers), else
+nothing answers and peers go DOWN after detect_mult rounds, as on a wire without peers.
+
 Bounds, so that no client can starve the others: at most --max-streams StreamChannels at
 once (the next one ends at once with RESOURCE_EXHAUSTED); a stream that has not sent its
 first MasterArbitrationUpdate within --arbitration-timeout seconds ends with
@@ -44,6 +51,7 @@ from typing import Any
 
 import grpc
 from google.rpc import code_pb2, status_pb2
+from hbmon.assets import p4_output
 from hbmon.sdnotify import notify
 from p4.v1 import p4runtime_pb2
 
@@ -293,6 +301,7 @@ def service_handler(service: P4RuntimeService) -> grpc.GenericRpcHandler:
 
 def start_server(device: KernelDevice, address: str, *,
                  credentials: grpc.ServerCredentials | None = None,
+                 interceptors: Sequence[grpc.ServerInterceptor] = (),
                  max_streams: int = DEFAULT_MAX_STREAMS,
                  arbitration_timeout: float = DEFAULT_ARBITRATION_TIMEOUT,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
@@ -305,6 +314,7 @@ def start_server(device: KernelDevice, address: str, *,
         options=[("grpc.max_receive_message_length", max_message_bytes),
                  ("grpc.max_send_message_length", max_message_bytes),
                  ("grpc.so_reuseport", 0)],
+        interceptors=interceptors,
     )
     service = P4RuntimeService(device, max_streams=max_streams,
                                arbitration_timeout=arbitration_timeout)
@@ -347,15 +357,12 @@ def is_loopback(address: str) -> bool:
 
 
 def default_p4info() -> Path | None:
-    """$HBMON_P4INFO, else the repository's p4src/build file, else an installed copy."""
+    """$HBMON_P4INFO, else the packaged copy (a wheel), else the checkout's p4src/build."""
     env = os.environ.get("HBMON_P4INFO")
     if env:
         return Path(env)
-    for candidate in (Path(__file__).resolve().parents[2] / "p4src" / "build" / P4INFO_NAME,
-                      Path(sys.prefix) / "share" / "hbmon" / P4INFO_NAME):
-        if candidate.is_file():
-            return candidate
-    return None
+    found = p4_output(P4INFO_NAME)
+    return found if found.is_file() else None
 
 
 def _port_spec(text: str) -> tuple[int, str]:
@@ -376,8 +383,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="hbmon-kernel-target",
         description="The hbmon kernel data plane (XDP/tc eBPF) behind a P4Runtime server.")
     ap.add_argument("-i", "--interface", dest="ports", action="append", type=_port_spec,
-                    required=True, metavar="PORT@IFACE",
-                    help="a data-plane port: P4 port number @ interface (repeat per port)")
+                    metavar="PORT@IFACE",
+                    help="a data-plane port: P4 port number @ interface (repeat per port; "
+                         "required with --datapath bpf)")
+    ap.add_argument("--datapath", choices=["bpf", "memory"], default="bpf",
+                    help="bpf: the kernel data plane (XDP/tc, needs root); memory: the same "
+                         "device over an in-memory data plane, a simulator (default bpf)")
+    ap.add_argument("--ports", dest="ports_list", default=None, metavar="LIST",
+                    help="--datapath memory: the port numbers, comma-separated (default 1,2)")
+    ap.add_argument("--answering", action="store_true",
+                    help="--datapath memory: every peer answers each request at once")
     ap.add_argument("--grpc-addr", default="127.0.0.1:9559",
                     help="P4Runtime listen address (default 127.0.0.1:9559; port 0 = any)")
     ap.add_argument("--device-id", type=int, default=1, help="P4Runtime device id (default 1)")
@@ -416,8 +431,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--log-level", default="info",
                     choices=["debug", "info", "warning", "error"])
     args = ap.parse_args(argv)
+    given = list(args.ports or [])
+    if args.datapath == "bpf":
+        if not given:
+            ap.error("the following arguments are required: -i/--interface")
+        if args.ports_list is not None or args.answering:
+            ap.error("--ports and --answering go with --datapath memory")
+    elif args.ports_list is not None:
+        if given:
+            ap.error("--ports and -i/--interface exclude each other")
+        try:
+            given = [_port_spec(f"{p.strip()}@none{p.strip()}")
+                     for p in args.ports_list.split(",") if p.strip()]
+        except argparse.ArgumentTypeError as exc:
+            ap.error(f"--ports {args.ports_list!r}: {exc}")
+    elif not given:
+        given = [(1, "none1"), (2, "none2")]
     ports: dict[int, str] = {}
-    for number, iface in args.ports:
+    for number, iface in given:
         if number in ports:
             ap.error(f"port {number} given twice ({ports[number]}, {iface})")
         if iface in ports.values():
@@ -490,12 +521,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         DatapathError,
         PeerEvent,
     )
+    from .memory import MemoryDatapath
 
     sizes = [r.size for r in pipeline.registers.values()]
-    dp = Datapath(args.ports, cpu_port=args.cpu_port, bpf_dir=args.bpf_dir,
-                  max_peers=max(sizes) if sizes else 65536,
-                  burst_gap_ns=(args.burst_gap_us * 1000 if args.burst_gap_us is not None
-                                else BURST_GAP_NS))
+    max_peers = max(sizes) if sizes else 65536
+    dp: Datapath | MemoryDatapath
+    if args.datapath == "memory":
+        # the simulator keeps time itself: a round every period, as the kernel's timer
+        dp = MemoryDatapath(args.ports, cpu_port=args.cpu_port, max_peers=max_peers,
+                            keep_time=True, answering=args.answering)
+    else:
+        dp = Datapath(args.ports, cpu_port=args.cpu_port, bpf_dir=args.bpf_dir,
+                      max_peers=max_peers,
+                      burst_gap_ns=(args.burst_gap_us * 1000 if args.burst_gap_us is not None
+                                    else BURST_GAP_NS))
     server: grpc.Server | None = None
     pump: threading.Thread | None = None
     try:
@@ -524,7 +563,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ports = ", ".join(f"{p}@{i}" for p, i in sorted(args.ports.items()))
         security = ("plaintext" if credentials is None else
                     "TLS, client certificates required" if args.tls_ca is not None else "TLS")
-        print(f"hbmon-kernel-target: device {args.device_id}, ports {ports}, CPU port "
+        kind = "" if args.datapath == "bpf" else " (in-memory data plane)"
+        print(f"hbmon-kernel-target{kind}: device {args.device_id}, ports {ports}, CPU port "
               f"{args.cpu_port}; P4Runtime server ({security}) listening on {host}:{port}",
               flush=True)
         notify("READY=1", f"STATUS=P4Runtime ({security}) on {host}:{port}, ports {ports}")
