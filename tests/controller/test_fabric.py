@@ -1,8 +1,9 @@
-"""Fabric + SwitchDriver over real gRPC against the in-memory P4Runtime test server.
+"""Fabric + SwitchDriver over real gRPC against the kernel target's P4Runtime device over
+its in-memory data plane (hbmon_kernel.memory; fixture `target` in conftest.py).
 
-The test server only stores what is written (no packet processing), so these tests drive the
-data-plane side by hand (register values, digests); the integration tests run the same
-controller against the real targets.
+Nothing answers the requests there, so these tests drive the data-plane side with its hooks
+(register values, UP/DOWN events that become digests, rounds of the schedule); the
+integration tests run the same controller against the BPF data plane.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from hbmon.controller import (
 )
 from hbmon.events import EventBus
 from hbmon.model import ConflictError, EventKind, Health, NotFoundError, Peer, ValidationError
-from hbmon.p4info import MulticastGroup, P4Schema, TableEntry, encode_digest_list, encode_int
+from hbmon.p4info import MulticastGroup, P4Schema, TableEntry
+from hbmon.p4rt import P4RuntimeClient
 from hbmon.protocol import (
     FANOUT_GROUP,
     IPV4_TOTAL_LEN,
@@ -38,9 +40,8 @@ from hbmon.protocol import (
     seq_newer,
 )
 from hbmon.store import open_store
+from hbmon_kernel.memory import MemoryTarget, serve_memory_target
 from p4.v1 import p4runtime_pb2
-
-from .p4rt_testserver import TestP4RuntimeServer, _key
 
 P4INFO = Path(__file__).resolve().parents[2] / "p4src" / "build" / "heartbeat.p4info.txtpb"
 
@@ -57,14 +58,6 @@ def wait_for(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condi
 @pytest.fixture(scope="module")
 def schema() -> P4Schema:
     return P4Schema.load(P4INFO)
-
-
-@pytest.fixture
-def server() -> Iterator[TestP4RuntimeServer]:
-    srv = TestP4RuntimeServer()
-    srv.start()
-    yield srv
-    srv.stop()
 
 
 def make_config(port: int, **extra: object) -> FabricConfig:
@@ -99,8 +92,8 @@ class Harness:
 
 
 @pytest.fixture
-def harness(server: TestP4RuntimeServer) -> Iterator[Harness]:
-    h = Harness(make_config(server.port))
+def harness(target: MemoryTarget) -> Iterator[Harness]:
+    h = Harness(make_config(target.port))
     h.fabric.start()
     assert h.fabric.wait_ready(15), h.fabric.switches()
     yield h
@@ -108,27 +101,33 @@ def harness(server: TestP4RuntimeServer) -> Iterator[Harness]:
     h.store.close()
 
 
-def entries(server: TestP4RuntimeServer, schema: P4Schema, table: str) -> list[TableEntry]:
-    tid = schema.table(table).id
-    with server.lock:
-        return [TableEntry.decode(schema, p4runtime_pb2.Entity(table_entry=e))
-                for e in server.tables.values() if e.table_id == tid]
+def entries(target: MemoryTarget, schema: P4Schema, table: str) -> list[TableEntry]:
+    """The table's entries as the device answers a Read of them."""
+    return [TableEntry.decode(schema, p4runtime_pb2.Entity(table_entry=e))
+            for e in target.table_entries(table)]
 
 
-def group(server: TestP4RuntimeServer, schema: P4Schema) -> MulticastGroup | None:
-    with server.lock:
-        g = server.groups.get(FANOUT_GROUP)
-        if g is None:
-            return None
-        ent = p4runtime_pb2.Entity()
-        ent.packet_replication_engine_entry.multicast_group_entry.CopyFrom(g)
+def group(target: MemoryTarget, schema: P4Schema) -> MulticastGroup | None:
+    g = target.multicast_group(FANOUT_GROUP)
+    if g is None:
+        return None
+    ent = p4runtime_pb2.Entity()
+    ent.packet_replication_engine_entry.multicast_group_entry.CopyFrom(g)
     return MulticastGroup.decode(schema, ent)
 
 
-def set_slot(server: TestP4RuntimeServer, schema: P4Schema, index: int, **values: int) -> None:
-    with server.lock:
-        for name, value in values.items():
-            server.registers[(schema.register(f"hb_{name}").id, index)] = encode_int(value)
+def set_slot(target: MemoryTarget, index: int, **values: int) -> None:
+    """Registers of one slot as the data plane would have left them (`rx_count=5`)."""
+    target.datapath.set_cells(index, **values)
+
+
+def as_another_tool(target: MemoryTarget, schema: P4Schema, entities: list[TableEntry]) -> None:
+    """Entries written by another P4Runtime client (a tool, a crashed controller): it
+    becomes primary (spec 5.3, taking over above the highest id seen) and leaves."""
+    with P4RuntimeClient(target.address, 1, 1, schema=schema) as tool:
+        assert tool.connect(timeout=10) and tool.primary
+        tool.ensure_pipeline(schema)  # spec 7: no writes before a pipeline is set
+        tool.insert(entities)
 
 
 def test_request_template_is_a_valid_request() -> None:
@@ -158,9 +157,9 @@ def test_next_sequence_is_monotonic_across_restarts() -> None:
     assert seq_newer(next_sequence(high, 0.001), high)  # wraps forward
 
 
-def test_setup_pushes_pipeline_and_programs_config_peers(server: TestP4RuntimeServer,
+def test_setup_pushes_pipeline_and_programs_config_peers(target: MemoryTarget,
                                                          schema: P4Schema) -> None:
-    config = make_config(server.port, peers=[
+    config = make_config(target.port, peers=[
         {"name": "a", "address": "198.18.1.1", "peer_id": 1, "mac": "02:00:00:00:01:01",
          "port": 1},
         {"name": "b", "address": "198.18.1.2", "peer_id": 2, "mac": "02:00:00:00:01:02",
@@ -168,15 +167,17 @@ def test_setup_pushes_pipeline_and_programs_config_peers(server: TestP4RuntimeSe
     h = Harness(config)
     with h.fabric:
         assert h.fabric.wait_ready(15)
-        assert server.config is not None and server.config.p4info == schema.p4info
-        assert len(entries(server, schema, "HbIngress.peers")) == 2
-        g = group(server, schema)
+        assert target.device.config is not None
+        assert target.device.config.p4info == schema.p4info
+        assert len(entries(target, schema, "HbIngress.peers")) == 2
+        g = group(target, schema)
         assert g is not None and [(r.port, r.instance) for r in g.replicas] == [(1, 0)]
         assert [p.index for p in h.fabric.list_peers()] == [0, 1]
-        pkt = server.packets_out.get(timeout=10)
-        meta = {m.metadata_id: m.value for m in pkt.metadata}
-        assert meta[3] == b"\x01"  # mcast_grp 1
-        assert Heartbeat.unpack(pkt.payload[42:]).type == MsgType.REQUEST
+        pkt = target.datapath.wait_packet_outs(1)[0]
+        assert (pkt.egress_port, pkt.mcast_grp) == (0, FANOUT_GROUP)
+        assert Heartbeat.unpack(pkt.frame[42:]).type == MsgType.REQUEST
+        # the kernel target keeps the rounds (docs/dataplane.md): one round ran at once
+        assert target.datapath.register_read("hb_tx_count", 0) == 1
         assert h.fabric.summary()[Health.ADMIN_DOWN] == 1
         added = h.events(EventKind.PEER_ADDED)
         assert sorted(e.peer for e in added) == ["a", "b"]
@@ -184,49 +185,60 @@ def test_setup_pushes_pipeline_and_programs_config_peers(server: TestP4RuntimeSe
 
 
 def test_heartbeats_carry_increasing_sequences(harness: Harness,
-                                               server: TestP4RuntimeServer) -> None:
+                                               target: MemoryTarget) -> None:
+    """The controller asks the target for a round every interval (one template with the
+    period, docs/dataplane.md "Rounds kept by the target"); each round's requests carry the
+    next sequence, starting from the controller's."""
+    dp = target.datapath
     harness.fabric.add_peers([peer(1)])
-    seqs = []
-    while len(seqs) < 5:
-        pkt = server.packets_out.get(timeout=10)
-        seqs.append(Heartbeat.unpack(pkt.payload[42:]).sequence)
+    wait_for(lambda: dp.schedule is not None, what="the round schedule")
+    assert dp.schedule is not None and dp.schedule.period_us == 20_000  # interval_ms 20
+    template = next(p for p in dp.packet_outs if p.mcast_grp == FANOUT_GROUP)
+    first = Heartbeat.unpack(template.frame[42:]).sequence
+    wait_for(lambda: dp.register_read("hb_tx_count", 0) == 1, what="the first round")
+    seqs = [dp.register_read("hb_last_tx_seq", 0)]
+    for _ in range(4):
+        dp.run_rounds(1)
+        seqs.append(dp.register_read("hb_last_tx_seq", 0))
+    assert seqs[0] == first
     assert all(seq_newer(b, a) for a, b in itertools.pairwise(seqs))
+    assert dp.register_read("hb_tx_count", 0) == 5
 
 
-def test_add_poll_up_digest_down_remove(harness: Harness, server: TestP4RuntimeServer,
+def test_add_poll_up_digest_down_remove(harness: Harness, target: MemoryTarget,
                                         schema: P4Schema) -> None:
     fabric = harness.fabric
     [p1] = fabric.add_peers([peer(1)])
     assert p1.index == 0
-    assert len(entries(server, schema, "HbEgress.peer_requests")) == 1
+    assert len(entries(target, schema, "HbEgress.peer_requests")) == 1
     assert fabric.health("p1").state == Health.UNKNOWN
-    set_slot(server, schema, 0, rx_count=5, tx_count=5, last_seq=9, rtt_ewma_us=120,
+    set_slot(target, 0, rx_count=5, tx_count=5, last_seq=9, rtt_ewma_us=120,
              state=PlaneState.UP)
     wait_for(lambda: fabric.health("p1").state == Health.UP, what="UP after poll")
     h = fabric.health("p1")
     assert (h.slot.rx_count, h.slot.rtt_ewma_us) == (5, 120)
-    rows = [{"index": 0, "state": PlaneState.DOWN, "last_seq": 9, "time_us": 10}]
-    server.send_digest(encode_digest_list(schema, "peer_event_t", 1, rows))
+    target.datapath.peer_event(0, PlaneState.DOWN, last_seq=9, time_us=10)
     wait_for(lambda: fabric.health("p1").state == Health.DOWN, what="DOWN from digest")
-    assert server.digest_acks.get(timeout=10).list_id == 1
+    wait_for(lambda: target.digest_lists_sent() == 1 and not target.digests_unacknowledged(),
+             what="the digest acknowledged")
     down = [e for e in harness.events(EventKind.TRANSITION) if e.new_state == Health.DOWN]
     assert down and down[0].details["source"] == "digest"
 
     fabric.remove_peers(["p1"])
-    assert entries(server, schema, "HbIngress.peers") == []
-    assert group(server, schema) is None
+    assert entries(target, schema, "HbIngress.peers") == []
+    assert group(target, schema) is None
     with pytest.raises(NotFoundError):
         fabric.health("p1")
     assert [e.peer for e in harness.events(EventKind.PEER_REMOVED)] == ["p1"]
     # the index is reused, and its slot was reset before the new peer was programmed
     [p2] = fabric.add_peers([peer(2)])
     assert p2.index == 0
-    with server.lock:
-        assert server.registers[(schema.register("hb_rx_count").id, 0)] == b"\x00"
+    assert target.datapath.register_read("hb_rx_count", 0) == 0
+    assert target.datapath.register_read("hb_state", 0) == PlaneState.UNKNOWN
     assert fabric.health("p2").state == Health.UNKNOWN
 
 
-def test_bulk_add_is_all_or_nothing(harness: Harness, server: TestP4RuntimeServer,
+def test_bulk_add_is_all_or_nothing(harness: Harness, target: MemoryTarget,
                                     schema: P4Schema) -> None:
     fabric = harness.fabric
     fabric.add_peers([peer(1)])
@@ -237,37 +249,31 @@ def test_bulk_add_is_all_or_nothing(harness: Harness, server: TestP4RuntimeServe
         fabric.add_peers([peer(4, switch="nope")])
     assert vinfo.value.field == "switch"
     assert [p.name for p in fabric.list_peers()] == ["p1"]
-    assert len(entries(server, schema, "HbIngress.peers")) == 1
-    # a data-plane refusal rolls everything back: store, memory, tables, indexes
-    refused = TableEntry("HbIngress.peer_ids", {"peer_id": 6}, "HbIngress.peer_id_known") \
-        .encode(schema).table_entry
-
-    def reject(update: p4runtime_pb2.Update) -> str | None:
-        te = update.entity.table_entry
-        return "table full" if update.entity.HasField("table_entry") and \
-            te.table_id == refused.table_id and te.match == refused.match else None
-
-    server.reject = reject
-    with pytest.raises(DataPlaneError):
+    assert len(entries(target, schema, "HbIngress.peers")) == 1
+    # a data-plane refusal (the peer_ids map is full when peer 6 comes: RESOURCE_EXHAUSTED)
+    # rolls everything back: store, memory, tables, indexes
+    target.datapath.refusals["peer_ids_set"] = lambda peer_id: peer_id == 6
+    with pytest.raises(DataPlaneError, match="RESOURCE_EXHAUSTED"):
         fabric.add_peers([peer(5), peer(6)])
     assert [p.name for p in fabric.list_peers()] == ["p1"]
     assert [p.name for p in harness.store.list_peers()] == ["p1"]
-    assert len(entries(server, schema, "HbIngress.peers")) == 1
-    server.reject = None
+    assert len(entries(target, schema, "HbIngress.peers")) == 1
+    assert [e.match["peer_id"] for e in entries(target, schema, "HbIngress.peer_ids")] == [1]
+    del target.datapath.refusals["peer_ids_set"]
     [p7] = fabric.add_peers([peer(7)])
     assert p7.index == 1
 
 
-def test_update_peer_reprograms(harness: Harness, server: TestP4RuntimeServer,
+def test_update_peer_reprograms(harness: Harness, target: MemoryTarget,
                                 schema: P4Schema) -> None:
     fabric = harness.fabric
     fabric.add_peers([peer(1), peer(2)])
     updated = fabric.update_peer("p1", {"address": "198.18.1.50", "mac": "02:00:00:00:01:50"})
     assert updated.address == "198.18.1.50" and updated.index == 0
-    srcs = sorted(e.match["src_addr"] for e in entries(server, schema, "HbIngress.peers"))
+    srcs = sorted(e.match["src_addr"] for e in entries(target, schema, "HbIngress.peers"))
     assert srcs == [0xC6120102, 0xC6120132]
     fabric.update_peer("p2", {"admin_down": True})
-    g = group(server, schema)
+    g = group(target, schema)
     assert g is not None and [r.instance for r in g.replicas] == [0]
     assert fabric.health("p2").state == Health.ADMIN_DOWN
     with pytest.raises(ConflictError):
@@ -281,42 +287,40 @@ def test_update_peer_reprograms(harness: Harness, server: TestP4RuntimeServer,
     assert kinds.count(EventKind.PEER_UPDATED) == 2
 
 
-def test_controller_restart_keeps_indexes_and_no_duplicates(server: TestP4RuntimeServer,
+def test_controller_restart_keeps_indexes_and_no_duplicates(target: MemoryTarget,
                                                             schema: P4Schema,
                                                             tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'hb.db'}"
-    first = Harness(make_config(server.port), url)
+    first = Harness(make_config(target.port), url)
     with first.fabric:
         assert first.fabric.wait_ready(15)
         first.fabric.add_peers([peer(i) for i in range(1, 6)])
         first.fabric.remove_peers(["p2"])
     first.store.close()
     # the target kept running; a stale entry appears meanwhile (another tool, a crash)
-    with server.lock:
-        stale = TableEntry("HbIngress.peer_ids", {"peer_id": 99}, "HbIngress.peer_id_known")
-        te = stale.encode(schema).table_entry
-        server.tables[_key(te)] = te
-    second = Harness(make_config(server.port), url)
+    as_another_tool(target, schema, [
+        TableEntry("HbIngress.peer_ids", {"peer_id": 99}, "HbIngress.peer_id_known")])
+    second = Harness(make_config(target.port), url)
     with second.fabric:
         assert second.fabric.wait_ready(15)
         assert {p.name: p.index for p in second.fabric.list_peers()} == {
             "p1": 0, "p3": 2, "p4": 3, "p5": 4}
-        assert len(entries(server, schema, "HbIngress.peers")) == 4
-        assert sorted(e.match["peer_id"] for e in entries(server, schema,
+        assert len(entries(target, schema, "HbIngress.peers")) == 4
+        assert sorted(e.match["peer_id"] for e in entries(target, schema,
                                                           "HbIngress.peer_ids")) == [1, 3, 4, 5]
-        g = group(server, schema)
+        g = group(target, schema)
         assert g is not None and sorted(r.instance for r in g.replicas) == [0, 2, 3, 4]
         [p6] = second.fabric.add_peers([peer(6)])
         assert p6.index == 1  # the freed slot, reset first
     second.store.close()
 
 
-def nonce_params(server: TestP4RuntimeServer, schema: P4Schema) -> dict[Any, tuple[Any, ...]]:
+def nonce_params(target: MemoryTarget, schema: P4Schema) -> dict[Any, tuple[Any, ...]]:
     """index -> (peer_id, ingress nonce_key, egress nonce_key, min_ttl) as programmed."""
     ingress = {e.params["index"]: (e.match["peer_id"], e.params["nonce_key"], e.params["min_ttl"])
-               for e in entries(server, schema, "HbIngress.peers")}
+               for e in entries(target, schema, "HbIngress.peers")}
     egress = {e.match["index"]: e.params["nonce_key"]
-              for e in entries(server, schema, "HbEgress.peer_requests")}
+              for e in entries(target, schema, "HbEgress.peer_requests")}
     assert ingress.keys() == egress.keys()
     return {i: (pid, key, egress[i], ttl) for i, (pid, key, ttl) in ingress.items()}
 
@@ -328,9 +332,7 @@ def test_nonce_keys_per_peer_stable_across_restart_and_controllers(schema: P4Sch
     controller and a second controller on the same store program the very same keys (answers
     to requests in flight stay valid across a restart or a fail-over)."""
     url = f"sqlite:///{tmp_path / 'hb.db'}"
-    servers = [TestP4RuntimeServer() for _ in range(3)]
-    for srv in servers:
-        srv.start()
+    servers = [serve_memory_target() for _ in range(3)]
     try:
         first = Harness(make_config(servers[0].port), url)
         with first.fabric:
@@ -363,11 +365,11 @@ def test_nonce_keys_per_peer_stable_across_restart_and_controllers(schema: P4Sch
             srv.stop()
 
 
-def test_other_store_other_keys_and_gtsm_min_ttl(server: TestP4RuntimeServer,
+def test_other_store_other_keys_and_gtsm_min_ttl(target: MemoryTarget,
                                                  schema: P4Schema) -> None:
     """`gtsm: true` on a switch programs min_ttl 255 (RFC 5082 single hop) into every peer's
     ingress entry; a fresh store makes a fresh secret, so its keys are not another's."""
-    data = {"switches": [{"name": "s1", "grpc": f"127.0.0.1:{server.port}",
+    data = {"switches": [{"name": "s1", "grpc": f"127.0.0.1:{target.port}",
                           "p4info": str(P4INFO), "gtsm": True}]}
     config = parse_config(data)
     assert config.switch("s1").min_ttl == 255
@@ -375,18 +377,17 @@ def test_other_store_other_keys_and_gtsm_min_ttl(server: TestP4RuntimeServer,
     with h.fabric:
         assert h.fabric.wait_ready(15)
         h.fabric.add_peers([peer(i) for i in range(1, 4)])
-        programmed = nonce_params(server, schema)
+        programmed = nonce_params(target, schema)
         assert [ttl for *_, ttl in programmed.values()] == [255, 255, 255]
         secret = bytes.fromhex(str(h.store.get_setting(NONCE_SECRET_SETTING)))
     h.store.close()
-    other = Harness(make_config(server.port))
+    other = Harness(make_config(target.port))
     assert other.store.get_setting(NONCE_SECRET_SETTING) != secret.hex()
     other.store.close()
 
 
 def test_switch_restart_is_reconciled(schema: P4Schema) -> None:
-    server = TestP4RuntimeServer()
-    server.start()
+    server = serve_memory_target()
     port = server.port
     h = Harness(make_config(port))
     try:
@@ -394,9 +395,11 @@ def test_switch_restart_is_reconciled(schema: P4Schema) -> None:
             assert h.fabric.wait_ready(15)
             h.fabric.add_peers([peer(1), peer(2)])
             server.stop()
-            server = TestP4RuntimeServer()
-            server.start(port)
-            wait_for(lambda: len(entries(server, schema, "HbIngress.peers")) == 2, 20,
+            server = serve_memory_target(f"127.0.0.1:{port}")  # restarted: nothing set
+            restarted = server
+            # (a Read before the pipeline is pushed again is FAILED_PRECONDITION, spec 7)
+            wait_for(lambda: restarted.device.pipeline_set
+                     and len(entries(restarted, schema, "HbIngress.peers")) == 2, 20,
                      "re-programming after the switch restart")
             wait_for(h.fabric.ready, 20, "ready again")
             g = group(server, schema)
@@ -421,33 +424,42 @@ def test_service_views(harness: Harness) -> None:
     assert fabric.ready()
 
 
-def test_entry_already_present_is_taken_over(harness: Harness, server: TestP4RuntimeServer,
-                                             schema: P4Schema) -> None:
+def test_entry_already_present_is_taken_over(target: MemoryTarget, schema: P4Schema) -> None:
     # what a concurrent reconcile (or a leftover) leaves: the entry exists, maybe differently
-    te = TableEntry("HbEgress.peer_requests", {"index": 0}, "HbEgress.rewrite_request",
-                    {"dst_mac": 1, "dst_addr": 1, "peer_id": 1, "detect_mult": 9,
-                     "nonce_key": 5}).encode(schema).table_entry
-    with server.lock:
-        server.tables[_key(te)] = te
+    as_another_tool(target, schema, [
+        TableEntry("HbEgress.peer_requests", {"index": 0}, "HbEgress.rewrite_request",
+                   {"dst_mac": 1, "dst_addr": 1, "peer_id": 1, "detect_mult": 9,
+                    "nonce_key": 5})])
+    harness = Harness(make_config(target.port))
+    harness.fabric.start()
+    try:
+        assert harness.fabric.wait_ready(15), harness.fabric.switches()
+        _taken_over(harness, target, schema)
+    finally:
+        harness.fabric.stop()
+        harness.store.close()
+
+
+def _taken_over(harness: Harness, target: MemoryTarget, schema: P4Schema) -> None:
     assert harness.fabric.add_peers([peer(1)])[0].index == 0
-    [req] = entries(server, schema, "HbEgress.peer_requests")
+    [req] = entries(target, schema, "HbEgress.peer_requests")
     assert req.params["peer_id"] == 1 and req.params["detect_mult"] == 3
     assert req.params["nonce_key"] != 5  # the derived key replaced the leftover
     assert req.params["dst_mac"] == 0x020000000101
 
 
-def test_config_peers_seed_the_inventory_once(server: TestP4RuntimeServer,
+def test_config_peers_seed_the_inventory_once(target: MemoryTarget,
                                               tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'hb.db'}"
     a = {"name": "a", "address": "198.18.1.1", "peer_id": 1, "mac": "02:00:00:00:01:01",
          "port": 1}
     b = {"name": "b", "address": "198.18.1.2", "peer_id": 2, "mac": "02:00:00:00:01:02",
          "port": 1}
-    first = Harness(make_config(server.port, peers=[a]), url)
+    first = Harness(make_config(target.port, peers=[a]), url)
     assert [p.name for p in first.fabric.list_peers()] == ["a"]
     first.fabric.remove_peers(["a"])
     first.store.close()
     # "a" was removed over the API: it stays removed; "b" is new in the file: it is added
-    second = Harness(make_config(server.port, peers=[a, b]), url)
+    second = Harness(make_config(target.port, peers=[a, b]), url)
     assert [p.name for p in second.fabric.list_peers()] == ["b"]
     second.store.close()

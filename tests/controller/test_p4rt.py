@@ -1,14 +1,16 @@
-"""P4RuntimeClient over real gRPC against the in-memory test server."""
+"""P4RuntimeClient over real gRPC against the kernel target's P4Runtime device over its
+in-memory data plane (tests/controller/conftest.py)."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 from hbmon.p4info import (
+    DigestEntry,
     MulticastGroup,
     P4Schema,
     PacketOut,
@@ -16,7 +18,6 @@ from hbmon.p4info import (
     RegisterRead,
     Replica,
     TableEntry,
-    encode_digest_list,
 )
 from hbmon.p4rt import (
     DELETE,
@@ -27,9 +28,10 @@ from hbmon.p4rt import (
     WriteError,
     make_update,
 )
+from hbmon.protocol import PlaneState
+from hbmon_kernel.memory import MemoryTarget, serve_memory_target
+from hbmon_kernel.server import P4RUNTIME_API_VERSION
 from p4.v1 import p4runtime_pb2
-
-from .p4rt_testserver import TestP4RuntimeServer
 
 P4INFO = Path(__file__).resolve().parents[2] / "p4src" / "build" / "heartbeat.p4info.txtpb"
 
@@ -40,16 +42,8 @@ def schema() -> P4Schema:
 
 
 @pytest.fixture
-def server() -> Iterator[TestP4RuntimeServer]:
-    srv = TestP4RuntimeServer(read_chunk=7)
-    srv.start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def client(server: TestP4RuntimeServer, schema: P4Schema) -> Iterator[P4RuntimeClient]:
-    c = P4RuntimeClient(f"127.0.0.1:{server.port}", 1, 10, schema=schema, batch_size=3)
+def client(target: MemoryTarget, schema: P4Schema) -> Iterator[P4RuntimeClient]:
+    c = P4RuntimeClient(target.address, 1, 10, schema=schema, batch_size=3)
     assert c.connect(timeout=10)
     c.set_pipeline(schema)
     yield c
@@ -61,8 +55,8 @@ def _peer(i: int) -> TableEntry:
                       {"index": i, "nonce_key": 0x1000 + i, "min_ttl": 0})
 
 
-def test_arbitration_primary_and_backup(server: TestP4RuntimeServer, schema: P4Schema) -> None:
-    addr = f"127.0.0.1:{server.port}"
+def test_arbitration_primary_and_backup(target: MemoryTarget, schema: P4Schema) -> None:
+    addr = target.address
     changes: list[tuple[bool, bool]] = []
     changed = threading.Event()
 
@@ -81,10 +75,12 @@ def test_arbitration_primary_and_backup(server: TestP4RuntimeServer, schema: P4S
             with pytest.raises(NotPrimaryError):
                 low.set_pipeline(schema)
             changed.clear()
-        # the higher controller left: the lower one is primary again
+        # the higher controller left: spec 5.3 makes nobody primary until an id reaches 9;
+        # the target says so (5.4: NOT_FOUND) and the client takes over with 10
         assert changed.wait(10)
         assert changes[-1] == (True, True)
         assert low.primary
+        assert low.election_id == 10
 
 
 def test_pipeline_set_get_verify(client: P4RuntimeClient, schema: P4Schema) -> None:
@@ -94,20 +90,21 @@ def test_pipeline_set_get_verify(client: P4RuntimeClient, schema: P4Schema) -> N
     other = P4Schema.from_bytes(schema.to_text().encode())
     other.p4info.tables[0].size = 1
     assert not client.pipeline_matches(other)
-    assert client.capabilities() == "1.6.0"
+    assert client.capabilities() == P4RUNTIME_API_VERSION
 
 
-def test_pipeline_absent_is_not_a_match(server: TestP4RuntimeServer, schema: P4Schema) -> None:
-    with P4RuntimeClient(f"127.0.0.1:{server.port}", 1, 1, schema=schema) as c:
+def test_pipeline_absent_is_not_a_match(target: MemoryTarget, schema: P4Schema) -> None:
+    with P4RuntimeClient(target.address, 1, 1, schema=schema) as c:
         c.connect(timeout=10)
         assert not c.pipeline_matches(schema)
         assert c.ensure_pipeline(schema) is True
 
 
-def test_batched_writes_and_wildcard_read(client: P4RuntimeClient, server: TestP4RuntimeServer,
+def test_batched_writes_and_wildcard_read(client: P4RuntimeClient, target: MemoryTarget,
                                           schema: P4Schema) -> None:
+    writes = target.calls["Write"]
     client.insert(_peer(i) for i in range(1, 11))
-    assert server.writes == 4  # 10 updates in batches of 3
+    assert target.calls["Write"] - writes == 4  # 10 updates in batches of 3
     read = [TableEntry.decode(schema, e) for e in client.read([TableEntry("peers")])]
     assert sorted(e.params["index"] for e in read) == list(range(1, 11))
     client.insert([MulticastGroup(1, (Replica(1, 1), Replica(1, 2)))])
@@ -132,11 +129,13 @@ def test_per_update_errors(client: P4RuntimeClient, schema: P4Schema) -> None:
 
 
 def test_transport_failure_marks_rest_not_attempted(client: P4RuntimeClient,
-                                                    server: TestP4RuntimeServer) -> None:
-    server.fail_next_writes.append(grpc.StatusCode.UNAVAILABLE)
+                                                    target: MemoryTarget) -> None:
+    target.stop_serving()  # the target is gone: the first batch's Write fails in transport
     with pytest.raises(WriteError) as info:
         client.insert(_peer(i) for i in range(1, 8))
     assert info.value.not_attempted == list(range(7))
+    assert info.value.errors == [] or all(
+        e.code_name in ("UNAVAILABLE", "CANCELLED") for e in info.value.errors)
 
 
 def test_register_read_write(client: P4RuntimeClient, schema: P4Schema) -> None:
@@ -148,34 +147,51 @@ def test_register_read_write(client: P4RuntimeClient, schema: P4Schema) -> None:
     assert RegisterCell.decode(schema, one[0]).value == 42
 
 
-def test_packet_out_and_digest_ack(client: P4RuntimeClient, server: TestP4RuntimeServer,
+def _enable_digest(client: P4RuntimeClient) -> None:
+    # spec 9.10 / 16.3: a digest is sent only once a DigestEntry configured it; a long ack
+    # timeout keeps an unacknowledged list visible (digests_unacknowledged)
+    client.insert([DigestEntry("peer_event_t", max_timeout_ns=0, max_list_size=1,
+                               ack_timeout_ns=60_000_000_000)])
+
+
+def _acknowledged(target: MemoryTarget, lists: int) -> bool:
+    return target.digest_lists_sent() == lists and target.digests_unacknowledged() == []
+
+
+def test_packet_out_and_digest_ack(client: P4RuntimeClient, target: MemoryTarget,
                                    schema: P4Schema) -> None:
     client.packet_out(PacketOut(b"\x01" * 66, {"egress_port": 0, "mcast_grp": 1}))
-    pkt = server.packets_out.get(timeout=10)
-    assert pkt.payload == b"\x01" * 66
+    [pkt] = target.datapath.wait_packet_outs(1)
+    assert (pkt.frame, pkt.egress_port, pkt.mcast_grp) == (b"\x01" * 66, 0, 1)
     got: list[p4runtime_pb2.DigestList] = []
     event = threading.Event()
     client.on_digest = lambda d: (got.append(d), event.set())  # type: ignore[func-returns-value]
-    rows = [{"index": 2, "state": 1, "last_seq": 5, "time_us": 10}]
-    server.send_digest(encode_digest_list(schema, "peer_event_t", 77, rows))
+    _enable_digest(client)
+    target.datapath.peer_event(2, PlaneState.UP, last_seq=5, time_us=10)
     assert event.wait(10)
-    assert got[0].list_id == 77
-    ack = server.digest_acks.get(timeout=10)
-    assert (ack.digest_id, ack.list_id) == (got[0].digest_id, 77)
+    assert got[0].list_id == 1  # the target numbers its lists from 1
+    assert [[m.bitstring for m in d.struct.members] for d in got[0].data] == [
+        [b"\x02", b"\x01", b"\x05", b"\x0a"]]
+    _wait(lambda: _acknowledged(target, 1), "the DigestListAck")
 
 
-def test_unhandled_messages_are_queued(client: P4RuntimeClient, server: TestP4RuntimeServer,
-                                       schema: P4Schema) -> None:
-    rows = [{"index": 1, "state": 2, "last_seq": 5, "time_us": 10}]
-    server.send_digest(encode_digest_list(schema, "peer_event_t", 3, rows))
+def test_unhandled_messages_are_queued(client: P4RuntimeClient, target: MemoryTarget) -> None:
+    _enable_digest(client)
+    target.datapath.peer_event(1, PlaneState.DOWN, last_seq=5, time_us=10)
     msg = client.messages.get(timeout=10)
-    assert msg.digest.list_id == 3
-    assert server.digest_acks.get(timeout=10).list_id == 3
+    assert msg.digest.list_id == 1
+    _wait(lambda: _acknowledged(target, 1), "the DigestListAck")
+
+
+def _wait(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        threading.Event().wait(0.01)
 
 
 def test_reconnect_after_server_restart(schema: P4Schema) -> None:
-    server = TestP4RuntimeServer()
-    server.start()
+    server = serve_memory_target()
     port = server.port
     states: list[tuple[bool, bool]] = []
     reconnected = threading.Event()
@@ -191,15 +207,14 @@ def test_reconnect_after_server_restart(schema: P4Schema) -> None:
         assert client.connect(timeout=10)
         generation = client.stream_generation
         server.stop()
-        server = TestP4RuntimeServer()
-        server.start(port)
+        server = serve_memory_target(f"127.0.0.1:{port}")  # a new target: nothing set
         assert reconnected.wait(20)
         assert (False, False) in states
         assert client.primary
         assert client.stream_generation > generation
         client.set_pipeline(schema)
-        client.packet_out(PacketOut(b"x", {"egress_port": 1, "mcast_grp": 0}))
-        assert server.packets_out.get(timeout=10).payload == b"x"
+        client.packet_out(PacketOut(b"x" * 14, {"egress_port": 1, "mcast_grp": 0}))
+        assert server.datapath.wait_packet_outs(1)[0].frame == b"x" * 14
     finally:
         client.close()
         server.stop()
