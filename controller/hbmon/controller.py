@@ -452,12 +452,20 @@ class SwitchDriver:
             if primary:
                 self._ensure_pipeline()
                 self._configure_digest()
-            if self.registers is None:
-                self.registers = open_register_access(
+            # a (re)connection may follow a target restart: register access over a channel
+            # of its own (bmv2's Thrift) would still talk to the dead process, so it is
+            # opened again; P4Runtime access rides on the client, which reconnected
+            if not isinstance(self.registers, P4RuntimeRegisterAccess):
+                fresh = open_register_access(
                     self.config.kind, client=self.client, schema=self.schema,
                     thrift_port=self.config.thrift_port or 9090,
                     bmv2_json=self.config.bmv2_json,
                 )
+                with self._read_lock:  # an API client's read_details may be using it
+                    stale, self.registers = self.registers, fresh
+                if stale is not None:
+                    with contextlib.suppress(Exception):
+                        stale.close()
             if primary:
                 self.reconcile()
             self._init_sequence()
