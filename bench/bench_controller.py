@@ -44,11 +44,10 @@ from hbmon.events import EventBus  # noqa: E402
 from hbmon.model import Event, EventKind, Health  # noqa: E402
 from hbmon.responder import ControlClient  # noqa: E402
 from hbmon.store import open_store  # noqa: E402
+from hbmon_kernel.memory import MemoryTarget, serve_memory_target  # noqa: E402
 from hbmon_topo.model import multi, star  # noqa: E402
 from hbmon_topo.netns import NetnsLab  # noqa: E402
 from product_lab import serve  # noqa: E402
-
-from tests.controller.p4rt_testserver import TestP4RuntimeServer  # noqa: E402
 
 HBMON = str(Path(sys.executable).with_name("hbmon"))
 P4INFO = Path(os.environ.get("HBMON_P4INFO") or DEFAULT_P4INFO)
@@ -102,8 +101,9 @@ def bench_cpu_fake(peers: int, rates: list[float], warmup: float, window: float,
     out: dict[str, Any] = {}
     topo = multi(peers)
     for rate in rates:
-        server = TestP4RuntimeServer()
-        server.start()
+        # the kernel target's device over its in-memory data plane: no packets, so the CPU
+        # counted is the controller's
+        server = serve_memory_target()
         try:
             config = {
                 "interval_ms": 1000.0 / rate, "poll_interval_ms": 500, "detect_mult": 3,
@@ -113,12 +113,15 @@ def bench_cpu_fake(peers: int, rates: list[float], warmup: float, window: float,
                 "peers": topo.peer_dicts("s1"),
             }
 
-            def programmed(server: TestP4RuntimeServer = server) -> bool:
-                with server.lock:
-                    return len(server.tables) >= 3 * peers and server.groups != {}
+            def programmed(server: MemoryTarget = server) -> bool:
+                if not server.device.pipeline_set:
+                    return False
+                tables = ("HbIngress.peers", "HbIngress.peer_ids", "HbEgress.peer_requests")
+                return (sum(len(server.table_entries(t)) for t in tables) >= 3 * peers
+                        and server.multicast_group(1) is not None)
 
             result = cpu_run(config, workdir, warmup, window, programmed)
-            result["packet_outs"] = server.packets_out.qsize()
+            result["packet_outs"] = server.datapath.packet_out_count
             out[f"{rate:g}Hz"] = result
         finally:
             server.stop()

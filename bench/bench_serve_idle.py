@@ -1,8 +1,8 @@
 """CPU of an idle `hbmon serve` (API on, no client) with N peers, per thread group.
 
-The target is the in-memory P4Runtime test server (tests/controller/p4rt_testserver.py) in
-a process of its own: it stores what is written and answers reads, with no packet
-processing, so every CPU second counted here is the controller's own: the poll (register
+The target is `hbmon-kernel-target --datapath memory` (the kernel target's P4Runtime device
+over its in-memory data plane) in a process of its own: no packets leave it, so every CPU
+second counted here is the controller's own: the poll (register
 read and decode, health engine), the heartbeat PacketOut, gRPC, the API server and the RTT
 history. Two poll cadences: the default (verdict registers every poll_interval_ms, all
 registers every detail_interval_ms) and `all` (every register every poll, as before).
@@ -78,12 +78,10 @@ def _spy(pid: int, seconds: float, out: Path) -> dict[str, int]:
 
 def run(peers: int, seconds: float, cadence: str, spy: bool, work: Path) -> dict[str, Any]:
     grpc_port, api_port = _free_port(), _free_port()
-    server = subprocess.Popen([PYTHON, "-c", (
-        "import sys, threading\n"
-        f"sys.path.insert(0, {str(ROOT)!r})\n"
-        "from tests.controller.p4rt_testserver import TestP4RuntimeServer\n"
-        f"TestP4RuntimeServer().start({grpc_port})\n"
-        "threading.Event().wait()\n")])
+    server = subprocess.Popen([str(Path(PYTHON).with_name("hbmon-kernel-target")),
+                               "--datapath", "memory", "--answering",
+                               "--grpc-addr", f"127.0.0.1:{grpc_port}", "--log-level", "warning"],
+                              stdout=subprocess.DEVNULL)
     config: dict[str, Any] = {
         "interval_ms": 100,
         "switches": [{"name": "s1", "grpc": f"127.0.0.1:{grpc_port}",

@@ -1,4 +1,6 @@
-"""`hbmon serve` end to end (subprocess, REST API, SIGTERM) and `hbmon shell` helpers."""
+"""`hbmon serve` end to end (subprocess, REST API, SIGTERM) against `hbmon-kernel-target
+--datapath memory` (the kernel target's P4Runtime server over its in-memory data plane, a
+subprocess too), and `hbmon shell` helpers."""
 
 from __future__ import annotations
 
@@ -16,11 +18,27 @@ import yaml
 from click.testing import CliRunner
 from hbmon.cli import main
 from hbmon.cli_controller import shell_command
-
-from .p4rt_testserver import TestP4RuntimeServer
+from hbmon.p4info import P4Schema
+from hbmon.p4rt import P4RuntimeClient
+from p4.v1 import p4runtime_pb2
 
 P4INFO = Path(__file__).resolve().parents[2] / "p4src" / "build" / "heartbeat.p4info.txtpb"
 HBMON = str(Path(sys.executable).with_name("hbmon"))
+TARGET = str(Path(sys.executable).with_name("hbmon-kernel-target"))
+
+
+def _start_memory_target() -> tuple[subprocess.Popen[bytes], int]:
+    """`hbmon-kernel-target --datapath memory` on a free port: the process and its port."""
+    proc = subprocess.Popen([TARGET, "--datapath", "memory", "--grpc-addr", "127.0.0.1:0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode()  # the target prints it once serving
+    m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+    if m is None:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"hbmon-kernel-target did not start: {line!r}")
+    return proc, int(m.group(1))
 
 
 def _config(tmp_path: Path, port: int) -> Path:
@@ -37,10 +55,9 @@ def _config(tmp_path: Path, port: int) -> Path:
 
 
 def test_serve_runs_controller_and_api(tmp_path: Path) -> None:
-    server = TestP4RuntimeServer()
-    server.start()
+    target, port = _start_memory_target()
     env = dict(os.environ, HBMON_API_TOKEN="test-token-123")
-    proc = subprocess.Popen([HBMON, "serve", "-c", str(_config(tmp_path, server.port))],
+    proc = subprocess.Popen([HBMON, "serve", "-c", str(_config(tmp_path, port))],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     try:
         assert proc.stdout is not None
@@ -76,15 +93,24 @@ def test_serve_runs_controller_and_api(tmp_path: Path) -> None:
             assert r.json()["index"] == 1
             switches = http.get("/api/v1/switches").json()["switches"]
             assert switches[0]["connected"] and switches[0]["primary"]
-        with server.lock:
-            assert len(server.tables) == 6
+        # what the target holds, read by a client without an election id (spec 5.3 / 15.3.1:
+        # a backup may read): two peers' ingress, id and request entries
+        with P4RuntimeClient(f"127.0.0.1:{port}", 1, None,
+                             schema=P4Schema.load(P4INFO)) as reader:
+            assert reader.connect(timeout=10) is False  # a backup: not primary
+            assert len(reader.read_all([p4runtime_pb2.Entity(
+                table_entry=p4runtime_pb2.TableEntry())])) == 6
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, "".join(lines)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        server.stop()
+        for p in (proc, target):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
     assert (tmp_path / "hb.db").exists()
 
 

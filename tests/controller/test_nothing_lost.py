@@ -2,9 +2,9 @@
 unprograms, and a slot a peer left is reset before another peer uses it, also across a
 restart.
 
-The Fabric runs over real gRPC against the in-memory P4Runtime test server (as in
-test_fabric.py) with a real SQLite store and the real EventBus. Store failures are injected
-by `FlakyStore`, a wrapper around the real `SqliteStore` whose chosen methods raise
+The Fabric runs over real gRPC against the kernel target's device over its in-memory data
+plane (as in test_fabric.py) with a real SQLite store and the real EventBus. Store failures
+are injected by `FlakyStore`, a wrapper around the real `SqliteStore` whose chosen methods raise
 `sqlite3.OperationalError` while told to: a fake of that one layer, because a real SQLite
 file cannot be made to fail on demand here (tests run as root, so permissions do not stop
 writes, and a lock held by another connection makes the store wait out its 30 s busy
@@ -21,7 +21,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from hbmon.controller import Fabric
 from hbmon.events import EventBus
@@ -30,24 +29,14 @@ from hbmon.model import Event, EventKind, Health, NotFoundError
 from hbmon.p4info import P4Schema
 from hbmon.protocol import PlaneState
 from hbmon.store import SqliteStore, open_store
+from hbmon_kernel.memory import MemoryTarget
 
-from .p4rt_testserver import TestP4RuntimeServer
 from .test_fabric import P4INFO, entries, group, make_config, peer, set_slot, wait_for
-
-__all__ = ["server"]
 
 
 @pytest.fixture(scope="module")
 def schema() -> P4Schema:
     return P4Schema.load(P4INFO)
-
-
-@pytest.fixture
-def server() -> Iterator[TestP4RuntimeServer]:
-    srv = TestP4RuntimeServer()
-    srv.start()
-    yield srv
-    srv.stop()
 
 
 class FlakyStore:
@@ -80,11 +69,11 @@ class Rig:
     """Fabric + EventBus + ControllerMetrics over a FlakyStore; records every event the
     Fabric emits, in emission order, to compare with what reaches the history."""
 
-    def __init__(self, server: TestP4RuntimeServer, db: Path, **fabric_args: Any) -> None:
+    def __init__(self, target: MemoryTarget, db: Path, **fabric_args: Any) -> None:
         self.store = FlakyStore(db)
         self.bus = EventBus(self.store)
         self.metrics = ControllerMetrics()
-        self.fabric = Fabric(make_config(server.port), self.store,
+        self.fabric = Fabric(make_config(target.port), self.store,
                              self.bus, metrics=self.metrics, **fabric_args)
         self.emitted: list[Event] = []
         self._lock = threading.Lock()
@@ -112,8 +101,8 @@ class Rig:
 
 
 @pytest.fixture
-def rig(server: TestP4RuntimeServer, tmp_path: Path) -> Iterator[Rig]:
-    r = Rig(server, tmp_path / "hb.db")
+def rig(target: MemoryTarget, tmp_path: Path) -> Iterator[Rig]:
+    r = Rig(target, tmp_path / "hb.db")
     r.fabric.start()
     assert r.fabric.wait_ready(15), r.fabric.switches()
     yield r
@@ -124,7 +113,7 @@ def _key(e: Event) -> tuple[Any, ...]:
     return (str(e.kind), e.peer, e.switch, e.new_state, round(e.time, 6), e.reason)
 
 
-def test_store_outage_loses_no_event_and_keeps_order(rig: Rig, server: TestP4RuntimeServer,
+def test_store_outage_loses_no_event_and_keeps_order(rig: Rig, target: MemoryTarget,
                                                      schema: P4Schema) -> None:
     fabric, store = rig.fabric, rig.store
     assert fabric.flush_events(10)
@@ -134,8 +123,8 @@ def test_store_outage_loses_no_event_and_keeps_order(rig: Rig, server: TestP4Run
     store.failing.add("append_events")
     # inventory events, then transitions from polls and a digest, while nothing can be stored
     fabric.add_peers([peer(1), peer(2)])
-    set_slot(server, schema, 0, rx_count=5, tx_count=5, last_seq=9, state=PlaneState.UP)
-    set_slot(server, schema, 1, rx_count=5, tx_count=5, last_seq=9, state=PlaneState.UP)
+    set_slot(target, 0, rx_count=5, tx_count=5, last_seq=9, state=PlaneState.UP)
+    set_slot(target, 1, rx_count=5, tx_count=5, last_seq=9, state=PlaneState.UP)
     wait_for(lambda: fabric.health("p1").state == Health.UP
              and fabric.health("p2").state == Health.UP, what="UP while the store fails")
     fabric.remove_peers(["p2"])
@@ -162,8 +151,8 @@ def test_store_outage_loses_no_event_and_keeps_order(rig: Rig, server: TestP4Run
 
 
 def test_full_outbox_drops_the_oldest_waiting_and_counts_them(
-        server: TestP4RuntimeServer, tmp_path: Path) -> None:
-    r = Rig(server, tmp_path / "hb.db", outbox_limit=5)
+        target: MemoryTarget, tmp_path: Path) -> None:
+    r = Rig(target, tmp_path / "hb.db", outbox_limit=5)
     try:
         r.fabric.start()
         assert r.fabric.wait_ready(15)
@@ -192,7 +181,7 @@ def test_full_outbox_drops_the_oldest_waiting_and_counts_them(
         r.close()
 
 
-def test_remove_store_failure_unprograms_nothing(rig: Rig, server: TestP4RuntimeServer,
+def test_remove_store_failure_unprograms_nothing(rig: Rig, target: MemoryTarget,
                                                  schema: P4Schema) -> None:
     fabric = rig.fabric
     fabric.add_peers([peer(1), peer(2)])
@@ -202,48 +191,49 @@ def test_remove_store_failure_unprograms_nothing(rig: Rig, server: TestP4Runtime
     # the caller got the error; inventory, store and data plane are as they were
     assert [p.name for p in fabric.list_peers()] == ["p1", "p2"]
     assert [p.name for p in rig.store.real.list_peers()] == ["p1", "p2"]
-    assert len(entries(server, schema, "HbIngress.peers")) == 2
-    g = group(server, schema)
+    assert len(entries(target, schema, "HbIngress.peers")) == 2
+    g = group(target, schema)
     assert g is not None and sorted(r.instance for r in g.replicas) == [0, 1]
     rig.store.failing.clear()
     fabric.remove_peers(["p1"])
     assert [p.name for p in rig.store.real.list_peers()] == ["p2"]
-    assert [e.params["index"] for e in entries(server, schema, "HbIngress.peers")] == [1]
+    assert [e.params["index"] for e in entries(target, schema, "HbIngress.peers")] == [1]
 
 
 def test_remove_unprogram_failure_keeps_removal_and_holds_the_index(
-        rig: Rig, server: TestP4RuntimeServer, schema: P4Schema) -> None:
+        rig: Rig, target: MemoryTarget, schema: P4Schema) -> None:
     fabric = rig.fabric
     fabric.add_peers([peer(1), peer(2)])
-    set_slot(server, schema, 0, rx_count=77, tx_count=80)
+    set_slot(target, 0, rx_count=77, tx_count=80)
     driver = fabric.drivers["s1"]
-    # every write fails (the target is refusing): the removal is committed anyway
-    server.fail_next_writes = [grpc.StatusCode.UNAVAILABLE] * 10_000
+    # the target is unreachable, so every write fails: the removal is committed anyway
+    target.stop_serving()
     fabric.remove_peers(["p1"])
     assert [p.name for p in fabric.list_peers()] == ["p2"]
     assert [p.name for p in rig.store.real.list_peers()] == ["p2"]
     assert rig.store.real.pending_slot_resets() == {"s1": {0}}
-    assert sorted(e.params["index"] for e in entries(server, schema, "HbIngress.peers")) \
+    assert sorted(e.params["index"] for e in entries(target, schema, "HbIngress.peers")) \
         == [0, 1]  # leftovers, still pointing at slot 0
     assert driver.allocator.held == {0}
     # slot 0 is not handed out while the target may still send p1's answers to it
     [p3] = fabric.add_peers([peer(3)])
     assert p3.index == 2
-    # the target recovers: the switch reconciles the leftovers away and frees the index
-    server.fail_next_writes = []
+    # the target is back (its state kept): the switch reconciles the leftovers away and
+    # frees the index
+    target.serve_again()
     wait_for(lambda: sorted(e.params["index"] for e in entries(
-        server, schema, "HbIngress.peers")) == [1, 2], 30, "leftovers reconciled away")
+        target, schema, "HbIngress.peers")) == [1, 2], 30, "leftovers reconciled away")
     wait_for(lambda: not driver.allocator.held, 10, "index 0 released")
     [p4] = fabric.add_peers([peer(4)])
     assert p4.index == 0
-    with server.lock:  # reset before p4's entries point at it; the record is gone
-        assert server.registers[(schema.register("hb_rx_count").id, 0)] == b"\x00"
+    # reset before p4's entries point at it; the record is gone
+    assert target.datapath.register_read("hb_rx_count", 0) == 0
     assert rig.store.real.pending_slot_resets() == {}
     assert [e.peer for e in rig.store.real.events(limit=1000)
             if e.kind == EventKind.PEER_REMOVED] == ["p1"]
 
 
-def test_slot_left_before_a_crash_is_reset_after_restart(server: TestP4RuntimeServer,
+def test_slot_left_before_a_crash_is_reset_after_restart(target: MemoryTarget,
                                                          schema: P4Schema,
                                                          tmp_path: Path) -> None:
     """A removal committed, then the process died before any reset; the next peer given
@@ -251,11 +241,11 @@ def test_slot_left_before_a_crash_is_reset_after_restart(server: TestP4RuntimeSe
     controller resets the slot before the new peer's entries point at it."""
     db = tmp_path / "hb.db"
     store = SqliteStore(str(db))
-    fabric = Fabric(make_config(server.port), store)
+    fabric = Fabric(make_config(target.port), store)
     fabric.start()
     assert fabric.wait_ready(15)
     fabric.add_peers([peer(1)])
-    set_slot(server, schema, 0, rx_count=500, tx_count=510, last_seq=42)
+    set_slot(target, 0, rx_count=500, tx_count=510, last_seq=42)
     fabric.stop()  # stands in for the crash: the writes below are what it committed
     store.remove_peers(["p1"])
     store.add_peers([peer(2, index=0)])
@@ -263,16 +253,16 @@ def test_slot_left_before_a_crash_is_reset_after_restart(server: TestP4RuntimeSe
     assert SqliteStore(str(db)).pending_slot_resets() == {"s1": {0}}
 
     store = SqliteStore(str(db))
-    fabric = Fabric(make_config(server.port), store)
+    fabric = Fabric(make_config(target.port), store)
     try:
         fabric.start()
         assert fabric.wait_ready(15)
         assert [(p.name, p.index) for p in fabric.list_peers()] == [("p2", 0)]
-        with server.lock:
-            for name in ("hb_rx_count", "hb_tx_count", "hb_last_seq"):
-                assert server.registers[(schema.register(name).id, 0)] == b"\x00", name
+        for name in ("hb_rx_count", "hb_tx_count", "hb_last_seq"):
+            # hb_tx_count: reset, then at most the round the re-armed schedule ran
+            assert target.datapath.register_read(name, 0) <= (name == "hb_tx_count"), name
         assert store.pending_slot_resets() == {}
-        assert [e.match["peer_id"] for e in entries(server, schema, "HbIngress.peer_ids")] \
+        assert [e.match["peer_id"] for e in entries(target, schema, "HbIngress.peer_ids")] \
             == [2]
     finally:
         fabric.stop()

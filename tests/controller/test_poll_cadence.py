@@ -1,6 +1,7 @@
 """What a poll reads and when, and the batch path from a poll's columns to health.
 
-- over real gRPC (the in-memory P4Runtime test server, as in test_fabric.py): the verdict
+- over real gRPC (the kernel target's device over its in-memory data plane, as in
+  test_fabric.py): the verdict
   registers are read every poll, so a new RTT verdict reaches the API by the next poll, while
   the informational registers (dup_count, ...) are polled every `detail_interval_ms` and
   read at once when a client asks for one peer;
@@ -11,8 +12,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 from hbmon.api.rtt import RttHistory
@@ -20,26 +19,16 @@ from hbmon.config import parse_config
 from hbmon.controller import Fabric
 from hbmon.health import SLOT_FIELDS
 from hbmon.model import Health, Peer
-from hbmon.p4info import P4Schema
 from hbmon.protocol import PlaneState, Reason
 from hbmon.store import open_store
+from hbmon_kernel.memory import MemoryTarget
 
-from .p4rt_testserver import TestP4RuntimeServer
-from .test_fabric import P4INFO, Harness, make_config, peer, set_slot, wait_for
-
-
-@pytest.fixture
-def server() -> Iterator[TestP4RuntimeServer]:
-    srv = TestP4RuntimeServer()
-    srv.start()
-    yield srv
-    srv.stop()
+from .test_fabric import Harness, make_config, peer, set_slot, wait_for
 
 
 def test_verdict_registers_every_poll_details_every_detail_interval(
-        server: TestP4RuntimeServer) -> None:
-    schema = P4Schema.load(P4INFO)
-    config = make_config(server.port, detail_interval_ms=3_600_000, peers=[
+        target: MemoryTarget) -> None:
+    config = make_config(target.port, detail_interval_ms=3_600_000, peers=[
         {"name": "a", "address": "198.18.1.1", "peer_id": 1, "mac": "02:00:00:00:01:01",
          "port": 1}])
     h = Harness(config)
@@ -48,11 +37,11 @@ def test_verdict_registers_every_poll_details_every_detail_interval(
         assert h.fabric.wait_ready(15), h.fabric.switches()
         index = h.fabric.get_peer("a").index
         assert index is not None
-        set_slot(server, schema, index, rx_count=5, tx_count=5, rtt_ewma_us=300,
+        set_slot(target, index, rx_count=5, tx_count=5, rtt_ewma_us=300,
                  state=PlaneState.UP, dup_count=7, last_seq=99)
         wait_for(lambda: h.fabric.all_health()[0].state == Health.UP, what="UP")
         # a slow peer: the RTT is a verdict register, read every poll
-        set_slot(server, schema, index, rx_count=6, tx_count=6, rtt_ewma_us=900_000)
+        set_slot(target, index, rx_count=6, tx_count=6, rtt_ewma_us=900_000)
         wait_for(lambda: h.fabric.all_health()[0].state == Health.DEGRADED, what="DEGRADED")
         listed = h.fabric.all_health()[0].slot
         assert (listed.rx_count, listed.rtt_ewma_us) == (6, 900_000)
@@ -64,8 +53,7 @@ def test_verdict_registers_every_poll_details_every_detail_interval(
         assert (slot.dup_count, slot.last_seq, slot.rx_count) == (7, 99, 6)
         assert h.fabric.all_health()[0].slot.dup_count == 7
         # the hb_reason counters too: polled with the details, read at once when asked
-        with server.lock:
-            server.counters[(schema.counter("hb_reason").id, Reason.RESPONSE_RECORDED)] = (3, 90)
+        target.datapath.counter_write("hb_reason", Reason.RESPONSE_RECORDED, 3, 90)
         assert h.fabric.drivers["s1"].counters.get("RESPONSE_RECORDED", (0, 0)) == (0, 0)
         assert h.fabric.dataplane_counters()["s1"]["RESPONSE_RECORDED"] == (3, 90)
     finally:
@@ -73,9 +61,8 @@ def test_verdict_registers_every_poll_details_every_detail_interval(
         h.store.close()
 
 
-def test_details_follow_the_detail_interval(server: TestP4RuntimeServer) -> None:
-    schema = P4Schema.load(P4INFO)
-    config = make_config(server.port, detail_interval_ms=1, peers=[
+def test_details_follow_the_detail_interval(target: MemoryTarget) -> None:
+    config = make_config(target.port, detail_interval_ms=1, peers=[
         {"name": "a", "address": "198.18.1.1", "peer_id": 1, "mac": "02:00:00:00:01:01",
          "port": 1}])
     h = Harness(config)
@@ -84,7 +71,7 @@ def test_details_follow_the_detail_interval(server: TestP4RuntimeServer) -> None
         assert h.fabric.wait_ready(15), h.fabric.switches()
         index = h.fabric.get_peer("a").index
         assert index is not None
-        set_slot(server, schema, index, rx_count=5, tx_count=5, dup_count=7, last_seq=99,
+        set_slot(target, index, rx_count=5, tx_count=5, dup_count=7, last_seq=99,
                  peer_load=42, state=PlaneState.UP)
         # polls (a listing shows what they read) read everything again and again
         wait_for(lambda: h.fabric.all_health()[0].slot.dup_count == 7, what="dup_count polled")
