@@ -25,6 +25,7 @@ from .responder import (
     apply_changes,
     parse_assignments,
 )
+from .sdnotify import notify
 
 _ACTIONS = ("get", "set", "reset", "stop", "start")
 
@@ -96,9 +97,11 @@ def responder(
     click.echo(f"hbmon responder: answering on {where}"
                + (f", control socket {ctl_path}" if ctl_path else ""))
     sys.stdout.flush()
+    notify("READY=1", f"STATUS=answering on {where}")
     try:
         server.serve_forever()
     finally:
+        notify("STOPPING=1")
         server.close()
 
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +26,8 @@ import pytest
 import yaml
 from hbmon_topo.stack import free_tcp_port
 from kernel.bpf_lab import Lab
+
+from .test_responder import IP_RECVTTL, _recv_ttl
 
 pytestmark = pytest.mark.netns
 
@@ -90,20 +94,22 @@ def notifications(tmp_path: Path) -> Iterator[Notifications]:
     n.close()
 
 
+ALL = ("hbmon-kernel-target.service", "hbmon.service", "hbmon-responder.service")
+
+
 def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
-    for name in ("hbmon-kernel-target.service", "hbmon.service"):
+    for name in ALL:
         text = (UNITS / name).read_text().replace("/usr/local/bin/", f"{BIN}/")
         text = text.replace("/etc/default/hbmon-kernel-target",
                             str(UNITS / "hbmon-kernel-target.default"))
         (tmp_path / name).write_text(text)
     proc = subprocess.run(["systemd-analyze", "verify", "--man=no",
-                           str(tmp_path / "hbmon-kernel-target.service"),
-                           str(tmp_path / "hbmon.service")],
+                           *(str(tmp_path / name) for name in ALL)],
                           capture_output=True, text=True, timeout=60)
     ours = [line for line in (proc.stdout + proc.stderr).splitlines()
             if "hbmon" in line]  # warnings about our files (parse errors, missing binaries)
     assert proc.returncode == 0 and not ours, proc.stdout + proc.stderr
-    for name in ("hbmon-kernel-target.service", "hbmon.service"):
+    for name in ALL:
         assert unit(name)["Type"] == "notify"
 
 
@@ -112,7 +118,8 @@ def run_until_ready(argv: list[str], notifications: Notifications, timeout: floa
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL,
-                                env={**os.environ, "NOTIFY_SOCKET": notifications.path})
+                                env={**os.environ, "NOTIFY_SOCKET": notifications.path,
+                                     "HOME": "/nonexistent"})
     try:
         notifications.wait_for("READY=1", timeout)
     except BaseException:
@@ -173,3 +180,52 @@ def test_target_and_controller_units_start_notify_serve_and_stop(
                 stop_as_systemd("hbmon.service", serve, notifications, serve_log)
         finally:
             stop_as_systemd("hbmon-kernel-target.service", target, notifications, target_log)
+
+
+def test_responder_unit_answers_unprivileged(tmp_path: Path) -> None:
+    """hbmon-responder.service claims no privilege (DynamicUser=, no capabilities): its
+    ExecStart runs here as `nobody`, answers a version-2 request with the nonce echoed and
+    TTL 255, and stops on SIGTERM."""
+    from hbmon.protocol import Heartbeat, MsgType
+
+    u = unit("hbmon-responder.service")
+    assert u["DynamicUser"] == "yes" and u["CapabilityBoundingSet"] == ""
+    port = free_udp_port()
+    env = {"HBMON_RESPONDER_ARGS": f"--bind 127.0.0.1 --port {port}"}
+    argv = exec_start("hbmon-responder.service", env, tmp_path)
+    # the notify socket where the unprivileged user can reach it (pytest's tmp is root-only)
+    shared = Path(tempfile.mkdtemp(prefix="hbmon-notify-"))
+    os.chmod(shared, 0o755)
+    notifications = Notifications(shared / "notify.sock")
+    os.chmod(notifications.path, 0o777)
+    log = tmp_path / "responder.log"
+    try:
+        proc = run_until_ready(["setpriv", "--reuid=nobody", "--regid=nogroup",
+                                "--clear-groups", "--inh-caps=-all", *argv], notifications, 30,
+                               log)
+    except BaseException:
+        notifications.close()
+        shutil.rmtree(shared)
+        raise
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
+            s.settimeout(5)
+            s.sendto(Heartbeat(MsgType.REQUEST, 7, 3, 99, nonce=0xA5A5A5A5).pack(),
+                     ("127.0.0.1", port))
+            data, ttl = _recv_ttl(s)
+        answer = Heartbeat.unpack(data, expect=MsgType.RESPONSE)
+        assert (answer.peer_id, answer.sequence, answer.nonce) == (7, 3, 0xA5A5A5A5)
+        assert ttl == 255
+    finally:
+        try:
+            stop_as_systemd("hbmon-responder.service", proc, notifications, log)
+        finally:
+            notifications.close()
+            shutil.rmtree(shared)
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
