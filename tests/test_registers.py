@@ -1,6 +1,8 @@
-"""hbmon.registers: the P4Runtime implementation against an in-memory RegisterEntry server
-(pure logic: encoding, batching, validation), the automatic choice, and the bmv2 Thrift
-implementation against a real simple_switch_grpc when one is installed (see test_ptf_bmv2)."""
+"""hbmon.registers: the P4Runtime implementation against the kernel target's P4Runtime
+device over its in-memory data plane (hbmon_kernel.memory, real gRPC: encoding, batching,
+validation, wildcard and indexed reads as the target answers them), the automatic choice,
+and the bmv2 Thrift implementation against a real simple_switch_grpc when one is installed
+(see test_ptf_bmv2)."""
 
 from __future__ import annotations
 
@@ -11,47 +13,35 @@ from pathlib import Path
 import grpc
 import pytest
 from hbmon import registers
-from hbmon.p4info import P4Schema, decode_int, encode_int
-from hbmon.p4rt import P4RuntimeError
+from hbmon.p4info import P4Schema
+from hbmon.p4rt import P4RuntimeClient, P4RuntimeError
 from hbmon.protocol import REGISTERS
+from hbmon_kernel.memory import MemoryTarget, serve_memory_target
+from hbmon_kernel.p4rt_state import Pipeline
 from p4.v1 import p4runtime_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = P4Schema.load(ROOT / "p4src" / "build" / "heartbeat.p4info.txtpb")
 
 
-class FakeRegisterServer:
-    """Answers RegisterEntry reads/writes like a P4Runtime server that implements them."""
+class Recording:
+    """The real P4RuntimeClient, with the requests it was asked to send recorded (a spy:
+    every call goes to the target)."""
 
-    def __init__(self, schema: P4Schema, size: int = 8) -> None:
-        self.schema = schema
-        self.size = size
-        self.cells = {r.id: [0] * size for r in schema.registers}
+    def __init__(self, client: P4RuntimeClient) -> None:
+        self.client = client
         self.read_requests: list[list[p4runtime_pb2.Entity]] = []
         self.write_requests: list[list[p4runtime_pb2.Update]] = []
-        self.unimplemented = False
 
     def read(self, entities: Iterable[p4runtime_pb2.Entity]) -> Iterator[p4runtime_pb2.Entity]:
         entities = list(entities)
         self.read_requests.append(entities)
-        if self.unimplemented:
-            raise P4RuntimeError("Read: UNIMPLEMENTED", grpc.StatusCode.UNIMPLEMENTED)
-        for e in entities:
-            entry = e.register_entry
-            indexes = [entry.index.index] if entry.HasField("index") else range(self.size)
-            for i in indexes:
-                out = p4runtime_pb2.RegisterEntry(register_id=entry.register_id)
-                out.index.index = i
-                out.data.bitstring = encode_int(self.cells[entry.register_id][i])
-                yield p4runtime_pb2.Entity(register_entry=out)
+        return self.client.read(entities)
 
     def write(self, updates: Iterable[p4runtime_pb2.Update]) -> None:
         updates = list(updates)
         self.write_requests.append(updates)
-        for u in updates:
-            assert u.type == p4runtime_pb2.Update.MODIFY
-            entry = u.entity.register_entry
-            self.cells[entry.register_id][entry.index.index] = decode_int(entry.data.bitstring)
+        self.client.write(updates)
 
 
 def _schema(size: int) -> P4Schema:
@@ -64,13 +54,29 @@ def _schema(size: int) -> P4Schema:
 
 
 @pytest.fixture
-def server() -> FakeRegisterServer:
-    return FakeRegisterServer(_schema(8))
+def target() -> Iterator[MemoryTarget]:
+    """A target whose pipeline has 8 cells per register."""
+    t = serve_memory_target(pipeline=Pipeline(_schema(8).p4info, "8-cell P4Info"))
+    try:
+        yield t
+    finally:
+        t.stop()
 
 
 @pytest.fixture
-def access(server: FakeRegisterServer) -> registers.P4RuntimeRegisterAccess:
-    return registers.P4RuntimeRegisterAccess(server, server.schema)
+def server(target: MemoryTarget) -> Iterator[Recording]:
+    client = P4RuntimeClient(target.address, 1, 10, schema=_schema(8))
+    try:
+        assert client.connect(timeout=10)
+        client.set_pipeline(_schema(8))
+        yield Recording(client)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def access(server: Recording) -> registers.P4RuntimeRegisterAccess:
+    return registers.P4RuntimeRegisterAccess(server, _schema(8))
 
 
 def test_names_follow_the_contract(access: registers.P4RuntimeRegisterAccess) -> None:
@@ -78,18 +84,25 @@ def test_names_follow_the_contract(access: registers.P4RuntimeRegisterAccess) ->
     assert access.widths == REGISTERS
 
 
-def test_write_then_read(server: FakeRegisterServer,
+def test_write_then_read(server: Recording,
                          access: registers.P4RuntimeRegisterAccess) -> None:
     access.write("hb_last_rx_us", 3, (1 << 64) - 1)
     access.write("hb_state", 3, 2)
     assert access.read("hb_last_rx_us", 3) == (1 << 64) - 1
     assert access.read("hb_state", 3) == 2
     assert access.read_all("hb_state") == [0, 0, 0, 2, 0, 0, 0, 0]
-    rid = SCHEMA.register("hb_state").id
-    assert server.cells[rid][3] == 2
 
 
-def test_snapshot_is_one_read_request(server: FakeRegisterServer,
+def test_reads_what_the_data_plane_holds(target: MemoryTarget, server: Recording,
+                                         access: registers.P4RuntimeRegisterAccess) -> None:
+    target.datapath.set_cells(6, last_rx_us=(1 << 64) - 2, state=1)
+    assert access.read("hb_last_rx_us", 6) == (1 << 64) - 2
+    assert access.read_all("hb_state") == [0, 0, 0, 0, 0, 0, 1, 0]
+    access.write("hb_rx_count", 2, 9)
+    assert target.datapath.register_read("hb_rx_count", 2) == 9
+
+
+def test_snapshot_is_one_read_request(server: Recording,
                                       access: registers.P4RuntimeRegisterAccess) -> None:
     access.write("hb_rx_count", 1, 5)
     snap = access.snapshot()
@@ -101,7 +114,7 @@ def test_snapshot_is_one_read_request(server: FakeRegisterServer,
 
 
 def test_reset_slot_is_one_write_of_every_register(
-        server: FakeRegisterServer, access: registers.P4RuntimeRegisterAccess) -> None:
+        server: Recording, access: registers.P4RuntimeRegisterAccess) -> None:
     for name in REGISTERS:
         access.write(name, 4, 1)
         access.write(name, 5, 1)
@@ -120,32 +133,43 @@ def test_reset_slot_is_one_write_of_every_register(
     ("hb_rx_count", -1, 0, "negative index"),
 ])
 def test_bad_writes_are_refused_before_any_rpc(
-        server: FakeRegisterServer, access: registers.P4RuntimeRegisterAccess,
+        server: Recording, access: registers.P4RuntimeRegisterAccess,
         name: str, index: int, value: int, message: str) -> None:
     with pytest.raises(registers.RegisterAccessError, match=message):
         access.write(name, index, value)
     assert server.write_requests == []
 
 
-def test_incomplete_wildcard_read_is_an_error(server: FakeRegisterServer) -> None:
-    access = registers.P4RuntimeRegisterAccess(server, _schema(16))  # server has only 8
+def test_incomplete_wildcard_read_is_an_error(server: Recording) -> None:
+    access = registers.P4RuntimeRegisterAccess(server, _schema(16))  # the target has 8
     with pytest.raises(registers.RegisterAccessError, match="incomplete"):
         access.read_all("hb_rx_count")
 
 
-def test_unknown_register_in_schema() -> None:
+def test_unknown_register_in_schema(server: Recording) -> None:
     with pytest.raises(registers.RegisterAccessError):
-        registers.P4RuntimeRegisterAccess(FakeRegisterServer(SCHEMA, 1), SCHEMA, ["hb_nope"])
+        registers.P4RuntimeRegisterAccess(server, SCHEMA, ["hb_nope"])
 
 
-def test_auto_picks_p4runtime_when_register_reads_work(server: FakeRegisterServer) -> None:
-    access = registers.open_register_access(None, client=server, schema=server.schema)
+def test_auto_picks_p4runtime_when_register_reads_work(server: Recording) -> None:
+    access = registers.open_register_access(None, client=server, schema=_schema(8))
     assert isinstance(access, registers.P4RuntimeRegisterAccess)
 
 
+class SaysUnimplemented:
+    """A P4Runtime target that answers register reads UNIMPLEMENTED, as bmv2's
+    simple_switch_grpc does: a stand-in for that one answer (the kernel target implements
+    register reads), so the choice of the Thrift path is tested without bmv2."""
+
+    def read(self, entities: Iterable[p4runtime_pb2.Entity]) -> Iterator[p4runtime_pb2.Entity]:
+        raise P4RuntimeError("Read: UNIMPLEMENTED", grpc.StatusCode.UNIMPLEMENTED)
+
+    def write(self, updates: Iterable[p4runtime_pb2.Update]) -> None:
+        raise AssertionError("no write expected")
+
+
 def test_auto_picks_thrift_when_p4runtime_says_unimplemented(
-        server: FakeRegisterServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    server.unimplemented = True
+        monkeypatch: pytest.MonkeyPatch) -> None:
     made: list[tuple[str, int]] = []
 
     class Recorder(registers.RegisterAccess):
@@ -163,20 +187,16 @@ def test_auto_picks_thrift_when_p4runtime_says_unimplemented(
             pass
 
     monkeypatch.setattr(registers, "Bmv2ThriftRegisterAccess", Recorder)
-    access = registers.open_register_access(None, client=server, schema=server.schema,
-                                            thrift_port=9999)
+    access = registers.open_register_access(None, client=SaysUnimplemented(),
+                                            schema=_schema(8), thrift_port=9999)
     assert isinstance(access, Recorder)
     assert made == [("127.0.0.1", 9999)]
 
 
-def test_auto_reraises_other_errors(server: FakeRegisterServer) -> None:
-    def broken(entities: Iterable[p4runtime_pb2.Entity]) -> Iterator[p4runtime_pb2.Entity]:
-        raise P4RuntimeError("Read: UNAVAILABLE", grpc.StatusCode.UNAVAILABLE)
-        yield  # pragma: no cover
-
-    server.read = broken  # type: ignore[method-assign]
+def test_auto_reraises_other_errors(target: MemoryTarget, server: Recording) -> None:
+    target.stop_serving()  # the target is unreachable: UNAVAILABLE, not a reason for Thrift
     with pytest.raises(registers.RegisterAccessError, match="UNAVAILABLE"):
-        registers.open_register_access(None, client=server, schema=server.schema)
+        registers.open_register_access(None, client=server, schema=_schema(8))
 
 
 def test_p4runtime_target_needs_client_and_schema() -> None:
