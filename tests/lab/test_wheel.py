@@ -128,3 +128,15 @@ def test_installed_commands_monitor_real_peers(installed: Path, lab: NetnsLab,
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+
+
+def test_installed_demo_once_from_another_directory(installed: Path, tmp_path: Path) -> None:
+    """The issue's check: the installed `hbmon demo --once` (its labs, target, controller
+    and responders all from the wheel) from a directory that is not the checkout."""
+    proc = subprocess.run(
+        [str(installed / "hbmon"), "demo", "--once", "--api-port", "0", "--timeout", "90"],
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, cwd=tmp_path,
+        env={**_env(), "COLUMNS": "200"})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "every peer shows its expected state" in out and "lab removed" in out, out
