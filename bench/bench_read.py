@@ -46,14 +46,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-from hbmon.controller import register_cells_request  # noqa: E402
-from hbmon.p4info import P4Schema  # noqa: E402
+from hbmon.p4 import P4Schema, wire  # noqa: E402
 from hbmon.p4rt import P4RuntimeClient  # noqa: E402
 from hbmon.protocol import REGISTERS  # noqa: E402
 from hbmon.registers import decode_cells  # noqa: E402
 from hbmon_kernel.datapath import Datapath  # noqa: E402
 from hbmon_kernel.p4rt_device import KernelDevice  # noqa: E402
-from hbmon_kernel.p4rt_state import Pipeline  # noqa: E402
 from hbmon_kernel.server import P4RuntimeService, service_handler  # noqa: E402
 from results_io import write_result  # noqa: E402
 
@@ -166,9 +164,8 @@ def _stats(samples: list[float]) -> dict[str, float]:
 def per_cell_python(ids: list[int], indexes: list[int], expected: dict[str, Any],
                     names: list[str]) -> dict[str, object]:
     """What the indexed poll cost before the vectorised path (in process, no gRPC), for
-    the ratio: the target encoding cell by cell (p4rt_wire.register_fields) and the
+    the ratio: the target encoding cell by cell (hbmon.p4.wire.register_fields) and the
     controller decoding with the protobuf classes, entity by entity."""
-    from hbmon_kernel import p4rt_wire as wire
     from p4.v1 import p4runtime_pb2
 
     t0 = time.thread_time()
@@ -196,7 +193,6 @@ def bench_codec(peers: int, rounds: int) -> dict[str, object]:
     """ns per cell of encoding (target) and decoding (controller) the verdict poll's cells,
     with the values of each register's full width (the longest encoding)."""
     from hbmon.health import HealthConfig
-    from hbmon_kernel import p4rt_wire as wire
 
     schema = P4Schema.load(P4INFO)
     names = [f"hb_{f}" for f in HealthConfig().verdict_fields]
@@ -242,7 +238,7 @@ def bench_p4runtime(peers: int, rounds: int) -> dict[str, object]:
     """Whole-structure and indexed reads through the kernel target's P4Runtime server."""
     import grpc
 
-    pipeline = Pipeline.load(P4INFO)
+    pipeline = P4Schema.load(P4INFO)
     schema = P4Schema.load(P4INFO)
     names = list(REGISTERS)
     ids = [schema.register(n).id for n in names]
@@ -276,10 +272,10 @@ def bench_p4runtime(peers: int, rounds: int) -> dict[str, object]:
                 p4runtime_pb2.Entity(register_entry=p4runtime_pb2.RegisterEntry(register_id=r))
                 for r in ids]).SerializeToString()
             indexes = list(range(peers))
-            indexed_req = register_cells_request(ids, indexes, 1)
+            indexed_req = wire.register_cells_request(ids, indexes, 1)
             from hbmon.health import HealthConfig
             verdict = [names.index(f"hb_{f}") for f in HealthConfig().verdict_fields]
-            verdict_req = register_cells_request([ids[k] for k in verdict], indexes, 1)
+            verdict_req = wire.register_cells_request([ids[k] for k in verdict], indexes, 1)
 
             def measure(request: bytes, idx: list[int] | None, label: str,
                         which: list[int] | None = None) -> None:

@@ -83,7 +83,7 @@ from .model import (
     SwitchInfo,
     ValidationError,
 )
-from .p4info import (
+from .p4 import (
     CounterCell,
     CounterRead,
     DigestEntry,
@@ -94,14 +94,8 @@ from .p4info import (
     TableEntry,
 )
 from .p4rt import DELETE, INSERT, MODIFY, P4RuntimeClient, P4RuntimeError, WriteError, make_update
-from .pbwire import varint
 from .protocol import REGISTERS, Heartbeat, MsgType, PlaneState, Reason, seq_newer
-from .registers import (
-    P4RuntimeRegisterAccess,
-    RegisterAccess,
-    decode_cells,
-    open_register_access,
-)
+from .registers import P4RuntimeRegisterAccess, RegisterAccess, open_register_access
 from .service import EventSink, Store
 from .store import INVENTORY_CHANNEL, SlotTakenError
 
@@ -209,25 +203,6 @@ def next_sequence(previous: int, now: float) -> int:
     return candidate if seq_newer(candidate, previous) else (previous + 1) & _U32
 
 
-def register_cells_request(register_ids: Sequence[int], indexes: Sequence[int],
-                           device_id: int = 0) -> bytes:
-    """Serialized ReadRequest for cells `indexes` of every register in `register_ids`, in
-    that order, built as wire bytes (ReadRequest.device_id = 1, .entities = 2;
-    Entity.register_entry = 11, RegisterEntry.register_id = 1, .index = 2, Index.index = 1):
-    a tenth of the cost of building 50K messages field by field. Sent as it is each poll
-    (P4RuntimeClient.read_raw), so the target sees the same bytes (and may reuse its plan)."""
-    parts: list[bytes] = [b"\x08" + varint(device_id)] if device_id else []
-    index_fields = [b"\x12" + varint(len(v)) + v
-                    for v in (b"\x08" + varint(i) if i else b"" for i in indexes)]
-    for rid in register_ids:
-        head = b"\x08" + varint(rid)
-        for field in index_fields:
-            entry = head + field
-            entity = b"\x5a" + varint(len(entry)) + entry
-            parts.append(b"\x12" + varint(len(entity)) + entity)
-    return b"".join(parts)
-
-
 # ---------------------------------------------------------------------------------------------
 # per switch
 
@@ -272,10 +247,6 @@ class SwitchDriver:
         self._hb_thread: threading.Thread | None = None
         self._mac = config.monitor.mac
         self._ip = config.monitor.ip
-        # per register set a poll reads: (cells key, request)
-        # register names -> ((device id, *register ids), the index list, request bytes)
-        self._poll_requests: dict[tuple[str, ...],
-                                  tuple[tuple[int, ...], Sequence[int], bytes]] = {}
         self._next_detail = 0.0  # monotonic time of the next full read (all registers)
         # one register read at a time: a poll, or an API client's read of a peer's details
         # (bmv2's Thrift register client is not thread-safe)
@@ -655,31 +626,10 @@ class SwitchDriver:
 
     def _read_columns(self, names: Sequence[str], indexes: Sequence[int],
                       ) -> list[npt.NDArray[np.uint64]]:
-        """Cells `indexes` of each register in `names`, one array per register: one
-        ReadRequest listing the cells when they are a small part of the arrays, else one
-        wildcard read per array."""
+        """Cells `indexes` of each register in `names`, one array per register
+        (RegisterAccess.read_columns: chosen cells or whole arrays, whichever is cheaper)."""
         assert self.registers is not None
-        size = protocol.MAX_PEERS
-        if isinstance(self.registers, P4RuntimeRegisterAccess) and len(indexes) * 4 < size:
-            ids = [self.schema.register(n).id for n in names]
-            cached = self._poll_requests.get(tuple(names))
-            # a poll passes the same (cached) index list until the inventory changes: an
-            # identity check spares comparing 65K-element keys every poll
-            if cached is None or cached[0] != (self.client.device_id, *ids) \
-                    or (cached[1] is not indexes and cached[1] != indexes):
-                cached = ((self.client.device_id, *ids), indexes,
-                          register_cells_request(ids, indexes, self.client.device_id))
-                if len(names) > 2:  # a poll's set (verdict or all), not _init_sequence's
-                    self._poll_requests[tuple(names)] = cached
-            # the raw responses, decoded in one pass (protobuf for other shapes)
-            return decode_cells(self.client.read_raw(cached[2]), ids, indexes,
-                                [self.schema.register(n).size for n in names])
-        if isinstance(self.registers, P4RuntimeRegisterAccess):
-            arrays = self.registers.snapshot_arrays(list(names))
-            at = np.asarray(indexes, dtype=np.intp)
-            return [np.asarray(arrays[n][at], dtype=np.uint64) for n in names]
-        whole = self.registers.snapshot(list(names))
-        return [np.array([whole[n][i] for i in indexes], dtype=np.uint64) for n in names]
+        return self.registers.read_columns(names, indexes)
 
     def read_counters(self) -> dict[str, tuple[int, int]]:
         """The `hb_reason` counters now: reason name -> (packets, bytes)."""

@@ -22,23 +22,19 @@ import numpy as np
 import numpy.typing as npt
 from google.protobuf.message import DecodeError
 from google.rpc import code_pb2
+from hbmon.p4 import ArrayInfo, P4Schema, SchemaError, TableInfo, encode_bits, wire
 from p4.config.v1 import p4info_pb2
 from p4.v1 import p4runtime_pb2
 
-from . import p4rt_wire as wire
 from .p4rt_state import (
     Arbiter,
-    ArraySpec,
     DigestEngine,
     P4RTError,
-    Pipeline,
     Session,
-    TableSpec,
     check_event_fields,
-    decode_bits,
-    encode_bits,
     first_mismatch,
     invalid,
+    received_bits,
     sample_of,
     uint128,
 )
@@ -128,7 +124,7 @@ BINDINGS: tuple[TableBinding, ...] = (
 
 @dataclass(frozen=True)
 class _BoundTable:
-    spec: TableSpec
+    spec: TableInfo
     binding: TableBinding
     default_action_id: int
     action_names: dict[int, str]  # bound action id -> name
@@ -202,7 +198,7 @@ def _plan_key(raw: bytes) -> tuple[int, bytes, bytes]:
 class CellRead:
     """Cells of one register a Read asks for: `indexes` in request order (None = all)."""
 
-    spec: ArraySpec
+    spec: ArrayInfo
     indexes: npt.NDArray[np.intp] | None
 
 
@@ -217,7 +213,7 @@ _Plan = tuple[int, list[tuple[list[CellRead], "wire.CellEncoder"]], int]
 class KernelDevice:
     """One P4Runtime device (device id) backed by a Datapath."""
 
-    def __init__(self, dp: DatapathLike, pipeline: Pipeline, *, device_id: int,
+    def __init__(self, dp: DatapathLike, pipeline: P4Schema, *, device_id: int,
                  ports: Mapping[int, str], cpu_port: int = 255,
                  event_fields: Sequence[str] = ("index", "state", "last_seq", "time_us"),
                  ) -> None:
@@ -239,7 +235,7 @@ class KernelDevice:
         self._defaults: dict[int, _Entry] = {}
         self._groups: dict[int, _Group] = {}
 
-        self._registers: dict[int, ArraySpec] = {}
+        self._registers: dict[int, ArrayInfo] = {}
         for spec in pipeline.registers.values():
             width = dp.REGISTERS.get(spec.name)
             if width is None:
@@ -252,14 +248,17 @@ class KernelDevice:
                 raise ValueError(f"{pipeline.source}: register {spec.name!r} has {spec.size} "
                                  f"cells, the data plane {dp.max_peers}")
             self._registers[spec.id] = spec
-        self._counters: dict[int, ArraySpec] = dict(pipeline.counters)
+        self._counters: dict[int, ArrayInfo] = dict(pipeline.counters)
         for spec in self._counters.values():
             have = len(dp.counter_read_all(spec.name))
             if have < spec.size:
                 raise ValueError(f"{pipeline.source}: counter {spec.name!r} has {spec.size} "
                                  f"cells, the data plane {have}")
-        packet_out = pipeline.packet_metadata.get("packet_out")
-        if packet_out is None or not {"egress_port", "mcast_grp"} <= {
+        try:
+            packet_out = pipeline.packet_metadata("packet_out")
+        except SchemaError:
+            raise ValueError(f"{pipeline.source}: no controller header packet_out") from None
+        if not {"egress_port", "mcast_grp"} <= {
                 f.name for f in packet_out.fields}:
             raise ValueError(f"{pipeline.source}: controller header packet_out needs metadata "
                              "egress_port and mcast_grp")
@@ -504,7 +503,7 @@ class KernelDevice:
             if kind != "exact":
                 raise invalid(f"table {spec.name}: match field {f.name!r} is an exact match, "
                               f"got {kind or 'no value'}")
-            values[fm.field_id] = decode_bits(
+            values[fm.field_id] = received_bits(
                 fm.exact.value, f.bitwidth, f"table {spec.name} match field {f.name!r}")
         missing = [f.name for f in spec.match_fields if f.id not in values]
         if missing:
@@ -543,7 +542,7 @@ class KernelDevice:
                 raise invalid(f"action {aspec.name}: no parameter with id {p.param_id}")
             if p.param_id in values:
                 raise invalid(f"action {aspec.name}: parameter {pspec.name!r} given twice")
-            values[p.param_id] = decode_bits(p.value, pspec.bitwidth,
+            values[p.param_id] = received_bits(p.value, pspec.bitwidth,
                                              f"action {aspec.name} parameter {pspec.name!r}",
                                              code_pb2.INVALID_ARGUMENT)
         missing = [p.name for p in aspec.params if p.id not in values]
@@ -561,7 +560,7 @@ class KernelDevice:
         return aspec.id, aspec.name, params, canonical
 
     @staticmethod
-    def _check_plain(spec: TableSpec, te: p4runtime_pb2.TableEntry) -> None:
+    def _check_plain(spec: TableInfo, te: p4runtime_pb2.TableEntry) -> None:
         if te.is_const:
             raise invalid("is_const must be false in a write")
         for name in ("meter_config", "counter_data", "meter_counter_data"):
@@ -724,7 +723,7 @@ class KernelDevice:
         for i, r in enumerate(g.replicas):
             kind = r.WhichOneof("port_kind")
             if kind == "port":
-                port = decode_bits(r.port, 32, f"replica #{i} port", code_pb2.INVALID_ARGUMENT)
+                port = received_bits(r.port, 32, f"replica #{i} port", code_pb2.INVALID_ARGUMENT)
             else:
                 port = r.egress_port
             if port not in self.ports:
@@ -753,7 +752,7 @@ class KernelDevice:
 
     # -- registers, counters, digests -------------------------------------------------------
 
-    def _index(self, spec: ArraySpec, entry: Any, what: str) -> int | None:
+    def _index(self, spec: ArrayInfo, entry: Any, what: str) -> int | None:
         if not entry.HasField("index"):
             return None
         index = int(entry.index.index)
@@ -764,7 +763,7 @@ class KernelDevice:
                             f"{what} {spec.name}: index {index} outside 0..{spec.size - 1}")
         return index
 
-    def _register(self, register_id: int) -> ArraySpec:
+    def _register(self, register_id: int) -> ArrayInfo:
         spec = self._registers.get(register_id)
         if spec is None:
             raise invalid(f"register id {register_id:#x} is not a register of this pipeline")
@@ -778,7 +777,7 @@ class KernelDevice:
         if entry.data.WhichOneof("data") != "bitstring":
             raise invalid(f"register {spec.name}: data must be a bitstring "
                           f"(bit<{spec.bitwidth}>)")
-        value = decode_bits(entry.data.bitstring, spec.bitwidth, f"register {spec.name} data",
+        value = received_bits(entry.data.bitstring, spec.bitwidth, f"register {spec.name} data",
                             code_pb2.INVALID_ARGUMENT)
         name = spec.name
         try:
@@ -798,7 +797,7 @@ class KernelDevice:
             return undo_all
         return lambda: self.dp.register_write(name, index, old_value)
 
-    def _counter(self, counter_id: int) -> ArraySpec:
+    def _counter(self, counter_id: int) -> ArrayInfo:
         spec = self._counters.get(counter_id)
         if spec is None:
             raise invalid(f"counter id {counter_id:#x} is not a counter of this pipeline")
@@ -918,7 +917,7 @@ class KernelDevice:
         handful of array reads."""
         steps: list[ReadStep] = []
         errors: list[P4RTError | None] = []
-        run_spec: ArraySpec | None = None  # the register of the open run of single cells
+        run_spec: ArrayInfo | None = None  # the register of the open run of single cells
         run: list[int] = []
 
         def close_run() -> None:
@@ -982,7 +981,7 @@ class KernelDevice:
         except Exception as exc:
             raise _datapath_error(exc, f"register {step.spec.name}") from exc
 
-    def _cells(self, spec: ArraySpec, indexes: npt.NDArray[np.intp] | None,
+    def _cells(self, spec: ArrayInfo, indexes: npt.NDArray[np.intp] | None,
                ) -> npt.NDArray[Any]:
         """A copy of the cells (all when None) as a numpy array: straight from the mapped
         BPF array when the data plane offers it (Datapath.register_take), else from
@@ -1147,7 +1146,7 @@ class KernelDevice:
                 raise invalid(f"packet_out has no metadata with id {m.metadata_id}")
             if f.name in values:
                 raise invalid(f"packet_out metadata {f.name!r} given twice")
-            values[f.name] = decode_bits(m.value, f.bitwidth, f"packet_out metadata {f.name!r}",
+            values[f.name] = received_bits(m.value, f.bitwidth, f"packet_out metadata {f.name!r}",
                                          code_pb2.INVALID_ARGUMENT)
         # padding fields may be left out; the ones the data plane acts on may not
         missing = [f.name for f in spec.fields if f.name not in values

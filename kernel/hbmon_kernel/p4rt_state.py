@@ -1,7 +1,8 @@
 """Transport-free pieces of the kernel target's P4Runtime server: errors with canonical
-codes, bytestrings (spec 8.4), the pipeline contract (the P4Info the target implements and
-the semantic comparison of a pushed P4Info against it), client arbitration (spec 5) and
-digest batching (spec 9.10). Nothing here touches gRPC or BPF, so all of it is unit-tested
+codes (the shared bytestring codec's rejections among them, spec 8.4), the pipeline contract
+(the semantic comparison of a pushed P4Info against the one the target implements; the
+schema itself is hbmon.p4.P4Schema), client arbitration (spec 5) and digest batching
+(spec 9.10). Nothing here touches gRPC or BPF, so all of it is unit-tested
 with plain objects.
 """
 
@@ -11,11 +12,18 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from google.protobuf import text_format
 from google.rpc import code_pb2, status_pb2
+from hbmon.p4 import (
+    BytestringError,
+    DigestInfo,
+    P4Schema,
+    bitstring_width,
+    decode_bits,
+    encode_digest_data,
+)
 from p4.config.v1 import p4info_pb2, p4types_pb2
 from p4.v1 import p4runtime_pb2
 
@@ -44,28 +52,19 @@ def invalid(message: str) -> P4RTError:
 
 
 # ---------------------------------------------------------------------------------------------
-# bytestrings (spec 8.4 "Bytestrings")
+# bytestrings (spec 8.4 "Bytestrings"): the shared codec, its errors as canonical codes
 
 
-def decode_bits(data: bytes, bitwidth: int, what: str,
-                code: int = code_pb2.OUT_OF_RANGE) -> int:
-    """The unsigned value of a received bytestring.
+def received_bits(data: bytes, bitwidth: int, what: str,
+                  code: int = code_pb2.OUT_OF_RANGE) -> int:
+    """`hbmon.p4.decode_bits` of a bytestring a client sent, a rejection as a P4RTError.
 
-    Spec 8.4: the server must accept any length as long as the value fits `bitwidth`
-    (zero-padded strings included) and must reject an empty string. The spec's code for a
-    rejected string is OUT_OF_RANGE; action parameters and register data name
-    INVALID_ARGUMENT in their own sections, hence `code`."""
-    if not data:
-        raise P4RTError(code, f"{what}: empty bytestring (a value needs at least one byte)")
-    value = int.from_bytes(data, "big")
-    if value >> bitwidth:
-        raise P4RTError(code, f"{what}: value 0x{data.hex()} does not fit in {bitwidth} bits")
-    return value
-
-
-def encode_bits(value: int) -> bytes:
-    """Canonical bytestring: shortest big-endian form, 0 is one zero byte."""
-    return value.to_bytes((value.bit_length() + 7) // 8 or 1, "big")
+    The spec's code for a rejected string is OUT_OF_RANGE; action parameters and register
+    data name INVALID_ARGUMENT in their own sections, hence `code`."""
+    try:
+        return decode_bits(data, bitwidth, what)
+    except BytestringError as exc:
+        raise P4RTError(code, str(exc)) from None
 
 
 def uint128(msg: p4runtime_pb2.Uint128) -> int:
@@ -77,158 +76,10 @@ def make_uint128(value: int) -> p4runtime_pb2.Uint128:
 
 
 # ---------------------------------------------------------------------------------------------
-# the pipeline (P4Info) the target implements
+# the pipeline (P4Info) the target implements: hbmon.p4.P4Schema (`Pipeline` is the name
+# server.py knows it by)
 
-
-@dataclass(frozen=True, slots=True)
-class FieldSpec:
-    """A match field, action parameter, packet-metadata field or digest struct member."""
-
-    id: int
-    name: str
-    bitwidth: int
-    match_type: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class ActionSpec:
-    id: int
-    name: str
-    params: tuple[FieldSpec, ...]
-    param_by_id: dict[int, FieldSpec] = field(compare=False, repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class TableSpec:
-    id: int
-    name: str
-    match_fields: tuple[FieldSpec, ...]
-    field_by_id: dict[int, FieldSpec] = field(compare=False, repr=False)
-    action_scopes: dict[int, int]  # action id -> p4info ActionRef.Scope
-    size: int
-    const_default_action_id: int
-    has_implementation: bool
-    idle_timeout: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ArraySpec:
-    """An indexed register or counter."""
-
-    id: int
-    name: str
-    size: int
-    bitwidth: int = 0  # registers
-
-
-@dataclass(frozen=True, slots=True)
-class DigestSpec:
-    id: int
-    name: str
-    members: tuple[FieldSpec, ...]  # struct members in order (id = position + 1)
-
-
-@dataclass(frozen=True, slots=True)
-class PacketMetadataSpec:
-    id: int
-    name: str
-    fields: tuple[FieldSpec, ...]
-    field_by_id: dict[int, FieldSpec] = field(compare=False, repr=False)
-
-
-def _bitstring_width(spec: p4types_pb2.P4DataTypeSpec) -> int | None:
-    if spec.WhichOneof("type_spec") == "bitstring" \
-            and spec.bitstring.WhichOneof("type_spec") == "bit":
-        return int(spec.bitstring.bit.bitwidth)
-    return None
-
-
-class Pipeline:
-    """Name and id lookups over one P4Info (the one the target was started with)."""
-
-    def __init__(self, p4info: p4info_pb2.P4Info, source: str = "P4Info") -> None:
-        self.p4info = p4info
-        self.source = source
-        self.actions: dict[int, ActionSpec] = {}
-        for a in p4info.actions:
-            params = tuple(FieldSpec(p.id, p.name, p.bitwidth) for p in a.params)
-            self.actions[a.preamble.id] = ActionSpec(
-                a.preamble.id, a.preamble.name, params, {p.id: p for p in params})
-        self.tables: dict[int, TableSpec] = {}
-        for t in p4info.tables:
-            fields = tuple(FieldSpec(f.id, f.name, f.bitwidth, f.match_type)
-                           for f in t.match_fields)
-            self.tables[t.preamble.id] = TableSpec(
-                t.preamble.id, t.preamble.name, fields, {f.id: f for f in fields},
-                {r.id: r.scope for r in t.action_refs}, int(t.size),
-                t.const_default_action_id, bool(t.implementation_id),
-                t.idle_timeout_behavior != p4info_pb2.Table.NO_TIMEOUT)
-        self.registers: dict[int, ArraySpec] = {}
-        for r in p4info.registers:
-            width = _bitstring_width(r.type_spec)
-            self.registers[r.preamble.id] = ArraySpec(
-                r.preamble.id, r.preamble.name, int(r.size), width or 0)
-        self.counters: dict[int, ArraySpec] = {
-            c.preamble.id: ArraySpec(c.preamble.id, c.preamble.name, int(c.size))
-            for c in p4info.counters
-        }
-        structs = p4info.type_info.structs
-        self.digests: dict[int, DigestSpec] = {}
-        for d in p4info.digests:
-            members: list[FieldSpec] = []
-            if d.type_spec.WhichOneof("type_spec") == "struct":
-                for i, m in enumerate(structs[d.type_spec.struct.name].members, start=1):
-                    members.append(FieldSpec(i, m.name, _bitstring_width(m.type_spec) or 0))
-            else:
-                members.append(FieldSpec(1, "value", _bitstring_width(d.type_spec) or 0))
-            self.digests[d.preamble.id] = DigestSpec(d.preamble.id, d.preamble.name,
-                                                     tuple(members))
-        self.packet_metadata: dict[str, PacketMetadataSpec] = {}
-        for cpm in p4info.controller_packet_metadata:
-            fields = tuple(FieldSpec(m.id, m.name, m.bitwidth) for m in cpm.metadata)
-            self.packet_metadata[cpm.preamble.name] = PacketMetadataSpec(
-                cpm.preamble.id, cpm.preamble.name, fields, {f.id: f for f in fields})
-        self._by_name: dict[tuple[str, str], Any] = {}
-        for kind, objs in (("table", self.tables), ("action", self.actions),
-                           ("register", self.registers), ("counter", self.counters),
-                           ("digest", self.digests)):
-            for obj in objs.values():
-                self._by_name[(kind, obj.name)] = obj
-
-    @classmethod
-    def load(cls, path: Path) -> Pipeline:
-        """Read a P4Info file (text `.txtpb`/`.txt`, else binary)."""
-        data = path.read_bytes()
-        msg = p4info_pb2.P4Info()
-        try:
-            if path.suffix in (".bin", ".pb"):
-                msg.ParseFromString(data)
-            else:
-                text_format.Parse(data.decode(), msg)
-        except (text_format.ParseError, UnicodeDecodeError, ValueError) as exc:
-            raise ValueError(f"{path}: not a P4Info: {exc}") from exc
-        return cls(msg, str(path))
-
-    def _named(self, kind: str, name: str) -> Any:
-        try:
-            return self._by_name[(kind, name)]
-        except KeyError:
-            raise KeyError(f"{self.source} has no {kind} {name!r}") from None
-
-    def table(self, name: str) -> TableSpec:
-        return self._named("table", name)
-
-    def action(self, name: str) -> ActionSpec:
-        return self._named("action", name)
-
-    def register(self, name: str) -> ArraySpec:
-        return self._named("register", name)
-
-    def counter(self, name: str) -> ArraySpec:
-        return self._named("counter", name)
-
-    def digest(self, name: str) -> DigestSpec:
-        return self._named("digest", name)
+Pipeline = P4Schema
 
 
 # -- semantic comparison ----------------------------------------------------------------------
@@ -246,7 +97,7 @@ _CATEGORIES = (
 
 
 def _type_text(spec: p4types_pb2.P4DataTypeSpec) -> str:
-    width = _bitstring_width(spec)
+    width = bitstring_width(spec)
     if width is not None:
         return f"bit<{width}>"
     return text_format.MessageToString(spec, as_one_line=True) or "unset"
@@ -583,7 +434,7 @@ class DigestEngine:
     `send(list)` returns False when no primary is there to take it (the list is dropped).
     """
 
-    def __init__(self, spec: DigestSpec,
+    def __init__(self, spec: DigestInfo,
                  send: Callable[[p4runtime_pb2.DigestList], bool],
                  clock_ns: Callable[[], int] = time.monotonic_ns) -> None:
         self.spec = spec
@@ -724,13 +575,7 @@ class DigestEngine:
         msg = p4runtime_pb2.DigestList(digest_id=self.spec.id, list_id=self._next_list_id,
                                        timestamp=time.time_ns())
         for sample in samples:
-            data = msg.data.add()
-            if len(self.spec.members) == 1 and self.spec.members[0].name == "value":
-                data.bitstring = encode_bits(sample[0])
-            else:
-                members = data.struct.members
-                for value in sample:
-                    members.add().bitstring = encode_bits(value)
+            encode_digest_data(self.spec, sample, msg.data.add())
         if not self._send(msg):
             self.dropped += len(samples)
             return
@@ -743,12 +588,12 @@ class DigestEngine:
                 self._cache[s] = list_id
 
 
-def sample_of(spec: DigestSpec, event: Any) -> Sample:
+def sample_of(spec: DigestInfo, event: Any) -> Sample:
     """A digest sample from a data-plane event, member by member (by name)."""
     return tuple(int(getattr(event, m.name)) for m in spec.members)
 
 
-def check_event_fields(spec: DigestSpec, event_fields: Sequence[str]) -> None:
+def check_event_fields(spec: DigestInfo, event_fields: Sequence[str]) -> None:
     missing = [m.name for m in spec.members if m.name not in event_fields]
     if missing:
         raise ValueError(f"digest {spec.name}: members {missing} are not fields of the data "

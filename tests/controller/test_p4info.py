@@ -1,4 +1,5 @@
-"""P4Schema lookups, canonical encoding and entity round trips against the project P4Info."""
+"""hbmon.p4: P4Schema lookups, the bytestring codec (P4Runtime spec 8.4) and entity round
+trips against the project P4Info."""
 
 from __future__ import annotations
 
@@ -6,13 +7,15 @@ from pathlib import Path
 
 import pytest
 from hbmon import protocol
-from hbmon.p4info import (
+from hbmon.p4 import (
     LPM,
+    BytestringError,
     CounterCell,
     CounterRead,
     DigestEntry,
     DigestMessage,
     MulticastGroup,
+    P4InfoError,
     P4Schema,
     PacketIn,
     PacketOut,
@@ -22,9 +25,9 @@ from hbmon.p4info import (
     SchemaError,
     TableEntry,
     Ternary,
-    decode_int,
+    decode_bits,
+    encode_bits,
     encode_digest_list,
-    encode_int,
     encode_value,
     format_ipv4,
     format_mac,
@@ -49,15 +52,37 @@ def schema() -> P4Schema:
     (0xC6120002, 32, b"\xc6\x12\x00\x02"),
     (2**64 - 1, 64, b"\xff" * 8),
 ])
-def test_encode_int_canonical(value: int, width: int, expected: bytes) -> None:
-    assert encode_int(value, width) == expected
-    assert decode_int(expected) == value
+def test_encode_bits_canonical(value: int, width: int, expected: bytes) -> None:
+    """Spec 8.4: the shortest big-endian string, zero as one zero byte."""
+    assert encode_bits(value, width) == expected
+    assert decode_bits(expected, width) == value
 
 
 @pytest.mark.parametrize(("value", "width"), [(512, 9), (2**16, 16), (-1, 8)])
-def test_encode_int_rejects_out_of_range(value: int, width: int) -> None:
-    with pytest.raises(SchemaError):
-        encode_int(value, width)
+def test_encode_bits_rejects_out_of_range(value: int, width: int) -> None:
+    with pytest.raises(BytestringError):
+        encode_bits(value, width)
+
+
+@pytest.mark.parametrize(("data", "width", "value"), [
+    (b"\x00\x00\x01", 9, 1),  # zero-padded: accepted as long as the value fits
+    (b"\x00" * 9 + b"\xff", 64, 255),
+    (b"\x01\xff", 9, 511),
+])
+def test_decode_bits_accepts_any_length_that_fits(data: bytes, width: int, value: int) -> None:
+    """Spec 8.4: a receiver accepts a longer string whose value fits the width."""
+    assert decode_bits(data, width) == value
+
+
+@pytest.mark.parametrize(("data", "width", "error"), [
+    (b"", 8, "empty bytestring"),
+    (b"\x02\x00", 9, "does not fit in 9 bits"),
+    (b"\x01" + b"\x00" * 8, 64, "does not fit in 64 bits"),
+])
+def test_decode_bits_rejects(data: bytes, width: int, error: str) -> None:
+    """Spec 8.4: an empty string, or a value wider than the field, is rejected."""
+    with pytest.raises(BytestringError, match=error):
+        decode_bits(data, width, "f")
 
 
 def test_parse_readable_values() -> None:
@@ -68,9 +93,9 @@ def test_parse_readable_values() -> None:
     assert encode_value("0.0.0.0", 32) == b"\x00"
     assert format_ipv4(0xC6120002) == "198.18.0.2"
     assert format_mac(0x02000000000A) == "02:00:00:00:00:0a"
-    with pytest.raises(SchemaError):
+    with pytest.raises(BytestringError):
         parse_value("300.1.1.1")
-    with pytest.raises(SchemaError):
+    with pytest.raises(BytestringError):
         parse_value("nonsense")
 
 
@@ -99,6 +124,20 @@ def test_lookup_by_name_alias_and_id(schema: P4Schema) -> None:
     assert schema.packet_metadata("packet_out").field("mcast_grp").bitwidth == 16
 
 
+def test_id_views_the_target_validates_with(schema: P4Schema) -> None:
+    """What the kernel target checks a Write against (spec 9.1): objects by id, fields and
+    parameters by id, each table's actions with their scope."""
+    peers = schema.table("HbIngress.peers")
+    assert schema.tables[peers.id] is peers
+    rx = schema.register("hb_rx_count")
+    assert schema.registers[rx.id] is rx and schema.register(rx.id) is rx
+    assert {f.name for f in peers.field_by_id.values()} == {"src_addr", "peer_id"}
+    index = schema.action("HbIngress.set_peer_index")
+    assert index.param_by_id[3].name == "min_ttl"
+    assert index.id in peers.action_scopes
+    assert not peers.has_implementation and not peers.idle_timeout
+
+
 def test_unknown_names_are_clear_errors(schema: P4Schema) -> None:
     with pytest.raises(SchemaError, match="no table 'nope'"):
         schema.table("nope")
@@ -113,8 +152,10 @@ def test_binary_and_text_load_agree(schema: P4Schema, tmp_path: Path) -> None:
     binary.write_bytes(schema.p4info.SerializeToString())
     assert P4Schema.load(binary) == schema
     assert P4Schema.from_bytes(schema.to_text().encode()) == schema
-    with pytest.raises(SchemaError):
+    # a P4Info that does not parse: a ValueError (the kernel target refuses to start)
+    with pytest.raises(P4InfoError, match="not a P4Info") as err:
         P4Schema.from_bytes(b"tables { nonsense")
+    assert isinstance(err.value, ValueError)
 
 
 def test_table_entry_round_trip(schema: P4Schema) -> None:
@@ -141,7 +182,7 @@ def test_table_entry_validation(schema: P4Schema) -> None:
         TableEntry("peer_requests", {"index": 1}, "rewrite_request", {"dst_mac": 1}).encode(schema)
     with pytest.raises(SchemaError, match="not an action of table"):
         TableEntry("peers", {"src_addr": 1, "peer_id": 1}, "rewrite_request").encode(schema)
-    with pytest.raises(SchemaError, match="does not fit"):
+    with pytest.raises(BytestringError, match="does not fit"):
         TableEntry("peer_requests", {"index": 65536}).encode(schema)
     with pytest.raises(SchemaError, match="has no parameters"):
         TableEntry("peer_ids", {"peer_id": 1}, "peer_id_known", {"x": 1}).encode(schema)
@@ -172,7 +213,7 @@ def test_register_and_counter_entities(schema: P4Schema) -> None:
     assert RegisterRead("hb_state", 9).encode(schema).register_entry.index.index == 9
     cell = RegisterCell("hb_last_rx_us", 4, 2**40)
     assert RegisterCell.decode(schema, cell.encode(schema)) == cell
-    with pytest.raises(SchemaError):
+    with pytest.raises(BytestringError):
         RegisterCell("hb_state", 0, 256).encode(schema)
     cmsg = CounterRead("hb_reason").encode(schema)
     cmsg.counter_entry.index.index = 3

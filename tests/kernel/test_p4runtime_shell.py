@@ -203,8 +203,8 @@ def test_shell_reads_registers_by_index_and_wildcard(shell_python: Path, target:
                                                      tmp_path: Path) -> None:
     """More than 1 MiB of RegisterEntry cells each way, read by the ecosystem's client in
     its own protobuf (3.x) runtime: every value as written, no message over the limit."""
+    from hbmon.p4.wire import MAX_RESPONSE_BYTES
     from hbmon.protocol import REGISTERS
-    from hbmon_kernel.p4rt_wire import MAX_RESPONSE_BYTES
     from p4.v1 import p4runtime_pb2
 
     assert target.address is not None

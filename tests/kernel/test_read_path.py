@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 import grpc
 import numpy as np
 import pytest
-from hbmon.controller import register_cells_request
+from hbmon.p4 import wire
 from hbmon.p4info import P4Schema
 from hbmon.p4rt import MODIFY, P4RuntimeClient, P4RuntimeError
 from hbmon.protocol import REGISTERS
@@ -28,7 +28,6 @@ from hbmon.registers import (
     decode_cells,
     decode_register_entities,
 )
-from hbmon_kernel import p4rt_wire as wire
 from p4.v1 import p4runtime_pb2, p4runtime_pb2_grpc
 
 from .bpf_lab import Lab
@@ -268,7 +267,7 @@ def test_indexed_read_over_1mib_official_decode(
     rng = random.Random(5)
     indexes = [0, *rng.sample(range(1, CELLS), INDEXED - 1)]
     ids = [schema.register(n).id for n in REGISTERS]
-    request = p4runtime_pb2.ReadRequest.FromString(register_cells_request(ids, indexes, 1))
+    request = p4runtime_pb2.ReadRequest.FromString(wire.register_cells_request(ids, indexes, 1))
     responses = list(stub.Read(request))
     sizes = [r.ByteSize() for r in responses]
     assert sum(sizes) > 1 << 20 and len(responses) > 1
@@ -306,7 +305,7 @@ def test_controller_decoder_on_real_responses(
     names = list(REGISTERS)
     ids = [schema.register(n).id for n in names]
     indexes = random.Random(9).sample(range(CELLS), INDEXED)
-    request = register_cells_request(ids, indexes, client.device_id)
+    request = wire.register_cells_request(ids, indexes, client.device_id)
     responses = client.read_raw(request)
     assert all(decode_register_entities(r, ids) is not None for r in responses)
     columns = decode_cells(responses, ids, indexes, [CELLS] * len(ids))
@@ -325,7 +324,7 @@ def test_repeated_request_reads_current_values(
     client, expected = written
     info = schema.register("hb_rx_count")
     indexes = [3, 1, 2]
-    request = register_cells_request([info.id], indexes, client.device_id)
+    request = wire.register_cells_request([info.id], indexes, client.device_id)
 
     def read() -> list[int]:
         (column,) = decode_cells(client.read_raw(request), [info.id], indexes, [CELLS])
@@ -346,12 +345,50 @@ def test_errors_of_a_repeated_request_stay_errors(
         written: tuple[P4RuntimeClient, dict[str, np.ndarray]], schema: P4Schema) -> None:
     client, _ = written
     info = schema.register("hb_rx_count")
-    bad = register_cells_request([info.id], [1, CELLS], client.device_id)  # one out of range
+    bad = wire.register_cells_request([info.id], [1, CELLS], client.device_id)  # one out of range
     for _ in range(2):
         with pytest.raises(P4RuntimeError, match="OUT_OF_RANGE") as failed:
             client.read_raw(bad)
         assert failed.value.code == grpc.StatusCode.UNKNOWN  # a batch error (spec 12.3)
-    other_device = register_cells_request([info.id], [1], client.device_id + 1)
+    other_device = wire.register_cells_request([info.id], [1], client.device_id + 1)
     with pytest.raises(P4RuntimeError) as refused:
         client.read_raw(other_device)
     assert refused.value.code == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.netns
+def test_register_access_read_columns_is_the_poll_read(
+        written: tuple[P4RuntimeClient, dict[str, np.ndarray]], schema: P4Schema,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The controller's poll reads through RegisterAccess.read_columns: chosen cells in one
+    ReadRequest (the same bytes while the index list is the same: the target reuses its
+    plan), every cell through wildcard reads when most of the array is asked for; both
+    give the written values, a refused read is a RegisterAccessError."""
+    client, expected = written
+    sent: list[object] = []
+    real_read_raw = client.read_raw
+
+    def recording(request: object) -> list[bytes]:  # the real call, remembered
+        sent.append(request)
+        return real_read_raw(request)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(client, "read_raw", recording)
+    access = P4RuntimeRegisterAccess(client, schema)
+    names = ["hb_rx_count", "hb_state", "hb_last_rx_us"]
+    few = random.Random(3).sample(range(CELLS), 4096)
+    for _ in range(2):
+        columns = access.read_columns(names, few)
+        for name, column in zip(names, columns, strict=True):
+            assert column.tolist() == expected[name][few].tolist(), name
+    assert len(sent) == 2 and isinstance(sent[0], bytes) and sent[0] is sent[1]
+    request = p4runtime_pb2.ReadRequest.FromString(sent[0])
+    assert len(request.entities) == len(names) * len(few)
+    many = list(range(0, CELLS, 2))  # half of every array: wildcard reads are cheaper
+    columns = access.read_columns(names, many)
+    for name, column in zip(names, columns, strict=True):
+        assert column.tolist() == expected[name][many].tolist(), name
+    wildcard = sent[-1]
+    assert isinstance(wildcard, p4runtime_pb2.ReadRequest)
+    assert all(not e.register_entry.HasField("index") for e in wildcard.entities)
+    with pytest.raises(RegisterAccessError, match="OUT_OF_RANGE"):
+        access.read_columns(names, [1, CELLS])

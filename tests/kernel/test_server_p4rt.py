@@ -543,11 +543,11 @@ def test_register_reads_and_writes(client: P4RuntimeClient, schema: P4Schema) ->
 
 def test_register_read_all_registers(client: P4RuntimeClient, schema: P4Schema) -> None:
     client.write([make_update(MODIFY, RegisterCell(r.name, 1, 1), schema)
-                  for r in schema.registers])
+                  for r in schema.registers.values()])
     cells = _cells(client.read_all([p4runtime_pb2.Entity(
         register_entry=p4runtime_pb2.RegisterEntry())]))
     assert len(cells) == CELLS * len(schema.registers)
-    assert {(r, i) for r, i, v in cells if v} == {(r.id, 1) for r in schema.registers}
+    assert {(r, i) for r, i, v in cells if v} == {(rid, 1) for rid in schema.registers}
 
 
 @pytest.mark.parametrize(("mutate", "code"), [

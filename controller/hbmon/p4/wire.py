@@ -1,14 +1,18 @@
-"""Building Read responses as protobuf wire bytes, fast.
+"""The hand-written protobuf wire codec of the register-read hot path (both P4Runtime ends).
 
-A wildcard RegisterEntry read of a 65,536-cell register is 65,536 entities. Building them as
+A poll of 65,536 peers is up to a million RegisterEntry entities each way. Building them as
 Python protobuf objects costs ~2-4 µs per entity; writing the (tiny, fixed-shape) wire
 encoding directly costs well under 1 µs with cached pieces (register_fields) and a few ns
-in C (CellEncoder, hbmon._cells). The bytes are exactly what
-`ReadResponse.SerializeToString()` produces for the same entities (tests/kernel compare
-them), so any client parses them as usual.
+in C (CellEncoder, hbmon._cells). The bytes are exactly what the official encoder writes
+for the same messages (tests compare them), so any peer parses them as usual.
+
+  controller  register_cells_request: the ReadRequest for chosen cells (sent as it is each
+              poll; hbmon.registers decodes the answer with hbmon._cells)
+  target      register_fields / CellEncoder + ResponseChunker: the ReadResponses
 
 Wire shapes (field numbers from p4runtime.proto):
 
+    ReadRequest.device_id (1, varint), .entities (2, LEN) -> Entity
     ReadResponse.entities (1, LEN) -> Entity
     Entity.register_entry (11, LEN) -> RegisterEntry
     RegisterEntry.register_id (1, varint), .index (2, LEN) -> Index.index (1, varint),
@@ -19,6 +23,7 @@ simply the concatenation of its `entities` fields; `ResponseChunker` cuts the st
 those fields into ReadResponse messages of bounded size.
 """
 
+
 from __future__ import annotations
 
 import struct
@@ -27,8 +32,47 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 import numpy.typing as npt
 from google.protobuf import message
-from hbmon import _cells
-from hbmon.pbwire import varint
+
+from .. import _cells
+
+
+def varint(value: int) -> bytes:
+    """Base-128 varint of a non-negative int (protobuf wire type 0)."""
+    out = bytearray()
+    while True:
+        low = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# requests (controller)
+
+
+def register_cells_request(register_ids: Iterable[int], indexes: Iterable[int],
+                           device_id: int = 0) -> bytes:
+    """Serialized ReadRequest for cells `indexes` of every register in `register_ids`, in
+    that order: a tenth of the cost of building 50K messages field by field. Sent as it is
+    each poll (P4RuntimeClient.read_raw), so the target sees the same bytes (and may reuse
+    its plan)."""
+    parts: list[bytes] = [b"\x08" + varint(device_id)] if device_id else []
+    index_fields = [b"\x12" + varint(len(v)) + v
+                    for v in (b"\x08" + varint(i) if i else b"" for i in indexes)]
+    for rid in register_ids:
+        head = b"\x08" + varint(rid)
+        for field in index_fields:
+            entry = head + field
+            entity = b"\x5a" + varint(len(entry)) + entry
+            parts.append(b"\x12" + varint(len(entity)) + entity)
+    return b"".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# responses (target)
 
 # A ReadResponse message never exceeds this (the default gRPC receive limit of clients such
 # as p4runtime-shell is 4 MiB).
