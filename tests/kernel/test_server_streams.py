@@ -16,7 +16,7 @@ import time
 
 import grpc
 import pytest
-from hbmon.inventory import peer_entities
+from hbmon.inventory import PeerGuard, peer_entities
 from hbmon.model import Peer
 from hbmon.p4info import P4Schema, RegisterCell, RegisterRead
 from hbmon.p4rt import INSERT, MODIFY, P4RuntimeClient, make_update
@@ -213,9 +213,10 @@ def test_default_message_size_fits_the_controller_at_65536_peers(schema: P4Schem
     65,536 peers (the whole peer table in one Write, 3 entries a peer) fits the default
     --max-message-bytes, and would not fit gRPC's default 4 MiB."""
     req = p4runtime_pb2.WriteRequest(device_id=1, election_id=uint128(PRIMARY_ID))
+    guard = PeerGuard(b"\x5e" * 32, "s1", min_ttl=255)  # every param set, as in production
     for i in range(65536):
         peer = Peer(f"p{i}", f"198.18.{i >> 8}.{i & 255 or 1}", 4_000_000_000 - i,
                     f"02:00:00:00:{i >> 8:02x}:{i & 255:02x}", 1, index=i)
-        req.updates.extend(make_update(INSERT, e, schema) for e in peer_entities(peer, 3))
+        req.updates.extend(make_update(INSERT, e, schema) for e in peer_entities(peer, 3, guard))
     size = req.ByteSize()
     assert 4 << 20 < size < DEFAULT_MAX_MESSAGE_BYTES, size
