@@ -557,7 +557,7 @@ class MemoryDatapath:
 # the device served in-process
 
 
-class _CallCounter(grpc.ServerInterceptor):  # type: ignore[misc]
+class _CallCounter(grpc.ServerInterceptor):
     """Counts the RPCs a target received, by method name (`Write`, `Read`, ...)."""
 
     def __init__(self) -> None:

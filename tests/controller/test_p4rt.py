@@ -165,7 +165,12 @@ def test_packet_out_and_digest_ack(client: P4RuntimeClient, target: MemoryTarget
     assert (pkt.frame, pkt.egress_port, pkt.mcast_grp) == (b"\x01" * 66, 0, 1)
     got: list[p4runtime_pb2.DigestList] = []
     event = threading.Event()
-    client.on_digest = lambda d: (got.append(d), event.set())  # type: ignore[func-returns-value]
+
+    def on_digest(d: p4runtime_pb2.DigestList) -> None:
+        got.append(d)
+        event.set()
+
+    client.on_digest = on_digest
     _enable_digest(client)
     target.datapath.peer_event(2, PlaneState.UP, last_seq=5, time_us=10)
     assert event.wait(10)
