@@ -103,6 +103,17 @@ def _type_text(spec: p4types_pb2.P4DataTypeSpec) -> str:
     return text_format.MessageToString(spec, as_one_line=True) or "unset"
 
 
+_Field = p4info_pb2.Action.Param | p4info_pb2.ControllerPacketMetadata.Metadata
+
+
+def _with_fields(oid: int, label: str, fields: Iterable[_Field]) -> dict[str, str]:
+    """An action's parameters or a controller header's fields, with its id."""
+    attrs = {"id": f"{oid:#010x}"}
+    for f in fields:
+        attrs[f"{label} {f.name!r}"] = f"id {f.id}, {f.bitwidth} bits"
+    return attrs
+
+
 def describe(p4info: p4info_pb2.P4Info) -> _Described:
     """What the target depends on in a P4Info, as comparable strings, by object name.
 
@@ -128,10 +139,7 @@ def describe(p4info: p4info_pb2.P4Info) -> _Described:
             attrs[f"action {name!r}"] = p4info_pb2.ActionRef.Scope.Name(r.scope)
         out["tables"][t.preamble.name] = attrs
     for a in p4info.actions:
-        attrs = {"id": f"{a.preamble.id:#010x}"}
-        for p in a.params:
-            attrs[f"parameter {p.name!r}"] = f"id {p.id}, {p.bitwidth} bits"
-        out["actions"][a.preamble.name] = attrs
+        out["actions"][a.preamble.name] = _with_fields(a.preamble.id, "parameter", a.params)
     for c in p4info.counters:
         out["counters"][c.preamble.name] = {
             "id": f"{c.preamble.id:#010x}", "size": str(c.size),
@@ -154,10 +162,8 @@ def describe(p4info: p4info_pb2.P4Info) -> _Described:
             attrs["type"] = _type_text(d.type_spec)
         out["digests"][d.preamble.name] = attrs
     for cpm in p4info.controller_packet_metadata:
-        attrs = {"id": f"{cpm.preamble.id:#010x}"}
-        for m in cpm.metadata:
-            attrs[f"metadata {m.name!r}"] = f"id {m.id}, {m.bitwidth} bits"
-        out["controller_packet_metadata"][cpm.preamble.name] = attrs
+        out["controller_packet_metadata"][cpm.preamble.name] = _with_fields(
+            cpm.preamble.id, "metadata", cpm.metadata)
     for cat, _ in _CATEGORIES[6:]:
         for obj in getattr(p4info, cat):
             out[cat][obj.preamble.name] = {"id": f"{obj.preamble.id:#010x}"}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from p4.config.v1 import p4info_pb2
 from p4.v1 import p4data_pb2, p4runtime_pb2
@@ -177,6 +177,17 @@ class MulticastGroup:
         return cls(group.multicast_group_id, tuple(replicas))
 
 
+_Indexed = TypeVar("_Indexed", p4runtime_pb2.RegisterEntry, p4runtime_pb2.CounterEntry)
+
+
+def _indexed(entry: _Indexed, index: int | None) -> _Indexed:
+    """A register or counter entry of one cell; `index=None` leaves every cell (a wildcard
+    read: no Index at all, spec 9.5/9.6)."""
+    if index is not None:
+        entry.index.index = index
+    return entry
+
+
 @dataclass(frozen=True, slots=True)
 class RegisterRead:
     """Read one cell (`index`) or, with `index=None`, every cell of a register."""
@@ -185,11 +196,8 @@ class RegisterRead:
     index: int | None = None
 
     def encode(self, schema: P4Schema) -> p4runtime_pb2.Entity:
-        rinfo = schema.register(self.name)
-        msg = p4runtime_pb2.RegisterEntry(register_id=rinfo.id)
-        if self.index is not None:
-            msg.index.index = self.index
-        return p4runtime_pb2.Entity(register_entry=msg)
+        msg = p4runtime_pb2.RegisterEntry(register_id=schema.register(self.name).id)
+        return p4runtime_pb2.Entity(register_entry=_indexed(msg, self.index))
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,8 +210,7 @@ class RegisterCell:
 
     def encode(self, schema: P4Schema) -> p4runtime_pb2.Entity:
         rinfo = schema.register(self.name)
-        msg = p4runtime_pb2.RegisterEntry(register_id=rinfo.id)
-        msg.index.index = self.index
+        msg = _indexed(p4runtime_pb2.RegisterEntry(register_id=rinfo.id), self.index)
         msg.data.bitstring = encode_bits(self.value, rinfo.bitwidth or None)
         return p4runtime_pb2.Entity(register_entry=msg)
 
@@ -222,11 +229,8 @@ class CounterRead:
     index: int | None = None
 
     def encode(self, schema: P4Schema) -> p4runtime_pb2.Entity:
-        cinfo = schema.counter(self.name)
-        msg = p4runtime_pb2.CounterEntry(counter_id=cinfo.id)
-        if self.index is not None:
-            msg.index.index = self.index
-        return p4runtime_pb2.Entity(counter_entry=msg)
+        msg = p4runtime_pb2.CounterEntry(counter_id=schema.counter(self.name).id)
+        return p4runtime_pb2.Entity(counter_entry=_indexed(msg, self.index))
 
 
 @dataclass(frozen=True, slots=True)

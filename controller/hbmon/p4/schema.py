@@ -38,6 +38,13 @@ class FieldInfo:
     match_type: int = 0  # p4info_pb2.MatchField.MatchType, match fields only
 
 
+def _field(fields: tuple[FieldInfo, ...], name: str, missing: str) -> FieldInfo:
+    for f in fields:
+        if f.name == name:
+            return f
+    raise SchemaError(f"{missing} {name!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class ActionInfo:
     id: int
@@ -47,10 +54,7 @@ class ActionInfo:
     alias: str = ""
 
     def param(self, name: str) -> FieldInfo:
-        for p in self.params:
-            if p.name == name:
-                return p
-        raise SchemaError(f"action {self.name} has no parameter {name!r}")
+        return _field(self.params, name, f"action {self.name} has no parameter")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +71,7 @@ class TableInfo:
     alias: str = ""
 
     def match_field(self, name: str) -> FieldInfo:
-        for f in self.match_fields:
-            if f.name == name:
-                return f
-        raise SchemaError(f"table {self.name} has no match field {name!r}")
+        return _field(self.match_fields, name, f"table {self.name} has no match field")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,10 +103,7 @@ class PacketMetadataInfo:
     alias: str = ""
 
     def field(self, name: str) -> FieldInfo:
-        for f in self.fields:
-            if f.name == name:
-                return f
-        raise SchemaError(f"controller header {self.name} has no field {name!r}")
+        return _field(self.fields, name, f"controller header {self.name} has no field")
 
 
 def bitstring_width(spec: p4types_pb2.P4DataTypeSpec) -> int | None:
