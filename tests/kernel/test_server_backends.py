@@ -27,6 +27,7 @@ from .bpf_lab import Lab, request_template
 from .server_harness import P4INFO, KernelTarget, RawStream
 
 ELECTION = 10
+pytestmark = pytest.mark.netns
 
 
 @pytest.fixture(scope="module")
