@@ -286,7 +286,7 @@ def _load_peer_file(path: str) -> list[dict[str, Any]]:
 @click.argument("name", required=False)
 @click.option("--address", help="IPv4 address of the peer")
 @click.option("--peer-id", type=int, help="Peer id carried in the heartbeat header")
-@click.option("--mac", help="Next-hop MAC address")
+@click.option("--mac", help="Next-hop MAC address (omitted: resolved by the controller)")
 @click.option("--port", type=int, help="Data-plane port")
 @click.option("--switch", default="default", show_default=True)
 @click.option("--group")
@@ -310,7 +310,7 @@ def peers_add(client: ApiClient, name: str | None, address: str | None, peer_id:
     if not name:
         raise click.UsageError("NAME is required (or --file)")
     missing = [opt for opt, value in (("--address", address), ("--peer-id", peer_id),
-                                      ("--mac", mac), ("--port", port)) if value is None]
+                                      ("--port", port)) if value is None]
     if missing:
         raise click.UsageError(f"missing {', '.join(missing)}")
     body: dict[str, Any] = {"name": name, "address": address, "peer_id": peer_id, "mac": mac,

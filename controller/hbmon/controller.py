@@ -83,6 +83,7 @@ from .model import (
     SwitchInfo,
     ValidationError,
 )
+from .neighbours import NextHop, Resolver
 from .p4 import (
     CounterCell,
     CounterRead,
@@ -589,7 +590,7 @@ class SwitchDriver:
                 return False
             try:
                 self._write_group(remaining)
-                entities = self._entities(peers)
+                entities = self._entities(peers, delete=True)
                 self._write(DELETE, entities, ignore="NOT_FOUND")
             except Exception as exc:
                 self._setup_needed = True  # reconcile from the inventory
@@ -597,7 +598,14 @@ class SwitchDriver:
                 raise DataPlaneError(f"switch {self.name}: {exc}") from exc
             return True
 
-    def _entities(self, peers: Sequence[Peer]) -> list[TableEntry]:
+    def _entities(self, peers: Sequence[Peer], *, delete: bool = False) -> list[TableEntry]:
+        """The peers' entries with their next hops as resolved now (a peer without a MAC
+        has no request entry); `delete`: every entry a peer may have, by key only."""
+        if delete:  # the MAC is no part of the key: any will do for a DELETE
+            peers = [p if p.mac else dataclasses.replace(p, mac="00:00:00:00:00:00")
+                     for p in peers]
+        else:
+            peers = [self.fabric._effective(p) for p in peers]
         return [e for p in peers for e in peer_entities(p, self.config.detect_mult, self.guard)]
 
     def _write_group(self, peers: Sequence[Peer]) -> None:
@@ -759,6 +767,8 @@ class Fabric:
         self._started = False
         if metrics is not None:
             metrics.watch_event_outbox(self.outbox_depth)
+        # next hops of peers without a MAC (hbmon.neighbours); before the inventory loads
+        self.resolver = Resolver(self._next_hops_changed)
         self._load_inventory()
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -772,6 +782,7 @@ class Fabric:
         self._pump = threading.Thread(target=self._pump_events, name="hbmon-events",
                                       daemon=True)
         self._pump.start()
+        self.resolver.start()
         if self.ha:
             self._listen_stop.clear()
             self._listener = threading.Thread(target=self._listen, name="hbmon-inventory",
@@ -797,6 +808,7 @@ class Fabric:
         if self._listener is not None:
             self._listener.join(timeout=10)
             self._listener = None
+        self.resolver.stop()
         for driver in self.drivers.values():
             driver.stop()
         with self._outbox_cond:
@@ -1030,6 +1042,7 @@ class Fabric:
             # a new life in the history: it starts UNKNOWN (whatever an earlier peer of
             # this name last recorded)
             self._recorded.pop(peer.name, None)
+            self._watch_next_hop(peer)
             self._peers[peer.name] = peer
             if peer.index is not None:
                 self._by_index[(peer.switch, peer.index)] = peer.name
@@ -1043,6 +1056,7 @@ class Fabric:
             self._inventory_changed()
             self._recorded.pop(peer.name, None)
             self._peers.pop(peer.name, None)
+            self.resolver.forget(peer.name)
             if peer.index is not None:
                 self._by_index.pop((peer.switch, peer.index), None)
             self.engine.remove(peer.name)
@@ -1054,8 +1068,86 @@ class Fabric:
                      details=details if details is not None else peer.to_dict())
 
     def _peers_of(self, switch: str) -> list[Peer]:
+        """Copies of the switch's peers as they are programmed: next hops resolved."""
         with self._state_lock:
-            return [dataclasses.replace(p) for p in self._peers.values() if p.switch == switch]
+            return [self._effective(p) for p in self._peers.values() if p.switch == switch]
+
+    # -- next hops of peers without a MAC (hbmon.neighbours) --------------------------------
+
+    def _watch_next_hop(self, peer: Peer) -> None:
+        """Resolve `peer`'s next hop from now on if it has no MAC (else stop): the lookup of
+        what the host knows now is synchronous, so a known neighbour is programmed at once."""
+        if peer.mac is not None:
+            self.resolver.forget(peer.name)
+            peer.next_hop = None
+            return
+        driver = self.drivers.get(peer.switch)
+        interface = driver.config.ports.get(peer.port) if driver is not None else None
+        peer.next_hop = self.resolver.watch(peer.name, peer.address, interface).to_dict()
+
+    def _effective(self, peer: Peer) -> Peer:
+        """A copy of `peer` with the MAC its requests are sent to: the declared one, else
+        the resolved next hop's (None while unresolved: no request entry, no replica)."""
+        if peer.mac is not None:
+            return dataclasses.replace(peer)
+        hop = self.resolver.get(peer.name)
+        return dataclasses.replace(peer, mac=hop.mac if hop is not None else None)
+
+    def _next_hops_changed(self, changes: dict[str, NextHop]) -> None:
+        """The resolver's batch (its thread): the peers get their new next hop (a new Peer
+        object, so cached JSON is redone), and the switches whose MACs changed reconcile:
+        a first MAC inserts the request entry and the replica, a new one MODIFYs the entry."""
+        switches: set[str] = set()
+        with self._state_lock:
+            for name, hop in changes.items():
+                peer = self._peers.get(name)
+                if peer is None or peer.mac is not None:
+                    continue
+                old = peer.next_hop or {}
+                self._peers[name] = dataclasses.replace(peer, next_hop=hop.to_dict())
+                if old.get("mac") != hop.mac:
+                    switches.add(peer.switch)
+                    log.info("peer %s: next hop %s is %s (%s)", name, hop.address,
+                             hop.mac, hop.state)
+            self._inventory_changed()
+        for switch in sorted(switches):
+            driver = self.drivers[switch]
+            if not (self._leads(switch) and driver.programmable):
+                continue  # its next setup reconciles with the MACs known then
+            try:
+                driver.reconcile()
+            except Exception as exc:
+                log.warning("%s: programming new next hops failed: %s", switch, exc)
+                driver._setup_needed = True
+                driver._wake.set()
+
+    def _unresolved(self, name: str) -> str | None:
+        """The reason a peer without MAC has no next hop yet, None if it has (state lock)."""
+        peer = self._peers.get(name)
+        if peer is None or peer.mac is not None:
+            return None
+        hop = peer.next_hop
+        if hop is not None and hop.get("mac"):
+            return None
+        why = (hop or {}).get("reason") or "not looked up yet"
+        return f"next hop unresolved: {why}"
+
+    def unresolved_counts(self) -> dict[str, int]:
+        """Peers per switch whose next hop is unresolved (`hbmon_peers_unresolved`)."""
+        counts = dict.fromkeys(self.drivers, 0)
+        with self._state_lock:
+            for name, peer in self._peers.items():
+                if peer.mac is None and self._unresolved(name) is not None:
+                    counts[peer.switch] = counts.get(peer.switch, 0) + 1
+        return counts
+
+    def _with_next_hop_reason(self, health: PeerHealth) -> PeerHealth:
+        """An unresolved peer is never asked (no requests): UNKNOWN, saying why."""
+        if health.state is Health.UNKNOWN:
+            why = self._unresolved(health.name)
+            if why is not None:
+                health.reason = why
+        return health
 
     def _members_of(self, switch: str) -> list[tuple[str, int]]:
         with self._state_lock:
@@ -1367,6 +1459,7 @@ class Fabric:
         name = new.name
         with self._state_lock:
             self._inventory_changed()
+            self._watch_next_hop(new)
             self._peers[name] = new
             if old.index is not None:
                 self._by_index.pop((old.switch, old.index), None)
@@ -1590,11 +1683,12 @@ class Fabric:
         with self._state_lock:
             if name not in self._peers:
                 raise NotFoundError("peer", name)
-            return self.engine.health(name)
+            return self._with_next_hop_reason(self.engine.health(name))
 
     def all_health(self) -> list[PeerHealth]:
         with self._state_lock:
-            return self.engine.health_many(self._sorted_peers()[0])
+            return [self._with_next_hop_reason(h)
+                    for h in self.engine.health_many(self._sorted_peers()[0])]
 
     def peer_listing(self) -> list[tuple[Peer, Health | None, float | None, str | None]]:
         with self._state_lock:
@@ -1602,8 +1696,10 @@ class Fabric:
             peers = self._peers
             # the Peer objects themselves: a change replaces them (update_peer), never
             # edits them, which lets the API cache each peer's JSON by identity
-            return [(peers[n], *r) for n, r in zip(names, self.engine.reported(names),
-                                                   strict=True)]
+            return [(peers[n], st, since, self._unresolved(n) or reason
+                     if st is Health.UNKNOWN else reason)
+                    for n, (st, since, reason) in zip(names, self.engine.reported(names),
+                                                      strict=True)]
 
     def rtt_sample(self) -> tuple[list[str], npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
         """Every peer by name, its last RTT and whether that is current (UP or DEGRADED

@@ -146,26 +146,33 @@ class PeerGuard:
 
 def peer_entities(peer: Peer, default_detect_mult: int, guard: PeerGuard) -> list[TableEntry]:
     """The three table entries that make `peer` known to the data plane. The nonce key goes
-    into both the ingress entry (to check answers) and the egress one (to stamp requests)."""
+    into both the ingress entry (to check answers) and the egress one (to stamp requests).
+    A peer whose next hop is unresolved (`mac` None) gets no request entry (and no replica:
+    `fanout_group`), so no request is sent to it; its ingress entries stay."""
     if peer.index is None:
         raise ValueError(f"peer {peer.name!r} has no index")
     detect = peer.detect_mult or default_detect_mult
     key = guard.nonce_key(peer)
-    return [
+    entries = [
         TableEntry(PEERS_TABLE, {"src_addr": peer.address, "peer_id": peer.peer_id},
                    "HbIngress.set_peer_index",
                    {"index": peer.index, "nonce_key": key, "min_ttl": guard.min_ttl}),
         TableEntry(PEER_IDS_TABLE, {"peer_id": peer.peer_id}, "HbIngress.peer_id_known"),
-        TableEntry(REQUESTS_TABLE, {"index": peer.index}, "HbEgress.rewrite_request",
-                   {"dst_mac": peer.mac, "dst_addr": peer.address, "peer_id": peer.peer_id,
-                    "detect_mult": detect, "nonce_key": key}),
     ]
+    if peer.mac is not None:
+        entries.append(TableEntry(
+            REQUESTS_TABLE, {"index": peer.index}, "HbEgress.rewrite_request",
+            {"dst_mac": peer.mac, "dst_addr": peer.address, "peer_id": peer.peer_id,
+             "detect_mult": detect, "nonce_key": key}))
+    return entries
 
 
 def fanout_group(peers: Iterable[Peer]) -> MulticastGroup:
-    """Group 1 with one replica per monitored peer (admin-down peers get no requests)."""
+    """Group 1 with one replica per monitored peer (admin-down peers and peers whose next
+    hop is unresolved get no requests)."""
     replicas = sorted(
-        (Replica(p.port, p.index) for p in peers if p.index is not None and not p.admin_down),
+        (Replica(p.port, p.index) for p in peers
+         if p.index is not None and not p.admin_down and p.mac is not None),
         key=lambda r: (r.instance, r.port),
     )
     return MulticastGroup(FANOUT_GROUP, tuple(replicas))

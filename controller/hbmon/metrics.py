@@ -285,6 +285,13 @@ class ServiceMetrics:
                    ((f'switch="{_esc(name)}",state="{state}"', n)
                     for name, counts in sorted(per_switch.items())
                     for state, n in counts.items()))
+        # peers without a MAC whose next hop is not resolved: no request is sent to them
+        # (hbmon.neighbours); a service without resolution has none
+        unresolved = getattr(self.service, "unresolved_counts", None)
+        counts = unresolved() if unresolved is not None else {}
+        out.family("hbmon_peers_unresolved", "gauge",
+                   "Peers whose next hop (MAC) is not resolved yet, per switch",
+                   ((f'switch="{_esc(sw.name)}"', counts.get(sw.name, 0)) for sw in switches))
         out.family("hbmon_switch_connected", "gauge",
                    "1 while the controller holds a P4Runtime session",
                    ((f'switch="{_esc(sw.name)}",kind="{_esc(sw.kind)}"', int(sw.connected))

@@ -74,7 +74,9 @@ class Peer:
     name: str
     address: str  # IPv4 the peer answers from (and requests are sent to)
     peer_id: int  # identity carried in the heartbeat header, unique per switch
-    mac: str  # next-hop MAC the requests are sent to
+    # next-hop MAC the requests are sent to; None: the controller resolves it from the
+    # host's neighbour table through the interface of `port` (hbmon.neighbours)
+    mac: str | None
     port: int  # data-plane port the peer is reached through
     switch: str = "default"  # which target (switch / host) monitors it
     group: str | None = None
@@ -82,6 +84,9 @@ class Peer:
     detect_mult: int | None = None  # None: the switch's default
     admin_down: bool = False
     index: int | None = None  # slot in the data plane, assigned by the controller
+    # runtime only, never stored or accepted as input: the resolved next hop of a peer
+    # without `mac` (`NextHop.to_dict()`), replaced with the Peer object when it changes
+    next_hop: dict[str, Any] | None = field(default=None, compare=False)
 
     def validate(self) -> None:
         if not _NAME.match(self.name):
@@ -94,7 +99,7 @@ class Peer:
             raise ValidationError("address", f"not a unicast address: {self.address}")
         if not 0 < self.peer_id < 2**32:
             raise ValidationError("peer_id", "must be 1 .. 4294967295")
-        if not _MAC.match(self.mac):
+        if self.mac is not None and not _MAC.match(self.mac):
             raise ValidationError("mac", f"not a MAC address: {self.mac!r}")
         if not 0 <= self.port < 511:
             raise ValidationError("port", "must be 0 .. 510")
@@ -107,23 +112,26 @@ class Peer:
                 raise ValidationError("labels", "keys and values must be strings")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "name": self.name, "address": self.address, "peer_id": self.peer_id,
-            "mac": self.mac.lower(), "port": self.port, "switch": self.switch,
-            "group": self.group, "labels": dict(self.labels), "detect_mult": self.detect_mult,
-            "admin_down": self.admin_down, "index": self.index,
+            "mac": self.mac.lower() if self.mac else None, "port": self.port,
+            "switch": self.switch, "group": self.group, "labels": dict(self.labels),
+            "detect_mult": self.detect_mult, "admin_down": self.admin_down, "index": self.index,
         }
+        if self.mac is None:  # resolved by the controller: where the requests go (output only)
+            out["next_hop"] = dict(self.next_hop) if self.next_hop else None
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Peer:
-        known = {f for f in cls.__dataclass_fields__}
+        known = {f for f in cls.__dataclass_fields__} - {"next_hop"}  # next_hop: output only
         unknown = set(data) - known
         if unknown:
             raise ValidationError(sorted(unknown)[0], "unknown field")
-        for required in ("name", "address", "peer_id", "mac", "port"):
+        for required in ("name", "address", "peer_id", "port"):
             if required not in data:
                 raise ValidationError(required, "field required")
-        peer = cls(**data)
+        peer = cls(**{"mac": None, **data})
         peer.validate()
         return peer
 

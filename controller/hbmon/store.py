@@ -45,7 +45,7 @@ from urllib.parse import urlsplit
 
 from .model import ConflictError, Event, EventKind, Health, NotFoundError, Peer, ValidationError
 
-SCHEMA_VERSION = 2  # 2: peers.programmed_at, UNIQUE (switch, idx)
+SCHEMA_VERSION = 3  # 2: peers.programmed_at, UNIQUE (switch, idx); 3: peers.mac nullable
 INVENTORY_CHANNEL = "hbmon_inventory"  # NOTIFY channel of inventory changes (PostgreSQL)
 _NOTIFY_MAX = 7900  # bytes: PostgreSQL refuses payloads of 8000 and more
 # Arbitrary constant shared by all replicas: the advisory lock that orders event commits.
@@ -81,7 +81,8 @@ class _Cursor(Protocol):
 
 def _peer_row(peer: Peer) -> tuple[Any, ...]:
     return (
-        peer.name, peer.switch, peer.address, peer.peer_id, peer.mac.lower(), peer.port,
+        peer.name, peer.switch, peer.address, peer.peer_id,
+        peer.mac.lower() if peer.mac else None, peer.port,
         peer.group, json.dumps(peer.labels, sort_keys=True), peer.detect_mult,
         bool(peer.admin_down), peer.index,
     )
@@ -160,6 +161,10 @@ class SqlStore:
     def _add_programmed_column(self, cur: _Cursor) -> None:
         raise NotImplementedError
 
+    def _mac_nullable(self, cur: _Cursor) -> None:
+        """Schema 3: peers.mac may be NULL (the controller resolves the next hop)."""
+        raise NotImplementedError
+
     def _migrate(self, cur: _Cursor) -> None:
         """Bring a database of an older schema (or a fresh one) to SCHEMA_VERSION; runs in
         the opening transaction, every step idempotent."""
@@ -169,6 +174,8 @@ class SqlStore:
                 f"database schema {row[0]} is newer than this hbmon ({SCHEMA_VERSION})")
         # 2: when the leader programmed the peer as it is now
         self._add_programmed_column(cur)
+        # 3: a peer may come without a MAC (before the index below: SQLite rebuilds the table)
+        self._mac_nullable(cur)
         # 2: one peer per slot. Slots given twice before the constraint existed: the first
         # peer by name keeps it, the others get a fresh slot at the next start (no index)
         cur.execute("UPDATE peers SET idx = NULL WHERE idx IS NOT NULL AND EXISTS ("
@@ -520,7 +527,7 @@ CREATE TABLE IF NOT EXISTS peers (
     switch TEXT NOT NULL,
     address TEXT NOT NULL,
     peer_id INTEGER NOT NULL,
-    mac TEXT NOT NULL,
+    mac TEXT,  -- NULL: resolved from the neighbour table (schema 3)
     port INTEGER NOT NULL,
     grp TEXT,
     labels TEXT NOT NULL DEFAULT '{}',
@@ -587,6 +594,22 @@ class SqliteStore(SqlStore):
         if "programmed_at" not in {r[1] for r in cur.fetchall()}:
             cur.execute("ALTER TABLE peers ADD COLUMN programmed_at REAL")
 
+    def _mac_nullable(self, cur: _Cursor) -> None:
+        # SQLite cannot drop a NOT NULL: rebuild the table (SQLite's documented way; no
+        # other table references peers, and its only extra index is made again by the
+        # caller's schema-2 step). The new table is today's definition.
+        cur.execute("PRAGMA table_info(peers)")
+        columns = cur.fetchall()
+        if not any(r[1] == "mac" and r[3] for r in columns):
+            return
+        names = ", ".join(r[1] for r in columns)
+        body = _SQLITE_SCHEMA.split("CREATE TABLE IF NOT EXISTS peers ", 1)[1].split(");", 1)[0]
+        body = body.replace("    idx INTEGER,\n", "    idx INTEGER,\n    programmed_at REAL,\n")
+        cur.execute(f"CREATE TABLE peers_v3 {body})")
+        cur.execute(f"INSERT INTO peers_v3 ({names}) SELECT {names} FROM peers")
+        cur.execute("DROP TABLE peers")
+        cur.execute("ALTER TABLE peers_v3 RENAME TO peers")
+
     @contextmanager
     def _transaction(self) -> Iterator[_Cursor]:
         cur = self._conn.cursor()
@@ -629,7 +652,7 @@ _PG_SCHEMA = [
         switch TEXT NOT NULL,
         address TEXT NOT NULL,
         peer_id BIGINT NOT NULL,
-        mac TEXT NOT NULL,
+        mac TEXT,
         port INTEGER NOT NULL,
         grp TEXT,
         labels TEXT NOT NULL DEFAULT '{}',
@@ -723,6 +746,9 @@ class PostgresStore(SqlStore):
 
     def _add_programmed_column(self, cur: _Cursor) -> None:
         cur.execute("ALTER TABLE peers ADD COLUMN IF NOT EXISTS programmed_at DOUBLE PRECISION")
+
+    def _mac_nullable(self, cur: _Cursor) -> None:
+        cur.execute("ALTER TABLE peers ALTER COLUMN mac DROP NOT NULL")  # idempotent
 
     def _notify(self, cur: _Cursor, op: str, names: Sequence[str]) -> None:
         payload = json.dumps({"origin": self.origin, "op": op, "names": list(names)})

@@ -688,7 +688,7 @@ def _router(state: AppState) -> APIRouter:
         if not changes:
             raise ValidationError("body", "no field to change")
         for key, value in changes.items():
-            if value is None and key not in ("group", "detect_mult"):
+            if value is None and key not in ("group", "detect_mult", "mac"):
                 raise ValidationError(key, "must not be null")
         current = service.get_peer(name)
         merged = Peer(**{**current.to_dict(), **changes})

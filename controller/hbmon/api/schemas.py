@@ -22,7 +22,9 @@ class PeerIn(_Strict):
     name: str = Field(description="Unique name: letters, digits, '_', '.', ':', '-'")
     address: str = Field(description="IPv4 address the peer answers from")
     peer_id: int = Field(description="Identity in the heartbeat header, unique per switch")
-    mac: str = Field(description="Next-hop MAC address the requests are sent to")
+    mac: str | None = Field(
+        None, description="Next-hop MAC address the requests are sent to; null or absent: "
+        "resolved from the controller host's neighbour table through the port's interface")
     port: int = Field(description="Data-plane port the peer is reached through")
     switch: str = "default"
     group: str | None = None
@@ -55,11 +57,20 @@ class BulkRemove(_Strict):
     names: list[str]
 
 
+class NextHopOut(BaseModel):
+    address: str | None = Field(description="The next hop: the gateway, or the peer itself")
+    mac: str | None = Field(description="Its MAC; null while unresolved")
+    state: str = Field(description="Neighbour entry state (REACHABLE, STALE, FAILED, ...), "
+                       "or NONE / NO_ROUTE / NO_INTERFACE")
+    interface: str | None
+    reason: str | None = Field(description="Why it is unresolved")
+
+
 class PeerOut(BaseModel):
     name: str
     address: str
     peer_id: int
-    mac: str
+    mac: str | None = Field(description="As declared; null: resolved (see next_hop)")
     port: int
     switch: str
     group: str | None
@@ -67,6 +78,8 @@ class PeerOut(BaseModel):
     detect_mult: int | None
     admin_down: bool
     index: int | None
+    next_hop: NextHopOut | None = Field(
+        None, description="Peers without a declared MAC: the resolved next hop")
     state: Health | None = None
     since: float | None = None
     reason: str | None = None
