@@ -1,9 +1,18 @@
-"""Fixtures for the API tests: a real SQLite store, a fake service, a real uvicorn server."""
+"""Fixtures for the API tests.
+
+`make_server` / `api` / `client`: the real product (real_product.py): the controller, bus,
+metrics and API as `hbmon serve` assembles them, over the kernel target's P4Runtime device
+on its in-memory data plane, with a real store.
+
+`make_fake_server`: the API over `FakeService` (api_fakes.py), only for tests about the
+HTTP layer alone (auth, limits, the OpenAPI document, error shapes) or that need a
+controller state no real part can be put in on demand; each such test says so.
+"""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -18,6 +27,7 @@ from hbmon.events import EventBus
 from hbmon.metrics import ControllerMetrics
 from hbmon.store import SqlStore, open_store
 from hbmon.webhooks import WebhookDispatcher
+from real_product import Product, product_factory
 
 
 @pytest.fixture
@@ -28,7 +38,13 @@ def store(tmp_path: Path) -> Iterator[SqlStore]:
 
 
 @pytest.fixture
-def make_server(tmp_path: Path) -> Iterator[ServerFactory]:
+def make_server(tmp_path: Path) -> Iterator[Callable[..., Product]]:
+    with product_factory(tmp_path) as make:
+        yield make
+
+
+@pytest.fixture
+def make_fake_server(tmp_path: Path) -> Iterator[ServerFactory]:
     started: list[tuple[ApiServer, SqlStore, EventBus]] = []
 
     def make(
@@ -56,12 +72,17 @@ def make_server(tmp_path: Path) -> Iterator[ServerFactory]:
 
 
 @pytest.fixture
-def api(make_server: ServerFactory) -> Running:
+def api(make_server: Callable[..., Product]) -> Product:
     return make_server()
 
 
 @pytest.fixture
-def client(api: Running) -> Iterator[httpx.Client]:
+def fake_api(make_fake_server: ServerFactory) -> Running:
+    return make_fake_server()
+
+
+@pytest.fixture
+def client(api: Product) -> Iterator[httpx.Client]:
     with api.client() as c:
         yield c
 

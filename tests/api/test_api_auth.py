@@ -9,15 +9,16 @@ from typing import Any
 
 import httpx
 import pytest
-from api_harness import TOKEN, ServerFactory
+from api_harness import TOKEN
 from hbmon.api import ApiServer, ApiSettings, create_app
 from hbmon.model import ValidationError
+from real_product import ProductFactory
 
 PEER = {"name": "p1", "address": "198.18.7.1", "peer_id": 71, "mac": "02:00:00:00:07:01",
         "port": 1}
 
 
-def test_writes_need_the_token(make_server: ServerFactory) -> None:
+def test_writes_need_the_token(make_server: ProductFactory) -> None:
     run = make_server()
     with run.client(token=None) as anon:
         r = anon.post("/api/v1/peers", json=PEER)
@@ -44,7 +45,7 @@ def test_writes_need_the_token(make_server: ServerFactory) -> None:
         assert r.status_code == 201  # the scheme is case-insensitive
 
 
-def test_closed_reads(make_server: ServerFactory) -> None:
+def test_closed_reads(make_server: ProductFactory) -> None:
     run = make_server(read_auth=True)
     with run.client(token=None) as anon:
         for path in ("/api/v1/peers", "/api/v1/health", "/api/v1/switches", "/metrics",
@@ -59,7 +60,7 @@ def test_closed_reads(make_server: ServerFactory) -> None:
         assert c.get("/metrics").status_code == 200
 
 
-def test_no_token_configured_disables_writes(make_server: ServerFactory) -> None:
+def test_no_token_configured_disables_writes(make_server: ProductFactory) -> None:
     run = make_server(token=None)
     with run.client(token=None) as c:
         r = c.post("/api/v1/peers", json=PEER)
@@ -105,7 +106,7 @@ def test_settings_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert exc.value.field == "HBMON_API_READ_AUTH"
 
 
-def test_token_never_logged(make_server: ServerFactory, tmp_path: Path) -> None:
+def test_token_never_logged(make_server: ProductFactory, tmp_path: Path) -> None:
     """Run with access logging at DEBUG, use right and wrong tokens, grep every log line."""
     from api_fakes import FakeService
     from hbmon.events import EventBus

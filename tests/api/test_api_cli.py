@@ -7,13 +7,14 @@ import threading
 from pathlib import Path
 
 from api_fakes import make_peers
-from api_harness import TOKEN, Running
+from api_harness import TOKEN
 from click.testing import CliRunner, Result
 from hbmon.cli import main
 from hbmon.model import Health
+from real_product import Product
 
 
-def run(api: Running, *args: str, token: str | None = TOKEN, **env: str) -> Result:
+def run(api: Product, *args: str, token: str | None = TOKEN, **env: str) -> Result:
     full_env = {"HBMON_URL": api.url, "COLUMNS": "200", **env}
     if token:
         full_env["HBMON_API_TOKEN"] = token
@@ -22,7 +23,7 @@ def run(api: Running, *args: str, token: str | None = TOKEN, **env: str) -> Resu
     return CliRunner().invoke(main, list(args), env=full_env, catch_exceptions=False)
 
 
-def test_peers_add_list_rm(api: Running) -> None:
+def test_peers_add_list_rm(api: Product) -> None:
     r = run(api, "peers", "add", "cli-1", "--address", "198.18.3.1", "--peer-id", "31",
             "--mac", "02:00:00:00:03:01", "--port", "2", "--group", "edge",
             "--label", "role=lb", "--label", "zone=a")
@@ -33,7 +34,7 @@ def test_peers_add_list_rm(api: Running) -> None:
 
     r = run(api, "peers", "list", "--json")
     assert [p["name"] for p in json.loads(r.output)] == ["cli-1"]
-    api.service.set_state("cli-1", Health.UP)
+    api.set_state("cli-1", Health.UP)
     r = run(api, "peers", "list")
     assert r.exit_code == 0 and "cli-1" in r.output and "UP" in r.output
 
@@ -56,7 +57,7 @@ def test_peers_add_list_rm(api: Running) -> None:
     assert api.store.list_peers() == []
 
 
-def test_peers_add_from_file(api: Running, tmp_path: Path) -> None:
+def test_peers_add_from_file(api: Product, tmp_path: Path) -> None:
     peers = [p.to_dict() for p in make_peers(25)]
     yaml_file = tmp_path / "peers.yaml"
     import yaml
@@ -73,7 +74,7 @@ def test_peers_add_from_file(api: Running, tmp_path: Path) -> None:
     assert len(api.store.list_peers()) == 25
 
 
-def test_token_file_option(api: Running, tmp_path: Path) -> None:
+def test_token_file_option(api: Product, tmp_path: Path) -> None:
     token_file = tmp_path / "tok"
     token_file.write_text(TOKEN + "\n")
     r = run(api, "peers", "add", "tf", "--address", "198.18.3.9", "--peer-id", "39",
@@ -82,11 +83,11 @@ def test_token_file_option(api: Running, tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
 
 
-def test_status(api: Running) -> None:
+def test_status(api: Product) -> None:
     api.service.add_peers(make_peers(6))
-    api.service.set_states({"peer-0000": Health.UP, "peer-0001": Health.DOWN,
+    api.set_states({"peer-0000": Health.UP, "peer-0001": Health.DOWN,
                             "peer-0002": Health.DEGRADED})
-    api.service.tick({"peer-0000": 1234})
+    api.tick({"peer-0000": 1234})
     r = run(api, "status")
     assert r.exit_code == 0, r.output
     assert "6 peers" in r.output and "DOWN 1" in r.output and "UP 1" in r.output
@@ -103,7 +104,7 @@ def test_status(api: Running) -> None:
     assert r.exit_code == 1 and "cannot reach" in r.output
 
 
-def test_watch_follows_and_resumes(api: Running) -> None:
+def test_watch_follows_and_resumes(api: Product) -> None:
     api.service.add_peers(make_peers(2))
 
     def trigger() -> None:
@@ -112,8 +113,8 @@ def test_watch_follows_and_resumes(api: Running) -> None:
             if api.bus.subscriber_count:
                 break
             gate.wait(0.01)
-        api.service.set_state("peer-0000", Health.UP, reason="responses")
-        api.service.set_state("peer-0000", Health.DOWN, reason="3 misses")
+        api.set_state("peer-0000", Health.UP, reason="responses")
+        api.set_state("peer-0000", Health.DOWN, reason="3 misses")
 
     t = threading.Thread(target=trigger)
     t.start()
@@ -122,7 +123,7 @@ def test_watch_follows_and_resumes(api: Running) -> None:
     assert r.exit_code == 0, r.output
     lines = r.output.strip().splitlines()
     assert "peer-0000" in lines[0] and "UNKNOWN -> UP" in lines[0]
-    assert "UP -> DOWN" in lines[1] and "3 misses" in lines[1]
+    assert "UP -> DOWN" in lines[1] and "data plane:" in lines[1]
     # replay from an id, as JSON, filtered
     r = run(api, "watch", "--last-event-id", "0", "--count", "2", "--json",
             "--kind", "peer_added")

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 from api_fakes import make_peers
-from api_harness import Running, ServerFactory
+from api_harness import Running
 from hbmon.model import Health
 from playwright.sync_api import Browser, Page, sync_playwright
+from real_product import ProductFactory
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
@@ -79,21 +80,21 @@ def populate(run: Running, n: int, groups: int, seed: int = 7) -> dict[str, Heal
     for name in rnd.sample(names, max(1, n // 30)):
         states[name] = Health.DEGRADED
     states[names[-1]] = Health.UNKNOWN
-    run.service.set_states({k: v for k, v in states.items() if v != Health.UNKNOWN},
+    run.set_states({k: v for k, v in states.items() if v != Health.UNKNOWN},
                            reason="responses")
     run.service.update_peer(names[-2], {"admin_down": True})
     states[names[-2]] = Health.ADMIN_DOWN
     rtt = run.server.app.state.hbmon.rtt
     base = {name: rnd.randint(150, 600) for name in names}
     for i in range(40):  # sparkline history, sampled deterministically
-        run.service.tick({name: int(b * (1 + 0.4 * rnd.random()) + (i * 8 if j % 7 == 0 else 0))
+        run.tick({name: int(b * (1 + 0.4 * rnd.random()) + (i * 8 if j % 7 == 0 else 0))
                           for j, (name, b) in enumerate(base.items())})
         rtt.sample()
     return states
 
 
 def test_dashboard_shows_states_and_follows_a_dying_peer(
-    browser: Browser, make_server: ServerFactory,
+    browser: Browser, make_server: ProductFactory,
 ) -> None:
     run = make_server(dashboard_refresh=0.5)
     expected = populate(run, 64, groups=4)
@@ -112,7 +113,7 @@ def test_dashboard_shows_states_and_follows_a_dying_peer(
 
     victim = next(n for n, s in expected.items() if s == Health.UP)
     down_before = chip_count(page, "DOWN")
-    run.service.set_state(victim, Health.DOWN, reason="3 consecutive misses")
+    run.set_state(victim, Health.DOWN, reason="3 consecutive misses")
     page.wait_for_selector(f'[data-name="{victim}"][data-state="DOWN"]', timeout=10_000)
     assert chip_count(page, "DOWN") == down_before + 1
     page.wait_for_selector(f'#event-log li:first-child [data-peer="{victim}"]', timeout=10_000)
@@ -151,7 +152,7 @@ def test_dashboard_shows_states_and_follows_a_dying_peer(
     page.close()
 
 
-def test_dashboard_with_4096_peers(browser: Browser, make_server: ServerFactory) -> None:
+def test_dashboard_with_4096_peers(browser: Browser, make_server: ProductFactory) -> None:
     run = make_server(dashboard_refresh=2.0)
     expected = populate(run, 4096, groups=16)
     w = open_page(browser, run)
@@ -163,7 +164,7 @@ def test_dashboard_with_4096_peers(browser: Browser, make_server: ServerFactory)
     assert chip_count(page, "DEGRADED") == sum(v == Health.DEGRADED for v in expected.values())
 
     victim = next(n for n, s in expected.items() if s == Health.UP)
-    run.service.set_state(victim, Health.DOWN, reason="3 consecutive misses")
+    run.set_state(victim, Health.DOWN, reason="3 consecutive misses")
     page.wait_for_selector(f'[data-name="{victim}"][data-state="DOWN"]', timeout=15_000)
 
     page.select_option("#group-by", "state")
@@ -183,7 +184,7 @@ def test_dashboard_with_4096_peers(browser: Browser, make_server: ServerFactory)
 
 
 def test_dashboard_asks_for_a_token_when_reads_are_closed(
-    browser: Browser, make_server: ServerFactory,
+    browser: Browser, make_server: ProductFactory,
 ) -> None:
     from api_harness import TOKEN
 

@@ -7,13 +7,14 @@ to the live server."""
 from __future__ import annotations
 
 import httpx
-from api_harness import TOKEN, Running
+from api_harness import TOKEN
 from playwright.sync_api import Browser
+from real_product import Product
 from test_api_dashboard import Watched, browser  # noqa: F401  (the module's Chromium)
 
 
 def test_docs_render_every_operation_with_the_network_blocked(
-        browser: Browser, api: Running) -> None:  # noqa: F811
+        browser: Browser, api: Product) -> None:  # noqa: F811
     doc = httpx.get(api.url + "/openapi.json", timeout=10).json()
     operations = {(method.upper(), path) for path, item in doc["paths"].items()
                   for method in item if method in ("get", "post", "put", "patch", "delete")}
@@ -39,7 +40,7 @@ def test_docs_render_every_operation_with_the_network_blocked(
         page.close()
 
 
-def test_docs_try_it_out_with_the_token(browser: Browser, api: Running) -> None:  # noqa: F811
+def test_docs_try_it_out_with_the_token(browser: Browser, api: Product) -> None:  # noqa: F811
     """Authorize with the bearer token, then "Try it out" on GET /api/v1/peers: the
     request goes to this server with the token and the answer shows in the page."""
     page = browser.new_page(viewport={"width": 1400, "height": 900})

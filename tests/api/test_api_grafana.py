@@ -7,10 +7,10 @@ import re
 from pathlib import Path
 
 from api_fakes import make_peers
-from api_harness import ServerFactory
 from hbmon.model import Health
 from hbmon.webhooks import WebhookConfig, WebhookDispatcher
 from prometheus_client.parser import text_string_to_metric_families
+from real_product import ProductFactory
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "grafana" / "hbmon-dashboard.json"
 _METRIC = re.compile(r"\b(hbmon_[a-z_]+)(\{([^}]*)\})?")
@@ -42,13 +42,13 @@ def test_dashboard_structure() -> None:
                                                            "peer"}
 
 
-def test_dashboard_metrics_exist(make_server: ServerFactory) -> None:
+def test_dashboard_metrics_exist(make_server: ProductFactory) -> None:
     hooks = WebhookDispatcher(WebhookConfig(urls=("http://127.0.0.1:9/unused",))).start()
     run = make_server(webhooks=hooks)
     try:
         run.service.add_peers(make_peers(4))
-        run.service.set_states({"peer-0000": Health.UP, "peer-0001": Health.DOWN})
-        run.service.tick()
+        run.set_states({"peer-0000": Health.UP, "peer-0001": Health.DOWN})
+        run.tick()
         run.metrics.observe_poll("default", 0.01)
         run.metrics.poll_failed("default")
         with run.client() as c:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from api_harness import Running
+from real_product import Product
 
 PEER = {"name": "web1", "address": "198.18.1.1", "peer_id": 1, "mac": "02:00:00:00:00:01",
         "port": 1}
 
 
-def test_programmed_add_is_201_with_the_time(api: Running) -> None:
+def test_programmed_add_is_201_with_the_time(api: Product) -> None:
     api.service.wait_programmed = lambda names: 1234.5
     with api.client() as c:
         r = c.post("/api/v1/peers", json=PEER)
@@ -25,7 +25,7 @@ def test_programmed_add_is_201_with_the_time(api: Running) -> None:
         assert bulk.status_code == 201 and bulk.json()["programmed_at"] == 1234.5
 
 
-def test_an_add_not_programmed_in_time_is_202_and_committed(api: Running) -> None:
+def test_an_add_not_programmed_in_time_is_202_and_committed(api: Product) -> None:
     asked: list[Sequence[str]] = []
 
     def not_yet(names: Sequence[str]) -> None:
@@ -46,7 +46,7 @@ def test_an_add_not_programmed_in_time_is_202_and_committed(api: Running) -> Non
     assert asked == [["web1"], ["web2", "web3"]]
 
 
-def test_the_openapi_document_has_both_answers(api: Running) -> None:
+def test_the_openapi_document_has_both_answers(api: Product) -> None:
     with api.client() as c:
         doc = c.get("/openapi.json").json()
     for path in ("/api/v1/peers", "/api/v1/peers/bulk"):

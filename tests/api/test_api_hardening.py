@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from api_fakes import FakeService, make_peers
-from api_harness import TOKEN, Running, ServerFactory
+from api_harness import TOKEN, Running
 from hbmon.api.app import MAX_ID
 from hbmon.api.settings import DEFAULT_MAX_BODY_BYTES
 from hbmon.cli_controller import build_api
@@ -33,6 +33,7 @@ from hbmon.metrics import ControllerMetrics
 from hbmon.model import ValidationError
 from hbmon.store import SqlStore
 from prometheus_client.parser import text_string_to_metric_families
+from real_product import Product, ProductFactory
 
 # How long a socket waits for the server's answer; the answers below come at once, this
 # only turns "never" into a failure.
@@ -71,7 +72,7 @@ def _documented(doc: dict[str, Any], path: str, method: str, status: int) -> boo
 # ---- (3) auth before the body; body-size limit ----------------------------------------
 
 def test_unauthenticated_write_is_refused_before_its_body_is_read(
-        make_server: ServerFactory) -> None:
+        make_server: ProductFactory) -> None:
     run = make_server()
     doc = httpx.get(run.url + "/openapi.json").json()
     # 50 MB declared, 16 KiB sent, and not JSON at all: 401, not 400/422 from a parser.
@@ -103,7 +104,7 @@ def test_unauthenticated_write_is_refused_before_its_body_is_read(
     assert httpx.get(run.url + "/healthz").status_code == 200
 
 
-def test_declared_body_over_the_limit_is_413_at_once(make_server: ServerFactory) -> None:
+def test_declared_body_over_the_limit_is_413_at_once(make_server: ProductFactory) -> None:
     run = make_server()
     assert run.settings.max_body_bytes == DEFAULT_MAX_BODY_BYTES
     doc = httpx.get(run.url + "/openapi.json").json()
@@ -127,7 +128,7 @@ def test_declared_body_over_the_limit_is_413_at_once(make_server: ServerFactory)
     assert httpx.get(run.url + "/healthz").status_code == 200
 
 
-def test_chunked_body_is_cut_at_the_limit(make_server: ServerFactory) -> None:
+def test_chunked_body_is_cut_at_the_limit(make_server: ProductFactory) -> None:
     limit = 256 * 1024
     run = make_server(max_body_bytes=limit)
     with _connect(run) as sock:
@@ -162,7 +163,7 @@ def test_chunked_body_is_cut_at_the_limit(make_server: ServerFactory) -> None:
 
 # ---- (4) numbers out of range are 422s naming the field --------------------------------
 
-def test_numbers_out_of_range_are_422_naming_the_field(api: Running,
+def test_numbers_out_of_range_are_422_naming_the_field(api: Product,
                                                        client: httpx.Client) -> None:
     api.service.add_peers(make_peers(1))
     too_big = str(MAX_ID + 1)  # 9223372036854775808: SQLite's OverflowError before
@@ -201,7 +202,7 @@ def test_numbers_out_of_range_are_422_naming_the_field(api: Running,
 # ---- (5) OpenAPI: bearer scheme, every status; non-UTF-8 bodies ------------------------
 
 def test_openapi_declares_the_bearer_scheme_and_every_status(
-        make_server: ServerFactory) -> None:
+        make_server: ProductFactory) -> None:
     run = make_server()
     doc = httpx.get(run.url + "/openapi.json").json()
     scheme = doc["components"]["securitySchemes"]["bearerAuth"]
@@ -232,7 +233,7 @@ def test_openapi_declares_the_bearer_scheme_and_every_status(
     assert doc["paths"]["/metrics"]["get"]["security"] == [{"bearerAuth": []}]
 
 
-def test_body_that_is_not_utf8_is_a_documented_422(api: Running,
+def test_body_that_is_not_utf8_is_a_documented_422(api: Product,
                                                    client: httpx.Client) -> None:
     doc = client.get("/openapi.json").json()
     for path, method in (("/api/v1/peers", "POST"), ("/api/v1/peers/bulk", "POST")):
@@ -269,7 +270,7 @@ def _gauges(run: Running) -> dict[str, float]:
             for s in fam.samples if s.name.startswith("hbmon_sse_clients")}
 
 
-def test_sse_subscribers_are_capped(make_server: ServerFactory) -> None:
+def test_sse_subscribers_are_capped(make_server: ProductFactory) -> None:
     run = make_server(max_sse_clients=2, sse_keepalive=0.2)
     doc = httpx.get(run.url + "/openapi.json").json()
     with _stream(run) as first, _stream(run) as second:

@@ -1,4 +1,9 @@
-"""Prometheus /metrics: per-peer series from the service, poll histogram, no globals."""
+"""Prometheus /metrics of the real product (tests/api/real_product.py): per-peer series
+from the controller and the data plane's registers, data-plane counters, no globals.
+
+The poll histogram test injects its observations over FakeService: it is about the
+exposition of the histogram alone (exact buckets), which real polls, running all the time,
+cannot give."""
 
 from __future__ import annotations
 
@@ -6,13 +11,15 @@ from collections.abc import Iterable
 
 import httpx
 from api_fakes import FakeService, make_peers
-from api_harness import Running
+from api_harness import ServerFactory
 from hbmon.events import EventBus
 from hbmon.metrics import ControllerMetrics
 from hbmon.model import Health
+from hbmon.protocol import IPV4_TOTAL_LEN
 from hbmon.store import open_store
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
+from real_product import Product, wait_until
 
 
 def scrape(client: httpx.Client) -> list[Sample]:
@@ -33,11 +40,28 @@ def value(samples: Iterable[Sample], name: str, **labels: str) -> float:
     return found[0].value
 
 
-def test_peer_series(api: Running, client: httpx.Client) -> None:
+def test_peer_series(api: Product, client: httpx.Client) -> None:
     api.service.add_peers(make_peers(3, groups=2))
-    api.service.set_states({"peer-0000": Health.UP, "peer-0001": Health.DOWN})
-    api.service.tick({"peer-0000": 1500})
-    api.service.tick({"peer-0000": 500})
+    api.set_states({"peer-0000": Health.UP, "peer-0001": Health.UP})
+    api.set_states({"peer-0001": Health.DOWN})
+    api.tick({"peer-0000": 1500})
+    api.tick({"peer-0000": 500})
+    dp = api.targets["default"].datapath
+    reg = {n: {f: dp.register_read(f"hb_{f}", i) for f in (
+        "rx_count", "tx_count", "miss_count", "rtt_last_us", "rtt_min_us", "rtt_max_us")}
+        for n, i in (("peer-0000", 0), ("peer-0001", 1), ("peer-0002", 2))}
+    assert reg["peer-0000"]["rtt_last_us"] == 500 and reg["peer-0000"]["rtt_max_us"] == 1500
+    # the hb_reason counters are read every detail interval
+    sent = sum(r["tx_count"] for r in reg.values())
+    answered = sum(r["rx_count"] for r in reg.values())
+
+    def counted() -> bool:
+        s = scrape(client)
+        return bool(value(s, "hbmon_dataplane_packets_total", switch="default",
+                          reason="REQUEST_SENT") == sent
+                    and value(s, "hbmon_dataplane_packets_total", switch="default",
+                              reason="RESPONSE_RECORDED") == answered)
+    wait_until(counted, f"{sent} requests and {answered} answers counted")
     s = scrape(client)
     up = {"peer": "peer-0000", "switch": "default", "group": "rack-0"}
     assert value(s, "hbmon_peer_state", **up, state="UP") == 1
@@ -45,30 +69,35 @@ def test_peer_series(api: Running, client: httpx.Client) -> None:
     assert value(s, "hbmon_peer_health", **up) == 1
     assert value(s, "hbmon_peer_health", peer="peer-0001") == 3
     assert value(s, "hbmon_peer_health", peer="peer-0002") == 0
+    # the registers, in seconds
     assert value(s, "hbmon_peer_rtt_seconds", **up) == 0.0005
-    assert value(s, "hbmon_peer_rtt_min_seconds", **up) == 0.0005
+    assert value(s, "hbmon_peer_rtt_min_seconds", **up) == reg["peer-0000"]["rtt_min_us"] / 1e6
     assert value(s, "hbmon_peer_rtt_max_seconds", **up) == 0.0015
-    assert value(s, "hbmon_peer_rx_heartbeats_total", **up) == 2
-    assert value(s, "hbmon_peer_tx_heartbeats_total", **up) == 2
-    assert value(s, "hbmon_peer_missed_heartbeats_total", peer="peer-0001") == 2
-    assert value(s, "hbmon_peer_loss_ratio", peer="peer-0001") == 1.0
+    assert value(s, "hbmon_peer_rx_heartbeats_total", **up) == reg["peer-0000"]["rx_count"]
+    assert value(s, "hbmon_peer_tx_heartbeats_total", **up) == reg["peer-0000"]["tx_count"]
+    assert value(s, "hbmon_peer_missed_heartbeats_total", peer="peer-0001") == \
+        reg["peer-0001"]["miss_count"] >= 2
+    assert value(s, "hbmon_peer_loss_ratio", peer="peer-0001") == \
+        api.service.health("peer-0001").loss_ratio
     assert value(s, "hbmon_peers", switch="default", state="UP") == 1
     assert value(s, "hbmon_peers", switch="leaf-2", state="UP") == 0
     assert value(s, "hbmon_switch_connected", switch="default", kind="kernel") == 1
-    assert value(s, "hbmon_dataplane_packets_total", switch="default",
-                 reason="RESPONSE_RECORDED") == 2
-    # two rounds, a request to each of the three monitored peers, 74 bytes each
+    # every request the data plane sent, one Ethernet frame each
     assert value(s, "hbmon_dataplane_bytes_total", switch="default",
-                 reason="REQUEST_SENT") == 2 * 3 * 74
+                 reason="REQUEST_SENT") == sent * (14 + IPV4_TOTAL_LEN)
     assert value(s, "hbmon_ready") == 1
     assert value(s, "hbmon_events_total", kind="peer_added") == 3
-    assert value(s, "hbmon_events_total", kind="transition") == 2
+    assert value(s, "hbmon_events_total", kind="transition") == 3  # UP, UP, DOWN
     # a removed peer disappears from the next scrape
     api.service.remove_peers(["peer-0001"])
     assert pick(scrape(client), "hbmon_peer_health", peer="peer-0001") == []
 
 
-def test_poll_histogram_and_api_latency(api: Running, client: httpx.Client) -> None:
+def test_poll_histogram_and_api_latency(make_fake_server: ServerFactory) -> None:
+    """The histogram's exposition alone, with injected observations: FakeService (a real
+    controller polls all the time, so no exact bucket could be asserted)."""
+    api: Product = make_fake_server()
+    client = api.client()
     api.metrics.observe_poll("default", 0.003)
     api.metrics.observe_poll("default", 0.020)
     api.metrics.observe_poll("leaf-2", 0.7)
@@ -98,7 +127,7 @@ def test_registries_are_independent(tmp_path: object) -> None:
     assert 'switch="s"' not in text_b
 
 
-def test_label_values_are_escaped(api: Running, client: httpx.Client) -> None:
+def test_label_values_are_escaped(api: Product, client: httpx.Client) -> None:
     peer = make_peers(1)[0]
     peer.group = 'odd "rack"\\ with\nnewline'
     api.service.add_peers([peer])

@@ -1,4 +1,9 @@
-"""REST API over a real uvicorn server (fake service, real SQLite store)."""
+"""The REST API of the real product (tests/api/real_product.py: the controller, bus and API
+as `hbmon serve` assembles them, a real SQLite store, the kernel target's P4Runtime device
+on its in-memory data plane per switch, simulated peers answering it).
+
+Only the listing cache's max_age test runs over FakeService: it needs a state change that
+comes without any event, which the real controller never makes."""
 
 from __future__ import annotations
 
@@ -9,8 +14,9 @@ from typing import Any
 import httpx
 import pytest
 from api_fakes import make_peers
-from api_harness import Running, ServerFactory
+from api_harness import ServerFactory
 from hbmon.model import EventKind, Health
+from real_product import Product, ProductFactory, wait_until
 
 
 def body(name: str = "web-1", **kw: Any) -> dict[str, Any]:
@@ -25,7 +31,7 @@ def detail(r: httpx.Response) -> dict[str, Any]:
     return d
 
 
-def test_add_get_list_remove(client: httpx.Client, api: Running) -> None:
+def test_add_get_list_remove(client: httpx.Client, api: Product) -> None:
     assert client.get("/api/v1/peers").json() == {"total": 0, "peers": []}
     r = client.post("/api/v1/peers", json=body(group="web", labels={"tier": "1"}))
     assert r.status_code == 201, r.text
@@ -58,7 +64,7 @@ def test_add_get_list_remove(client: httpx.Client, api: Running) -> None:
     ({"switch": "no-such-switch"}, "switch"),
 ])
 def test_invalid_peer_is_422_naming_the_field(
-    client: httpx.Client, api: Running, change: dict[str, Any], field: str,
+    client: httpx.Client, api: Product, change: dict[str, Any], field: str,
 ) -> None:
     r = client.post("/api/v1/peers", json=body(**change))
     assert r.status_code == 422, r.text
@@ -69,9 +75,9 @@ def test_invalid_peer_is_422_naming_the_field(
 
 def test_missing_field_and_bad_json(client: httpx.Client) -> None:
     b = body()
-    del b["mac"]
+    del b["peer_id"]  # required (mac is not: absent, it is resolved from the next hop)
     r = client.post("/api/v1/peers", json=b)
-    assert r.status_code == 422 and detail(r)["field"] == "mac"
+    assert r.status_code == 422 and detail(r)["field"] == "peer_id"
     r = client.post("/api/v1/peers", content=b"{not json",
                     headers={"Content-Type": "application/json"})
     assert r.status_code == 422 and detail(r)["field"] == "body"
@@ -89,18 +95,24 @@ def test_conflicts_are_409(client: httpx.Client) -> None:
     assert r.status_code == 201
 
 
-def test_switch_refusal_is_503_and_nothing_added(client: httpx.Client, api: Running) -> None:
-    api.service.refuse_writes = "switch default: gRPC UNAVAILABLE"
+def test_switch_refusal_is_503_and_nothing_added(client: httpx.Client, api: Product) -> None:
+    # the data plane refuses the peer's entry (a full table: P4Runtime 1.4 section 12.3,
+    # RESOURCE_EXHAUSTED in the Write's per-update error)
+    dp = api.targets["default"].datapath
+    dp.refusals["peers_set"] = lambda *args: True
     try:
         r = client.post("/api/v1/peers", json=body())
     finally:
-        api.service.refuse_writes = None
+        del dp.refusals["peers_set"]
     assert r.status_code == 503, r.text
-    assert detail(r)["field"] == "switch" and "UNAVAILABLE" in detail(r)["message"]
+    assert detail(r)["field"] == "switch" and "RESOURCE_EXHAUSTED" in detail(r)["message"]
     assert client.get("/api/v1/peers/web-1").status_code == 404
+    assert api.store.list_peers() == []
+    assert dp.peers_items() == [] and dp.peer_requests_get(0) is None  # nothing half-done
+    assert client.post("/api/v1/peers", json=body()).status_code == 201
 
 
-def test_bulk_add_all_or_nothing(client: httpx.Client, api: Running) -> None:
+def test_bulk_add_all_or_nothing(client: httpx.Client, api: Product) -> None:
     peers = [p.to_dict() for p in make_peers(20)]
     peers[13]["address"] = "not-an-ip"
     r = client.post("/api/v1/peers/bulk", json={"peers": peers})
@@ -110,7 +122,8 @@ def test_bulk_add_all_or_nothing(client: httpx.Client, api: Running) -> None:
     peers[13]["address"] = "198.18.100.1"
     peers[19]["peer_id"] = peers[0]["peer_id"]  # clash inside the request
     r = client.post("/api/v1/peers/bulk", json={"peers": peers})
-    assert r.status_code == 409 and detail(r)["field"] == "peer_id"
+    # the controller names the batch's peer that clashes
+    assert r.status_code == 409 and detail(r)["field"] == "peers[19].peer_id", r.text
     assert client.get("/api/v1/peers").json()["total"] == 0
     assert api.store.list_peers() == []
 
@@ -121,10 +134,11 @@ def test_bulk_add_all_or_nothing(client: httpx.Client, api: Running) -> None:
     assert sorted(p["index"] for p in r.json()["peers"]) == list(range(20))
 
     # a clash with what exists: nothing of the second batch lands
-    more = [p.to_dict() for p in make_peers(5, prefix="more")]
+    more = [{**p.to_dict(), "address": f"198.18.200.{i + 1}", "peer_id": 20_000 + i}
+            for i, p in enumerate(make_peers(5, prefix="more"))]
     more[4]["address"] = peers[2]["address"]
     r = client.post("/api/v1/peers/bulk", json={"peers": more})
-    assert r.status_code == 409 and detail(r)["field"] == "address"
+    assert r.status_code == 409 and detail(r)["field"] == "peers[4].address", r.text
     assert client.get("/api/v1/peers").json()["total"] == 20
     assert len(api.store.list_peers()) == 20
     r = client.post("/api/v1/peers/bulk", json={"peers": []})
@@ -143,7 +157,7 @@ def test_bulk_delete_all_or_nothing(client: httpx.Client) -> None:
     assert r.status_code == 422 and detail(r)["field"] == "names"
 
 
-def test_patch(client: httpx.Client, api: Running) -> None:
+def test_patch(client: httpx.Client, api: Product) -> None:
     client.post("/api/v1/peers", json=body())
     client.post("/api/v1/peers", json=body("other", address="198.18.5.9", peer_id=9))
     r = client.patch("/api/v1/peers/web-1", json={"group": "blue", "labels": {"x": "y"}})
@@ -168,10 +182,10 @@ def test_patch(client: httpx.Client, api: Running) -> None:
     assert r.status_code == 200 and r.json()["group"] is None
 
 
-def test_list_filters_and_paging(client: httpx.Client, api: Running) -> None:
+def test_list_filters_and_paging(client: httpx.Client, api: Product) -> None:
     client.post("/api/v1/peers/bulk", json={"peers": [p.to_dict() for p in make_peers(12)]})
     client.post("/api/v1/peers", json=body("edge", switch="leaf-2", group="edge"))
-    api.service.set_states({"peer-0001": Health.DOWN, "peer-0002": Health.UP})
+    api.set_states({"peer-0001": Health.DOWN, "peer-0002": Health.UP})
     get = lambda **params: client.get("/api/v1/peers", params=params).json()  # noqa: E731
     assert get()["total"] == 13
     assert [p["name"] for p in get(state="DOWN")["peers"]] == ["peer-0001"]
@@ -190,18 +204,23 @@ def test_list_filters_and_paging(client: httpx.Client, api: Running) -> None:
     assert r.status_code == 422 and detail(r)["field"] == "limit"
 
 
-def test_health_values_and_summary(client: httpx.Client, api: Running) -> None:
+def test_health_values_and_summary(client: httpx.Client, api: Product) -> None:
     client.post("/api/v1/peers/bulk", json={"peers": [p.to_dict() for p in make_peers(4)]})
-    api.service.set_states({"peer-0000": Health.UP, "peer-0001": Health.UP,
-                            "peer-0002": Health.DOWN})
-    api.service.tick({"peer-0000": 300, "peer-0001": 900})
-    api.service.tick({"peer-0000": 500, "peer-0001": 900})
+    api.set_states({"peer-0000": Health.UP, "peer-0001": Health.UP,
+                    "peer-0002": Health.UP})
+    api.set_state("peer-0002", Health.DOWN)
+    h0 = client.get("/api/v1/peers/peer-0000/health").json()
+    down0 = client.get("/api/v1/peers/peer-0002/health").json()
+    api.tick({"peer-0000": 300, "peer-0001": 900})
+    api.tick({"peer-0000": 500, "peer-0001": 900})
+    # the data plane's registers, as the last poll read them
     h = client.get("/api/v1/peers/peer-0000/health").json()
     assert (h["rx_count"], h["tx_count"], h["rtt_last_us"], h["rtt_min_us"], h["rtt_max_us"]) \
-        == (2, 2, 500, 300, 500)
+        == (h0["rx_count"] + 2, h0["tx_count"] + 2, 500, min(h0["rtt_min_us"], 300), 500)
     assert h["state"] == "UP" and h["loss_ratio"] == 0.0
     down = client.get("/api/v1/peers/peer-0002/health").json()
-    assert (down["miss_count"], down["loss_ratio"], down["state"]) == (2, 1.0, "DOWN")
+    assert (down["miss_count"], down["tx_count"], down["rx_count"], down["state"]) == \
+        (down0["miss_count"] + 2, down0["tx_count"] + 2, down0["rx_count"], "DOWN")
     assert client.get("/api/v1/peers/ghost/health").status_code == 404
     s = client.get("/api/v1/health").json()
     assert s["total"] == 4 and s["ready"] is True
@@ -211,10 +230,10 @@ def test_health_values_and_summary(client: httpx.Client, api: Running) -> None:
     assert sorted(r["name"] for r in rows) == ["peer-0000", "peer-0001"]
 
 
-def test_history_paging_newest_first(client: httpx.Client, api: Running) -> None:
+def test_history_paging_newest_first(client: httpx.Client, api: Product) -> None:
     client.post("/api/v1/peers", json=body())
     for state in [Health.UP, Health.DEGRADED, Health.UP, Health.DOWN, Health.UP]:
-        api.service.set_state("web-1", state, reason=f"to {state}")
+        api.set_state("web-1", state, reason=f"to {state}")
     page = client.get("/api/v1/peers/web-1/history", params={"limit": 2}).json()
     assert [e["new_state"] for e in page["events"]] == ["UP", "DOWN"]
     assert page["events"][0]["id"] > page["events"][1]["id"]
@@ -228,7 +247,8 @@ def test_history_paging_newest_first(client: httpx.Client, api: Running) -> None
     only = client.get("/api/v1/peers/web-1/history",
                       params={"kind": "transition", "limit": 100}).json()["events"]
     assert len(only) == 5 and {e["kind"] for e in only} == {"transition"}
-    assert only[0]["reason"] == "to UP" and only[0]["old_state"] == "DOWN"
+    assert only[0]["reason"] == "data plane: response after silence"
+    assert only[0]["old_state"] == "DOWN"
     r = client.get("/api/v1/peers/web-1/history", params={"kind": "nonsense"})
     assert r.status_code == 422 and detail(r)["field"] == "kind"
     assert client.get("/api/v1/peers/ghost/history").status_code == 404
@@ -236,7 +256,7 @@ def test_history_paging_newest_first(client: httpx.Client, api: Running) -> None
     assert len(everything["events"]) == 3 and everything["next_before"]
 
 
-def test_switches_counters_probes(client: httpx.Client, api: Running) -> None:
+def test_switches_counters_probes(client: httpx.Client, api: Product) -> None:
     client.post("/api/v1/peers", json=body())
     sw = client.get("/api/v1/switches").json()["switches"]
     assert [(s["name"], s["connected"], s["peers"]) for s in sw] == \
@@ -244,15 +264,24 @@ def test_switches_counters_probes(client: httpx.Client, api: Running) -> None:
     assert client.get("/api/v1/switches/leaf-2").json()["name"] == "leaf-2"
     r = client.get("/api/v1/switches/nope")
     assert r.status_code == 404 and detail(r)["field"] == "switch"
-    api.service.set_state("web-1", Health.UP)
-    api.service.tick()
-    c = client.get("/api/v1/dataplane/counters").json()["switches"]
-    assert c["default"]["RESPONSE_RECORDED"]["packets"] == 1
+    api.set_state("web-1", Health.UP)
+    api.tick()
+    # every answer the data plane recorded (the counters are read each detail interval)
+    rx = api.targets["default"].datapath.register_read("hb_rx_count", 0)
+    assert rx >= 2
+
+    def counted() -> bool:
+        c = client.get("/api/v1/dataplane/counters").json()["switches"]
+        return bool(c["default"]["RESPONSE_RECORDED"]["packets"] == rx
+                    and c["leaf-2"]["RESPONSE_RECORDED"]["packets"] == 0)
+    wait_until(counted, f"RESPONSE_RECORDED == {rx}")
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").status_code == 200
-    api.service.is_ready = False
+    api.targets["leaf-2"].stop_serving()  # a switch the controller cannot reach
+    wait_until(lambda: client.get("/readyz").status_code == 503, "/readyz 503")
     r = client.get("/readyz")
     assert r.status_code == 503 and r.json()["ready"] is False
+    assert client.get("/api/v1/switches/leaf-2").json()["connected"] is False
     assert client.get("/api/v1/nothing-here").status_code == 404
 
 
@@ -270,20 +299,20 @@ def test_openapi_document(client: httpx.Client) -> None:
     assert "ErrorOut" in doc["components"]["schemas"]
 
 
-def test_rtt_history(client: httpx.Client, api: Running) -> None:
+def test_rtt_history(client: httpx.Client, api: Product) -> None:
     client.post("/api/v1/peers", json=body())
-    api.service.set_state("web-1", Health.UP)
-    api.service.tick({"web-1": 777})
+    api.set_state("web-1", Health.UP)
+    api.tick({"web-1": 777})
     rtt = api.server.app.state.hbmon.rtt
     rtt.sample()  # deterministic: do not wait for the sampler thread
     samples = client.get("/api/v1/peers/web-1/rtt").json()["peers"]["web-1"]
     assert samples[-1] == 777
-    api.service.set_state("web-1", Health.DOWN)
+    api.set_state("web-1", Health.DOWN)
     rtt.sample()
     assert client.get("/api/v1/rtt").json()["peers"]["web-1"][-1] is None
 
 
-def test_concurrent_adds_get_unique_indexes(make_server: ServerFactory) -> None:
+def test_concurrent_adds_get_unique_indexes(make_server: ProductFactory) -> None:
     run = make_server()
     peers = make_peers(64)
 
@@ -302,7 +331,7 @@ def test_concurrent_adds_get_unique_indexes(make_server: ServerFactory) -> None:
     assert len(added) == 64
 
 
-def test_listing_cache_follows_every_change(client: httpx.Client, api: Running) -> None:
+def test_listing_cache_follows_every_change(client: httpx.Client, api: Product) -> None:
     cache = api.server.app.state.hbmon.listing
     client.post("/api/v1/peers/bulk", json={"peers": [p.to_dict() for p in make_peers(5)]})
     first = client.get("/api/v1/peers").json()
@@ -310,7 +339,7 @@ def test_listing_cache_follows_every_change(client: httpx.Client, api: Running) 
     assert client.get("/api/v1/peers").json() == first
     assert cache.hits == hits + 1  # served from the cache
     # a transition (an event) shows at once
-    api.service.set_state("peer-0003", Health.DOWN)
+    api.set_state("peer-0003", Health.DOWN)
     rows = {p["name"]: p["state"] for p in client.get("/api/v1/peers").json()["peers"]}
     assert rows["peer-0003"] == "DOWN"
     # so do writes through the API, even before the controller publishes their events
@@ -318,21 +347,32 @@ def test_listing_cache_follows_every_change(client: httpx.Client, api: Running) 
     assert client.get("/api/v1/peers").json()["total"] == 4
     client.patch("/api/v1/peers/peer-0000", json={"group": "moved"})
     assert client.get("/api/v1/peers", params={"group": "moved"}).json()["total"] == 1
-    # a change that came without any event is still bounded by max_age
-    client.get("/api/v1/peers")
-    cache.max_age = 0.05
-    api.service._health["peer-0001"].state = Health.DEGRADED  # silently
-    gate = threading.Event()
-    for _ in range(500):
-        rows = {p["name"]: p["state"] for p in client.get("/api/v1/peers").json()["peers"]}
-        if rows["peer-0001"] == "DEGRADED":
-            break
-        gate.wait(0.01)
-    assert rows["peer-0001"] == "DEGRADED"
     # health listings are never cached
-    api.service.tick({"peer-0000": 111})
+    tx = client.get("/api/v1/peers", params={"include": "health"}).json()["peers"][0]
+    api.tick({"peer-0000": 111})
     h = client.get("/api/v1/peers", params={"include": "health"}).json()["peers"][0]
-    assert h["health"]["tx_count"] == 1
+    assert h["health"]["tx_count"] == tx["health"]["tx_count"] + 1
+
+
+def test_listing_cache_max_age_bounds_a_change_without_event(
+        make_fake_server: ServerFactory) -> None:
+    """The cache alone (HTTP layer): FakeService, because the real controller makes no
+    state change without an event, and this is about one that comes without."""
+    api = make_fake_server()
+    cache = api.server.app.state.hbmon.listing
+    with api.client() as client:
+        client.post("/api/v1/peers/bulk", json={"peers": [p.to_dict() for p in make_peers(2)]})
+        client.get("/api/v1/peers")
+        cache.max_age = 0.05
+        api.service._health["peer-0001"].state = Health.DEGRADED  # silently
+        gate = threading.Event()
+        for _ in range(500):
+            rows = {p["name"]: p["state"]
+                    for p in client.get("/api/v1/peers").json()["peers"]}
+            if rows["peer-0001"] == "DEGRADED":
+                break
+            gate.wait(0.01)
+        assert rows["peer-0001"] == "DEGRADED"
 
 
 def test_listing_cache_refuses_bodies_computed_across_an_invalidation() -> None:

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from api_harness import ServerFactory
 from hbmon.events import EventBus
 from hbmon.model import Event, EventKind, Health, ValidationError
 from hbmon.store import SqlStore
@@ -27,6 +26,7 @@ from hbmon.webhooks import (
     verify_signature,
 )
 from pg_cluster import free_port
+from real_product import ProductFactory
 
 SECRET = b"webhook-secret-for-tests"
 
@@ -227,7 +227,7 @@ def test_a_hung_receiver_does_not_block_the_publisher_or_others(
 
 
 def test_events_from_the_api_reach_the_webhook(
-    receiver: Receiver, make_server: ServerFactory,
+    receiver: Receiver, make_server: ProductFactory,
 ) -> None:
     d = dispatcher(receiver.url)
     run = make_server(webhooks=d)
@@ -237,11 +237,16 @@ def test_events_from_the_api_reach_the_webhook(
                 "name": "hooked", "address": "198.18.9.1", "peer_id": 91,
                 "mac": "02:00:00:00:09:01", "port": 1})
             assert r.status_code == 201
-        run.service.set_state("hooked", Health.DOWN, reason="3 misses")
-        receiver.wait_for(lambda hits: sum(len(h.events) for h in hits) == 2)
+        run.set_state("hooked", Health.DOWN)
+        receiver.wait_for(lambda hits: sum(e["kind"] != "switch" for h in hits
+                                           for e in h.events) == 2)
     finally:
         d.stop()
-    events = [e for h in receiver.hits for e in h.events]
+    every = [e for h in receiver.hits for e in h.events]
+    # the controller's own events too: both switches connected as primary
+    assert sorted((e["switch"], e["reason"]) for e in every if e["kind"] == "switch") == \
+        [("default", "connected as primary"), ("leaf-2", "connected as primary")]
+    events = [e for e in every if e["kind"] != "switch"]
     assert [e["kind"] for e in events] == ["peer_added", "transition"]
     assert events[1]["new_state"] == "DOWN" and events[1]["id"] > events[0]["id"]
     assert all(verify_signature(SECRET, h.body, h.headers[SIGNATURE_HEADER],
