@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from api_fakes import FakeService
@@ -38,6 +38,12 @@ class Running:
 
 
 ServerFactory = Callable[..., Running]
+
+
+class Served(Protocol):
+    """What `sse` needs of a running API: the fake one (Running) or the real product."""
+
+    url: str
 
 
 class SseReader:
@@ -94,7 +100,7 @@ class SseReader:
 
 
 @contextmanager
-def sse(run: Running, *, last_event_id: int | None = None,
+def sse(run: Served, *, last_event_id: int | None = None,
         **params: Any) -> Iterator[SseReader]:
     headers = {"Authorization": f"Bearer {TOKEN}", "Accept": "text/event-stream"}
     if last_event_id is not None:

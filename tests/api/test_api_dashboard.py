@@ -14,10 +14,9 @@ from typing import Any
 
 import pytest
 from api_fakes import make_peers
-from api_harness import Running
 from hbmon.model import Health
 from playwright.sync_api import Browser, Page, sync_playwright
-from real_product import ProductFactory
+from real_product import Product, ProductFactory
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
@@ -49,7 +48,7 @@ class Watched:
         page.on("pageerror", lambda e: self.errors.append(str(e)))
 
 
-def open_page(browser: Browser, run: Running, width: int = 1500, height: int = 900) -> Watched:
+def open_page(browser: Browser, run: Product, width: int = 1500, height: int = 900) -> Watched:
     page = browser.new_page(viewport={"width": width, "height": height})
     watched = Watched(page, run.url)
     page.goto(run.url + "/")
@@ -69,7 +68,7 @@ def chip_count(page: Page, state: str) -> int:
     return int(page.inner_text(f'[data-count="{state}"]'))
 
 
-def populate(run: Running, n: int, groups: int, seed: int = 7) -> dict[str, Health]:
+def populate(run: Product, n: int, groups: int, seed: int = 7) -> dict[str, Health]:
     rnd = random.Random(seed)
     peers = make_peers(n, groups=groups)
     run.service.add_peers(peers)

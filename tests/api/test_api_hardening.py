@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from api_fakes import FakeService, make_peers
-from api_harness import TOKEN, Running
+from api_harness import TOKEN
 from hbmon.api.app import MAX_ID
 from hbmon.api.settings import DEFAULT_MAX_BODY_BYTES
 from hbmon.cli_controller import build_api
@@ -41,7 +41,7 @@ ANSWER_DEADLINE = 15.0
 BIG = 50_000_000  # the issue's 50 MB body
 
 
-def _connect(run: Running) -> socket.socket:
+def _connect(run: Product) -> socket.socket:
     parts = urlsplit(run.url)
     assert parts.hostname is not None and parts.port is not None
     return socket.create_connection((parts.hostname, parts.port), timeout=ANSWER_DEADLINE)
@@ -248,7 +248,7 @@ def test_body_that_is_not_utf8_is_a_documented_422(api: Product,
 # ---- (7) SSE subscriber cap and gauge --------------------------------------------------
 
 @contextmanager
-def _stream(run: Running) -> Iterator[tuple[int, Any]]:
+def _stream(run: Product) -> Iterator[tuple[int, Any]]:
     """One SSE request over its own socket: (status, error body or None); open while in
     the block, closed (client gone) after it."""
     with _connect(run) as sock:
@@ -264,7 +264,7 @@ def _stream(run: Running) -> Iterator[tuple[int, Any]]:
         yield 200, None
 
 
-def _gauges(run: Running) -> dict[str, float]:
+def _gauges(run: Product) -> dict[str, float]:
     text = httpx.get(run.url + "/metrics").text
     return {s.name: s.value for fam in text_string_to_metric_families(text)
             for s in fam.samples if s.name.startswith("hbmon_sse_clients")}

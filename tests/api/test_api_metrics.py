@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 import httpx
 from api_fakes import FakeService, make_peers
-from api_harness import ServerFactory
+from api_harness import Running, ServerFactory
 from hbmon.events import EventBus
 from hbmon.metrics import ControllerMetrics
 from hbmon.model import Health
@@ -96,7 +96,7 @@ def test_peer_series(api: Product, client: httpx.Client) -> None:
 def test_poll_histogram_and_api_latency(make_fake_server: ServerFactory) -> None:
     """The histogram's exposition alone, with injected observations: FakeService (a real
     controller polls all the time, so no exact bucket could be asserted)."""
-    api: Product = make_fake_server()
+    api: Running = make_fake_server()
     client = api.client()
     api.metrics.observe_poll("default", 0.003)
     api.metrics.observe_poll("default", 0.020)
