@@ -107,7 +107,8 @@ def test_settings_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_token_never_logged(make_server: ProductFactory, tmp_path: Path) -> None:
-    """Run with access logging at DEBUG, use right and wrong tokens, grep every log line."""
+    """Run with access logging at DEBUG, use right and wrong tokens, grep every log line.
+    The API alone over FakeService (HTTP layer: what uvicorn and the auth log)."""
     from api_fakes import FakeService
     from hbmon.events import EventBus
     from hbmon.metrics import ControllerMetrics

@@ -298,6 +298,8 @@ def test_sse_subscribers_are_capped(make_server: ProductFactory) -> None:
 
 def test_limits_come_from_the_config_file(store: SqlStore,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """build_api's reading of the config's limits: the HTTP layer alone (FakeService, no
+    switch to reach)."""
     for var in ("HBMON_API_TOKEN", "HBMON_API_TOKEN_FILE", "HBMON_API_HOST", "HBMON_API_PORT"):
         monkeypatch.delenv(var, raising=False)
     switches = [{"name": "s", "grpc": "127.0.0.1:1"}]

@@ -115,7 +115,8 @@ def test_poll_histogram_and_api_latency(make_fake_server: ServerFactory) -> None
 
 
 def test_registries_are_independent(tmp_path: object) -> None:
-    """Two controllers in one process (tests, replicas): no duplicate-registration error."""
+    """Two controllers in one process (tests, replicas): no duplicate-registration error.
+    The registries alone, so the service under them is FakeService."""
     a, b = ControllerMetrics(), ControllerMetrics()
     for m in (a, b):
         store = open_store("sqlite://:memory:")

@@ -48,6 +48,9 @@ def server_process(db: Path, tmp: Path, tag: str) -> Iterator[tuple[subprocess.P
 
 
 def test_kill_9_server_mid_write_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    """The API and the store alone (serve_fake.py: FakeService over SQLite), 4000 writes
+    fast. The real product's kill -9 mid-write, with the kernel target underneath, is
+    tests/integration/test_durability.py."""
     db = tmp_path / "hbmon.db"
     peers = make_peers(4000, groups=8)
     acked: list[str] = []
