@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -99,34 +100,32 @@ def _demo_until_up(args: list[str]) -> tuple[subprocess.Popen[str], str]:
     return proc, seen
 
 
+def _until_exit(proc: subprocess.Popen[str], stop: Callable[[], None]) -> str:
+    """Stop the demo with `stop()` and return what it printed until it exited."""
+    try:
+        stop()
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return rest
+
+
 def test_demo_sigint_to_its_process_group_without_a_tty() -> None:
     """Issue 14: a supervisor or CI sends SIGINT to the whole process group, with no
     terminal, to a demo started as a background job (SIGINT inherited ignored): the demo
     says so and removes the lab, with no traceback from the controller it started dying
     under it. SIGTERM (a supervisor's stop) removes the lab too and exits 143."""
     proc, seen = _demo_until_up(["--api-port", "0"])
-    try:
-        os.killpg(proc.pid, signal.SIGINT)
-        rest, _ = proc.communicate(timeout=60)
-        seen += rest
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    seen += _until_exit(proc, lambda: os.killpg(proc.pid, signal.SIGINT))
     assert "interrupted" in seen and "lab removed" in seen, seen
     assert "Traceback" not in seen, seen
     assert proc.returncode == 0, seen
     assert leftovers(lab_prefix(seen)) == []
 
     proc, seen = _demo_until_up(["--api-port", "0"])
-    try:
-        os.kill(proc.pid, signal.SIGTERM)
-        rest, _ = proc.communicate(timeout=60)
-        seen += rest
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    seen += _until_exit(proc, lambda: os.kill(proc.pid, signal.SIGTERM))
     assert "lab removed" in seen and "Traceback" not in seen, seen
     assert proc.returncode == 128 + signal.SIGTERM, seen
     assert leftovers(lab_prefix(seen)) == []
@@ -138,16 +137,9 @@ def test_demo_twice_back_to_back_on_port_8080() -> None:
     # a dashboard left open on the first run: its keep-alive connection is closed by the
     # server when the demo stops, which leaves it in TIME-WAIT on 127.0.0.1:8080
     proc, seen = _demo_until_up(["--api-port", "8080"])
-    try:
-        with httpx.Client(base_url="http://127.0.0.1:8080", timeout=5) as browser:
-            assert browser.get("/healthz").status_code == 200
-            os.kill(proc.pid, signal.SIGINT)
-            rest, _ = proc.communicate(timeout=60)
-            seen += rest
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    with httpx.Client(base_url="http://127.0.0.1:8080", timeout=5) as browser:
+        assert browser.get("/healthz").status_code == 200
+        seen += _until_exit(proc, lambda: os.kill(proc.pid, signal.SIGINT))
     assert "lab removed" in seen, seen
     waiting = subprocess.run(["ss", "-Htan", "state", "time-wait", "( sport = :8080 )"],
                              capture_output=True, text=True, check=True).stdout
