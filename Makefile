@@ -131,7 +131,7 @@ fuzz: setup
 		$(PY) -m pytest -s -p no:cacheprovider tests/kernel/test_fuzz_xdp.py $(PYTEST_ARGS)
 
 lint: setup-venv
-	cd $(ROOT) && $(VENV)/bin/ruff check controller kernel topo tests tools bench ptf_tests
+	cd $(ROOT) && $(VENV)/bin/ruff check controller responder kernel topo tests tools bench ptf_tests
 	cd $(ROOT) && $(VENV)/bin/mypy
 
 clean:

@@ -95,7 +95,7 @@ def ip_to_int(address: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Rules:
-    """The health thresholds; defaults are hbmon's (controller/hbmon/health.py)."""
+    """The health thresholds; defaults are hbmon's (controller/hbmon/controller/health.py)."""
 
     interval_us: int
     detect_mult: int = 3

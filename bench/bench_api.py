@@ -3,7 +3,7 @@
 A real uvicorn server on 127.0.0.1 serves the app with a real SQLite store over one of
 two services:
 
-  fabric  the real controller object (`hbmon.controller.Fabric`) holding 4,096 peers,
+  fabric  the real controller object (`hbmon.controller.fabric.Fabric`) holding 4,096 peers,
           not started (no data plane needed): its list_peers/all_health are part of
           what a user waits for
   fake    the in-memory test service: what remains is the API's own cost (filtering,
@@ -35,13 +35,15 @@ sys.path.insert(0, str(ROOT / "tests" / "api"))
 
 import httpx  # noqa: E402
 from api_fakes import FakeService, make_peers  # noqa: E402
-from hbmon.api import ApiServer, ApiSettings, create_app  # noqa: E402
+from hbmon.api.app import create_app  # noqa: E402
+from hbmon.api.metrics import ControllerMetrics  # noqa: E402
+from hbmon.api.server import ApiServer  # noqa: E402
+from hbmon.api.settings import ApiSettings  # noqa: E402
 from hbmon.config import parse_config  # noqa: E402
-from hbmon.controller import Fabric  # noqa: E402
-from hbmon.events import EventBus  # noqa: E402
-from hbmon.metrics import ControllerMetrics  # noqa: E402
+from hbmon.controller.fabric import Fabric  # noqa: E402
 from hbmon.model import Health  # noqa: E402
-from hbmon.store import open_store  # noqa: E402
+from hbmon.store.events import EventBus  # noqa: E402
+from hbmon.store.sql import open_store  # noqa: E402
 
 
 def percentiles(samples_ms: list[float]) -> dict[str, float]:

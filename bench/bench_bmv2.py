@@ -31,11 +31,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hbmon import targets  # noqa: E402
-from hbmon.p4info import CounterRead, P4Schema, TableEntry  # noqa: E402
-from hbmon.p4rt import P4RuntimeClient  # noqa: E402
+from hbmon.dataplane import targets  # noqa: E402
+from hbmon.dataplane.registers import open_register_access  # noqa: E402
+from hbmon.p4 import CounterRead, P4Schema, TableEntry  # noqa: E402
+from hbmon.p4.client import P4RuntimeClient  # noqa: E402
 from hbmon.protocol import Reason  # noqa: E402
-from hbmon.registers import open_register_access  # noqa: E402
 
 from tests.kernel.bpf_lab import Lab, heartbeat_frame, ip_int, response_frame  # noqa: E402
 

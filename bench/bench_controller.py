@@ -37,14 +37,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from hbmon import targets  # noqa: E402
 from hbmon.config import DEFAULT_BMV2_JSON, DEFAULT_P4INFO, parse_config  # noqa: E402
-from hbmon.controller import Fabric  # noqa: E402
-from hbmon.events import EventBus  # noqa: E402
+from hbmon.controller.fabric import Fabric  # noqa: E402
+from hbmon.dataplane import targets  # noqa: E402
 from hbmon.model import Event, EventKind, Health  # noqa: E402
-from hbmon.responder import ControlClient  # noqa: E402
-from hbmon.store import open_store  # noqa: E402
+from hbmon.store.events import EventBus  # noqa: E402
+from hbmon.store.sql import open_store  # noqa: E402
 from hbmon_kernel.memory import MemoryTarget, serve_memory_target  # noqa: E402
+from hbmon_responder.responder import ControlClient  # noqa: E402
 from hbmon_topo.model import multi, star  # noqa: E402
 from hbmon_topo.netns import NetnsLab  # noqa: E402
 from product_lab import serve  # noqa: E402

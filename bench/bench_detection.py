@@ -56,8 +56,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from hbmon import targets  # noqa: E402
-from hbmon.health import HealthConfig  # noqa: E402
+from hbmon.controller.health import HealthConfig  # noqa: E402
+from hbmon.dataplane import targets  # noqa: E402
 from hbmon_kernel.datapath import BURST_GAP_NS  # noqa: E402
 from hbmon_topo.farm import PeerFarm  # noqa: E402
 from hbmon_topo.model import PeerSpec, Topology, multi  # noqa: E402

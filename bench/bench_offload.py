@@ -51,9 +51,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from hbmon import targets  # noqa: E402
 from hbmon.config import DEFAULT_P4INFO  # noqa: E402
-from hbmon.responder import ControlClient  # noqa: E402
+from hbmon.dataplane import targets  # noqa: E402
+from hbmon_responder.responder import ControlClient  # noqa: E402
 from hbmon_topo.model import (  # noqa: E402
     FIRST_PEER_ADDRESS,
     MAX_PEERS_IN_SUBNET,

@@ -39,14 +39,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from hbmon.api.metrics import ServiceMetrics  # noqa: E402
 from hbmon.api.rtt import RttHistory  # noqa: E402
 from hbmon.config import parse_config  # noqa: E402
-from hbmon.controller import Fabric  # noqa: E402
-from hbmon.health import SLOT_FIELDS  # noqa: E402
-from hbmon.metrics import ServiceMetrics  # noqa: E402
+from hbmon.controller.fabric import Fabric  # noqa: E402
+from hbmon.controller.health import SLOT_FIELDS  # noqa: E402
 from hbmon.model import Peer, Slot  # noqa: E402
 from hbmon.protocol import MAX_PEERS, REGISTERS, PeerStatus, PlaneState  # noqa: E402
-from hbmon.store import open_store  # noqa: E402
+from hbmon.store.sql import open_store  # noqa: E402
 from results_io import write_result  # noqa: E402
 
 from tests.controller import health_reference  # noqa: E402

@@ -10,7 +10,7 @@ and the same data through P4Runtime (issue 9 targets: a whole-structure read of 
 peers <= 100 ms server + client; a poll of 4,096 peers x 14 registers by index in a few ms
 of CPU): the real kernel target's P4Runtime server (KernelDevice + gRPC, in this process,
 on loopback) answering a real gRPC client, which decodes as the controller does
-(P4RuntimeClient.read_raw + hbmon.registers.decode_cells):
+(P4RuntimeClient.read_raw + hbmon.dataplane.registers.decode_cells):
   p4runtime_whole      one ReadRequest, a wildcard RegisterEntry per register
   p4runtime_indexed    the controller's detail poll: one ReadRequest listing 14 x 4,096
                        cells (the same bytes every poll, so the target reuses its plan)
@@ -46,10 +46,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+from hbmon.dataplane.registers import decode_cells  # noqa: E402
 from hbmon.p4 import P4Schema, wire  # noqa: E402
-from hbmon.p4rt import P4RuntimeClient  # noqa: E402
+from hbmon.p4.client import P4RuntimeClient  # noqa: E402
 from hbmon.protocol import REGISTERS  # noqa: E402
-from hbmon.registers import decode_cells  # noqa: E402
 from hbmon_kernel.datapath import Datapath  # noqa: E402
 from hbmon_kernel.p4rt_device import KernelDevice  # noqa: E402
 from hbmon_kernel.server import P4RuntimeService, service_handler  # noqa: E402
@@ -192,7 +192,7 @@ def per_cell_python(ids: list[int], indexes: list[int], expected: dict[str, Any]
 def bench_codec(peers: int, rounds: int) -> dict[str, object]:
     """ns per cell of encoding (target) and decoding (controller) the verdict poll's cells,
     with the values of each register's full width (the longest encoding)."""
-    from hbmon.health import HealthConfig
+    from hbmon.controller.health import HealthConfig
 
     schema = P4Schema.load(P4INFO)
     names = [f"hb_{f}" for f in HealthConfig().verdict_fields]
@@ -273,7 +273,7 @@ def bench_p4runtime(peers: int, rounds: int) -> dict[str, object]:
                 for r in ids]).SerializeToString()
             indexes = list(range(peers))
             indexed_req = wire.register_cells_request(ids, indexes, 1)
-            from hbmon.health import HealthConfig
+            from hbmon.controller.health import HealthConfig
             verdict = [names.index(f"hb_{f}") for f in HealthConfig().verdict_fields]
             verdict_req = wire.register_cells_request([ids[k] for k in verdict], indexes, 1)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from hbmon.responder import ControlClient  # noqa: E402
+from hbmon_responder.responder import ControlClient  # noqa: E402
 from hbmon_topo.model import multi  # noqa: E402
 from hbmon_topo.netns import NetnsLab  # noqa: E402
 from hbmon_topo.probe import Probe, request_frame  # noqa: E402

@@ -79,7 +79,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # `hbmon serve` whose switch drivers send one PacketOut per round (the bmv2 path): the
 # controller-paced rounds this bench compares the kernel's own rounds with
 OLD_WAY = (
-    "import sys, hbmon.controller as c\n"
+    "import sys, hbmon.controller.driver as c\n"
     "init = c.SwitchDriver.__init__\n"
     "def paced(self, *a, **k):\n"
     "    init(self, *a, **k)\n"
@@ -350,7 +350,7 @@ def measure(condition: str, capture: Capture, port: int, interval_ms: float, pid
 
 def run_mode(mode: str, interval_ms: float, args: argparse.Namespace, workdir: Path,
              lab: Any, topo: Any, farm: Any, capture: Capture) -> list[dict[str, Any]]:
-    from hbmon import targets
+    from hbmon.dataplane import targets
 
     grpc_addr = f"127.0.0.1:{free_port()}"
     api_port = free_port()

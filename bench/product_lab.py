@@ -235,9 +235,9 @@ class CellReader:
     stream or mastership: this client never competes with the controller)."""
 
     def __init__(self, grpc_addr: str, names: list[str]) -> None:
-        from hbmon.p4info import P4Schema
-        from hbmon.p4rt import P4RuntimeClient
-        from hbmon.registers import P4RuntimeRegisterAccess
+        from hbmon.dataplane.registers import P4RuntimeRegisterAccess
+        from hbmon.p4 import P4Schema
+        from hbmon.p4.client import P4RuntimeClient
 
         schema = P4Schema.load(p4info_path())
         self.client = P4RuntimeClient(grpc_addr, 1, schema=schema)

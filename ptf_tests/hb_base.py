@@ -1,13 +1,13 @@
 """Shared machinery of the hbmon PTF suite.
 
 The suite knows only the P4Runtime contract (docs/dataplane.md, by name through the P4Info)
-and `hbmon.registers` for the hb_* registers, so the same tests run on bmv2 and on the
+and `hbmon.dataplane.registers` for the hb_* registers, so the same tests run on bmv2 and on the
 kernel target. Test parameters (--test-params):
 
     grpcaddr    P4Runtime server, e.g. '127.0.0.1:9559'
     p4info      path of heartbeat.p4info.txtpb
     bmv2_json   path of heartbeat.json (bmv2's device config; the kernel target ignores it)
-    target      'bmv2' | 'kernel' (bmv2: registers over Thrift, see hbmon.registers)
+    target      'bmv2' | 'kernel' (bmv2: registers over Thrift, see hbmon.dataplane.registers)
     thrift_port bmv2 Thrift port (9090)
     device_id   P4Runtime device id (1)
     cpu_port    the target's CPU port (255)
@@ -37,7 +37,8 @@ from typing import Any
 import hb_examples as ex
 import ptf
 import ptf.testutils as tu
-from hbmon.p4info import (
+from hbmon.dataplane.registers import RegisterAccess, open_register_access
+from hbmon.p4 import (
     DigestEntry,
     DigestMessage,
     MulticastGroup,
@@ -46,9 +47,8 @@ from hbmon.p4info import (
     Replica,
     TableEntry,
 )
-from hbmon.p4rt import P4RuntimeClient
+from hbmon.p4.client import P4RuntimeClient
 from hbmon.protocol import FANOUT_GROUP, REASON_COUNT, Reason
-from hbmon.registers import RegisterAccess, open_register_access
 from ptf.base_tests import BaseTest
 
 log = logging.getLogger("hbmon.ptf")

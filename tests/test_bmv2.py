@@ -12,16 +12,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hbmon import targets
-from hbmon.p4info import P4Schema
-from hbmon.p4rt import P4RuntimeClient
-from hbmon.protocol import REGISTERS
-from hbmon.registers import (
+from hbmon.dataplane import targets
+from hbmon.dataplane.registers import (
     Bmv2ThriftRegisterAccess,
     RegisterAccess,
     RegisterAccessError,
     open_register_access,
 )
+from hbmon.p4 import P4Schema
+from hbmon.p4.client import P4RuntimeClient
+from hbmon.protocol import REGISTERS
 
 ROOT = Path(__file__).resolve().parents[1]
 P4INFO = ROOT / "p4src" / "build" / "heartbeat.p4info.txtpb"

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 
 import pytest
 from google.rpc import code_pb2
-from hbmon import targets
-from hbmon.p4rt import P4RuntimeClient
+from hbmon.dataplane import targets
+from hbmon.p4.client import P4RuntimeClient
 from kernel.server_harness import RawStream, wait_for
 
 pytestmark = [

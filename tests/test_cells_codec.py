@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from google.protobuf.message import DecodeError
 from hbmon import _cells
+from hbmon.dataplane.registers import decode_register_entities
 from hbmon.p4 import wire
-from hbmon.registers import decode_register_entities
 from p4.v1 import p4runtime_pb2
 
 from tests.kernel.test_read_path import official_response

@@ -247,7 +247,7 @@ def test_reason_codes_agree() -> None:
 
 
 def _front_ends() -> list[Path]:
-    from hbmon import targets
+    from hbmon.dataplane import targets
 
     found = targets.find_p4c()
     if found is None:

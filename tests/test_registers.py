@@ -1,4 +1,4 @@
-"""hbmon.registers: the P4Runtime implementation against the kernel target's P4Runtime
+"""hbmon.dataplane.registers: the P4Runtime implementation against the kernel target's P4Runtime
 device over its in-memory data plane (hbmon_kernel.memory, real gRPC: encoding, batching,
 validation, wildcard and indexed reads as the target answers them), the automatic choice,
 and the bmv2 Thrift implementation against a real simple_switch_grpc when one is installed
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from hbmon import registers
-from hbmon.p4info import P4Schema
-from hbmon.p4rt import P4RuntimeClient, P4RuntimeError
+from hbmon.dataplane import registers
+from hbmon.p4 import P4Schema
+from hbmon.p4.client import P4RuntimeClient, P4RuntimeError
 from hbmon.protocol import REGISTERS
 from hbmon_kernel.memory import MemoryTarget, serve_memory_target
 from hbmon_kernel.p4rt_state import Pipeline

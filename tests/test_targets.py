@@ -1,4 +1,4 @@
-"""hbmon.targets: command lines, program lookup, gRPC readiness polling, stop by PID; and
+"""hbmon.dataplane.targets: command lines, program lookup, gRPC readiness polling, stop by PID; and
 tools/ptf_run.py's behaviour when bmv2 is absent."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from hbmon import targets
+from hbmon.dataplane import targets
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -37,7 +37,7 @@ from types import FrameType
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "controller"))  # hbmon, also when run outside the venv's path
 
-from hbmon import targets  # noqa: E402
+from hbmon.dataplane import targets  # noqa: E402
 
 PTF_DIR = ROOT / "ptf_tests"
 PORTMAP = PTF_DIR / "portmap.json"

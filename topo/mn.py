@@ -80,7 +80,7 @@ def mininet_available() -> str | None:
 def _p4runtime_switch_class() -> type:
     """A Mininet Switch that runs simple_switch_grpc on its ports (bmv2 target)."""
     load_mininet()
-    from hbmon import targets
+    from hbmon.dataplane import targets
     from mininet.node import Switch
 
     class P4RuntimeSwitch(Switch):
@@ -331,10 +331,10 @@ class MininetLab:
 
     def start_responders(self, extra_args: Sequence[str] = (), *,
                          timeout: float = 30.0) -> dict[str, str]:
-        from hbmon.responder import ControlClient
+        from hbmon_responder.responder import ControlClient
 
         for peer in self.topology.peers:
-            argv = [sys.executable, "-m", "hbmon.cli_responder", "--ctl",
+            argv = [sys.executable, "-m", "hbmon_responder.cli", "--ctl",
                     self.ctl_path(peer.name), *peer.faults.responder_args(), *extra_args]
             with open(self.workdir / f"{peer.name}.log", "wb") as out:
                 self.popen(peer.name, argv, stdout=out, stderr=subprocess.STDOUT)

@@ -348,7 +348,7 @@ class NetnsLab:
 
         Returns peer name -> control socket path. Output goes to <workdir>/<host>.log.
         """
-        from hbmon.responder import ControlClient
+        from hbmon_responder.responder import ControlClient
 
         hosts: list[tuple[str, list[str]]] = []
         if self.topology.layout is Layout.MULTI:
@@ -358,7 +358,7 @@ class NetnsLab:
         started: list[str] = []
         for host, fault_args in hosts:
             ctl = self.ctl_path(self.topology.peers[0].name if host == "peers" else host)
-            argv = [sys.executable, "-m", "hbmon.cli_responder", "--ctl", ctl,
+            argv = [sys.executable, "-m", "hbmon_responder.cli", "--ctl", ctl,
                     *fault_args, *extra_args]
             if log:
                 with open(self.workdir / f"{host}.log", "wb") as out:

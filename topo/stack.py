@@ -4,7 +4,7 @@
 up, then
 
 1. starts the target on the lab's monitor ports (`hbmon-kernel-target` or
-   `simple_switch_grpc`, through `hbmon.targets`), waiting for its gRPC port by polling —
+   `simple_switch_grpc`, through `hbmon.dataplane.targets`), waiting for its gRPC port by polling —
    except a Mininet bmv2 lab, whose switch node already runs it;
 2. writes the controller's YAML config from the topology (peers, monitor address, ports);
 3. starts `hbmon serve --config FILE` as a child process and polls `/healthz`;
@@ -87,7 +87,7 @@ def tcp_port_free(host: str, port: int) -> bool:
 
 def missing_for(target: str) -> list[str]:
     """What this machine lacks to run `target` ("" items never; empty list: all there)."""
-    from hbmon import targets
+    from hbmon.dataplane import targets
 
     missing: list[str] = []
     if not P4INFO.is_file():
@@ -177,7 +177,7 @@ class Stack:
             raise
 
     def _start(self, on_step: Callable[[str], None], ready_timeout: float) -> None:
-        from hbmon import targets
+        from hbmon.dataplane import targets
 
         opts = self.options
         host = opts.api_host
@@ -289,7 +289,7 @@ class Stack:
             time.sleep(0.2)
 
     def stop(self) -> None:
-        from hbmon import targets
+        from hbmon.dataplane import targets
 
         if self._client is not None:
             self._client.close()

@@ -60,10 +60,10 @@ from typing import Any
 import grpc
 import yaml
 
-from .assets import BMV2_JSON_NAME, P4INFO_NAME, p4_output
-from .health import HealthConfig
-from .model import Peer, ValidationError
-from .protocol import GTSM_MIN_TTL
+from hbmon.assets import BMV2_JSON_NAME, P4INFO_NAME, p4_output
+from hbmon.controller.health import HealthConfig
+from hbmon.model import Peer, ValidationError
+from hbmon.protocol import GTSM_MIN_TTL
 
 DEFAULT_P4INFO = p4_output(P4INFO_NAME)
 DEFAULT_BMV2_JSON = p4_output(BMV2_JSON_NAME)
@@ -101,7 +101,7 @@ class SwitchConfig:
     grpc: str  # host:port of the P4Runtime server
     device_id: int = 1
     kind: str = "kernel"  # "kernel" | "bmv2"
-    thrift_port: int | None = None  # bmv2 register access (hbmon.registers)
+    thrift_port: int | None = None  # bmv2 register access (hbmon.dataplane.registers)
     p4info: Path = DEFAULT_P4INFO
     bmv2_json: Path | None = None  # pushed with the P4Info on bmv2
     ports: Mapping[int, str] = field(default_factory=dict)

@@ -1,7 +1,7 @@
 """Domain objects shared by the controller, the store, the REST API and the CLI.
 
-Plain typed dataclasses: no I/O here. The controller (`hbmon.controller`) produces them,
-the store (`hbmon.store`) persists them, the API (`hbmon.api`) serialises them.
+Plain typed dataclasses: no I/O here. The controller (`hbmon.controller.fabric`) produces them,
+the store (`hbmon.store.sql`) persists them, the API (`hbmon.api`) serialises them.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from hbmon.protocol import ValidationError
 
 
 class Health(enum.StrEnum):
@@ -27,15 +29,6 @@ class EventKind(enum.StrEnum):
     PEER_UPDATED = "peer_updated"
     PEER_REMOVED = "peer_removed"
     SWITCH = "switch"  # a target connected / disconnected / became primary
-
-
-class ValidationError(ValueError):
-    """Bad input; `field` names what is wrong (the API answers 422 with it)."""
-
-    def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(f"{field_name}: {message}")
-        self.field = field_name
-        self.message = message
 
 
 class ConflictError(ValueError):
@@ -75,7 +68,7 @@ class Peer:
     address: str  # IPv4 the peer answers from (and requests are sent to)
     peer_id: int  # identity carried in the heartbeat header, unique per switch
     # next-hop MAC the requests are sent to; None: the controller resolves it from the
-    # host's neighbour table through the interface of `port` (hbmon.neighbours)
+    # host's neighbour table through the interface of `port` (hbmon.dataplane.neighbours)
     mac: str | None
     port: int  # data-plane port the peer is reached through
     switch: str = "default"  # which target (switch / host) monitors it

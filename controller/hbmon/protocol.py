@@ -12,6 +12,19 @@ import hmac
 import struct
 from dataclasses import dataclass, replace
 
+
+class ValidationError(ValueError):
+    """Bad input; `field` names what is wrong (the API answers 422 with it).
+
+    Defined here, not in `hbmon.model` (which uses it for every domain type), so the
+    responder (`hbmon_responder`) needs nothing of hbmon but this module."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+        self.message = message
+
+
 MAGIC = 0x4842
 VERSION = 2  # 2: the nonce field (docs/protocol.md "Version history")
 REQUEST_PORT = 9190  # peers listen here

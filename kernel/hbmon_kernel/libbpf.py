@@ -161,7 +161,6 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
         c_int,
         [c_int, c_void_p, c_void_p, ctypes.POINTER(c_uint), c_void_p],
     ),
-    "bpf_map_delete_batch": (c_int, [c_int, c_void_p, ctypes.POINTER(c_uint), c_void_p]),
     "bpf_xdp_attach": (c_int, [c_int, c_int, c_uint, c_void_p]),
     "bpf_xdp_detach": (c_int, [c_int, c_uint, c_void_p]),
     "bpf_xdp_query_id": (c_int, [c_int, c_int, ctypes.POINTER(c_uint)]),
@@ -391,15 +390,6 @@ class BpfMap:
             self.fd, keys, values, ctypes.byref(count), ctypes.byref(opts)
         )
         check(ret, f"update batch {self.name} ({count.value}/{len(items)} written)")
-
-    def delete_batch(self, keys: list[bytes]) -> None:
-        if not keys:
-            return
-        buf = ctypes.create_string_buffer(b"".join(self._key(k).raw for k in keys))
-        count = c_uint(len(keys))
-        opts = BpfMapBatchOpts(sz=ctypes.sizeof(BpfMapBatchOpts))
-        ret = self._lib.bpf_map_delete_batch(self.fd, buf, ctypes.byref(count), ctypes.byref(opts))
-        check(ret, f"delete batch {self.name}")
 
 
 def probe_bpf() -> None:

@@ -13,10 +13,10 @@ from types import FrameType
 from typing import Any
 
 import click
+from hbmon.protocol import REQUEST_PORT, ValidationError
+from hbmon.sdnotify import notify
 
-from .model import ValidationError
-from .protocol import REQUEST_PORT
-from .responder import (
+from hbmon_responder.responder import (
     STATUS_NAMES,
     ControlClient,
     ControlError,
@@ -25,7 +25,6 @@ from .responder import (
     apply_changes,
     parse_assignments,
 )
-from .sdnotify import notify
 
 _ACTIONS = ("get", "set", "reset", "stop", "start")
 

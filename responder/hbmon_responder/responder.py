@@ -39,8 +39,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .model import ValidationError
-from .protocol import (
+from hbmon.protocol import (
     HEADER_LEN,
     MAGIC,
     REQUEST_PORT,
@@ -49,6 +48,7 @@ from .protocol import (
     MsgType,
     PeerStatus,
     ProtocolError,
+    ValidationError,
     build_response,
 )
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from hbmon.api.service import EventSink, Store
 from hbmon.model import (
     DataPlaneError,
     Event,
@@ -27,7 +28,6 @@ from hbmon.model import (
     ValidationError,
 )
 from hbmon.protocol import Reason
-from hbmon.service import EventSink, Store
 
 _LAB_BASE = int(ipaddress.IPv4Address("198.18.0.0"))
 

@@ -13,10 +13,11 @@ from typing import Any, Protocol
 
 import httpx
 from api_fakes import FakeService
-from hbmon.api import ApiServer, ApiSettings
-from hbmon.events import EventBus
-from hbmon.metrics import ControllerMetrics
-from hbmon.store import SqlStore
+from hbmon.api.metrics import ControllerMetrics
+from hbmon.api.server import ApiServer
+from hbmon.api.settings import ApiSettings
+from hbmon.store.events import EventBus
+from hbmon.store.sql import SqlStore
 
 TOKEN = "test-token-" + os.urandom(8).hex()
 

@@ -22,11 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from api_fakes import FakeService
 from api_harness import TOKEN, Running, ServerFactory
-from hbmon.api import ApiServer, ApiSettings, create_app
-from hbmon.events import EventBus
-from hbmon.metrics import ControllerMetrics
-from hbmon.store import SqlStore, open_store
-from hbmon.webhooks import WebhookDispatcher
+from hbmon.api.app import create_app
+from hbmon.api.metrics import ControllerMetrics
+from hbmon.api.server import ApiServer
+from hbmon.api.settings import ApiSettings
+from hbmon.store.events import EventBus
+from hbmon.store.sql import SqlStore, open_store
+from hbmon.store.webhooks import WebhookDispatcher
 from real_product import Product, product_factory
 
 

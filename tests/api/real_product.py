@@ -1,5 +1,5 @@
 """The real product for the API tests: `hbmon serve`'s parts, assembled as `hbmon serve`
-assembles them (controller/hbmon/cli_controller.py): the controller (`Fabric`), the event
+assembles them (controller/hbmon/cli/controller.py): the controller (`Fabric`), the event
 bus with its webhook dispatcher, the metrics, the REST/SSE API over uvicorn and a real
 store, driving real P4Runtime targets over gRPC. The targets are the kernel target's
 P4Runtime device over its in-memory data plane (hbmon_kernel.memory, what
@@ -27,15 +27,17 @@ from typing import Any
 
 import httpx
 from api_harness import TOKEN
-from hbmon.api import ApiServer, ApiSettings, create_app
+from hbmon.api.app import create_app
+from hbmon.api.metrics import ControllerMetrics
+from hbmon.api.server import ApiServer
+from hbmon.api.settings import ApiSettings
 from hbmon.config import DEFAULT_P4INFO, parse_config
-from hbmon.controller import Fabric
-from hbmon.events import EventBus
-from hbmon.metrics import ControllerMetrics
+from hbmon.controller.fabric import Fabric
 from hbmon.model import Event, EventKind, Health, Peer
 from hbmon.protocol import PlaneState
-from hbmon.store import SqlStore, open_store
-from hbmon.webhooks import WebhookDispatcher
+from hbmon.store.events import EventBus
+from hbmon.store.sql import SqlStore, open_store
+from hbmon.store.webhooks import WebhookDispatcher
 from hbmon_kernel.memory import MemoryTarget, serve_memory_target
 
 SETTLE = 30.0

@@ -18,10 +18,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from api_fakes import FakeService
-from hbmon.api import ApiServer, ApiSettings, create_app
-from hbmon.events import EventBus
-from hbmon.metrics import ControllerMetrics
-from hbmon.store import open_store
+from hbmon.api.app import create_app
+from hbmon.api.metrics import ControllerMetrics
+from hbmon.api.server import ApiServer
+from hbmon.api.settings import ApiSettings
+from hbmon.store.events import EventBus
+from hbmon.store.sql import open_store
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from api_fakes import make_peers
 from hbmon.model import Event, EventKind
-from hbmon.store import open_store
+from hbmon.store.sql import open_store
 
 
 def main() -> None:

@@ -10,7 +10,9 @@ from typing import Any
 import httpx
 import pytest
 from api_harness import TOKEN
-from hbmon.api import ApiServer, ApiSettings, create_app
+from hbmon.api.app import create_app
+from hbmon.api.server import ApiServer
+from hbmon.api.settings import ApiSettings
 from hbmon.model import ValidationError
 from real_product import ProductFactory
 
@@ -110,9 +112,9 @@ def test_token_never_logged(make_server: ProductFactory, tmp_path: Path) -> None
     """Run with access logging at DEBUG, use right and wrong tokens, grep every log line.
     The API alone over FakeService (HTTP layer: what uvicorn and the auth log)."""
     from api_fakes import FakeService
-    from hbmon.events import EventBus
-    from hbmon.metrics import ControllerMetrics
-    from hbmon.store import open_store
+    from hbmon.api.metrics import ControllerMetrics
+    from hbmon.store.events import EventBus
+    from hbmon.store.sql import open_store
 
     secret = "never-log-me-" + TOKEN
     wrong = "wrong-" + TOKEN

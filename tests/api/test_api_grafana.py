@@ -8,7 +8,7 @@ from pathlib import Path
 
 from api_fakes import make_peers
 from hbmon.model import Health
-from hbmon.webhooks import WebhookConfig, WebhookDispatcher
+from hbmon.store.webhooks import WebhookConfig, WebhookDispatcher
 from prometheus_client.parser import text_string_to_metric_families
 from real_product import ProductFactory
 

@@ -25,13 +25,13 @@ import pytest
 from api_fakes import FakeService, make_peers
 from api_harness import TOKEN
 from hbmon.api.app import MAX_ID
+from hbmon.api.metrics import ControllerMetrics
 from hbmon.api.settings import DEFAULT_MAX_BODY_BYTES
-from hbmon.cli_controller import build_api
+from hbmon.cli.controller import build_api
 from hbmon.config import parse_config
-from hbmon.events import EventBus
-from hbmon.metrics import ControllerMetrics
 from hbmon.model import ValidationError
-from hbmon.store import SqlStore
+from hbmon.store.events import EventBus
+from hbmon.store.sql import SqlStore
 from prometheus_client.parser import text_string_to_metric_families
 from real_product import Product, ProductFactory
 

@@ -1,4 +1,4 @@
-"""GET /api/v1/peers over the real controller object (`hbmon.controller.Fabric`, not started:
+"""GET /api/v1/peers over the real controller object (`hbmon.controller.fabric.Fabric`, not started:
 the listing needs no data plane), served by the real app on a real uvicorn server.
 
 The listing serializes each peer's inventory fields once per Peer object and only the state
@@ -16,12 +16,14 @@ import httpx
 import orjson
 import pytest
 from api_fakes import make_peers
-from hbmon.api import ApiServer, ApiSettings, create_app
+from hbmon.api.app import create_app
+from hbmon.api.metrics import ControllerMetrics
+from hbmon.api.server import ApiServer
+from hbmon.api.settings import ApiSettings
 from hbmon.config import parse_config
-from hbmon.controller import Fabric
-from hbmon.events import EventBus
-from hbmon.metrics import ControllerMetrics
-from hbmon.store import open_store
+from hbmon.controller.fabric import Fabric
+from hbmon.store.events import EventBus
+from hbmon.store.sql import open_store
 
 TOKEN = "listing-token-123456"
 

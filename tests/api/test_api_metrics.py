@@ -12,11 +12,11 @@ from collections.abc import Iterable
 import httpx
 from api_fakes import FakeService, make_peers
 from api_harness import Running, ServerFactory
-from hbmon.events import EventBus
-from hbmon.metrics import ControllerMetrics
+from hbmon.api.metrics import ControllerMetrics
 from hbmon.model import Health
 from hbmon.protocol import IPV4_TOTAL_LEN
-from hbmon.store import open_store
+from hbmon.store.events import EventBus
+from hbmon.store.sql import open_store
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from real_product import Product, wait_until

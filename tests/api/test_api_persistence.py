@@ -18,7 +18,7 @@ import httpx
 from api_fakes import make_peers
 from api_harness import TOKEN
 from hbmon.model import EventKind
-from hbmon.store import open_store
+from hbmon.store.sql import open_store
 
 HERE = Path(__file__).resolve().parent
 

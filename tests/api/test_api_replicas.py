@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 from api_fakes import make_peers
-from hbmon.events import EventBus
 from hbmon.model import Event, EventKind, Health
-from hbmon.store import open_store
+from hbmon.store.events import EventBus
+from hbmon.store.sql import open_store
 from real_product import ProductFactory
 from test_api_sse import sse
 

@@ -7,8 +7,8 @@ from typing import Any
 
 from api_fakes import make_peers
 from api_harness import sse
-from hbmon.events import EventBus
 from hbmon.model import Event, EventKind, Health
+from hbmon.store.events import EventBus
 from real_product import Product, ProductFactory
 
 

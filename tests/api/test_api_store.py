@@ -19,7 +19,7 @@ from hbmon.model import (
     Peer,
     ValidationError,
 )
-from hbmon.store import PostgresStore, SqliteStore, SqlStore, StoreError, open_store
+from hbmon.store.sql import PostgresStore, SqliteStore, SqlStore, StoreError, open_store
 
 
 @pytest.fixture
@@ -164,7 +164,7 @@ def test_settings(st: SqlStore) -> None:
 
 
 def test_setting_default_first_writer_wins(any_url: str) -> None:
-    """Controllers starting together on one store (hbmon.controller.load_nonce_secret) must
+    """Controllers starting together on one store (hbmon.controller.fabric.load_nonce_secret) must
     all get the one value stored first: eight connections race on a fresh key."""
     stores = [open_store(any_url) for _ in range(8)]
     try:

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from hbmon.events import EventBus
 from hbmon.model import Event, EventKind, Health, ValidationError
-from hbmon.store import SqlStore
-from hbmon.webhooks import (
+from hbmon.store.events import EventBus
+from hbmon.store.sql import SqlStore
+from hbmon.store.webhooks import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     WebhookConfig,

@@ -1,8 +1,9 @@
 """Frozen copy of the per-peer health engine as it was before the batch path (commit 036ec29).
 
-The reference behaviour for tests/controller/test_health_batch.py: the batch engine in
-hbmon.health must give the same events and the same PeerHealth for the same inputs. Do not
-"fix" this copy; a deliberate rule change goes into both, with a test of its own.
+The reference behaviour for tests/controller/test_health_batch.py: the batch engine
+in hbmon.controller.health must give the same events and the same PeerHealth for the same
+inputs. Do not "fix" this copy; a deliberate rule change goes into both, with a test of its
+own.
 """
 
 from __future__ import annotations
@@ -143,12 +144,6 @@ class HealthEngine:
 
     def set_detect_mult(self, name: str, detect_mult: int | None) -> None:
         self._peers[name].detect_mult = detect_mult or self.config.detect_mult
-
-    def reset_evidence(self, name: str) -> None:
-        """Forget counter baselines (the slot was reset, e.g. after a target restart)."""
-        t = self._peers[name]
-        t.slot = None
-        t.window.clear()
 
     # -- inputs -----------------------------------------------------------------------------
 

@@ -17,9 +17,9 @@ import httpx
 import yaml
 from click.testing import CliRunner
 from hbmon.cli import main
-from hbmon.cli_controller import shell_command
-from hbmon.p4info import P4Schema
-from hbmon.p4rt import P4RuntimeClient
+from hbmon.cli.controller import shell_command
+from hbmon.p4 import P4Schema
+from hbmon.p4.client import P4RuntimeClient
 from p4.v1 import p4runtime_pb2
 
 P4INFO = Path(__file__).resolve().parents[2] / "p4src" / "build" / "heartbeat.p4info.txtpb"

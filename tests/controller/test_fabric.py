@@ -17,18 +17,19 @@ from typing import Any
 
 import pytest
 from hbmon.config import FabricConfig, parse_config
-from hbmon.controller import (
-    NONCE_SECRET_SETTING,
+from hbmon.controller.driver import _with_round, next_sequence, request_template
+from hbmon.controller.fabric import NONCE_SECRET_SETTING, Fabric
+from hbmon.model import (
+    ConflictError,
     DataPlaneError,
-    Fabric,
-    _with_round,
-    next_sequence,
-    request_template,
+    EventKind,
+    Health,
+    NotFoundError,
+    Peer,
+    ValidationError,
 )
-from hbmon.events import EventBus
-from hbmon.model import ConflictError, EventKind, Health, NotFoundError, Peer, ValidationError
-from hbmon.p4info import MulticastGroup, P4Schema, TableEntry
-from hbmon.p4rt import P4RuntimeClient
+from hbmon.p4 import MulticastGroup, P4Schema, TableEntry
+from hbmon.p4.client import P4RuntimeClient
 from hbmon.protocol import (
     FANOUT_GROUP,
     IPV4_TOTAL_LEN,
@@ -39,7 +40,8 @@ from hbmon.protocol import (
     derive_nonce_key,
     seq_newer,
 )
-from hbmon.store import open_store
+from hbmon.store.events import EventBus
+from hbmon.store.sql import open_store
 from hbmon_kernel.memory import MemoryTarget, serve_memory_target
 from p4.v1 import p4runtime_pb2
 

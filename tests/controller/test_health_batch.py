@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
-from hbmon.health import HEALTHS, SLOT_FIELDS, HealthConfig, HealthEngine
+from hbmon.controller.health import HEALTHS, SLOT_FIELDS, HealthConfig, HealthEngine
 from hbmon.model import Event, Health, Slot
 from hbmon.protocol import PeerStatus, PlaneState
 
@@ -166,10 +166,6 @@ def test_batch_matches_reference_on_random_sequences(config: str, seed: int) -> 
                       time_us=rng.choice((0, time_us)))
         elif action < 0.10:
             twin.call("set_admin_down", rng.choice(twin.order), rng.random() < 0.5, now)
-        elif action < 0.11:
-            name = rng.choice(twin.order)
-            twin.batch.reset_evidence(name)
-            twin.ref.reset_evidence(name)
         elif action < 0.12:
             name, mult = rng.choice(twin.order), rng.choice((None, 1, 2, 4))
             twin.batch.set_detect_mult(name, mult)

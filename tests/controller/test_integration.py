@@ -25,15 +25,15 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from hbmon import targets
 from hbmon.config import DEFAULT_BMV2_JSON, DEFAULT_P4INFO, FabricConfig, parse_config
-from hbmon.controller import Fabric
-from hbmon.events import EventBus
+from hbmon.controller.fabric import Fabric
+from hbmon.dataplane import targets
 from hbmon.model import Event, EventKind, Health, Peer
-from hbmon.p4info import MulticastGroup, P4Schema, TableEntry
-from hbmon.p4rt import P4RuntimeClient
-from hbmon.responder import ControlClient
-from hbmon.store import open_store
+from hbmon.p4 import MulticastGroup, P4Schema, TableEntry
+from hbmon.p4.client import P4RuntimeClient
+from hbmon.store.events import EventBus
+from hbmon.store.sql import open_store
+from hbmon_responder.responder import ControlClient
 from hbmon_topo.model import Topology, star
 from hbmon_topo.netns import NetnsLab
 

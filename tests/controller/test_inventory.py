@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hbmon.inventory import (
+from hbmon.dataplane.inventory import (
     IndexAllocator,
     PeerGuard,
     desired_state,
@@ -14,7 +14,7 @@ from hbmon.inventory import (
     plan_reconcile,
 )
 from hbmon.model import ConflictError, Peer, ValidationError
-from hbmon.p4info import MulticastGroup, P4Schema, Replica, TableEntry
+from hbmon.p4 import MulticastGroup, P4Schema, Replica, TableEntry
 from hbmon.protocol import GTSM_MIN_TTL, derive_nonce_key
 
 P4INFO = Path(__file__).resolve().parents[2] / "p4src" / "build" / "heartbeat.p4info.txtpb"

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from ha.test_replica_parts import _raw, url  # noqa: F401  (url: the fixture, both backends)
 from hbmon.config import parse_config
-from hbmon.inventory import REQUESTS_TABLE, PeerGuard, fanout_group, peer_entities
+from hbmon.dataplane.inventory import REQUESTS_TABLE, PeerGuard, fanout_group, peer_entities
+from hbmon.dataplane.neighbours import RTMGRP_NEIGH, parse_neigh_events
 from hbmon.model import Peer, ValidationError
-from hbmon.neighbours import RTMGRP_NEIGH, parse_neigh_events
-from hbmon.store import SCHEMA_VERSION, open_store
+from hbmon.store.sql import SCHEMA_VERSION, open_store
 
 
 def _peer(name: str, n: int, mac: str | None, index: int | None = None) -> Peer:

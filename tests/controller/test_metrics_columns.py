@@ -10,12 +10,12 @@ collect-time line.
 from __future__ import annotations
 
 import numpy as np
-from hbmon.controller import Fabric
-from hbmon.health import SLOT_FIELDS
-from hbmon.metrics import ServiceMetrics
+from hbmon.api.metrics import ServiceMetrics
+from hbmon.controller.fabric import Fabric
+from hbmon.controller.health import SLOT_FIELDS
 from hbmon.model import Health, Peer
 from hbmon.protocol import PeerStatus, PlaneState
-from hbmon.store import open_store
+from hbmon.store.sql import open_store
 
 from .test_fabric import P4INFO, make_config
 

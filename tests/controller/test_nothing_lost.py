@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hbmon.controller import Fabric
-from hbmon.events import EventBus
-from hbmon.metrics import ControllerMetrics
+from hbmon.api.metrics import ControllerMetrics
+from hbmon.controller.fabric import Fabric
 from hbmon.model import Event, EventKind, Health, NotFoundError
-from hbmon.p4info import P4Schema
+from hbmon.p4 import P4Schema
 from hbmon.protocol import PlaneState
-from hbmon.store import SqliteStore, open_store
+from hbmon.store.events import EventBus
+from hbmon.store.sql import SqliteStore, open_store
 from hbmon_kernel.memory import MemoryTarget
 
 from .test_fabric import P4INFO, entries, group, make_config, peer, set_slot, wait_for

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from hbmon.p4info import (
+from hbmon.p4 import (
     DigestEntry,
     MulticastGroup,
     P4Schema,
@@ -19,7 +19,7 @@ from hbmon.p4info import (
     Replica,
     TableEntry,
 )
-from hbmon.p4rt import (
+from hbmon.p4.client import (
     DELETE,
     INSERT,
     NotPrimaryError,

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from hbmon.api.rtt import RttHistory
 from hbmon.config import parse_config
-from hbmon.controller import Fabric
-from hbmon.health import SLOT_FIELDS
+from hbmon.controller.fabric import Fabric
+from hbmon.controller.health import SLOT_FIELDS
 from hbmon.model import Health, Peer
 from hbmon.protocol import PlaneState, Reason
-from hbmon.store import open_store
+from hbmon.store.sql import open_store
 from hbmon_kernel.memory import MemoryTarget
 
 from .test_fabric import Harness, make_config, peer, set_slot, wait_for

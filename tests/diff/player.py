@@ -28,8 +28,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from hbmon import targets
-from hbmon.p4info import (
+from hbmon.dataplane import targets
+from hbmon.dataplane.registers import Bmv2ThriftRegisterAccess, bmv2_register_names
+from hbmon.p4 import (
     CounterRead,
     DigestEntry,
     DigestMessage,
@@ -40,9 +41,9 @@ from hbmon.p4info import (
     RegisterRead,
     Replica,
     TableEntry,
-    decode_int,
+    decode_bits,
 )
-from hbmon.p4rt import P4RuntimeClient
+from hbmon.p4.client import P4RuntimeClient
 from hbmon.protocol import (
     HEADER_LEN,
     REASON_COUNT,
@@ -54,7 +55,6 @@ from hbmon.protocol import (
     Reason,
     request_nonce,
 )
-from hbmon.registers import Bmv2ThriftRegisterAccess, bmv2_register_names
 from kernel.bpf_lab import Capture, Lab, heartbeat_frame, ip_int, mac_int
 from kernel.server_harness import KernelTarget
 
@@ -333,7 +333,7 @@ class KernelSide(Target):
         for e in self.client.read(reads):
             r = e.register_entry
             out[self.schema.register(r.register_id).name][r.index.index] = \
-                decode_int(r.data.bitstring)
+                decode_bits(r.data.bitstring)
         return out
 
     def read_full(self) -> dict[str, list[int]]:
@@ -342,7 +342,7 @@ class KernelSide(Target):
         for e in self.client.read([RegisterRead(n) for n in REGISTERS]):
             r = e.register_entry
             out[self.schema.register(r.register_id).name][r.index.index] = \
-                decode_int(r.data.bitstring)
+                decode_bits(r.data.bitstring)
         return out
 
     def reset_slot(self, index: int) -> None:

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hbmon import targets
-from hbmon.p4info import P4Schema
+from hbmon.dataplane import targets
+from hbmon.p4 import P4Schema
 from hbmon.protocol import Reason
 
 from . import trace as trace_mod

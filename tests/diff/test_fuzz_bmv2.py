@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from hbmon.p4info import DigestEntry, P4Schema, TableEntry
+from hbmon.p4 import DigestEntry, P4Schema, TableEntry
 from hbmon.protocol import REASON_COUNT, PlaneState, Reason
 from kernel.bpf_lab import Lab, ip_int
 from kernel.test_fuzz_xdp import INGRESS_REASONS, PEERS, SEED, report

@@ -1,4 +1,4 @@
-"""Leadership per switch on a real PostgreSQL (hbmon.ha): one leader per switch, epochs
+"""Leadership per switch on a real PostgreSQL (hbmon.store.ha): one leader per switch, epochs
 that only grow, and a new leader within the retry interval once the old one's session
 ends, including when its process is killed with SIGKILL."""
 
@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from hbmon.ha import Leadership, lock_key
+from hbmon.store.ha import Leadership, lock_key
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
@@ -60,7 +60,7 @@ def test_one_leader_per_switch_and_the_epoch_grows(pg_url: str) -> None:
 
 CHILD = """
 import sys, threading
-from hbmon.ha import Leadership
+from hbmon.store.ha import Leadership
 l = Leadership(sys.argv[1], ["s1"], replica_id="child",
                on_elected=lambda sw, ep: print("elected", sw, ep, flush=True)).start()
 threading.Event().wait()

@@ -23,9 +23,9 @@ import psycopg
 import pytest
 from hbmon.config import parse_config
 from hbmon.model import Peer, ValidationError
-from hbmon.p4info import P4Schema, TableEntry
-from hbmon.p4rt import P4RuntimeClient, P4RuntimeError
-from hbmon.store import INVENTORY_CHANNEL, SCHEMA_VERSION, SlotTakenError, open_store
+from hbmon.p4 import P4Schema, TableEntry
+from hbmon.p4.client import P4RuntimeClient, P4RuntimeError
+from hbmon.store.sql import INVENTORY_CHANNEL, SCHEMA_VERSION, SlotTakenError, open_store
 from kernel.bpf_lab import Lab
 from kernel.server_harness import P4INFO, KernelTarget, wait_for
 

@@ -46,10 +46,10 @@ import pytest
 import yaml
 from api_harness import SseReader
 from controller.test_integration import wait_for
-from hbmon import targets
 from hbmon.config import DEFAULT_P4INFO
-from hbmon.p4info import MulticastGroup, P4Schema, TableEntry
-from hbmon.p4rt import P4RuntimeClient
+from hbmon.dataplane import targets
+from hbmon.p4 import MulticastGroup, P4Schema, TableEntry
+from hbmon.p4.client import P4RuntimeClient
 from hbmon_topo.model import star
 from hbmon_topo.netns import NetnsLab
 from hbmon_topo.stack import free_tcp_port

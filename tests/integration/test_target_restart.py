@@ -33,9 +33,9 @@ from typing import Any
 import httpx
 import pytest
 from controller.test_integration import Target, read_state, wait_for
-from hbmon import targets
-from hbmon.p4info import DigestEntry, P4Schema
-from hbmon.p4rt import P4RuntimeClient
+from hbmon.dataplane import targets
+from hbmon.p4 import DigestEntry, P4Schema
+from hbmon.p4.client import P4RuntimeClient
 from hbmon_topo.model import star
 from hbmon_topo.netns import NetnsLab
 from hbmon_topo.stack import P4INFO, Stack, StackOptions, missing_for

@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import pytest
 from controller.test_integration import wait_for
-from hbmon import targets
+from hbmon.dataplane import targets
 from hbmon_topo.model import star
 from hbmon_topo.netns import NetnsLab
 from hbmon_topo.stack import P4INFO, free_tcp_port, missing_for

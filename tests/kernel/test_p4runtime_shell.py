@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hbmon.cli_controller import SHELL_VENV, ensure_shell_venv
-from hbmon.p4info import CounterRead, P4Schema, TableEntry
-from hbmon.p4rt import P4RuntimeClient
+from hbmon.cli.controller import SHELL_VENV, ensure_shell_venv
+from hbmon.p4 import CounterRead, P4Schema, TableEntry
+from hbmon.p4.client import P4RuntimeClient
 from hbmon.protocol import REASON_COUNT, Reason
 
 from .bpf_lab import Lab, ip_int, response_frame

@@ -18,16 +18,15 @@ from collections.abc import Iterator, Sequence
 import grpc
 import numpy as np
 import pytest
-from hbmon.p4 import wire
-from hbmon.p4info import P4Schema
-from hbmon.p4rt import MODIFY, P4RuntimeClient, P4RuntimeError
-from hbmon.protocol import REGISTERS
-from hbmon.registers import (
+from hbmon.dataplane.registers import (
     P4RuntimeRegisterAccess,
     RegisterAccessError,
     decode_cells,
     decode_register_entities,
 )
+from hbmon.p4 import P4Schema, wire
+from hbmon.p4.client import MODIFY, P4RuntimeClient, P4RuntimeError
+from hbmon.protocol import REGISTERS
 from p4.v1 import p4runtime_pb2, p4runtime_pb2_grpc
 
 from .bpf_lab import Lab

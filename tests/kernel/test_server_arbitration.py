@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from google.rpc import code_pb2
-from hbmon.p4info import P4Schema, TableEntry
-from hbmon.p4rt import P4RuntimeClient
+from hbmon.p4 import P4Schema, TableEntry
+from hbmon.p4.client import P4RuntimeClient
 from p4.v1 import p4runtime_pb2
 
 from .bpf_lab import Lab
@@ -214,7 +214,7 @@ def test_packet_out_from_backup_refused(target: KernelTarget, streams: list[RawS
 
 def test_controller_standby_takes_over_and_the_old_primary_returns_as_backup(
         target: KernelTarget, streams: list[RawStream], schema: P4Schema) -> None:
-    """The controller's client (hbmon.p4rt) on this spec-conforming target: when the primary
+    """The controller's client (hbmon.p4.client) on this spec-conforming target: when the primary
     leaves, the target names no primary (5) and the standby re-arbitrates above the highest
     id it was told of (5.4), becomes primary and can write; the old primary, back with its
     configured id, is then a backup (5.3) and does not preempt it."""

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 from google.rpc import code_pb2
-from hbmon.p4info import MulticastGroup, P4Schema, PacketOut, Replica, TableEntry
-from hbmon.p4rt import INSERT, P4RuntimeClient, WriteError, make_update
+from hbmon.p4 import MulticastGroup, P4Schema, PacketOut, Replica, TableEntry
+from hbmon.p4.client import INSERT, P4RuntimeClient, WriteError, make_update
 from hbmon.protocol import FANOUT_GROUP, Reason
 from p4.v1 import p4runtime_pb2
 

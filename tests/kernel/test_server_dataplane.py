@@ -11,7 +11,7 @@ from functools import partial
 
 import pytest
 from google.rpc import code_pb2
-from hbmon.p4info import (
+from hbmon.p4 import (
     CounterRead,
     DigestEntry,
     DigestMessage,
@@ -22,7 +22,7 @@ from hbmon.p4info import (
     Replica,
     TableEntry,
 )
-from hbmon.p4rt import P4RuntimeClient
+from hbmon.p4.client import P4RuntimeClient
 from hbmon.protocol import (
     FANOUT_GROUP,
     GTSM_MIN_TTL,

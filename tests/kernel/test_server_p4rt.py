@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 import grpc
 import pytest
 from google.rpc import code_pb2, status_pb2
-from hbmon.p4info import (
+from hbmon.p4 import (
     CounterRead,
     DigestEntry,
     MulticastGroup,
@@ -21,7 +21,7 @@ from hbmon.p4info import (
     Replica,
     TableEntry,
 )
-from hbmon.p4rt import (
+from hbmon.p4.client import (
     DELETE,
     INSERT,
     MODIFY,

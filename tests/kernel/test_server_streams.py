@@ -16,10 +16,10 @@ import time
 
 import grpc
 import pytest
-from hbmon.inventory import PeerGuard, peer_entities
+from hbmon.dataplane.inventory import PeerGuard, peer_entities
 from hbmon.model import Peer
-from hbmon.p4info import P4Schema, RegisterCell, RegisterRead
-from hbmon.p4rt import INSERT, MODIFY, P4RuntimeClient, make_update
+from hbmon.p4 import P4Schema, RegisterCell, RegisterRead
+from hbmon.p4.client import INSERT, MODIFY, P4RuntimeClient, make_update
 from hbmon_kernel.server import DEFAULT_MAX_MESSAGE_BYTES
 from p4.v1 import p4runtime_pb2, p4runtime_pb2_grpc
 

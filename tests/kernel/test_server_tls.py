@@ -26,8 +26,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from hbmon.p4info import P4Schema, TableEntry
-from hbmon.p4rt import P4RuntimeClient, P4RuntimeError
+from hbmon.p4 import P4Schema, TableEntry
+from hbmon.p4.client import P4RuntimeClient, P4RuntimeError
 from hbmon_kernel.server import EXIT_REFUSED, is_loopback, parse_args
 from p4.v1 import p4runtime_pb2, p4runtime_pb2_grpc
 

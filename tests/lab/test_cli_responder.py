@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from hbmon.protocol import SEND_TTL, Heartbeat, MsgType, PeerStatus, request_nonce
-from hbmon.responder import ControlClient
+from hbmon_responder.responder import ControlClient
 
 from .test_responder import IP_RECVTTL, _recv_ttl
 

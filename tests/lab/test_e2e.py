@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from hbmon.responder import ControlClient
+from hbmon_responder.responder import ControlClient
 from hbmon_topo.mn import MininetLab
 from hbmon_topo.model import Faults, star
 from hbmon_topo.stack import Stack, StackOptions, expected_states

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 from hbmon.protocol import request_nonce
-from hbmon.responder import ControlClient
+from hbmon_responder.responder import ControlClient
 from hbmon_topo.model import Topology, star
 from hbmon_topo.netns import NetnsLab
 from hbmon_topo.probe import Probe

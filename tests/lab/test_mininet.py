@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from hbmon.responder import ControlClient
+from hbmon_responder.responder import ControlClient
 from hbmon_topo.mn import MininetLab, load_mininet, mininet_available
 from hbmon_topo.model import Faults, star
 from hbmon_topo.probe import Probe
@@ -64,7 +64,7 @@ def test_mininet_lab_rejects_what_it_cannot_build() -> None:
 
 @pytest.mark.bmv2
 def test_bmv2_switch_node_starts_simple_switch_grpc_and_stops_it() -> None:
-    from hbmon import targets
+    from hbmon.dataplane import targets
 
     if targets.find_simple_switch_grpc() is None:
         pytest.skip("bmv2: simple_switch_grpc not found on PATH or $SIMPLE_SWITCH_GRPC")

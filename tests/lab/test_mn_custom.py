@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from hbmon import targets
+from hbmon.dataplane import targets
 from hbmon_topo.stack import free_tcp_port
 
 pytestmark = pytest.mark.netns

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hbmon.responder import ControlClient
+from hbmon_responder.responder import ControlClient
 from hbmon_topo.model import Topology, star
 from hbmon_topo.netns import NetnsLab
 from hbmon_topo.stack import Stack, StackOptions, missing_for

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 from hbmon.protocol import PeerStatus, request_nonce
-from hbmon.responder import ControlClient
+from hbmon_responder.responder import ControlClient
 from hbmon_topo.model import Faults, Layout, Topology, multi, star
 from hbmon_topo.netns import NetnsLab, cleanup_stale
 from hbmon_topo.probe import Probe

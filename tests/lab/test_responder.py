@@ -21,7 +21,7 @@ from hbmon.protocol import (
     PeerStatus,
     build_response,
 )
-from hbmon.responder import (
+from hbmon_responder.responder import (
     ControlClient,
     ControlError,
     Faults,

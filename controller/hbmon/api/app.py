@@ -37,9 +37,13 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from swagger_ui_bundle import swagger_ui_path
 
-from ..events import EventBus, Subscription
-from ..metrics import ControllerMetrics
-from ..model import (
+from hbmon.api import schemas
+from hbmon.api.auth import require_read, require_write, write_denial
+from hbmon.api.metrics import ControllerMetrics
+from hbmon.api.rtt import RttHistory
+from hbmon.api.service import HbmonService, Store
+from hbmon.api.settings import ApiSettings
+from hbmon.model import (
     ConflictError,
     DataPlaneError,
     Event,
@@ -50,11 +54,7 @@ from ..model import (
     PeerHealth,
     ValidationError,
 )
-from ..service import HbmonService, Store
-from . import schemas
-from .auth import require_read, require_write, write_denial
-from .rtt import RttHistory
-from .settings import ApiSettings
+from hbmon.store.events import EventBus, Subscription
 
 log = logging.getLogger(__name__)
 

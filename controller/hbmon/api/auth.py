@@ -12,7 +12,7 @@ import hmac
 
 from fastapi import HTTPException, Request
 
-from .settings import TOKEN_ENV, ApiSettings
+from hbmon.api.settings import TOKEN_ENV, ApiSettings
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="hbmon"'}
 

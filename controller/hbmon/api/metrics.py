@@ -30,9 +30,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from .health import HEALTHS
-from .model import Health
-from .service import HbmonService
+from hbmon.api.service import HbmonService
+from hbmon.controller.health import HEALTHS
+from hbmon.model import Health
 
 # Numeric code of each state for `hbmon_peer_health` (state-timeline panels, alerts on >=).
 HEALTH_CODE: dict[Health, int] = {
@@ -286,7 +286,7 @@ class ServiceMetrics:
                     for name, counts in sorted(per_switch.items())
                     for state, n in counts.items()))
         # peers without a MAC whose next hop is not resolved: no request is sent to them
-        # (hbmon.neighbours); a service without resolution has none
+        # (hbmon.dataplane.neighbours); a service without resolution has none
         unresolved = getattr(self.service, "unresolved_counts", None)
         counts = unresolved() if unresolved is not None else {}
         out.family("hbmon_peers_unresolved", "gauge",

@@ -17,8 +17,8 @@ import threading
 
 import numpy as np
 
-from ..model import Health
-from ..service import HbmonService
+from hbmon.api.service import HbmonService
+from hbmon.model import Health
 
 # Sampling does not follow the heartbeat rate, so "rx changed since the last sample" would
 # show false gaps; the state says whether the last RTT is current.

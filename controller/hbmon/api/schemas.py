@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..model import EventKind, Health
+from hbmon.model import EventKind, Health
 
 
 class _Strict(BaseModel):

@@ -1,7 +1,7 @@
 """Interfaces between the controller core, persistence and the fabric-manager surface.
 
-`Store` is implemented by `hbmon.store` (SQLite, PostgreSQL). `HbmonService` is what the
-REST API, metrics and CLI need from the running controller (`hbmon.controller.Fabric`
+`Store` is implemented by `hbmon.store.sql` (SQLite, PostgreSQL). `HbmonService` is what the
+REST API, metrics and CLI need from the running controller (`hbmon.controller.fabric.Fabric`
 implements it). Keeping them as Protocols lets the API be unit-tested against a fake
 service and the controller against an in-memory SQLite store.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-from .model import Event, Health, Peer, PeerHealth, SwitchInfo
+from hbmon.model import Event, Health, Peer, PeerHealth, SwitchInfo
 
 
 class Store(Protocol):

@@ -6,8 +6,8 @@ import ipaddress
 import os
 from dataclasses import dataclass, field, replace
 
-from ..model import ValidationError
-from ..webhooks import read_secret
+from hbmon.model import ValidationError
+from hbmon.store.webhooks import read_secret
 
 TOKEN_ENV = "HBMON_API_TOKEN"
 TOKEN_FILE_ENV = "HBMON_API_TOKEN_FILE"

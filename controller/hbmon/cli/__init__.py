@@ -12,13 +12,13 @@ import click
 
 # command name -> "module:attribute" of a click.Command
 _COMMANDS: dict[str, str] = {
-    "responder": "hbmon.cli_responder:responder",
-    "serve": "hbmon.cli_controller:serve",
-    "shell": "hbmon.cli_controller:shell",
-    "status": "hbmon.cli_api:status",
-    "peers": "hbmon.cli_api:peers",
-    "watch": "hbmon.cli_api:watch",
-    "demo": "hbmon.cli_demo:demo",
+    "responder": "hbmon_responder.cli:responder",
+    "serve": "hbmon.cli.controller:serve",
+    "shell": "hbmon.cli.controller:shell",
+    "status": "hbmon.cli.api:status",
+    "peers": "hbmon.cli.api:peers",
+    "watch": "hbmon.cli.api:watch",
+    "demo": "hbmon.cli.demo:demo",
 }
 
 

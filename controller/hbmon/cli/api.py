@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .model import EventKind, Health
+from hbmon.model import EventKind, Health
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 STATE_STYLE = {

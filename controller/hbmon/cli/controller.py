@@ -17,9 +17,9 @@ from typing import Any
 
 import click
 
-from .assets import state_dir
-from .config import FabricConfig, SwitchConfig, load_config
-from .model import ValidationError
+from hbmon.assets import state_dir
+from hbmon.config import FabricConfig, SwitchConfig, load_config
+from hbmon.model import ValidationError
 
 SHELL_VENV = state_dir() / "p4rt-shell-venv"
 SHELL_PACKAGE = "p4runtime-shell"
@@ -52,9 +52,9 @@ def build_api(fabric: Any, store: Any, bus: Any, config: FabricConfig, metrics: 
     """The REST server of `hbmon.api` for this fabric, or None if the API is disabled."""
     if not config.api.enabled:
         return None
-    from .api.app import create_app
-    from .api.server import ApiServer
-    from .api.settings import ApiSettings
+    from hbmon.api.app import create_app
+    from hbmon.api.server import ApiServer
+    from hbmon.api.settings import ApiSettings
 
     overrides: dict[str, Any] = {
         "read_auth": config.api.read_auth,
@@ -90,12 +90,12 @@ def serve(config_path: str, store_url: str | None, host: str | None, port: int |
     from rich.console import Console
     from rich.table import Table
 
-    from .controller import Fabric
-    from .events import EventBus
-    from .metrics import ControllerMetrics
-    from .sdnotify import notify
-    from .store import open_store
-    from .webhooks import WebhookConfig, WebhookDispatcher, read_secret
+    from hbmon.api.metrics import ControllerMetrics
+    from hbmon.controller.fabric import Fabric
+    from hbmon.sdnotify import notify
+    from hbmon.store.events import EventBus
+    from hbmon.store.sql import open_store
+    from hbmon.store.webhooks import WebhookConfig, WebhookDispatcher, read_secret
 
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,18 +1,6 @@
-"""The controller: one driver per switch, and `Fabric`, the `HbmonService` over all of them.
+"""`Fabric`: the controller over every switch, the `HbmonService` the API and CLI use.
 
-A `SwitchDriver` owns one P4Runtime session (`hbmon.p4rt`) and one thread that:
-
-1. after every (re)connection as primary, sets up the target: pushes or verifies the
-   pipeline, configures the `peer_event_t` digest and reconciles the peer tables and the
-   fan-out group against the inventory (read back, add what is missing, remove what is
-   stale, never duplicate);
-2. every heartbeat interval sends ONE request template as PacketOut to the fan-out group;
-   the data plane replicates and rewrites it per peer, so the controller's cost does not
-   depend on the number of peers or (beyond this one packet) on the rate;
-3. every poll interval reads the whole health-check structure, one batch per register array
-   (`hbmon.registers`), and the `hb_reason` counter, and feeds the health engine.
-
-Digests (`peer_event_t`) arrive on the stream thread and update health at once.
+Each switch has its `SwitchDriver` (`hbmon.controller.driver`).
 
 `Fabric` holds the drivers of every configured switch, the inventory (peer -> index per
 switch, persisted in the `Store`), the health engine, and publishes every event through an
@@ -27,7 +15,7 @@ until it has). A slot a peer leaves is recorded in the store in the same transac
 forgotten once its registers are zeroed, so a restart resets it before another peer uses it.
 
 High availability (docs/ha.md): with a PostgreSQL store (`store.shared`) any number of
-replicas run the same config. `hbmon.ha.Leadership` elects one leader per switch; only the
+replicas run the same config. `hbmon.store.ha.Leadership` elects one leader per switch; only the
 leader is primary on that switch (P4Runtime election id = `election_id` + its epoch, so a
 new leader outranks the old one) and only it programs the switch and emits the transitions
 of its peers. The others connect as backups without an election id and keep polling (their
@@ -39,15 +27,12 @@ SQLite there is one process, always the leader of every switch.
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
-import ipaddress
 import json
 import logging
 import os
 import secrets
 import signal
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -56,21 +41,13 @@ from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
-from p4.v1 import p4runtime_pb2
 
-from . import protocol
-from .config import FabricConfig, SwitchConfig
-from .ha import Leadership, default_replica_id
-from .health import SLOT_FIELDS, HealthEngine
-from .inventory import (
-    IndexAllocator,
-    PeerGuard,
-    desired_state,
-    fanout_group,
-    peer_entities,
-    plan_reconcile,
-)
-from .model import (
+from hbmon.api.service import EventSink, Store
+from hbmon.config import FabricConfig
+from hbmon.controller.driver import SwitchDriver
+from hbmon.controller.health import HealthEngine
+from hbmon.dataplane.neighbours import NextHop, Resolver
+from hbmon.model import (
     ConflictError,
     DataPlaneError,
     Event,
@@ -83,22 +60,12 @@ from .model import (
     SwitchInfo,
     ValidationError,
 )
-from .neighbours import NextHop, Resolver
-from .p4 import (
-    CounterCell,
-    CounterRead,
-    DigestEntry,
-    DigestMessage,
-    MulticastGroup,
+from hbmon.p4 import (
     P4Schema,
-    PacketOut,
-    TableEntry,
 )
-from .p4rt import DELETE, INSERT, MODIFY, P4RuntimeClient, P4RuntimeError, WriteError, make_update
-from .protocol import REGISTERS, Heartbeat, MsgType, PlaneState, Reason, seq_newer
-from .registers import P4RuntimeRegisterAccess, RegisterAccess, open_register_access
-from .service import EventSink, Store
-from .store import INVENTORY_CHANNEL, SlotTakenError
+from hbmon.protocol import REGISTERS, PlaneState
+from hbmon.store.ha import Leadership, default_replica_id
+from hbmon.store.sql import INVENTORY_CHANNEL, SlotTakenError
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +73,6 @@ _SLOT_FIELDS = tuple(f.name for f in dataclasses.fields(Slot))
 # register name -> Slot field, in contract order ("hb_rx_count" -> "rx_count")
 _REGISTER_FIELD = {name: name[3:] for name in REGISTERS}
 assert set(_REGISTER_FIELD.values()) == set(_SLOT_FIELDS)
-_U32 = 0xFFFFFFFF
 SEEDED_SETTING = "controller.config_peers_seeded"  # store setting: config peers already added
 # store setting: hex of the 32-byte secret peers' nonce keys derive from (protocol v2)
 NONCE_SECRET_SETTING = "controller.nonce_secret"
@@ -139,7 +105,7 @@ def load_nonce_secret(store: Store) -> bytes:
 
 
 class PollMetrics(Protocol):
-    """What the controller reports to `hbmon.metrics.ControllerMetrics` (optional)."""
+    """What the controller reports to `hbmon.api.metrics.ControllerMetrics` (optional)."""
 
     def observe_poll(self, switch: str, seconds: float) -> None: ...
 
@@ -152,543 +118,6 @@ class PollMetrics(Protocol):
     def event_publish_failed(self) -> None: ...
 
     def events_dropped(self, count: int) -> None: ...
-
-
-# ---------------------------------------------------------------------------------------------
-# request template
-
-
-def _ipv4_checksum(header: bytes) -> int:
-    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def request_template(src_mac: str, src_ip: str, sequence: int) -> bytes:
-    """Ethernet/IPv4/UDP/heartbeat (version 2) REQUEST for the fan-out: the data plane
-    rewrites the destination MAC and IPv4 (and checksum), peer_id, nonce (the peer's key XOR
-    the sequence; 0 here) and tx_timestamp_us per replica. IPv4 TTL 255 (RFC 5082): requests
-    are sent as answers are, so a peer may apply GTSM to them too."""
-    mac = bytes.fromhex(src_mac.replace(":", ""))
-    eth = b"\xff" * 6 + mac + b"\x08\x00"
-    src = ipaddress.IPv4Address(src_ip).packed
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, protocol.IPV4_TOTAL_LEN, 0, 0x4000,
-                     protocol.SEND_TTL, 17, 0, src, b"\x00\x00\x00\x00")
-    ip = ip[:10] + struct.pack("!H", _ipv4_checksum(ip)) + ip[12:]
-    udp = struct.pack("!HHHH", protocol.RESPONSE_PORT, protocol.REQUEST_PORT, protocol.UDP_LEN,
-                      0)
-    hb = Heartbeat(MsgType.REQUEST, 0, sequence & _U32, 0).pack()
-    return eth + ip + udp + hb
-
-
-# The kernel target keeps rounds itself; the controller re-states its template this often.
-REARM_S = 5.0
-_SEQ_AT = 14 + 20 + 8 + 8  # Ethernet, IPv4, UDP, then magic..peer_id
-_NONCE_AT = _SEQ_AT + 4  # stays 0 in the template: the data plane writes it per replica
-_TX_AT = _NONCE_AT + 4
-
-
-def _with_round(template: bytes, sequence: int, period_us: int) -> bytes:
-    """The template for a round: its sequence, and in tx_timestamp_us (which every replica
-    overwrites) the round period asked of a target that keeps time (0: this round only)."""
-    return (template[:_SEQ_AT] + struct.pack("!I", sequence & _U32)
-            + template[_NONCE_AT:_TX_AT] + struct.pack("!Q", period_us)
-            + template[_TX_AT + 8:])
-
-
-def next_sequence(previous: int, now: float) -> int:
-    """The next round number: wall-clock milliseconds when that is newer (so a restarted
-    controller continues above what peers last echoed), else previous + 1."""
-    candidate = int(now * 1000) & _U32
-    return candidate if seq_newer(candidate, previous) else (previous + 1) & _U32
-
-
-# ---------------------------------------------------------------------------------------------
-# per switch
-
-
-class SwitchDriver:
-    """One target: its P4Runtime session, setup/reconcile, heartbeat and poll loop."""
-
-    def __init__(self, fabric: Fabric, config: SwitchConfig, schema: P4Schema) -> None:
-        self.fabric = fabric
-        self.config = config
-        self.name = config.name
-        self.schema = schema
-        self.allocator = IndexAllocator()
-        self.info = SwitchInfo(config.name, config.grpc, config.device_id, config.kind)
-        # HA: a backup without an election id until elected (then election_id + epoch);
-        # no take-over of its own: the leadership decides who is primary
-        self.client = P4RuntimeClient(
-            config.grpc, config.device_id, None if fabric.ha else fabric.config.election_id,
-            schema=schema, take_over=not fabric.ha,
-            batch_size=fabric.config.write_batch_size,
-            on_digest=self._on_digest, on_connection=self._on_connection,
-            on_stream_error=self._on_stream_error,
-            credentials=config.tls.channel_credentials() if config.tls else None,
-            server_name=config.tls.server_name if config.tls else None,
-        )
-        # nonce keys and min_ttl of this switch's peer entries (docs/protocol.md, version 2)
-        self.guard = PeerGuard(fabric.nonce_secret, config.name, config.min_ttl)
-        self.registers: RegisterAccess | None = None
-        self.sequence = 0
-        self.counters: dict[str, tuple[int, int]] = {}
-        self.polls = 0  # successful polls since the last setup
-        self.heartbeats = 0
-        self.group_replicas = 0  # replicas of the fan-out group as last programmed
-        self._program_lock = threading.RLock()  # setup, reconcile and peer programming
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        # the kernel target runs rounds itself (a timer in the data plane); bmv2 has none
-        self.target_keeps_time = config.kind == "kernel"
-        self._rounds_changed = threading.Event()  # re-state the template now
-        self._setup_needed = True
-        self._thread: threading.Thread | None = None
-        self._hb_thread: threading.Thread | None = None
-        self._mac = config.monitor.mac
-        self._ip = config.monitor.ip
-        self._next_detail = 0.0  # monotonic time of the next full read (all registers)
-        # one register read at a time: a poll, or an API client's read of a peer's details
-        # (bmv2's Thrift register client is not thread-safe)
-        self._read_lock = threading.Lock()
-
-    # -- lifecycle --------------------------------------------------------------------------
-
-    def start(self) -> None:
-        self._stop.clear()
-        self.client.connect_async()
-        self._thread = threading.Thread(target=self._run, name=f"hbmon-switch-{self.name}",
-                                        daemon=True)
-        self._thread.start()
-        # its own thread: a slow poll (thousands of peers) must not delay a heartbeat
-        self._hb_thread = threading.Thread(target=self._heartbeat_loop,
-                                           name=f"hbmon-heartbeat-{self.name}", daemon=True)
-        self._hb_thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        self._rounds_changed.set()
-        for thread in (self._thread, self._hb_thread):
-            if thread is not None:
-                thread.join(timeout=10)
-        self.client.close()
-        if self.registers is not None:
-            self.registers.close()
-
-    @property
-    def ready(self) -> bool:
-        return self.client.connected and not self._setup_needed and self.polls > 0
-
-    @property
-    def programmable(self) -> bool:
-        return self.client.primary and not self._setup_needed
-
-    # -- stream callbacks (stream thread) ---------------------------------------------------
-
-    def _on_connection(self, connected: bool, primary: bool) -> None:
-        self.info.connected, self.info.primary = connected, primary
-        # every (re)connection may follow a target restart: set up and reconcile again
-        self._setup_needed = True
-        self._wake.set()
-        if not self.fabric._leads(self.name):
-            return  # the switch's leader reports its connection (each event once)
-        self.fabric._emit([Event(
-            kind=EventKind.SWITCH, time=time.time(), switch=self.name,
-            reason=("connected as primary" if primary else "connected as backup")
-            if connected else f"disconnected: {self.client.last_error or 'stream closed'}",
-            details={"connected": connected, "primary": primary, "address": self.config.grpc},
-        )])
-
-    # -- leadership (HA; the leadership thread) ---------------------------------------------
-
-    def elected(self, epoch: int) -> None:
-        """Leader of this switch: become primary on the live stream with an id above every
-        earlier leader's (P4Runtime 1.4 section 5.3); the primary path then sets up and
-        reconciles. take_over: a target that forgot its highest id is taken at once."""
-        self.client.set_election_id(self.fabric.config.election_id + epoch, take_over=True)
-
-    def deposed(self) -> None:
-        """No longer the leader: back to a backup without an election id, no writes."""
-        self.client.set_election_id(None, take_over=False)
-
-    def _on_stream_error(self, error: p4runtime_pb2.StreamError) -> None:
-        self.info.last_error = f"stream error: {error.message}"
-        log.warning("%s: stream error: %s", self.name, error.message)
-
-    def _on_digest(self, digest: p4runtime_pb2.DigestList) -> None:
-        try:
-            message = DigestMessage.decode(self.schema, digest)
-        except Exception as exc:
-            log.warning("%s: undecodable digest: %s", self.name, exc)
-            return
-        if message.name != "peer_event_t":
-            return
-        if self.fabric.metrics is not None:
-            self.fabric.metrics.digest_received(self.name, len(message.data))
-        self.fabric._plane_events(self, message.data)
-
-    # -- thread -----------------------------------------------------------------------------
-
-    def _run(self) -> None:
-        """Setup after every (re)connection, then poll every poll interval."""
-        next_poll = time.monotonic()
-        backoff = 0.1
-        while not self._stop.is_set():
-            if not self.client.connected:
-                self._wake.wait(1.0)
-                self._wake.clear()
-                continue
-            if self._setup_needed:
-                try:
-                    self.setup()
-                    backoff = 0.1
-                    next_poll = time.monotonic()
-                except Exception as exc:
-                    self.info.last_error = f"setup: {exc}"
-                    log.warning("%s: setup failed: %s", self.name, exc)
-                    self._wake.wait(backoff)
-                    self._wake.clear()
-                    backoff = min(backoff * 2, 5.0)
-                continue
-            now = time.monotonic()
-            if now >= next_poll:
-                self.poll()
-                next_poll += self.config.poll_interval_s
-                if next_poll <= now:  # fell behind: skip, do not burst
-                    next_poll = now + self.config.poll_interval_s
-            delay = next_poll - time.monotonic()
-            if delay > 0 and self._wake.wait(delay):
-                self._wake.clear()
-
-    def _heartbeat_loop(self) -> None:
-        """Request rounds: kept by the target where it can keep time (the kernel target: one
-        template asking for a period, re-stated every REARM_S), else one PacketOut per
-        interval on a fixed schedule (bmv2; missed slots are skipped)."""
-        template = request_template(self._mac, self._ip, 0)
-        packet = PacketOut(template, {"egress_port": 0, "mcast_grp": protocol.FANOUT_GROUP}) \
-            .encode(self.schema)
-        if self.target_keeps_time:
-            self._arm_rounds(packet, template)
-        else:
-            self._send_rounds(packet, template)
-
-    def _send_rounds(self, packet: p4runtime_pb2.PacketOut, template: bytes) -> None:
-        interval = self.config.interval_s
-        next_hb = time.monotonic()
-        while not self._stop.is_set():
-            if self.programmable and self.group_replicas:
-                self.sequence = next_sequence(self.sequence, time.time())
-                packet.payload = _with_round(template, self.sequence, 0)
-                try:
-                    self.client.packet_out(packet)
-                    self.heartbeats += 1
-                except P4RuntimeError as exc:
-                    self.info.last_error = f"packet out: {exc}"
-            next_hb += interval
-            now = time.monotonic()
-            if next_hb <= now:
-                next_hb = now + interval
-            self._stop.wait(next_hb - now)
-
-    def _arm_rounds(self, packet: p4runtime_pb2.PacketOut, template: bytes) -> None:
-        """Ask the target for a round every interval. Asking again with the same period keeps
-        the target's phase and sequence (docs/dataplane.md), so the template is re-stated
-        every REARM_S in case a target restart or a lost carrier ended the schedule, and at
-        once after every setup or when the fan-out group stops being empty."""
-        period_us = round(self.config.interval_s * 1_000_000)
-        while not self._stop.is_set():
-            self._rounds_changed.clear()
-            if self.programmable and self.group_replicas:
-                self.sequence = next_sequence(self.sequence, time.time())
-                packet.payload = _with_round(template, self.sequence, period_us)
-                try:
-                    self.client.packet_out(packet)
-                    self.heartbeats += 1
-                except P4RuntimeError as exc:
-                    self.info.last_error = f"packet out: {exc}"
-            self._rounds_changed.wait(REARM_S)
-        if self.programmable and self.group_replicas:
-            # a clean stop ends the schedule (one last round); a crash leaves the target
-            # monitoring on its own until a controller comes back
-            packet.payload = _with_round(template, next_sequence(self.sequence, time.time()), 0)
-            with contextlib.suppress(P4RuntimeError):
-                self.client.packet_out(packet)
-
-    # -- setup and reconcile ----------------------------------------------------------------
-
-    def setup(self) -> None:
-        with self._program_lock:
-            primary = self.client.primary
-            if primary:
-                self._ensure_pipeline()
-                self._configure_digest()
-            # a (re)connection may follow a target restart: register access over a channel
-            # of its own (bmv2's Thrift) would still talk to the dead process, so it is
-            # opened again; P4Runtime access rides on the client, which reconnected
-            if not isinstance(self.registers, P4RuntimeRegisterAccess):
-                fresh = open_register_access(
-                    self.config.kind, client=self.client, schema=self.schema,
-                    thrift_port=self.config.thrift_port or 9090,
-                    bmv2_json=self.config.bmv2_json,
-                )
-                with self._read_lock:  # an API client's read_details may be using it
-                    stale, self.registers = self.registers, fresh
-                if stale is not None:
-                    with contextlib.suppress(Exception):
-                        stale.close()
-            if primary:
-                self.reconcile()
-            self._init_sequence()
-            self._setup_needed = False
-            self._rounds_changed.set()  # a (re)started target has no schedule yet
-            self.polls = 0
-            self.info.last_error = None
-        log.info("%s: set up (%s)", self.name, "primary" if primary else "backup")
-
-    def _ensure_pipeline(self) -> None:
-        mode = self.config.push_pipeline
-        device_config = b""
-        if self.config.kind == "bmv2" and self.config.bmv2_json is not None:
-            device_config = Path(self.config.bmv2_json).read_bytes()
-        if mode == "never":
-            if not self.client.pipeline_matches(self.schema):
-                raise DataPlaneError(
-                    f"{self.name} runs another P4Info than {self.config.p4info} "
-                    "(push_pipeline: never)")
-            return
-        if self.client.ensure_pipeline(self.schema, device_config, force=mode == "always"):
-            log.info("%s: pipeline pushed", self.name)
-
-    def _configure_digest(self) -> None:
-        entry = DigestEntry("peer_event_t", max_timeout_ns=0, max_list_size=1,
-                            ack_timeout_ns=100_000_000)
-        try:
-            self.client.write([make_update(INSERT, entry, self.schema)])
-        except WriteError as exc:
-            if exc.errors and exc.errors[0].code_name == "ALREADY_EXISTS":
-                self.client.write([make_update(MODIFY, entry, self.schema)])
-            else:
-                raise
-
-    def reconcile(self) -> dict[str, Any]:
-        """Make the target hold exactly this switch's inventory; returns what changed."""
-        with self._program_lock:
-            # indexes held before the inventory is read: their peers are gone from it, so
-            # this reconcile deletes whatever still points at them
-            held = self.allocator.held
-            peers = self.fabric._peers_of(self.name)
-            desired = desired_state(self.schema, peers, self.config.detect_mult, self.guard)
-            tables = [TableEntry(t) for t in
-                      ("HbIngress.peers", "HbIngress.peer_ids", "HbEgress.peer_requests")]
-            actual = [TableEntry.decode(self.schema, e) for e in self.client.read(tables)]
-            groups = [MulticastGroup.decode(self.schema, e)
-                      for e in self.client.read([MulticastGroup(0)])]
-            plan = plan_reconcile(self.schema, desired, actual, groups)
-            if not plan.empty:
-                log.info("%s: reconcile %s", self.name, plan.summary())
-            # stale first (a peer's key may now belong to another index), then the rest
-            if plan.delete:
-                self._write(DELETE, plan.delete, ignore="NOT_FOUND")
-            fresh = {p.index for p in peers if p.index in self.allocator.needs_reset}
-            self._reset_slots(sorted(i for i in fresh if i is not None))
-            if plan.insert:
-                self._write(INSERT, plan.insert, ignore="ALREADY_EXISTS")
-            if plan.modify:
-                self._write(MODIFY, plan.modify)
-            if plan.group is not None and plan.group_action is not None:
-                kind = {"insert": INSERT, "modify": MODIFY, "delete": DELETE}[plan.group_action]
-                self.client.write([make_update(kind, plan.group, self.schema)])
-            self._group_programmed(len(desired.group.replicas))
-            self.allocator.release_held(held)
-            self.fabric._programmed(self.name, [p.name for p in peers])
-            return plan.summary()
-
-    def _write(self, kind: p4runtime_pb2.Update.Type, entities: Sequence[Any],
-               ignore: str | None = None) -> None:
-        try:
-            self.client.write(make_update(kind, e, self.schema) for e in entities)
-        except WriteError as exc:
-            real = [e for e in exc.errors if e.code_name != ignore]
-            if real or exc.not_attempted:
-                raise
-
-    def _group_programmed(self, replicas: int) -> None:
-        if replicas and not self.group_replicas:
-            self._rounds_changed.set()  # a target's rounds may have stopped with the group
-        self.group_replicas = replicas
-
-    def _reset_slots(self, indexes: Sequence[int]) -> None:
-        if not indexes:
-            return
-        assert self.registers is not None
-        self.registers.write_many([(name, i, 0) for i in indexes for name in REGISTERS])
-        for i in indexes:
-            self.allocator.mark_reset(i)
-        self.fabric._slots_were_reset(self, indexes)
-
-    def _init_sequence(self) -> None:
-        """Continue above the newest sequence any peer echoed (controller restart)."""
-        indexes = sorted(self.allocator.used)
-        seq = self.sequence
-        if indexes:
-            try:
-                cells = self._read_registers(["hb_last_seq", "hb_rx_count"], indexes)
-            except Exception as exc:
-                log.warning("%s: could not read last sequences: %s", self.name, exc)
-                cells = {}
-            for last, rx in zip(cells.get("hb_last_seq", []), cells.get("hb_rx_count", []),
-                                strict=False):
-                if rx and seq_newer(last, seq):
-                    seq = last
-        self.sequence = seq
-
-    # -- programming peers (API threads) ----------------------------------------------------
-
-    def program_add(self, peers: Sequence[Peer], all_peers: Sequence[Peer]) -> bool:
-        """Reset the new peers' slots, insert their entries, then extend the group; False
-        when the switch cannot be programmed now (its next setup reconciles them in).
-        On failure everything written here is undone and DataPlaneError raised."""
-        with self._program_lock:
-            if not self.programmable:
-                return False
-            entities = self._entities(peers)
-            inserted: list[TableEntry] = []
-            try:
-                self._reset_slots([p.index for p in peers if p.index is not None])
-                try:
-                    self.client.write(make_update(INSERT, e, self.schema) for e in entities)
-                    inserted = list(entities)
-                except WriteError as exc:
-                    bad = exc.failed_indexes | set(exc.not_attempted)
-                    inserted = [e for i, e in enumerate(entities) if i not in bad]
-                    exists = [entities[e.index] for e in exc.errors
-                              if e.code_name == "ALREADY_EXISTS"]
-                    if exc.not_attempted or len(exists) != len(exc.errors):
-                        raise
-                    # a concurrent reconcile got there first: make sure they are ours
-                    self.client.write(make_update(MODIFY, e, self.schema) for e in exists)
-                    inserted += exists
-                self._write_group(all_peers)
-            except Exception as exc:
-                if inserted:
-                    try:
-                        self._write(DELETE, inserted, ignore="NOT_FOUND")
-                    except Exception:
-                        log.exception("%s: rollback failed; reconcile will fix it", self.name)
-                        self._setup_needed = True
-                raise DataPlaneError(f"switch {self.name}: {exc}") from exc
-            return True
-
-    def program_remove(self, peers: Sequence[Peer], remaining: Sequence[Peer]) -> bool:
-        """Shrink the group first (no more requests), then delete the entries. False when
-        the switch cannot be programmed now (its next setup reconciles); on failure the
-        switch is set up again and DataPlaneError raised."""
-        with self._program_lock:
-            if not self.programmable:
-                return False
-            try:
-                self._write_group(remaining)
-                entities = self._entities(peers, delete=True)
-                self._write(DELETE, entities, ignore="NOT_FOUND")
-            except Exception as exc:
-                self._setup_needed = True  # reconcile from the inventory
-                self._wake.set()
-                raise DataPlaneError(f"switch {self.name}: {exc}") from exc
-            return True
-
-    def _entities(self, peers: Sequence[Peer], *, delete: bool = False) -> list[TableEntry]:
-        """The peers' entries with their next hops as resolved now (a peer without a MAC
-        has no request entry); `delete`: every entry a peer may have, by key only."""
-        if delete:  # the MAC is no part of the key: any will do for a DELETE
-            peers = [p if p.mac else dataclasses.replace(p, mac="00:00:00:00:00:00")
-                     for p in peers]
-        else:
-            peers = [self.fabric._effective(p) for p in peers]
-        return [e for p in peers for e in peer_entities(p, self.config.detect_mult, self.guard)]
-
-    def _write_group(self, peers: Sequence[Peer]) -> None:
-        group = fanout_group(peers)
-        if group.replicas:
-            kind = MODIFY if self.group_replicas else INSERT
-            try:
-                self.client.write([make_update(kind, group, self.schema)])
-            except WriteError as exc:
-                code = exc.errors[0].code_name if exc.errors else ""
-                if code not in ("NOT_FOUND", "ALREADY_EXISTS"):
-                    raise
-                other = INSERT if kind == MODIFY else MODIFY
-                self.client.write([make_update(other, group, self.schema)])
-        elif self.group_replicas:
-            self._write(DELETE, [MulticastGroup(group.id)], ignore="NOT_FOUND")
-        self._group_programmed(len(group.replicas))
-
-    # -- polling ----------------------------------------------------------------------------
-
-    def _read_registers(self, names: Sequence[str], indexes: Sequence[int],
-                        ) -> dict[str, list[int]]:
-        """`_read_columns` as lists, for callers that want Python ints."""
-        return {n: c.tolist() for n, c in zip(names, self._read_columns(names, indexes),
-                                              strict=True)}
-
-    def _read_columns(self, names: Sequence[str], indexes: Sequence[int],
-                      ) -> list[npt.NDArray[np.uint64]]:
-        """Cells `indexes` of each register in `names`, one array per register
-        (RegisterAccess.read_columns: chosen cells or whole arrays, whichever is cheaper)."""
-        assert self.registers is not None
-        return self.registers.read_columns(names, indexes)
-
-    def read_counters(self) -> dict[str, tuple[int, int]]:
-        """The `hb_reason` counters now: reason name -> (packets, bytes)."""
-        counters: dict[str, tuple[int, int]] = {}
-        for e in self.client.read([CounterRead("hb_reason")]):
-            cell = CounterCell.decode(self.schema, e)
-            try:
-                reason = Reason(cell.index).name
-            except ValueError:
-                reason = f"reason_{cell.index}"
-            counters[reason] = (cell.packets, cell.bytes)
-        return counters
-
-    def read_details(self, index: int) -> dict[str, int]:
-        """The registers of slot `index` that polls read only every detail interval, read
-        now (an API client asks for one peer's details): slot field -> value."""
-        fields = self.fabric.engine.config.detail_fields
-        with self._read_lock:
-            cells = self._read_registers([f"hb_{f}" for f in fields], [index])
-        return {f: int(cells[f"hb_{f}"][0]) for f in fields}
-
-    def poll(self) -> bool:
-        """Read the verdict registers of every peer (all registers and the hb_reason
-        counters every detail interval) and feed the health engine in one batch."""
-        started = time.perf_counter()
-        members = self.fabric._poll_members(self.name)
-        detail = time.monotonic() >= self._next_detail
-        fields = SLOT_FIELDS if detail else self.fabric.engine.config.verdict_fields
-        try:
-            indexes = members.indexes
-            with self._read_lock:
-                cells = self._read_columns([f"hb_{f}" for f in fields], indexes) \
-                    if indexes else []
-            counters = self.read_counters() if detail else None
-        except Exception as exc:
-            self.info.last_error = f"poll: {exc}"
-            if self.fabric.metrics is not None:
-                self.fabric.metrics.poll_failed(self.name)
-            log.warning("%s: poll failed: %s", self.name, exc)
-            return False
-        if counters is not None:
-            self.counters = counters
-            self._next_detail = time.monotonic() + self.config.detail_interval_s
-        if indexes:
-            self.fabric._observe(self, members, fields, np.stack(cells).astype(np.uint64,
-                                                                             copy=False))
-        self.polls += 1
-        self.info.last_poll = time.time()
-        if self.fabric.metrics is not None:
-            self.fabric.metrics.observe_poll(self.name, time.perf_counter() - started)
-        return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -767,7 +196,7 @@ class Fabric:
         self._started = False
         if metrics is not None:
             metrics.watch_event_outbox(self.outbox_depth)
-        # next hops of peers without a MAC (hbmon.neighbours); before the inventory loads
+        # next hops of peers without a MAC (hbmon.dataplane.neighbours); before the inventory loads
         self.resolver = Resolver(self._next_hops_changed)
         self._load_inventory()
 
@@ -1072,7 +501,7 @@ class Fabric:
         with self._state_lock:
             return [self._effective(p) for p in self._peers.values() if p.switch == switch]
 
-    # -- next hops of peers without a MAC (hbmon.neighbours) --------------------------------
+    # -- next hops of peers without a MAC (hbmon.dataplane.neighbours) -----------------------------
 
     def _watch_next_hop(self, peer: Peer) -> None:
         """Resolve `peer`'s next hop from now on if it has no MAC (else stop): the lookup of

@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .model import Event, EventKind, Health, PeerHealth, Slot, ValidationError
-from .protocol import PeerStatus, PlaneState
+from hbmon.model import Event, EventKind, Health, PeerHealth, Slot, ValidationError
+from hbmon.protocol import PeerStatus, PlaneState
 
 _U32 = 1 << 32
 
@@ -176,7 +176,7 @@ class HealthEngine:
         # sums kept alongside so a poll costs O(peers), not O(peers x window)
         self._win_tx = np.zeros((self.config.loss_window, 0), np.int64)
         self._win_rx = np.zeros((self.config.loss_window, 0), np.int64)
-        self._has_slot = np.zeros(0, np.bool_)  # slot read since add / reset_evidence
+        self._has_slot = np.zeros(0, np.bool_)  # slot read since add
         self._sampled_at = np.zeros(0, np.float64)
         self._win_pos = np.zeros(0, np.int64)
         self._win_tx_sum = np.zeros(0, np.int64)
@@ -273,13 +273,6 @@ class HealthEngine:
 
     def set_detect_mult(self, name: str, detect_mult: int | None) -> None:
         self._mult[self._peers[name].row] = detect_mult or self.config.detect_mult
-
-    def reset_evidence(self, name: str) -> None:
-        """Forget counter baselines (the slot was reset, e.g. after a target restart)."""
-        row = self._peers[name].row
-        self._has_slot[row] = False
-        self._slots[:, row] = 0
-        self._clear_window(row)
 
     # -- inputs -----------------------------------------------------------------------------
 

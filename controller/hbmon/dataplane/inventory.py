@@ -20,9 +20,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .model import ConflictError, Peer, ValidationError
-from .p4info import MulticastGroup, P4Schema, Replica, TableEntry
-from .protocol import FANOUT_GROUP, MAX_PEERS, derive_nonce_key
+from hbmon.model import ConflictError, Peer, ValidationError
+from hbmon.p4 import MulticastGroup, P4Schema, Replica, TableEntry
+from hbmon.protocol import FANOUT_GROUP, MAX_PEERS, derive_nonce_key
 
 PEERS_TABLE = "HbIngress.peers"
 PEER_IDS_TABLE = "HbIngress.peer_ids"

@@ -24,10 +24,10 @@ import numpy.typing as npt
 from google.protobuf.message import DecodeError
 from p4.v1 import p4runtime_pb2
 
-from . import _cells
-from .p4 import P4Schema, decode_bits, encode_bits
-from .p4.wire import register_cells_request
-from .protocol import REGISTERS
+from hbmon import _cells
+from hbmon.p4 import P4Schema, decode_bits, encode_bits
+from hbmon.p4.wire import register_cells_request
+from hbmon.protocol import REGISTERS
 
 BMV2_THRIFT_PORT = 9090
 
@@ -37,7 +37,7 @@ class RegisterAccessError(RuntimeError):
 
 
 class P4RuntimeLike(Protocol):
-    """What the P4Runtime implementation needs from a client (`hbmon.p4rt.P4RuntimeClient`
+    """What the P4Runtime implementation needs from a client (`hbmon.p4.client.P4RuntimeClient`
     has it): a streaming Read over entities, and a Write of updates."""
 
     def read(self, entities: Iterable[p4runtime_pb2.Entity]) -> Iterator[p4runtime_pb2.Entity]:
@@ -244,7 +244,7 @@ class RegisterAccess(abc.ABC):
 
 
 def _grpc_code_name(exc: BaseException) -> str | None:
-    """The gRPC status name of an error from hbmon.p4rt or from grpc itself."""
+    """The gRPC status name of an error from hbmon.p4.client or from grpc itself."""
     code: Any = getattr(exc, "code", None)
     if callable(code):  # grpc.RpcError.code()
         try:
@@ -298,7 +298,7 @@ class P4RuntimeRegisterAccess(RegisterAccess):
     def snapshot_arrays(self, names: Iterable[str] | None = None,
                         ) -> dict[str, npt.NDArray[np.uint64]]:
         """snapshot() as numpy arrays, decoded from the raw responses in one vectorised
-        pass when the client offers read_raw (hbmon.p4rt.P4RuntimeClient does)."""
+        pass when the client offers read_raw (hbmon.p4.client.P4RuntimeClient does)."""
         wanted = self.names if names is None else list(names)
         for name in wanted:
             self._check(name)

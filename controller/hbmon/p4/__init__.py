@@ -10,7 +10,7 @@
                hbmon._cells)
 """
 
-from .bytestrings import (
+from hbmon.p4.bytestrings import (
     BytestringError,
     Value,
     decode_bits,
@@ -20,7 +20,7 @@ from .bytestrings import (
     format_mac,
     parse_value,
 )
-from .entities import (
+from hbmon.p4.entities import (
     LPM,
     CounterCell,
     CounterRead,
@@ -37,7 +37,7 @@ from .entities import (
     encode_digest_data,
     encode_digest_list,
 )
-from .schema import (
+from hbmon.p4.schema import (
     ActionInfo,
     ArrayInfo,
     DigestInfo,

@@ -24,7 +24,7 @@ from google.rpc import code_pb2, status_pb2
 from p4.config.v1 import p4info_pb2
 from p4.v1 import p4runtime_pb2, p4runtime_pb2_grpc
 
-from .p4info import P4Schema
+from hbmon.p4 import P4Schema
 
 log = logging.getLogger(__name__)
 
@@ -273,11 +273,6 @@ class P4RuntimeClient:
     @property
     def last_error(self) -> str | None:
         return self._last_error
-
-    def wait_connected(self, timeout: float) -> bool:
-        """Block until the stream is (re)arbitrated or `timeout` passes."""
-        self._arbitrated.wait(timeout)
-        return self._connected
 
     # -- stream -----------------------------------------------------------------------------
 
@@ -614,7 +609,7 @@ class P4RuntimeClient:
 
     def read_raw(self, request: p4runtime_pb2.ReadRequest | bytes) -> list[bytes]:
         """The serialized ReadResponses of a Read, unparsed, for callers that decode a
-        known shape themselves (hbmon.registers.decode_cells). A ReadRequest gets this
+        known shape themselves (hbmon.dataplane.registers.decode_cells). A ReadRequest gets this
         client's device id; bytes are sent as they are (the caller set the device id)."""
         if isinstance(request, p4runtime_pb2.ReadRequest):
             request.device_id = self.device_id

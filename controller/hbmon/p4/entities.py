@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 from p4.config.v1 import p4info_pb2
 from p4.v1 import p4data_pb2, p4runtime_pb2
 
-from .bytestrings import Value, decode_bits, encode_bits, encode_value, parse_value
-from .schema import DigestInfo, P4Schema, SchemaError
+from hbmon.p4.bytestrings import Value, decode_bits, encode_bits, encode_value, parse_value
+from hbmon.p4.schema import DigestInfo, P4Schema, SchemaError
 
 # ---------------------------------------------------------------------------------------------
 # entities

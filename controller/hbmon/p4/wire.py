@@ -7,7 +7,7 @@ in C (CellEncoder, hbmon._cells). The bytes are exactly what the official encode
 for the same messages (tests compare them), so any peer parses them as usual.
 
   controller  register_cells_request: the ReadRequest for chosen cells (sent as it is each
-              poll; hbmon.registers decodes the answer with hbmon._cells)
+              poll; hbmon.dataplane.registers decodes the answer with hbmon._cells)
   target      register_fields / CellEncoder + ResponseChunker: the ReadResponses
 
 Wire shapes (field numbers from p4runtime.proto):
@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 from google.protobuf import message
 
-from .. import _cells
+from hbmon import _cells
 
 
 def varint(value: int) -> bytes:

@@ -1,4 +1,4 @@
-"""The event bus: persist first, then fan out (implements `hbmon.service.EventSink`).
+"""The event bus: persist first, then fan out (implements `hbmon.api.service.EventSink`).
 
 `publish` writes the events to the store (which assigns ids), then hands them to in-process
 subscribers (SSE streams), to listeners and to the webhook dispatcher. Fan-out never
@@ -20,9 +20,9 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
 
-from .model import Event, EventKind
-from .service import Store
-from .webhooks import WebhookDispatcher
+from hbmon.api.service import Store
+from hbmon.model import Event, EventKind
+from hbmon.store.webhooks import WebhookDispatcher
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Durable inventory, transition history and settings (implements `hbmon.service.Store`).
+"""Durable inventory, transition history and settings (implements `hbmon.api.service.Store`).
 
 `open_store(url)` picks the backend:
 
@@ -24,7 +24,7 @@ the peer as it is now (NULL after an add or a change until then; docs/ha.md).
 
 On PostgreSQL every inventory change sends `NOTIFY hbmon_inventory` inside its own
 transaction (delivered at commit, in commit order) with the changed peer names and the
-`origin` replica, so every replica applies it (`hbmon.controller.Fabric`).
+`origin` replica, so every replica applies it (`hbmon.controller.fabric.Fabric`).
 
 Event ids are strictly increasing in commit order on both backends, so a reader that pages
 with `after_id` (SSE resume) can never skip an event committed later with a smaller id:
@@ -43,7 +43,15 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from .model import ConflictError, Event, EventKind, Health, NotFoundError, Peer, ValidationError
+from hbmon.model import (
+    ConflictError,
+    Event,
+    EventKind,
+    Health,
+    NotFoundError,
+    Peer,
+    ValidationError,
+)
 
 SCHEMA_VERSION = 3  # 2: peers.programmed_at, UNIQUE (switch, idx); 3: peers.mac nullable
 INVENTORY_CHANNEL = "hbmon_inventory"  # NOTIFY channel of inventory changes (PostgreSQL)

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .model import Event, ValidationError
+from hbmon.model import Event, ValidationError
 
 log = logging.getLogger(__name__)
 
