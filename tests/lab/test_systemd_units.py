@@ -94,7 +94,7 @@ def notifications(tmp_path: Path) -> Iterator[Notifications]:
     n.close()
 
 
-ALL = ("hbmon-kernel-target.service", "hbmon.api.service", "hbmon-responder.service")
+ALL = ("hbmon-kernel-target.service", "hbmon.service", "hbmon-responder.service")
 
 
 def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
@@ -170,14 +170,14 @@ def test_target_and_controller_units_start_notify_serve_and_stop(
                               "grpc": f"127.0.0.1:{grpc_port}", "device_id": 1}],
             }))
             serve_log = tmp_path / "serve.log"
-            serve = run_until_ready(exec_start("hbmon.api.service", {}, etc), notifications, 60,
+            serve = run_until_ready(exec_start("hbmon.service", {}, etc), notifications, 60,
                                     serve_log)
             try:
                 # READY means serving: no retry loop needed
                 got = httpx.get(f"http://127.0.0.1:{api_port}/healthz", timeout=5)
                 assert got.status_code == 200, serve_log.read_text()
             finally:
-                stop_as_systemd("hbmon.api.service", serve, notifications, serve_log)
+                stop_as_systemd("hbmon.service", serve, notifications, serve_log)
         finally:
             stop_as_systemd("hbmon-kernel-target.service", target, notifications, target_log)
 
