@@ -334,6 +334,9 @@ def test_concurrent_adds_get_unique_indexes(make_server: ProductFactory) -> None
 def test_listing_cache_follows_every_change(client: httpx.Client, api: Product) -> None:
     cache = api.server.app.state.hbmon.listing
     client.post("/api/v1/peers/bulk", json={"peers": [p.to_dict() for p in make_peers(5)]})
+    # the controller publishes the adds' events on its own thread: once they are out, nothing
+    # changes until the test says so (rounds run on tick()), and the cache must serve
+    assert api.service.flush_events()
     first = client.get("/api/v1/peers").json()
     hits = cache.hits
     assert client.get("/api/v1/peers").json() == first

@@ -843,7 +843,14 @@ class Fabric:
                 self.drivers[new.switch].allocator.needs_reset.add(new.index)
             self.store.update_peer(new)
             now = self.clock()
-            self._emit(self._swap(old, new, now))
+            # the update is recorded when it is committed, before the targets are changed:
+            # a moved peer's first transition on its new switch can come from a poll while
+            # the targets reconcile, and must follow the move in the history
+            changed = {k: v for k, v in new.to_dict().items() if old.to_dict().get(k) != v}
+            started = self._swap(old, new, now)  # the inventory first: the event follows it
+            self._emit([self._inventory_event(EventKind.PEER_UPDATED, new, now, "updated",
+                                              {"changes": changed, "peer": new.to_dict()}),
+                        *started])
             try:
                 for switch in {old.switch, new.switch}:
                     driver = self.drivers[switch]
@@ -873,13 +880,14 @@ class Fabric:
                         self.drivers[switch].reconcile()
                     except Exception:
                         self.drivers[switch]._setup_needed = True
+                back = {k: old.to_dict().get(k) for k in changed}
+                self._emit([self._inventory_event(
+                    EventKind.PEER_UPDATED, old, self.clock(), "reverted",
+                    {"changes": back, "peer": old.to_dict(), "error": str(exc)})])
                 raise DataPlaneError(f"update of {name!r} not applied: {exc}") from exc
             if new.switch != old.switch and old.index is not None:
                 self.drivers[old.switch].allocator.release(old.index)
                 self._slots_left(old.switch, [old.index])
-            changed = {k: v for k, v in new.to_dict().items() if old.to_dict().get(k) != v}
-            self._emit([self._inventory_event(EventKind.PEER_UPDATED, new, now, "updated",
-                                              {"changes": changed, "peer": new.to_dict()})])
             return dataclasses.replace(new)
 
     def _swap(self, old: Peer, new: Peer, now: float) -> list[Event]:
