@@ -190,7 +190,24 @@ def _remove_dead_cpu_ports(ipr: Any) -> None:
             ipr.link("del", index=link["index"])
 
 
-class Datapath:
+class GroupShadow:
+    """Reads of the multicast groups from the copy each back end keeps of what it was told
+    (the BPF maps hold a group position by position; the memory back end holds only this)."""
+
+    _lock: threading.RLock
+    _groups: dict[int, list[tuple[int, int]]]
+
+    def mcast_group_get(self, group_id: int) -> list[tuple[int, int]] | None:
+        with self._lock:
+            group = self._groups.get(group_id)
+            return None if group is None else list(group)
+
+    def mcast_groups(self) -> dict[int, list[tuple[int, int]]]:
+        with self._lock:
+            return {g: list(r) for g, r in self._groups.items()}
+
+
+class Datapath(GroupShadow):
     """The kernel data plane on `ports` (P4 port number -> interface name)."""
 
     REGISTERS: dict[str, int] = REGISTERS
@@ -854,15 +871,6 @@ class Datapath:
             for pos in range(len(old)):
                 reps_map.delete(_MCAST_KEY.pack(group_id, pos))
             return True
-
-    def mcast_group_get(self, group_id: int) -> list[tuple[int, int]] | None:
-        with self._lock:
-            group = self._groups.get(group_id)
-            return None if group is None else list(group)
-
-    def mcast_groups(self) -> dict[int, list[tuple[int, int]]]:
-        with self._lock:
-            return {g: list(r) for g, r in self._groups.items()}
 
     # ------------------------------------------------------------------ registers
 

@@ -52,6 +52,7 @@ from .datapath import (
     FRAME_LEN,
     PERIOD_MAX_US,
     PERIOD_MIN_US,
+    GroupShadow,
     PeerEvent,
     TableFullError,
     _check_range,
@@ -86,7 +87,7 @@ class _Schedule:
     sequence: int  # of the last round run
 
 
-class MemoryDatapath:
+class MemoryDatapath(GroupShadow):
     """Datapath's interface and semantics over Python dicts and numpy arrays."""
 
     REGISTERS: dict[str, int] = REGISTERS
@@ -288,15 +289,6 @@ class MemoryDatapath:
         _check_range("group_id", group_id, 16, low=1)
         with self._lock:
             return self._groups.pop(group_id, None) is not None
-
-    def mcast_group_get(self, group_id: int) -> list[tuple[int, int]] | None:
-        with self._lock:
-            group = self._groups.get(group_id)
-            return None if group is None else list(group)
-
-    def mcast_groups(self) -> dict[int, list[tuple[int, int]]]:
-        with self._lock:
-            return {g: list(r) for g, r in self._groups.items()}
 
     # ------------------------------------------------------------------ registers
 
