@@ -85,6 +85,16 @@ class Reason(enum.IntEnum):
     FUTURE_SEQUENCE = 15  # ahead of the last request sent to the peer (or none sent yet)
     BAD_NONCE = 16  # nonce is not the one the peer's requests carry for that sequence
     BAD_TTL = 17  # IPv4 TTL below the peer's min_ttl (GTSM)
+    # BFD (docs/bfd.md "Receive" and "Transmit")
+    BFD_RECORDED = 18
+    BFD_SENT = 19
+    BFD_TRUNCATED = 20  # fewer than 24 bytes after UDP
+    BFD_BAD_VERSION = 21  # version != 1
+    BFD_MALFORMED = 22  # length, detect mult 0, M or A bit, my/your discriminator rules
+    BFD_BAD_TTL = 23  # TTL != 255 (RFC 5881 section 5)
+    BFD_UNKNOWN_DISCRIMINATOR = 24  # your discriminator names no session
+    BFD_UNKNOWN_PEER = 25  # your discriminator 0 and no session for (source, port)
+    BFD_EVENT = 26  # bfd_event_t digests raised
 
 
 REASON_COUNT = 32
@@ -106,6 +116,17 @@ REGISTERS: dict[str, int] = {
     "hb_peer_load": 8,
     "hb_state": 8,
     "hb_last_tx_seq": 32,
+}
+
+# The BFD session registers (docs/bfd.md), read only for BFD slots, in P4Info order.
+BFD_REGISTERS: dict[str, int] = {
+    "bfd_remote_state": 8,
+    "bfd_remote_diag": 8,
+    "bfd_remote_mult": 8,
+    "bfd_remote_disc": 32,
+    "bfd_remote_min_tx_us": 32,
+    "bfd_remote_min_rx_us": 32,
+    "bfd_final_due": 8,
 }
 
 
