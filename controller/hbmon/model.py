@@ -23,6 +23,12 @@ class Health(enum.StrEnum):
     ADMIN_DOWN = "ADMIN_DOWN"  # an operator disabled monitoring of this peer
 
 
+# the reported states by number (index in this tuple): the health engine's state column and
+# the metrics' reading of it
+HEALTHS: tuple[Health, ...] = tuple(Health)
+assert HEALTHS[0] == Health.UNKNOWN  # a zeroed row
+
+
 class EventKind(enum.StrEnum):
     TRANSITION = "transition"
     PEER_ADDED = "peer_added"

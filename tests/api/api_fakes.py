@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from hbmon.api.service import EventSink, Store
+from hbmon.interfaces import EventSink, Store
 from hbmon.model import (
     DataPlaneError,
     Event,

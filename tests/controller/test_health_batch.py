@@ -15,8 +15,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
-from hbmon.controller.health import HEALTHS, SLOT_FIELDS, HealthConfig, HealthEngine
-from hbmon.model import Event, Health, Slot
+from hbmon.controller.health import SLOT_FIELDS, HealthConfig, HealthEngine
+from hbmon.model import HEALTHS, Event, Health, Slot
 from hbmon.protocol import PeerStatus, PlaneState
 
 from . import health_reference

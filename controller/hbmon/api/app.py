@@ -41,8 +41,9 @@ from hbmon.api import schemas
 from hbmon.api.auth import require_read, require_write, write_denial
 from hbmon.api.metrics import ControllerMetrics
 from hbmon.api.rtt import RttHistory
-from hbmon.api.service import HbmonService, Store
+from hbmon.api.service import HbmonService
 from hbmon.api.settings import ApiSettings
+from hbmon.interfaces import Store
 from hbmon.model import (
     ConflictError,
     DataPlaneError,

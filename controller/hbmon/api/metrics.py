@@ -31,8 +31,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from hbmon.api.service import HbmonService
-from hbmon.controller.health import HEALTHS
-from hbmon.model import Health
+from hbmon.model import HEALTHS, Health
 
 # Numeric code of each state for `hbmon_peer_health` (state-timeline panels, alerts on >=).
 HEALTH_CODE: dict[Health, int] = {

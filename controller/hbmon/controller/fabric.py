@@ -42,11 +42,11 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from hbmon.api.service import EventSink, Store
 from hbmon.config import FabricConfig
 from hbmon.controller.driver import SwitchDriver
 from hbmon.controller.health import HealthEngine
 from hbmon.dataplane.neighbours import NextHop, Resolver
+from hbmon.interfaces import EventSink, Store
 from hbmon.model import (
     ConflictError,
     DataPlaneError,

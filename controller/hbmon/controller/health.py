@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from hbmon.model import Event, EventKind, Health, PeerHealth, Slot, ValidationError
+from hbmon.model import HEALTHS, Event, EventKind, Health, PeerHealth, Slot, ValidationError
 from hbmon.protocol import PeerStatus, PlaneState
 
 _U32 = 1 << 32
@@ -49,10 +49,8 @@ _RX, _TX, _MISS = _FIELD["rx_count"], _FIELD["tx_count"], _FIELD["miss_count"]
 _LAST_RX, _STATUS, _STATE = _FIELD["last_rx_us"], _FIELD["peer_status"], _FIELD["state"]
 _RTT = {"ewma": _FIELD["rtt_ewma_us"], "last": _FIELD["rtt_last_us"]}
 
-# reported states by number (index in this tuple) in the engine's `_state` array
-HEALTHS: tuple[Health, ...] = tuple(Health)
+# reported states by number (index in `model.HEALTHS`) in the engine's `_state` array
 _HEALTH_INDEX = {h: i for i, h in enumerate(HEALTHS)}
-assert HEALTHS[0] == Health.UNKNOWN  # a zeroed row
 
 # bits of a peer's verdict inputs (see `HealthEngine._inputs_of`)
 _IN_ADMIN, _IN_ALIVE_SHIFT, _IN_STATUS, _IN_SLOW, _IN_LOSSY = 1, 1, 8, 16, 32

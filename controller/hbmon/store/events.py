@@ -1,4 +1,4 @@
-"""The event bus: persist first, then fan out (implements `hbmon.api.service.EventSink`).
+"""The event bus: persist first, then fan out (implements `hbmon.interfaces.EventSink`).
 
 `publish` writes the events to the store (which assigns ids), then hands them to in-process
 subscribers (SSE streams), to listeners and to the webhook dispatcher. Fan-out never
@@ -20,7 +20,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
 
-from hbmon.api.service import Store
+from hbmon.interfaces import Store
 from hbmon.model import Event, EventKind
 from hbmon.store.webhooks import WebhookDispatcher
 

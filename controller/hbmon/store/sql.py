@@ -1,4 +1,4 @@
-"""Durable inventory, transition history and settings (implements `hbmon.api.service.Store`).
+"""Durable inventory, transition history and settings (implements `hbmon.interfaces.Store`).
 
 `open_store(url)` picks the backend:
 
