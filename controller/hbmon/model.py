@@ -66,13 +66,24 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")
 _MAC = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
 
 
+PEER_KINDS = ("heartbeat", "bfd")
+# RFC 5880 BFD sessions (kind "bfd", docs/bfd.md): defaults of the operator's timers
+BFD_DEFAULT_TX_MS = 300
+BFD_DEFAULT_RX_MS = 300
+BFD_DEFAULT_MULT = 3
+_BFD_MAX_MS = 60_000  # a minute: far beyond any BFD use, and the microseconds fit 32 bits
+_BFD_ONLY = ("desired_min_tx_ms", "required_min_rx_ms")
+
+
 @dataclass(slots=True)
 class Peer:
-    """A monitored peer as the operator declares it."""
+    """A monitored peer as the operator declares it: a heartbeat responder (kind
+    "heartbeat", docs/protocol.md) or an RFC 5880 BFD neighbour (kind "bfd", docs/bfd.md:
+    no peer_id, which stays 0; BFD timers instead)."""
 
     name: str
     address: str  # IPv4 the peer answers from (and requests are sent to)
-    peer_id: int  # identity carried in the heartbeat header, unique per switch
+    peer_id: int  # identity carried in the heartbeat header, unique per switch; 0 for bfd
     # next-hop MAC the requests are sent to; None: the controller resolves it from the
     # host's neighbour table through the interface of `port` (hbmon.dataplane.neighbours)
     mac: str | None
@@ -83,6 +94,11 @@ class Peer:
     detect_mult: int | None = None  # None: the switch's default
     admin_down: bool = False
     index: int | None = None  # slot in the data plane, assigned by the controller
+    kind: str = "heartbeat"  # "heartbeat" | "bfd"
+    # bfd only (None for heartbeat peers): RFC 5880 bfd.DesiredMinTxInterval and
+    # bfd.RequiredMinRxInterval in milliseconds; detect_mult is bfd.DetectMult
+    desired_min_tx_ms: int | None = None
+    required_min_rx_ms: int | None = None
     # runtime only, never stored or accepted as input: the resolved next hop of a peer
     # without `mac` (`NextHop.to_dict()`), replaced with the Peer object when it changes
     next_hop: dict[str, Any] | None = field(default=None, compare=False)
@@ -96,8 +112,25 @@ class Peer:
             raise ValidationError("address", f"not an IPv4 address: {self.address!r}") from exc
         if addr.is_multicast or addr.is_unspecified or int(addr) == 0xFFFFFFFF:
             raise ValidationError("address", f"not a unicast address: {self.address}")
-        if not 0 < self.peer_id < 2**32:
-            raise ValidationError("peer_id", "must be 1 .. 4294967295")
+        if self.kind not in PEER_KINDS:
+            raise ValidationError("kind", f"must be one of {', '.join(PEER_KINDS)}")
+        if self.kind == "bfd":
+            if self.peer_id != 0:
+                raise ValidationError("peer_id", "bfd peers have no peer_id (omit it)")
+            for name in _BFD_ONLY:
+                value = getattr(self, name)
+                if value is None:
+                    continue
+                if isinstance(value, bool) or not isinstance(value, int) \
+                        or not 1 <= value <= _BFD_MAX_MS:
+                    raise ValidationError(name, f"must be an integer 1 .. {_BFD_MAX_MS} (ms)")
+        else:
+            if isinstance(self.peer_id, bool) or not isinstance(self.peer_id, int) \
+                    or not 0 < self.peer_id < 2**32:
+                raise ValidationError("peer_id", "must be 1 .. 4294967295")
+            for name in _BFD_ONLY:
+                if getattr(self, name) is not None:
+                    raise ValidationError(name, "only for peers of kind bfd")
         if self.mac is not None and not _MAC.match(self.mac):
             raise ValidationError("mac", f"not a MAC address: {self.mac!r}")
         if not 0 <= self.port < 511:
@@ -111,12 +144,16 @@ class Peer:
                 raise ValidationError("labels", "keys and values must be strings")
 
     def to_dict(self) -> dict[str, Any]:
-        out = {
+        out: dict[str, Any] = {
             "name": self.name, "address": self.address, "peer_id": self.peer_id,
             "mac": self.mac.lower() if self.mac else None, "port": self.port,
             "switch": self.switch, "group": self.group, "labels": dict(self.labels),
             "detect_mult": self.detect_mult, "admin_down": self.admin_down, "index": self.index,
+            "kind": self.kind,
         }
+        if self.kind == "bfd":
+            out["desired_min_tx_ms"] = self.desired_min_tx_ms
+            out["required_min_rx_ms"] = self.required_min_rx_ms
         if self.mac is None:  # resolved by the controller: where the requests go (output only)
             out["next_hop"] = dict(self.next_hop) if self.next_hop else None
         return out
@@ -127,12 +164,25 @@ class Peer:
         unknown = set(data) - known
         if unknown:
             raise ValidationError(sorted(unknown)[0], "unknown field")
-        for required in ("name", "address", "peer_id", "port"):
+        data = {k: v for k, v in data.items() if k not in ("peer_id", *_BFD_ONLY)
+                or v is not None}  # null: absent (the API's models send every field)
+        bfd = data.get("kind") == "bfd"
+        for required in ("name", "address", "port") if bfd else (
+                "name", "address", "peer_id", "port"):
             if required not in data:
                 raise ValidationError(required, "field required")
+        if bfd:  # the defaults are filled in, so every reader sees the timers in force
+            data = {"peer_id": 0, "desired_min_tx_ms": BFD_DEFAULT_TX_MS,
+                    "required_min_rx_ms": BFD_DEFAULT_RX_MS, **data}
+            if data.get("detect_mult") is None:
+                data["detect_mult"] = BFD_DEFAULT_MULT
         peer = cls(**{"mac": None, **data})
         peer.validate()
         return peer
+
+    @property
+    def is_bfd(self) -> bool:
+        return self.kind == "bfd"
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,10 +219,12 @@ class PeerHealth:
     loss_ratio: float = 0.0  # over the health engine's window
     rtt_avg_us: int = 0  # the data plane's EWMA
     sampled_at: float = 0.0  # wall-clock seconds of the read that produced `slot`
+    # BFD peers: the session (`hbmon.controller.bfd`) as `BfdStatus.to_dict()` gives it
+    bfd: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         s = self.slot
-        return {
+        out: dict[str, Any] = {
             "name": self.name, "switch": self.switch, "state": str(self.state),
             "since": self.since, "reason": self.reason, "rx_count": s.rx_count,
             "tx_count": s.tx_count, "dup_count": s.dup_count, "miss_count": s.miss_count,
@@ -181,6 +233,9 @@ class PeerHealth:
             "loss_ratio": self.loss_ratio, "reported_status": s.peer_status,
             "load": s.peer_load, "plane_state": s.state, "sampled_at": self.sampled_at,
         }
+        if self.bfd is not None:
+            out["bfd"] = dict(self.bfd)
+        return out
 
 
 @dataclass(frozen=True, slots=True)

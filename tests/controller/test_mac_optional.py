@@ -73,7 +73,8 @@ def test_schema_2_is_migrated_to_a_nullable_mac(url: str) -> None:  # noqa: F811
                         "idx INTEGER, programmed_at REAL, "
                         "CONSTRAINT peers_switch_address UNIQUE (switch, address), "
                         "CONSTRAINT peers_switch_peer_id UNIQUE (switch, peer_id))")
-            raw.execute("INSERT INTO peers SELECT * FROM old")
+            raw.execute("INSERT INTO peers SELECT name, switch, address, peer_id, mac, port, "
+                        "grp, labels, detect_mult, admin_down, idx, programmed_at FROM old")
             raw.execute("DROP TABLE old")
             raw.execute("CREATE UNIQUE INDEX peers_switch_idx ON peers (switch, idx)")
         else:
@@ -93,7 +94,7 @@ def test_schema_2_is_migrated_to_a_nullable_mac(url: str) -> None:  # noqa: F811
     raw = _raw(url)
     try:
         row = raw.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        assert int(row[0]) == SCHEMA_VERSION == 3
+        assert int(row[0]) == SCHEMA_VERSION == 4
         with pytest.raises(Exception, match=r"(?i)unique|duplicate"):  # UNIQUE (switch, idx)
             raw.execute("INSERT INTO peers (name, switch, address, peer_id, mac, port, idx) "
                         "VALUES ('y', 's1', '198.18.9.8', 98, NULL, 1, 0)")

@@ -143,7 +143,7 @@ def test_schema_1_is_migrated_and_a_doubly_given_slot_resolved(url: str) -> None
     raw = _raw(url)
     try:
         row = raw.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        assert int(row[0]) == SCHEMA_VERSION == 3
+        assert int(row[0]) == SCHEMA_VERSION == 4
     finally:
         raw.close()
 

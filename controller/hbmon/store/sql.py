@@ -53,7 +53,9 @@ from hbmon.model import (
     ValidationError,
 )
 
-SCHEMA_VERSION = 3  # 2: peers.programmed_at, UNIQUE (switch, idx); 3: peers.mac nullable
+# 2: peers.programmed_at, UNIQUE (switch, idx); 3: peers.mac nullable; 4: BFD peers
+# (peers.kind, desired_min_tx_ms, required_min_rx_ms; peer_id nullable: a bfd peer has none)
+SCHEMA_VERSION = 4
 INVENTORY_CHANNEL = "hbmon_inventory"  # NOTIFY channel of inventory changes (PostgreSQL)
 _NOTIFY_MAX = 7900  # bytes: PostgreSQL refuses payloads of 8000 and more
 # Arbitrary constant shared by all replicas: the advisory lock that orders event commits.
@@ -61,7 +63,7 @@ _PG_EVENT_LOCK = 0x6862_6D6F_6E01  # "hbmon" + 1
 
 _PEER_COLUMNS = (
     "name", "switch", "address", "peer_id", "mac", "port", "grp", "labels", "detect_mult",
-    "admin_down", "idx",
+    "admin_down", "idx", "kind", "desired_min_tx_ms", "required_min_rx_ms",
 )
 _EVENT_COLUMNS = (
     "id", "kind", "time", "peer", "switch", "old_state", "new_state", "reason", "details",
@@ -89,19 +91,25 @@ class _Cursor(Protocol):
 
 def _peer_row(peer: Peer) -> tuple[Any, ...]:
     return (
-        peer.name, peer.switch, peer.address, peer.peer_id,
+        peer.name, peer.switch, peer.address,
+        peer.peer_id or None,  # NULL for a bfd peer: UNIQUE (switch, peer_id) ignores NULLs
         peer.mac.lower() if peer.mac else None, peer.port,
         peer.group, json.dumps(peer.labels, sort_keys=True), peer.detect_mult,
-        bool(peer.admin_down), peer.index,
+        bool(peer.admin_down), peer.index, peer.kind, peer.desired_min_tx_ms,
+        peer.required_min_rx_ms,
     )
 
 
 def _row_peer(row: Sequence[Any]) -> Peer:
-    name, switch, address, peer_id, mac, port, grp, labels, detect_mult, admin_down, idx = row
+    (name, switch, address, peer_id, mac, port, grp, labels, detect_mult, admin_down, idx,
+     kind, tx_ms, rx_ms) = row
     return Peer(
-        name=name, address=address, peer_id=int(peer_id), mac=mac, port=int(port),
+        name=name, address=address, peer_id=int(peer_id or 0), mac=mac, port=int(port),
         switch=switch, group=grp, labels=json.loads(labels) if labels else {},
         detect_mult=detect_mult, admin_down=bool(admin_down), index=idx,
+        kind=kind or "heartbeat",
+        desired_min_tx_ms=None if tx_ms is None else int(tx_ms),
+        required_min_rx_ms=None if rx_ms is None else int(rx_ms),
     )
 
 
@@ -126,12 +134,13 @@ def _check_batch(peers: Sequence[Peer]) -> None:
         if (peer.switch, peer.address) in addresses:
             raise ConflictError(
                 "address", f"{peer.address} appears twice for switch {peer.switch!r}")
-        if (peer.switch, peer.peer_id) in ids:
+        if peer.peer_id and (peer.switch, peer.peer_id) in ids:
             raise ConflictError(
                 "peer_id", f"{peer.peer_id} appears twice for switch {peer.switch!r}")
         names.add(peer.name)
         addresses.add((peer.switch, peer.address))
-        ids.add((peer.switch, peer.peer_id))
+        if peer.peer_id:  # 0: a bfd peer, which has none
+            ids.add((peer.switch, peer.peer_id))
 
 
 class SqlStore:
@@ -170,7 +179,12 @@ class SqlStore:
         raise NotImplementedError
 
     def _mac_nullable(self, cur: _Cursor) -> None:
-        """Schema 3: peers.mac may be NULL (the controller resolves the next hop)."""
+        """Schema 3: peers.mac may be NULL (the controller resolves the next hop); schema
+        4: so may peers.peer_id (a bfd peer has none)."""
+        raise NotImplementedError
+
+    def _add_bfd_columns(self, cur: _Cursor) -> None:
+        """Schema 4: peers.kind ('heartbeat' for every older peer) and the BFD timers."""
         raise NotImplementedError
 
     def _migrate(self, cur: _Cursor) -> None:
@@ -184,6 +198,8 @@ class SqlStore:
         self._add_programmed_column(cur)
         # 3: a peer may come without a MAC (before the index below: SQLite rebuilds the table)
         self._mac_nullable(cur)
+        # 4: BFD peers (after the rebuild above, which makes today's table with them)
+        self._add_bfd_columns(cur)
         # 2: one peer per slot. Slots given twice before the constraint existed: the first
         # peer by name keeps it, the others get a fresh slot at the next start (no index)
         cur.execute("UPDATE peers SET idx = NULL WHERE idx IS NOT NULL AND EXISTS ("
@@ -241,7 +257,10 @@ class SqlStore:
         if exclude is None and self._one(cur, "SELECT 1 FROM peers WHERE name = ?", (peer.name,)):
             raise ConflictError("name", f"a peer named {peer.name!r} already exists")
         # what must be unique per switch: the column, and how to name its value
-        for column, shown in (("address", peer.address), ("peer_id", f"peer id {peer.peer_id}")):
+        unique = [("address", peer.address)]
+        if peer.peer_id:  # a bfd peer has none (NULL)
+            unique.append(("peer_id", f"peer id {peer.peer_id}"))
+        for column, shown in unique:
             other = self._one(
                 cur, f"SELECT name FROM peers WHERE switch = ? AND {column} = ? AND name <> ?",
                 (peer.switch, getattr(peer, column), exclude or ""),
@@ -534,7 +553,7 @@ CREATE TABLE IF NOT EXISTS peers (
     name TEXT PRIMARY KEY,
     switch TEXT NOT NULL,
     address TEXT NOT NULL,
-    peer_id INTEGER NOT NULL,
+    peer_id INTEGER,  -- NULL: a bfd peer (schema 4)
     mac TEXT,  -- NULL: resolved from the neighbour table (schema 3)
     port INTEGER NOT NULL,
     grp TEXT,
@@ -542,6 +561,9 @@ CREATE TABLE IF NOT EXISTS peers (
     detect_mult INTEGER,
     admin_down INTEGER NOT NULL DEFAULT 0,
     idx INTEGER,
+    kind TEXT NOT NULL DEFAULT 'heartbeat',
+    desired_min_tx_ms INTEGER,
+    required_min_rx_ms INTEGER,
     CONSTRAINT peers_switch_address UNIQUE (switch, address),
     CONSTRAINT peers_switch_peer_id UNIQUE (switch, peer_id)
 );
@@ -608,7 +630,7 @@ class SqliteStore(SqlStore):
         # caller's schema-2 step). The new table is today's definition.
         cur.execute("PRAGMA table_info(peers)")
         columns = cur.fetchall()
-        if not any(r[1] == "mac" and r[3] for r in columns):
+        if not any(r[1] in ("mac", "peer_id") and r[3] for r in columns):
             return
         names = ", ".join(r[1] for r in columns)
         body = _SQLITE_SCHEMA.split("CREATE TABLE IF NOT EXISTS peers ", 1)[1].split(");", 1)[0]
@@ -617,6 +639,15 @@ class SqliteStore(SqlStore):
         cur.execute(f"INSERT INTO peers_v3 ({names}) SELECT {names} FROM peers")
         cur.execute("DROP TABLE peers")
         cur.execute("ALTER TABLE peers_v3 RENAME TO peers")
+
+    def _add_bfd_columns(self, cur: _Cursor) -> None:
+        cur.execute("PRAGMA table_info(peers)")
+        have = {r[1] for r in cur.fetchall()}
+        if "kind" not in have:
+            cur.execute("ALTER TABLE peers ADD COLUMN kind TEXT NOT NULL DEFAULT 'heartbeat'")
+        for column in ("desired_min_tx_ms", "required_min_rx_ms"):
+            if column not in have:
+                cur.execute(f"ALTER TABLE peers ADD COLUMN {column} INTEGER")
 
     @contextmanager
     def _transaction(self) -> Iterator[_Cursor]:
@@ -659,7 +690,7 @@ _PG_SCHEMA = [
         name TEXT PRIMARY KEY,
         switch TEXT NOT NULL,
         address TEXT NOT NULL,
-        peer_id BIGINT NOT NULL,
+        peer_id BIGINT,
         mac TEXT,
         port INTEGER NOT NULL,
         grp TEXT,
@@ -757,6 +788,13 @@ class PostgresStore(SqlStore):
 
     def _mac_nullable(self, cur: _Cursor) -> None:
         cur.execute("ALTER TABLE peers ALTER COLUMN mac DROP NOT NULL")  # idempotent
+        cur.execute("ALTER TABLE peers ALTER COLUMN peer_id DROP NOT NULL")
+
+    def _add_bfd_columns(self, cur: _Cursor) -> None:
+        cur.execute("ALTER TABLE peers ADD COLUMN IF NOT EXISTS kind TEXT NOT NULL "
+                    "DEFAULT 'heartbeat'")
+        for column in ("desired_min_tx_ms", "required_min_rx_ms"):
+            cur.execute(f"ALTER TABLE peers ADD COLUMN IF NOT EXISTS {column} INTEGER")
 
     def _notify(self, cur: _Cursor, op: str, names: Sequence[str]) -> None:
         payload = json.dumps({"origin": self.origin, "op": op, "names": list(names)})
