@@ -1,15 +1,19 @@
 /*
  * hbmon data plane: ingress.
  *
- * Four kinds of packet arrive here:
+ * Five kinds of packet arrive here:
  *   - a PacketOut (ingress port CPU_PORT): sent unchanged out of one port, or, when it is a
- *     valid REQUEST template for the fan-out group, handed to the multicast engine (egress
- *     rewrites each replica for its peer, see egress.p4);
+ *     valid REQUEST template (group 1) or BFD template (group 2, docs/bfd.md "Transmit"),
+ *     handed to the multicast engine (egress rewrites each replica for its peer or session,
+ *     see egress.p4);
  *   - a heartbeat response (UDP to HB_RESPONSE_PORT): classified in the order of
  *     docs/protocol.md, counted by reason in hb_reason, recorded in the peer's slot only when
  *     every check passes, then consumed (dropped);
- *   - a request recirculated by egress because it found its peer DOWN: it raises the DOWN
- *     digest here and goes on to its peer;
+ *   - a BFD control packet (UDP to BFD_PORT): classified in the order of docs/bfd.md
+ *     "Receive", counted, recorded in its session's slot when every check passes (raising a
+ *     bfd_event_t digest when it changed something), then consumed (dropped);
+ *   - a request or BFD replica recirculated by egress because it found its peer DOWN: it
+ *     raises the DOWN digest here and goes on to its peer (or is dropped: ev_send 0);
  *   - anything else: ordinary traffic, switched by l2_forward.
  */
 #ifndef HB_INGRESS_P4
@@ -34,6 +38,13 @@ control HbIngress(inout headers_t hdr,
         meta.index = index;
         meta.nonce_key = nonce_key;
         meta.min_ttl = min_ttl;
+    }
+
+    /* A BFD session's slot, from either lookup (your_disc, or (source, port) while the remote
+     * does not know our discriminator yet): the two tables are twins of `peers`. */
+    @id(0x01000008)
+    action set_bfd_session(bit<16> index) {
+        meta.index = index;
     }
 
     /* Marks a peer_id as registered (for some source): tells SPOOFED from UNKNOWN_PEER. */
@@ -79,6 +90,36 @@ control HbIngress(inout headers_t hdr,
         size = HB_MAX_PEERS;
     }
 
+    /* Our discriminator -> session (RFC 5880 section 6.8.6: the lookup when your_disc != 0). */
+    @id(0x02000005)
+    table bfd_sessions {
+        key = {
+            hdr.bfd.your_disc: exact @name("your_disc");
+        }
+        actions = {
+            set_bfd_session;
+            @defaultonly no_action;
+        }
+        default_action = no_action();
+        size = HB_MAX_PEERS;
+    }
+
+    /* (source IPv4, ingress port) -> session: the lookup when your_disc = 0 (RFC 5881 section
+     * 3: a single-hop session is identified by the source address and the interface). */
+    @id(0x02000006)
+    table bfd_peers {
+        key = {
+            hdr.ipv4.src_addr:     exact @name("src_addr");
+            std_meta.ingress_port: exact @name("port");
+        }
+        actions = {
+            set_bfd_session;
+            @defaultonly no_action;
+        }
+        default_action = no_action();
+        size = HB_MAX_PEERS;
+    }
+
     /* Ordinary traffic: Ethernet destination -> port; a miss drops. */
     @id(0x02000003)
     table l2_forward {
@@ -96,8 +137,9 @@ control HbIngress(inout headers_t hdr,
     apply {
         if (std_meta.instance_type == INSTANCE_TYPE_RECIRC) {
             /* A request that found its peer DOWN: the digest is raised below; the request
-             * itself (already rewritten and checksummed) still goes to its peer. */
-            if (meta.ev_state == STATE_DOWN) {
+             * itself (already rewritten and checksummed) still goes to its peer, unless it was
+             * a BFD replica that was not due (ev_send 0). */
+            if (meta.ev_state == STATE_DOWN && meta.ev_send == 1) {
                 std_meta.egress_spec = meta.ev_port;
                 meta.resend = 1;
             } else {
@@ -116,6 +158,16 @@ control HbIngress(inout headers_t hdr,
                        && hdr.ipv4.total_len == HB_IPV4_TOTAL_LEN) {
                 std_meta.mcast_grp = hdr.packet_out.mcast_grp;
                 meta.fanout = 1;
+            } else if (std_meta.parser_error == error.NoError
+                       && hdr.bfd.isValid()
+                       && hdr.bfd.version == BFD_VERSION
+                       && hdr.bfd.length == BFD_LEN
+                       && hdr.udp.length == BFD_UDP_LEN
+                       && hdr.ipv4.total_len == BFD_IPV4_TOTAL_LEN) {
+                /* The BFD fan-out template (docs/bfd.md "Transmit"); the parser took it only
+                 * with UDP destination BFD_PORT. Egress writes every per-session field. */
+                std_meta.mcast_grp = hdr.packet_out.mcast_grp;
+                meta.bfd_fanout = 1;
             } else {
                 /* Replicating a broken template would send garbage to every peer. */
                 hb_reason.count(REASON_BAD_TEMPLATE);
@@ -232,11 +284,105 @@ control HbIngress(inout headers_t hdr,
                 reason = REASON_UNKNOWN_PEER;
             }
             hb_reason.count(reason);
+        } else if (hdr.udp.isValid() && hdr.udp.dst_port == BFD_PORT) {
+            /* A BFD control packet is consumed here whatever its fate (docs/bfd.md "Receive",
+             * checks 1-7 in order; 1-6 change no register). */
+            mark_to_drop(std_meta);
+            reason_t reason;
+            if (std_meta.parser_error == error.PacketTooShort || !hdr.bfd.isValid()) {
+                reason = REASON_BFD_TRUNCATED;
+            } else if (hdr.bfd.version != BFD_VERSION) {
+                reason = REASON_BFD_BAD_VERSION;
+            } else if (hdr.bfd.length < BFD_LEN
+                       || (bit<16>)hdr.bfd.length + 8 > hdr.udp.length
+                       || hdr.bfd.detect_mult == 0
+                       || (hdr.bfd.flags & (BFD_FLAG_M | BFD_FLAG_A)) != 0
+                       || hdr.bfd.my_disc == 0
+                       || (hdr.bfd.your_disc == 0 && hdr.bfd.state >= BFD_STATE_INIT)) {
+                /* RFC 5880 section 6.8.6's discard rules (length compared without the
+                 * subtraction, so a UDP length below 8 cannot wrap). */
+                reason = REASON_BFD_MALFORMED;
+            } else if (hdr.ipv4.ttl != BFD_TTL) {
+                /* RFC 5881 section 5 (no authentication): not from the link. */
+                reason = REASON_BFD_BAD_TTL;
+            } else if (hdr.bfd.your_disc != 0) {
+                if (bfd_sessions.apply().hit) {
+                    reason = REASON_BFD_RECORDED;
+                } else {
+                    reason = REASON_BFD_UNKNOWN_DISCRIMINATOR;
+                }
+            } else if (bfd_peers.apply().hit) {
+                reason = REASON_BFD_RECORDED;
+            } else {
+                reason = REASON_BFD_UNKNOWN_PEER;
+            }
+
+            if (reason == REASON_BFD_RECORDED) {
+                bit<64> now = (bit<64>)std_meta.ingress_global_timestamp;
+                bit<32> rx_count;
+                hb_rx_count.read(rx_count, meta.index);
+                hb_rx_count.write(meta.index, rx_count + 1);
+                hb_last_rx_us.write(meta.index, now);
+
+                /* What the remote said before, to raise the digest only on a change: the
+                 * controller works on transitions, never on steady Up/Up traffic. */
+                bit<8> old_state;
+                bit<8> old_diag;
+                bit<8> old_mult;
+                bit<32> old_disc;
+                bit<32> old_min_tx;
+                bit<32> old_min_rx;
+                bit<8> state;
+                bfd_remote_state.read(old_state, meta.index);
+                bfd_remote_diag.read(old_diag, meta.index);
+                bfd_remote_mult.read(old_mult, meta.index);
+                bfd_remote_disc.read(old_disc, meta.index);
+                bfd_remote_min_tx_us.read(old_min_tx, meta.index);
+                bfd_remote_min_rx_us.read(old_min_rx, meta.index);
+                hb_state.read(state, meta.index);
+                bfd_remote_state.write(meta.index, (bit<8>)hdr.bfd.state);
+                bfd_remote_diag.write(meta.index, (bit<8>)hdr.bfd.diag);
+                bfd_remote_mult.write(meta.index, hdr.bfd.detect_mult);
+                bfd_remote_disc.write(meta.index, hdr.bfd.my_disc);
+                bfd_remote_min_tx_us.write(meta.index, hdr.bfd.desired_min_tx_us);
+                bfd_remote_min_rx_us.write(meta.index, hdr.bfd.required_min_rx_us);
+                if ((hdr.bfd.flags & BFD_FLAG_P) != 0) {
+                    /* RFC 5880 section 6.5: our next control packet answers with F. */
+                    bfd_final_due.write(meta.index, 1);
+                }
+
+                if (old_state != (bit<8>)hdr.bfd.state
+                        || old_diag != (bit<8>)hdr.bfd.diag
+                        || old_mult != hdr.bfd.detect_mult
+                        || old_disc != hdr.bfd.my_disc
+                        || old_min_tx != hdr.bfd.desired_min_tx_us
+                        || old_min_rx != hdr.bfd.required_min_rx_us
+                        || (hdr.bfd.flags & BFD_FLAG_F) != 0
+                        || state != STATE_UP) {
+                    /* No peer_event_t UP for a BFD slot: this digest says it all. */
+                    hb_state.write(meta.index, STATE_UP);
+                    hb_reason.count(REASON_BFD_EVENT);
+                    bfd_event_t event;
+                    event.index = meta.index;
+                    event.state = (bit<8>)hdr.bfd.state;
+                    event.diag = (bit<8>)hdr.bfd.diag;
+                    event.flags = (bit<8>)hdr.bfd.flags;
+                    event.detect_mult = hdr.bfd.detect_mult;
+                    event.my_disc = hdr.bfd.my_disc;
+                    event.desired_min_tx_us = hdr.bfd.desired_min_tx_us;
+                    event.required_min_rx_us = hdr.bfd.required_min_rx_us;
+                    event.time_us = now;
+                    digest<bfd_event_t>(DIGEST_RECEIVER, event);
+                }
+            }
+            hb_reason.count(reason);
         } else {
             l2_forward.apply();
         }
 
-        /* The one place a peer_event_t is raised: bmv2 sends digests only from ingress. */
+        /* The one place a peer_event_t is raised: bmv2 sends digests only from ingress. (A
+         * packet that raises bfd_event_t above never carries a peer_event_t: bmv2 keeps one
+         * digest per packet.) */
         if (meta.ev_state != STATE_UNKNOWN) {
             if (meta.ev_state == STATE_UP) {
                 hb_reason.count(REASON_PEER_UP_EVENT);

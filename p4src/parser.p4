@@ -3,11 +3,14 @@
  *
  * A heartbeat header is extracted only where one is expected: UDP to the response port on a
  * front-panel port (responses), or UDP to the request port in a PacketOut (request
- * templates). Ordinary traffic is parsed no further than UDP.
+ * templates). A BFD control packet is UDP to port 3784 either way: from a front-panel port
+ * (the remote's control packets) or in a PacketOut (the BFD fan-out template, docs/bfd.md).
+ * Ordinary traffic is parsed no further than UDP.
  *
  * v1model does not drop on a parser error: ingress runs with standard_metadata.parser_error
  * set. A response shorter than 28 bytes after UDP fails the heartbeat extract with
- * error.PacketTooShort, leaves hdr.hb invalid, and ingress counts it TRUNCATED.
+ * error.PacketTooShort, leaves hdr.hb invalid, and ingress counts it TRUNCATED; a BFD packet
+ * shorter than 24 bytes after UDP likewise leaves hdr.bfd invalid: BFD_TRUNCATED.
  */
 #ifndef HB_PARSER_P4
 #define HB_PARSER_P4
@@ -56,12 +59,18 @@ parser HbParser(packet_in packet,
         transition select(meta.from_cpu, hdr.udp.dst_port) {
             (0, HB_RESPONSE_PORT): parse_heartbeat;
             (1, HB_REQUEST_PORT): parse_heartbeat;
+            (_, BFD_PORT): parse_bfd;
             default: accept;
         }
     }
 
     state parse_heartbeat {
         packet.extract(hdr.hb);
+        transition accept;
+    }
+
+    state parse_bfd {
+        packet.extract(hdr.bfd);
         transition accept;
     }
 }
@@ -71,11 +80,12 @@ control HbVerifyChecksum(inout headers_t hdr, inout metadata_t meta) {
     apply { }
 }
 
-/* Only rewritten requests get a new IPv4 checksum; forwarded traffic leaves untouched. */
+/* Only rewritten requests and BFD control packets get a new IPv4 checksum (their destination
+ * changed); forwarded traffic leaves untouched. */
 control HbComputeChecksum(inout headers_t hdr, inout metadata_t meta) {
     apply {
         update_checksum(
-            meta.fanout == 1 && hdr.ipv4.isValid(),
+            (meta.fanout == 1 || meta.bfd_fanout == 1) && hdr.ipv4.isValid(),
             { hdr.ipv4.version, hdr.ipv4.ihl, hdr.ipv4.dscp, hdr.ipv4.ecn,
               hdr.ipv4.total_len, hdr.ipv4.identification, hdr.ipv4.flags,
               hdr.ipv4.frag_offset, hdr.ipv4.ttl, hdr.ipv4.protocol,
@@ -92,6 +102,7 @@ control HbDeparser(packet_out packet, in headers_t hdr) {
         packet.emit(hdr.ipv4);
         packet.emit(hdr.udp);
         packet.emit(hdr.hb);
+        packet.emit(hdr.bfd);
     }
 }
 

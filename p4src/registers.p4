@@ -74,6 +74,36 @@
  * bound one forged response far ahead (last + 2^30) made every real answer OLD_SEQUENCE. */
 @id(0x1600000f) register<bit<32>, peer_index_t>(HB_MAX_PEERS) hb_last_tx_seq;
 
+/* ---- BFD sessions (docs/bfd.md) ----
+ * A BFD session owns a slot in the same index space as heartbeat peers. Its hb_rx_count,
+ * hb_last_rx_us, hb_tx_count, hb_last_tx_us and hb_state keep their meaning (control packets
+ * recorded / sent, UP on a recorded packet, DOWN on detection-time expiry); the registers
+ * below hold what the remote's last recorded control packet said (RFC 5880 section 6.8.6),
+ * written by ingress, and the Final we owe it, cleared by egress when it is sent. */
+
+/* The remote's state (0 AdminDown, 1 Down, 2 Init, 3 Up) as last received. */
+@id(0x16000010) register<bit<8>, peer_index_t>(HB_MAX_PEERS) bfd_remote_state;
+
+/* The remote's diagnostic code (RFC 5880 section 4.1) as last received. */
+@id(0x16000011) register<bit<8>, peer_index_t>(HB_MAX_PEERS) bfd_remote_diag;
+
+/* The remote's detect mult as last received (its detection time = this x our TX interval). */
+@id(0x16000012) register<bit<8>, peer_index_t>(HB_MAX_PEERS) bfd_remote_mult;
+
+/* The remote's discriminator (its my_disc): egress writes it into our your_disc. */
+@id(0x16000013) register<bit<32>, peer_index_t>(HB_MAX_PEERS) bfd_remote_disc;
+
+/* The remote's desired min TX interval (us) as last received. */
+@id(0x16000014) register<bit<32>, peer_index_t>(HB_MAX_PEERS) bfd_remote_min_tx_us;
+
+/* The remote's required min RX interval (us) as last received. */
+@id(0x16000015) register<bit<32>, peer_index_t>(HB_MAX_PEERS) bfd_remote_min_rx_us;
+
+/* 1: the remote sent a Poll (P) since our last control packet, so the next one carries F
+ * (RFC 5880 section 6.5: answered by the data plane, not the controller); egress sends it
+ * even if not due yet, then clears it. */
+@id(0x16000016) register<bit<8>, peer_index_t>(HB_MAX_PEERS) bfd_final_due;
+
 /* Packets and bytes per reason code (constants.p4, REASON_*), ingress and egress alike. */
 @id(0x12000001) counter<reason_t>(HB_REASON_COUNT, CounterType.packets_and_bytes) hb_reason;
 

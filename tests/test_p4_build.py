@@ -6,7 +6,9 @@ Runs in every CI without p4c:
   * the committed P4Info must carry every object of docs/dataplane.md with the names, ids,
     widths, sizes and action lists the doc gives;
   * the bmv2 JSON must be the same program (registers, counter, tables, digest);
-  * reason codes agree between the doc, hbmon.protocol and p4src/constants.p4.
+  * reason codes agree between the doc, hbmon.protocol and p4src/constants.p4;
+  * the BFD objects (issue 13) are docs/bfd.md's: its "P4Info additions" table and its
+    `bfd_event_t` struct against the P4Info.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ from typing import Any
 
 import pytest
 from google.protobuf import text_format
-from hbmon.protocol import REASON_COUNT, REGISTERS, Reason
+from hbmon.protocol import BFD_REGISTERS, REASON_COUNT, REGISTERS, Reason
 from p4.config.v1 import p4info_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
 P4SRC = ROOT / "p4src"
 BUILD = P4SRC / "build"
 DOC = (ROOT / "docs" / "dataplane.md").read_text()
+BFD_DOC = (ROOT / "docs" / "bfd.md").read_text()
 REBUILD = "run `make p4-build` (p4c on PATH or $P4C) and commit p4src/build/"
 
 
@@ -102,10 +105,11 @@ def _doc_tables() -> list[dict[str, Any]]:
     return rows
 
 
-def test_doc_lists_the_four_tables() -> None:
+def test_doc_lists_the_seven_tables() -> None:
     assert [t["name"] for t in _doc_tables()] == [
         "HbIngress.peers", "HbIngress.peer_ids", "HbIngress.l2_forward",
-        "HbEgress.peer_requests"]
+        "HbEgress.peer_requests", "HbIngress.bfd_sessions", "HbIngress.bfd_peers",
+        "HbEgress.bfd_requests"]
 
 
 @pytest.mark.parametrize("row", _doc_tables(), ids=lambda r: r["name"])
@@ -126,15 +130,18 @@ def test_table_matches_doc(p4info: p4info_pb2.P4Info, row: dict[str, Any]) -> No
 
 
 _REG_ROW = re.compile(r"^\| `(hb_\w+)` \| (\d+) \|", re.M)
+_BFD_REG_ROW = re.compile(r"^\| `(bfd_\w+)` \| (\d+) \|", re.M)
 
 
 def test_registers_match_doc(p4info: p4info_pb2.P4Info) -> None:
-    doc = [(n, int(w)) for n, w in _REG_ROW.findall(_section("Registers (global, size 65536, "
-                                                             "indexed by peer index)"))]
+    section = _section("Registers (global, size 65536, indexed by peer index)")
+    doc = [(n, int(w)) for n, w in _REG_ROW.findall(section)]
     assert doc == list(REGISTERS.items()), "docs/dataplane.md and hbmon.protocol disagree"
+    bfd = [(n, int(w)) for n, w in _BFD_REG_ROW.findall(section)]
+    assert bfd == list(BFD_REGISTERS.items()), "docs/dataplane.md and hbmon.protocol disagree"
     regs = [(r.preamble.name, r.type_spec.bitstring.bit.bitwidth, r.size)
             for r in p4info.registers]
-    assert sorted(regs) == sorted((n, w, 65536) for n, w in doc)
+    assert sorted(regs) == sorted((n, w, 65536) for n, w in doc + bfd)
 
 
 def test_counter_matches_doc(p4info: p4info_pb2.P4Info) -> None:
@@ -155,14 +162,20 @@ def test_controller_headers_match_doc(p4info: p4info_pb2.P4Info) -> None:
         assert [(m.name, m.bitwidth) for m in headers[name].metadata] == expected, name
 
 
-def test_digest_matches_doc(p4info: p4info_pb2.P4Info) -> None:
-    struct = re.search(r"struct peer_event_t \{(.*?)\}", DOC, flags=re.S)
+@pytest.mark.parametrize(("name", "doc", "fields"), [
+    ("peer_event_t", DOC, ["index", "state", "last_seq", "time_us"]),
+    ("bfd_event_t", BFD_DOC, ["index", "state", "diag", "flags", "detect_mult", "my_disc",
+                              "desired_min_tx_us", "required_min_rx_us", "time_us"]),
+])
+def test_digest_matches_doc(p4info: p4info_pb2.P4Info, name: str, doc: str,
+                            fields: list[str]) -> None:
+    struct = re.search(rf"struct {name} \{{(.*?)\}}", doc, flags=re.S)
     assert struct
     expected = [(n, int(w)) for w, n in re.findall(r"bit<(\d+)>\s+(\w+);", struct.group(1))]
-    assert [n for n, _ in expected] == ["index", "state", "last_seq", "time_us"]
+    assert [n for n, _ in expected] == fields
     digests = _by_name(p4info.digests)
-    assert "peer_event_t" in digests
-    type_name = digests["peer_event_t"].type_spec.struct.name
+    assert name in digests
+    type_name = digests[name].type_spec.struct.name
     members = p4info.type_info.structs[type_name].members
     assert [(m.name, m.type_spec.bitstring.bit.bitwidth) for m in members] == expected
 
@@ -175,19 +188,22 @@ def _doc_fixed_ids() -> dict[tuple[str, str], int]:
         out[(kind, name)] = int(oid, 16)
         for sub, sub_id in re.findall(r"`(\w+)`\s*=\s*(\d+)", rest):
             out[(f"{kind}-sub", f"{name}/{sub}")] = int(sub_id)
-    regs = re.search(r"^\| registers (.*?) \| `(0x[0-9a-f]+)` … `(0x[0-9a-f]+)`", DOC, flags=re.M)
-    assert regs, "the registers' id row is missing"
-    names = re.findall(r"`(hb_\w+)`", regs.group(1))
-    first, last = int(regs.group(2), 16), int(regs.group(3), 16)
-    assert last - first + 1 == len(names)
-    for i, name in enumerate(names):
-        out[("register", name)] = first + i
+    rows = re.findall(r"^\| registers (.*?) \| `(0x[0-9a-f]+)` … `(0x[0-9a-f]+)`",
+                      _section("Fixed P4Runtime ids"), flags=re.M)
+    assert len(rows) == 2, "the registers' id rows (hb_*, bfd_*) are missing"
+    for listed, first_id, last_id in rows:
+        names = re.findall(r"`((?:hb|bfd)_\w+)`", listed)
+        first, last = int(first_id, 16), int(last_id, 16)
+        assert last - first + 1 == len(names)
+        for i, name in enumerate(names):
+            out[("register", name)] = first + i
     return out
 
 
 def test_fixed_ids_match_doc(p4info: p4info_pb2.P4Info) -> None:
     doc = _doc_fixed_ids()
-    assert len([k for k in doc if k[0] == "register"]) == 15  # v2: hb_last_tx_seq
+    # v2: hb_last_tx_seq; BFD (issue 13): the seven bfd_* registers
+    assert len([k for k in doc if k[0] == "register"]) == 15 + 7
     objs: dict[str, dict[str, Any]] = {
         "action": _by_name(p4info.actions), "table": _by_name(p4info.tables),
         "counter": _by_name(p4info.counters), "register": _by_name(p4info.registers),
@@ -201,6 +217,36 @@ def test_fixed_ids_match_doc(p4info: p4info_pb2.P4Info) -> None:
         else:
             assert name in objs[kind], f"P4Info lacks {kind} {name}"
             assert objs[kind][name].preamble.id == oid, f"{kind} {name}: id {oid:#x} expected"
+
+
+_BFD_ROW = re.compile(r"^\| (table|action|register) \| `([\w.]+)` \| (`0x[0-9a-f]+`|\S.*?) \| (.*?) \|$",
+                      re.M)
+
+
+def test_bfd_objects_match_bfd_doc(p4info: p4info_pb2.P4Info) -> None:
+    """docs/bfd.md "P4Info additions" (the contract the kernel target and the controller
+    read) names the same objects, ids, keys and params as the P4Info."""
+    m = re.search(r"^## P4Info additions\n(.*?)(?=^## |\Z)", BFD_DOC, flags=re.M | re.S)
+    assert m, "docs/bfd.md has no section 'P4Info additions'"
+    rows = _BFD_ROW.findall(m.group(1))
+    assert len(rows) == 3 + 2 + 7
+    objs: dict[str, dict[str, Any]] = {
+        "action": _by_name(p4info.actions), "table": _by_name(p4info.tables),
+        "register": _by_name(p4info.registers),
+    }
+    for kind, name, oid, rest in rows:
+        assert name in objs[kind], f"P4Info lacks {kind} {name}"
+        obj = objs[kind][name]
+        assert obj.preamble.id == int(oid.strip("`"), 16), f"{kind} {name}: id"
+        if kind == "table":
+            keys = [(k, int(w)) for k, w in re.findall(r"`(\w+)`: (\d+) exact", rest)]
+            assert [(f.name, f.bitwidth) for f in obj.match_fields] == keys, name
+            assert obj.size == int(re.findall(r"size (\d+)", rest)[0])
+        elif kind == "action":
+            params = [(p, int(w)) for p, w in re.findall(r"`(\w+)`: (\d+)", rest)]
+            assert [(p.name, p.bitwidth) for p in obj.params] == params, name
+        else:
+            assert obj.type_spec.bitstring.bit.bitwidth == BFD_REGISTERS[name], name
 
 
 def test_p4info_has_nothing_the_doc_does_not_name(p4info: p4info_pb2.P4Info) -> None:
@@ -225,8 +271,11 @@ def test_bmv2_json_is_this_program(bmv2: dict[str, Any], p4info: p4info_pb2.P4In
     json_tables = {t["name"] for p in bmv2["pipelines"] for t in p["tables"]}
     for t in p4info.tables:
         assert t.preamble.name in json_tables, f"bmv2 JSON lacks table {t.preamble.name}"
-    learn = {lst["name"] for lst in bmv2.get("learn_lists", [])}
-    assert any(n.rsplit(".", 1)[-1] == "peer_event_t" for n in learn), learn
+    for name, width in BFD_REGISTERS.items():
+        assert name in arrays, f"bmv2 JSON lacks register {name}: {REBUILD}"
+        assert (arrays[name]["bitwidth"], arrays[name]["size"]) == (width, 65536)
+    learn = {lst["name"].rsplit(".", 1)[-1] for lst in bmv2.get("learn_lists", [])}
+    assert {"peer_event_t", "bfd_event_t"} <= learn, learn
 
 
 # ---------------------------------------------------------------------------------------------
