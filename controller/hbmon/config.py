@@ -32,8 +32,11 @@ inventory. Example (every key but `switches` is optional)::
         thrift_port: 9090
         bmv2_json: p4src/build/heartbeat.json
         interval_ms: 50          # per-switch overrides of interval/detect/poll/monitor
+    bfd: {tick_ms: 30}           # BFD fan-out period (default: smallest desired min TX / 10)
     peers:
       - {name: web1, switch: s1, address: 198.18.1.1, peer_id: 1, mac: "02:..:01", port: 1}
+      - {name: r1, kind: bfd, address: 198.18.1.2, port: 1, desired_min_tx_ms: 300,
+         required_min_rx_ms: 300, detect_mult: 3}   # an RFC 5880 session (docs/bfd.md)
 
 `tls` (optional) makes the P4Runtime channel TLS: `ca` verifies the switch's certificate
 (default: the system's roots), `cert` + `key` are the controller's client certificate for
@@ -52,7 +55,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -62,7 +65,7 @@ import yaml
 
 from hbmon.assets import BMV2_JSON_NAME, P4INFO_NAME, p4_output
 from hbmon.controller.health import HealthConfig
-from hbmon.model import Peer, ValidationError
+from hbmon.model import BFD_DEFAULT_TX_MS, Peer, ValidationError
 from hbmon.protocol import GTSM_MIN_TTL
 
 DEFAULT_P4INFO = p4_output(P4INFO_NAME)
@@ -171,6 +174,21 @@ class HaConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BfdSettings:
+    """The BFD fan-out (docs/bfd.md "Transmit"): group 2's template goes out every tick."""
+
+    tick_ms: float | None = None  # None: the smallest desired min TX of the switch / 10
+
+    def tick_us(self, peers: Sequence[Peer]) -> int:
+        """The tick for these bfd peers, in microseconds (at least 1 ms)."""
+        if self.tick_ms is not None:
+            return max(1000, round(self.tick_ms * 1000))
+        fastest = min((p.desired_min_tx_ms or BFD_DEFAULT_TX_MS for p in peers),
+                      default=BFD_DEFAULT_TX_MS)
+        return max(1000, fastest * 100)  # ms * 1000 / 10
+
+
+@dataclass(frozen=True, slots=True)
 class FabricConfig:
     switches: tuple[SwitchConfig, ...]
     peers: tuple[Peer, ...] = ()
@@ -181,6 +199,7 @@ class FabricConfig:
     api: ApiConfig = field(default_factory=ApiConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     ha: HaConfig = field(default_factory=HaConfig)
+    bfd: BfdSettings = field(default_factory=BfdSettings)
     write_batch_size: int = 1000
     path: Path | None = None
 
@@ -381,7 +400,7 @@ def parse_config(data: Any, base: Path | None = None, path: Path | None = None,
     _check_keys(data, {
         "interval_ms", "detect_mult", "poll_interval_ms", "detail_interval_ms", "monitor",
         "election_id", "store",
-        "health", "api", "webhooks", "ha", "switches", "peers", "write_batch_size",
+        "health", "api", "webhooks", "ha", "switches", "peers", "write_batch_size", "bfd",
     }, "")
     defaults = {
         "interval_ms": _number(data, "interval_ms", "", 100.0, minimum=1, maximum=60_000),
@@ -464,6 +483,12 @@ def parse_config(data: Any, base: Path | None = None, path: Path | None = None,
     ha = HaConfig(replica_id=replica_id,
                   program_wait_s=float(_number(ha_raw, "program_wait_s", "ha.", 3.0,
                                                minimum=0, maximum=600)))
+    bfd_raw = data.get("bfd") or {}
+    _expect(bfd_raw, dict, "bfd", "a mapping")
+    _check_keys(bfd_raw, {"tick_ms"}, "bfd.")
+    tick = bfd_raw.get("tick_ms")
+    bfd = BfdSettings(tick_ms=None if tick is None else float(
+        _number(bfd_raw, "tick_ms", "bfd.", 0, minimum=1, maximum=60_000)))
     store = data.get("store", "sqlite:///hbmon.db")
     _expect(store, str, "store", "a URL")
     if store.startswith("sqlite:///") and not store.startswith("sqlite:////") \
@@ -475,7 +500,7 @@ def parse_config(data: Any, base: Path | None = None, path: Path | None = None,
         health=_health(data.get("health"), defaults["detect_mult"]),
         election_id=_number(data, "election_id", "", 10, minimum=1, maximum=2**128 - 1,
                             integer=True),
-        store=store, api=api, webhooks=webhooks, ha=ha,
+        store=store, api=api, webhooks=webhooks, ha=ha, bfd=bfd,
         write_batch_size=_number(data, "write_batch_size", "", 1000, minimum=1,
                                  maximum=100_000, integer=True),
         path=path,
