@@ -70,9 +70,11 @@ $(VENV)/bin/python:
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 
-# the C extension (hbmon._cells) is built by this install: a changed source rebuilds it
-$(VENV_STAMP): $(ROOT)/pyproject.toml $(ROOT)/controller/hbmon/_cells.c | $(VENV)/bin/python
-	$(VENV)/bin/pip install -q -e '$(ROOT)[dev]'
+# the C extension (hbmon._cells) is built by this install: a changed source rebuilds it.
+# hbmon requires the hbmon-responder distribution (responder/): named in the same install so
+# pip takes the checkout's, never an index's.
+$(VENV_STAMP): $(ROOT)/pyproject.toml $(ROOT)/responder/pyproject.toml $(ROOT)/controller/hbmon/_cells.c | $(VENV)/bin/python
+	$(VENV)/bin/pip install -q -e '$(ROOT)/responder' -e '$(ROOT)[dev]'
 	@touch $@
 
 # The stubs are regenerated for the installed protobuf (never `pip install p4runtime` here).

@@ -25,6 +25,11 @@ ROOT = Path(__file__).resolve().parent
 
 class BuildWithOutputs(build_py):
     def run(self) -> None:
+        if not getattr(self, "editable_mode", False):
+            # bdist_wheel packs everything in build_lib: modules an earlier build left there
+            # (an older layout's, or hbmon_responder, now the hbmon-responder distribution's)
+            # would ship in this wheel. build_py runs before build_ext, so nothing is lost.
+            shutil.rmtree(self.build_lib, ignore_errors=True)
         super().run()
         if getattr(self, "editable_mode", False):
             return

@@ -13,8 +13,8 @@ from types import FrameType
 from typing import Any
 
 import click
-from hbmon.protocol import REQUEST_PORT, ValidationError
-from hbmon.sdnotify import notify
+from hbmon_wire.protocol import REQUEST_PORT, ValidationError
+from hbmon_wire.sdnotify import notify
 
 from hbmon_responder.responder import (
     STATUS_NAMES,

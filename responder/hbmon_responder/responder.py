@@ -39,7 +39,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from hbmon.protocol import (
+from hbmon_wire.protocol import (
     HEADER_LEN,
     MAGIC,
     REQUEST_PORT,

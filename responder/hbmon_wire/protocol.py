@@ -1,7 +1,9 @@
 """The heartbeat wire protocol (docs/protocol.md) and the data plane's shared codes.
 
 Everything that builds or reads heartbeat bytes (responder, PTF suite, kernel tests,
-controller templates) goes through this module so the numbers live in one place.
+controller templates) goes through this module so the numbers live in one place. Standard
+library only: it ships with the responder (distribution `hbmon-responder`); the controller
+imports it as `hbmon.protocol`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ class ValidationError(ValueError):
     """Bad input; `field` names what is wrong (the API answers 422 with it).
 
     Defined here, not in `hbmon.model` (which uses it for every domain type), so the
-    responder (`hbmon_responder`) needs nothing of hbmon but this module."""
+    responder (`hbmon_responder`) needs nothing of the controller."""
 
     def __init__(self, field_name: str, message: str) -> None:
         super().__init__(f"{field_name}: {message}")
