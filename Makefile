@@ -3,6 +3,7 @@
 # Targets (see `make help`):
 #   setup                 Debian packages (apt, only when something is missing), .venv, P4Runtime stubs, BPF objects
 #   demo [TARGET=bmv2]    kernel target (default) or bmv2 + 16 peers + controller + dashboard
+#        [BFD=1]          ... plus FRR bfdd peers as BFD sessions (hbmon demo --bfd)
 #   test                  the whole pytest suite (fails when a test fails or when no test ran)
 #   p4-build              regenerate p4src/build/ with p4c (PATH or $P4C)
 #   ptf TARGET=kernel|bmv2  the PTF data-plane suite against one target
@@ -23,10 +24,11 @@ TARGET ?= kernel
 PYTEST_ARGS ?=
 
 # Debian 12 packages the project needs: BPF toolchain (kernel target), network tools (labs),
-# mininet (Mininet topologies), chromium (dashboard test), postgresql (store tests).
+# mininet (Mininet topologies), chromium (dashboard test), postgresql (store tests), frr (bfdd:
+# the BFD interop lab, demo --bfd).
 APT_PACKAGES := clang llvm libbpf-dev bpftool linux-libc-dev libelf-dev zlib1g-dev pkg-config \
 	iproute2 iputils-ping bridge-utils ethtool tcpdump procps mininet chromium postgresql python3-venv python3-dev gcc make \
-	git ca-certificates
+	git ca-certificates frr
 # Ubuntu (the Vagrant lab) names two of them differently.
 OS_ID := $(shell . /etc/os-release 2>/dev/null; echo $$ID)
 ifeq ($(OS_ID),ubuntu)
@@ -41,7 +43,7 @@ STUBS_STAMP := $(VENV)/.hbmon-p4runtime-stubs
 .PHONY: help setup setup-apt setup-venv setup-bpf demo test p4-build ptf bench fuzz soak lint clean distclean
 
 help:
-	@sed -n '1,13p' $(ROOT)/Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '1,14p' $(ROOT)/Makefile | sed 's/^# \{0,1\}//'
 
 setup: setup-apt setup-venv setup-bpf
 	@echo "setup: done (venv $(VENV))"
@@ -93,8 +95,9 @@ setup-bpf:
 		echo "setup: kernel/bpf/Makefile not there yet: no BPF objects built"; \
 	fi
 
+# BFD=1 adds --bfd (FRR peers as BFD sessions) to the demo's arguments
 demo: setup
-	$(VENV)/bin/hbmon demo --target $(TARGET) $(DEMO_ARGS)
+	$(VENV)/bin/hbmon demo --target $(TARGET) $(if $(filter 1 yes true,$(BFD)),--bfd) $(DEMO_ARGS)
 
 # pytest's exit 5 means no test was collected: that is a failure here, said out loud.
 test: setup

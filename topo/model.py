@@ -60,6 +60,23 @@ class Faults:
 
 
 @dataclass(frozen=True, slots=True)
+class BfdTimers:
+    """A BFD session's timers (RFC 5880 section 6.8.1), as both ends are configured in a lab:
+    FRR's `transmit-interval` / `receive-interval` / `detect-multiplier` and the controller's
+    `desired_min_tx_ms` / `required_min_rx_ms` / `detect_mult` (docs/bfd.md "Controller")."""
+
+    desired_min_tx_ms: int = 300
+    required_min_rx_ms: int = 300
+    detect_mult: int = 3
+
+    @property
+    def detect_time_ms(self) -> int:
+        """Detection time at the side receiving from an identically configured remote
+        (section 6.8.4): detect mult x max(required min RX, desired min TX)."""
+        return self.detect_mult * max(self.required_min_rx_ms, self.desired_min_tx_ms)
+
+
+@dataclass(frozen=True, slots=True)
 class MonitorPort:
     """One data-plane port of the monitor (P4Runtime port number, as in `-i PORT@IFACE`)."""
 
@@ -77,9 +94,25 @@ class PeerSpec:
     peer_id: int
     port: int  # the monitor port it sits behind
     faults: Faults = field(default_factory=Faults)
+    # a BFD session (FRR's bfdd runs in its namespace, no responder) instead of a heartbeat
+    # peer; `faults` do not apply to it
+    bfd: BfdTimers | None = None
+
+    @property
+    def kind(self) -> str:
+        return "heartbeat" if self.bfd is None else "bfd"
 
     def to_peer_dict(self, switch: str = "default") -> dict[str, Any]:
-        """The controller's `hbmon.model.Peer` fields for this peer."""
+        """The controller's `hbmon.model.Peer` fields for this peer (a BFD session's as
+        docs/bfd.md "Controller" lists them)."""
+        if self.bfd is not None:
+            return {
+                "kind": "bfd", "name": self.name, "address": self.address, "mac": self.mac,
+                "port": self.port, "switch": switch,
+                "desired_min_tx_ms": self.bfd.desired_min_tx_ms,
+                "required_min_rx_ms": self.bfd.required_min_rx_ms,
+                "detect_mult": self.bfd.detect_mult,
+            }
         return {
             "name": self.name, "address": self.address, "peer_id": self.peer_id,
             "mac": self.mac, "port": self.port, "switch": switch,
@@ -121,6 +154,16 @@ class Topology:
                 return p
         raise KeyError(name)
 
+    @property
+    def heartbeat_peers(self) -> list[PeerSpec]:
+        """The peers answered by `hbmon responder` (not BFD sessions)."""
+        return [p for p in self.peers if p.bfd is None]
+
+    @property
+    def bfd_peers(self) -> list[PeerSpec]:
+        """The BFD sessions: FRR's bfdd runs for them (`hbmon_topo.bfd`)."""
+        return [p for p in self.peers if p.bfd is not None]
+
     def peers_on(self, port: int) -> list[PeerSpec]:
         return [p for p in self.peers if p.port == port]
 
@@ -146,15 +189,18 @@ def peer_address(i: int) -> str:
 
 def star(
     n_peers: int, *, ports: int = 1, faults: dict[int, Faults] | None = None,
-    name: str = "star", first_peer_id: int = 1001,
+    name: str = "star", first_peer_id: int = 1001, bfd_peers: int = 0,
+    bfd: BfdTimers | None = None,
 ) -> Topology:
     """`n_peers` peers, each in its own namespace, spread round-robin over `ports` ports.
 
     `faults` maps a peer's 0-based number to the faults its responder starts with.
+    `bfd_peers` BFD sessions (`bfd01`, ...; timers `bfd`, default 300 ms x 3) follow the
+    heartbeat peers, one namespace each, their addresses and MACs continuing the numbering.
     """
-    if n_peers < 1:
-        raise ValueError("n_peers must be >= 1")
-    if n_peers > 4096:
+    if n_peers < 0 or n_peers + bfd_peers < 1:
+        raise ValueError("need at least one peer")
+    if n_peers + bfd_peers > 4096:
         raise ValueError("a star lab makes one namespace per peer: use multi() beyond 4096")
     faults = faults or {}
     monitor_ports = tuple(MonitorPort(n, monitor_mac(n)) for n in range(1, ports + 1))
@@ -164,6 +210,12 @@ def star(
             peer_id=first_peer_id + i, port=1 + i % ports, faults=faults.get(i, Faults()),
         )
         for i in range(n_peers)
+    ) + tuple(
+        PeerSpec(
+            name=f"bfd{j + 1:02d}", address=peer_address(i), mac=peer_mac(i),
+            peer_id=first_peer_id + i, port=1 + i % ports, bfd=bfd or BfdTimers(),
+        )
+        for j, i in enumerate(range(n_peers, n_peers + bfd_peers))
     )
     return Topology(name, Layout.STAR, str(MONITOR_ADDRESS), monitor_ports, peers)
 
@@ -194,6 +246,7 @@ DEMO_FAULTS: dict[int, Faults] = {
 }
 
 
-def demo(n_peers: int = 16) -> Topology:
+def demo(n_peers: int = 16, *, bfd_peers: int = 0, bfd: BfdTimers | None = None) -> Topology:
+    """The demo's heartbeat peers, plus `bfd_peers` FRR BFD sessions (`hbmon demo --bfd`)."""
     return star(n_peers, faults={i: f for i, f in DEMO_FAULTS.items() if i < n_peers},
-                name="demo")
+                name="demo", bfd_peers=bfd_peers, bfd=bfd)

@@ -117,6 +117,7 @@ class NetnsLab:
         self.workdir = Path(tempfile.mkdtemp(prefix=f"hbmon-lab-{self.run_id}-"))
         self._namespaces: list[str] = []
         self._root_links: list[str] = []
+        self._extra_paths: list[str] = []
         self._procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self._old_handlers: dict[int, Any] = {}
         self._started = False
@@ -154,6 +155,26 @@ class NetnsLab:
         if host == "peers" and self.topology.layout is Layout.MULTI:
             return f"{self.prefix}-peers"
         return self.peer_ns(host)
+
+    def access_link(self, peer: str | PeerSpec) -> tuple[str | None, str]:
+        """(namespace, interface) of the link whose loss cuts `peer` off the monitor: its
+        fabric-side veth end in a STAR lab (the peer's own eth0 stays up, as when a cable
+        breaks mid-way), the peers' end of the monitor link in a MULTI lab (all peers)."""
+        spec = peer if isinstance(peer, PeerSpec) else self.topology.peer(peer)
+        if self.topology.layout is Layout.MULTI:
+            return self.peer_ns(spec), "eth0"
+        return self.fabric_ns, f"p{self.topology.peers.index(spec) + 1}"
+
+    def set_link(self, peer: str | PeerSpec, up: bool) -> None:
+        """Cut (`up=False`) or restore `peer`'s access link (`access_link`)."""
+        ns, ifname = self.access_link(peer)
+        _ip_batch(ns, [f"link set {ifname} {'up' if up else 'down'}"])
+
+    def add_cleanup_path(self, path: str | Path) -> None:
+        """A directory outside the work directory (e.g. FRR's /var/run/frr/<pathspace>)
+        removed with the lab, also by `cleanup_stale` after a kill -9."""
+        self._extra_paths.append(str(path))
+        self._write_state()
 
     @property
     def namespaces(self) -> list[str]:
@@ -202,6 +223,9 @@ class NetnsLab:
             self._namespaces.clear()
             self._root_links.clear()
             shutil.rmtree(self.workdir, ignore_errors=True)
+            for path in self._extra_paths:
+                shutil.rmtree(path, ignore_errors=True)
+            self._extra_paths.clear()
             with contextlib.suppress(FileNotFoundError):
                 (STATE_DIR / f"{self.run_id}.json").unlink()
             self._restore_signal_handlers()
@@ -351,13 +375,14 @@ class NetnsLab:
         from hbmon_responder.responder import ControlClient
 
         hosts: list[tuple[str, list[str]]] = []
+        heartbeat = self.topology.heartbeat_peers  # BFD sessions have bfdd, no responder
         if self.topology.layout is Layout.MULTI:
-            hosts.append(("peers", []))
+            hosts += [("peers", [])] if heartbeat else []
         else:
-            hosts += [(p.name, p.faults.responder_args()) for p in self.topology.peers]
+            hosts += [(p.name, p.faults.responder_args()) for p in heartbeat]
         started: list[str] = []
         for host, fault_args in hosts:
-            ctl = self.ctl_path(self.topology.peers[0].name if host == "peers" else host)
+            ctl = self.ctl_path(heartbeat[0].name if host == "peers" else host)
             argv = [sys.executable, "-m", "hbmon_responder.cli", "--ctl", ctl,
                     *fault_args, *extra_args]
             if log:
@@ -369,7 +394,7 @@ class NetnsLab:
         deadline = time.monotonic() + timeout
         for ctl in started:
             ControlClient(ctl).wait_ready(timeout=max(0.1, deadline - time.monotonic()))
-        return {p.name: self.ctl_path(p.name) for p in self.topology.peers}
+        return {p.name: self.ctl_path(p.name) for p in heartbeat}
 
     # ---- signals and state -------------------------------------------------------------
 
@@ -392,7 +417,8 @@ class NetnsLab:
         STATE_DIR.mkdir(parents=True, exist_ok=True)
         procs = [[p.pid, _start_time(p.pid)] for _, p in self._procs if p.poll() is None]
         state = {"pid": os.getpid(), "namespaces": self._namespaces,
-                 "links": self._root_links, "workdir": str(self.workdir), "procs": procs}
+                 "links": self._root_links, "workdir": str(self.workdir), "procs": procs,
+                 "paths": self._extra_paths}
         tmp = STATE_DIR / f".{self.run_id}.json.tmp"
         tmp.write_text(json.dumps(state))
         tmp.replace(STATE_DIR / f"{self.run_id}.json")
@@ -495,8 +521,9 @@ def cleanup_stale(*, force_run_id: str | None = None) -> list[str]:
             if started is not None and _start_time(pid) == started:
                 _signal_group(pid, signal.SIGKILL)
         _remove(state.get("namespaces", []), state.get("links", []))
-        if state.get("workdir"):
-            shutil.rmtree(state["workdir"], ignore_errors=True)
+        for extra in [state.get("workdir"), *state.get("paths", [])]:
+            if extra:
+                shutil.rmtree(extra, ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         removed.append(run_id)

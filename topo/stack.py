@@ -312,7 +312,9 @@ def expected_states(topology: Topology) -> dict[str, set[str]]:
     expected: dict[str, set[str]] = {}
     for peer in topology.peers:
         f = peer.faults
-        if f.mute:
+        if peer.bfd is not None:  # an FRR bfdd session: Up once both sides agree
+            expected[peer.name] = {"UP"}
+        elif f.mute:
             expected[peer.name] = {"DOWN"}
         elif f.healthy:
             expected[peer.name] = {"UP"}

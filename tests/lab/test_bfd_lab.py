@@ -1,0 +1,106 @@
+"""The FRR BFD lab on its own (hbmon_topo.bfd): two bfdd pointed at each other come Up, follow
+timer changes, and go Down when one stops or the link is cut; everything goes with the lab.
+
+This proves the lab (bfdd without zebra, vtysh per pathspace, link cutting, clean-up) before
+hbmon's side is involved, so an interop failure in test_bfd_frr.py is hbmon's.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hbmon_topo.bfd import (
+    Bfdd,
+    BfdLabError,
+    BfdSessionSpec,
+    FrrBfd,
+    bfdd_config,
+    frr_missing,
+)
+from hbmon_topo.model import BfdTimers, multi, star
+from hbmon_topo.netns import NetnsLab
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(bool(frr_missing()), reason=f"FRR missing: {frr_missing()}"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
+]
+
+FAST = BfdTimers(100, 100, 3)
+
+
+def test_config_is_frr_syntax() -> None:
+    text = bfdd_config([BfdSessionSpec("198.18.0.1", "198.18.1.1", BfdTimers(50, 60, 4))])
+    assert text.splitlines() == [
+        "bfd", " peer 198.18.0.1 local-address 198.18.1.1", "  receive-interval 60",
+        "  transmit-interval 50", "  detect-multiplier 4", " exit", "exit"]
+
+
+def test_two_bfdd_come_up_follow_timers_and_detect_loss() -> None:
+    topo = star(0, bfd_peers=2, bfd=FAST)
+    a, b = topo.peers
+    with NetnsLab(topo) as lab:
+        da = Bfdd(lab, a.name, [BfdSessionSpec(b.address, a.address, FAST)])
+        db = Bfdd(lab, b.name, [BfdSessionSpec(a.address, b.address, FAST)])
+        da.start()
+        db.start()
+        rundirs = [da.rundir, db.rundir]
+        assert all(d.is_dir() for d in rundirs)
+        da.wait(lambda rows: rows[0]["status"] == "up", 30, "a up")
+        ra = da.session(b.address)
+        rb = db.wait(lambda rows: rows[0]["status"] == "up", 30, "b up")[0]
+        # RFC 5880 6.8.6: each side's Your Discriminator is the other's My Discriminator
+        assert ra["remote-id"] == rb["id"] and rb["remote-id"] == ra["id"]
+        assert ra["remote-transmit-interval"] == 100
+
+        # a timer change at run time reaches the other side (Poll Sequence, 6.8.3)
+        spec = da.set_timers(da.sessions[0], BfdTimers(200, 150, 5))
+        db.wait(lambda rows: rows[0]["remote-transmit-interval"] == 200
+                and rows[0]["remote-detect-multiplier"] == 5
+                and rows[0]["remote-receive-interval"] == 150, 30, "b sees a's new timers")
+        assert da.session(b.address)["status"] == "up"
+
+        # SIGTERM by PID: no AdminDown, b detects the silence (diag 1)
+        pid = da.pid
+        da.stop()
+        assert not Path(f"/proc/{pid}").exists() or "bfdd" not in Path(
+            f"/proc/{pid}/cmdline").read_text(errors="replace")
+        row = db.wait(lambda rows: rows[0]["status"] == "down", 30, "b down")[0]
+        assert row["diagnostic"] == "control detection time expired"
+
+        da.start()  # with the changed timers kept
+        assert "detect-multiplier 5" in (da.rundir / "bfdd.conf").read_text()
+        assert spec in da.sessions
+        db.wait(lambda rows: rows[0]["status"] == "up", 30, "b up again")
+
+        # cutting a's access link: both sides detect it
+        lab.set_link(a.name, up=False)
+        db.wait(lambda rows: rows[0]["status"] == "down", 30, "b down after the cut")
+        da.wait(lambda rows: rows[0]["status"] == "down", 30, "a down after the cut")
+        lab.set_link(a.name, up=True)
+        db.wait(lambda rows: rows[0]["status"] == "up", 30, "b up after the repair")
+        pids = [da.pid, db.pid]
+    assert not any(d.exists() for d in rundirs)
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "bfdd" not in Path(
+            f"/proc/{pid}/cmdline").read_text(errors="replace")
+
+
+def test_frr_bfd_runs_one_bfdd_per_star_peer() -> None:
+    with NetnsLab(star(1, bfd_peers=2)) as lab:
+        frr = FrrBfd(lab)
+        assert sorted(frr.daemons) == ["bfd01", "bfd02"]
+        frr.start()
+        # nobody answers at the monitor address (no data plane here): Down, listed
+        rows = frr.wait_status({"bfd01": "down", "bfd02": "down"}, 30)
+        assert rows["bfd01"]["peer"] == "198.18.0.1"
+        assert rows["bfd02"]["local"] == "198.18.1.3"
+        assert rows["bfd01"]["transmit-interval"] == 300
+        frr.set_timers("bfd02", BfdTimers(500, 400, 4))
+        assert frr.session("bfd02")["transmit-interval"] == 500
+        assert frr.spec("bfd02").timers == BfdTimers(500, 400, 4)
+        assert frr.cpu_ticks() >= 0
+    with NetnsLab(multi(4)) as lab, pytest.raises(BfdLabError, match="STAR"):
+        FrrBfd(lab)
