@@ -2,7 +2,8 @@
 
 16 peers in network namespaces (a few of them faulty), the data-plane target on the
 monitor port, the controller with its REST API and dashboard on 127.0.0.1, and a live
-table in the terminal. Ctrl-C stops and removes everything.
+table in the terminal. Ctrl-C stops and removes everything. With `--bfd`, FRR's bfdd runs
+in a few more namespaces and hbmon holds a BFD session with each (docs/bfd.md).
 """
 
 from __future__ import annotations
@@ -24,7 +25,11 @@ STATE_STYLE = {"UP": "green", "DEGRADED": "yellow", "DOWN": "bold red", "UNKNOWN
                "ADMIN_DOWN": "blue"}
 
 
-def _fault_text(faults: Any) -> str:
+def _fault_text(peer: Any) -> str:
+    if peer.bfd is not None:
+        t = peer.bfd
+        return f"FRR bfdd {t.desired_min_tx_ms}/{t.required_min_rx_ms} ms x{t.detect_mult}"
+    faults = peer.faults
     parts = []
     if faults.mute:
         parts.append("stopped")
@@ -59,7 +64,7 @@ def _table(topology: Any, rows: list[dict[str, Any]], title: str) -> Table:
             f"{100 * row['loss_ratio']:.0f}%" if "loss_ratio" in row else "-",
             f"{row.get('rx_count', 0)}/{row.get('tx_count', 0)}",
             {0: "ok", 1: "degr", 2: "drain"}.get(row.get("reported_status", -1), "-"),
-            _fault_text(peer.faults),
+            _fault_text(peer),
         )
     return table
 
@@ -84,10 +89,18 @@ def _table(topology: Any, rows: list[dict[str, Any]], title: str) -> Table:
               help="Exit as soon as every peer shows its expected state (exit 1 on timeout).")
 @click.option("--timeout", type=click.FloatRange(1), default=60.0, show_default=True,
               help="With --once: how long to wait for the expected states.")
+@click.option("--bfd", "bfd", is_flag=True,
+              help="Also run FRR's bfdd in --bfd-peers namespaces: BFD sessions (RFC 5880) "
+                   "next to the heartbeat peers.")
+@click.option("--bfd-peers", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="With --bfd: how many FRR peers.")
+@click.option("--bfd-tx-ms", type=click.IntRange(1, 60_000), default=300, show_default=True,
+              help="With --bfd: desired min TX and required min RX of both ends (ms).")
 def demo(target: str, n_peers: int, mininet: bool, mininet_cli: bool, api_port: int,
          interval_ms: float, detect_mult: int, duration: float | None, once: bool,
-         timeout: float) -> None:
+         timeout: float, bfd: bool, bfd_peers: int, bfd_tx_ms: int) -> None:
     """Run hbmon end to end in a throw-away lab (needs root)."""
+    from hbmon_topo.model import BfdTimers
     from hbmon_topo.model import demo as demo_topology
     from hbmon_topo.netns import LabError, NetnsLab
     from hbmon_topo.stack import Stack, StackError, StackOptions, expected_states, missing_for
@@ -107,10 +120,17 @@ def demo(target: str, n_peers: int, mininet: bool, mininet_cli: bool, api_port: 
         raise click.UsageError("--cli is Mininet's CLI: add --mininet")
     if mininet_cli and (once or duration is not None):
         raise click.UsageError("--cli runs until you type exit: drop --once / --duration")
+    if bfd and mininet:
+        raise click.UsageError("--bfd runs FRR in plain namespaces: drop --mininet")
+    if bfd:
+        from hbmon_topo.bfd import frr_missing
+
+        missing += frr_missing()
     if missing:
         raise click.ClickException(f"cannot run the demo on {target}: missing\n  - "
                                    + "\n  - ".join(missing))
-    topology = demo_topology(n_peers)
+    topology = demo_topology(n_peers, bfd_peers=bfd_peers if bfd else 0,
+                             bfd=BfdTimers(bfd_tx_ms, bfd_tx_ms, 3))
     if mininet and target == "bmv2":
         # one switch port per peer, as a P4 switch would be cabled
         from hbmon_topo.model import DEMO_FAULTS, star
@@ -138,6 +158,13 @@ def demo(target: str, n_peers: int, mininet: bool, mininet_cli: bool, api_port: 
                           + ", ".join(f"{p}@{i}" for p, i in sorted(lab.port_map.items())))
             ctl = lab.start_responders()
             console.print(f"responders answering (control sockets in {lab.workdir})")
+            frr = None
+            if bfd:
+                from hbmon_topo.bfd import FrrBfd
+
+                frr = FrrBfd(lab)
+                frr.start()
+                console.print(f"FRR bfdd running for {', '.join(frr.peers)}")
         stack = Stack(lab, options, target_running=mininet and target == "bmv2")
         try:
             with console.status("starting target and controller"):
@@ -153,6 +180,12 @@ def demo(target: str, n_peers: int, mininet: bool, mininet_cli: bool, api_port: 
                          topology.peers[0].name)
             console.print(f"inject a fault:  hbmon responder --ctl {ctl[muted]} start   "
                           f"(or stop | set loss=30 | set status=draining)")
+            if frr is not None:
+                first = frr.bfdd(next(iter(frr.peers)))
+                console.print(
+                    f"BFD sessions: {stack.url}/api/v1/health/peers (kind bfd);  FRR's side: "
+                    f"vtysh -N {first.pathspace} -c 'show bfd peers'  (one pathspace per "
+                    f"peer: {lab.prefix}-bfd01 ...);  stop one: kill {first.pid}")
             if mininet_cli:
                 console.print("Mininet's CLI: pingall, peer01 ping peer02, xterm peer01, "
                               "health (hbmon's table); exit ends the demo")
