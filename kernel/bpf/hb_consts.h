@@ -16,6 +16,22 @@
 #define HB_IPV4_TOTAL_LEN (20 + HB_UDP_LEN)
 #define HB_FRAME_LEN (14 + HB_IPV4_TOTAL_LEN) /* Ethernet + IPv4 + UDP + heartbeat = 70 */
 
+/* BFD control packets (docs/bfd.md; RFC 5880 section 4.1, RFC 5881 single hop) */
+#define HB_BFD_PORT 3784            /* UDP destination of single-hop control packets */
+#define HB_BFD_SRC_PORT_BASE 49152  /* our source port: base + (index mod 16384) */
+#define HB_BFD_VERSION 1
+#define HB_BFD_LEN 24               /* no authentication section */
+#define HB_BFD_UDP_LEN (8 + HB_BFD_LEN)
+#define HB_BFD_IPV4_TOTAL_LEN (20 + HB_BFD_UDP_LEN)
+#define HB_BFD_FRAME_LEN (14 + HB_BFD_IPV4_TOTAL_LEN) /* 66 */
+#define HB_BFD_TTL 255              /* sent, and required on receipt (RFC 5881 section 5) */
+#define HB_BFD_STATE_INIT 2
+#define HB_BFD_STATE_UP 3
+#define HB_BFD_FLAG_P 0x20
+#define HB_BFD_FLAG_F 0x10
+#define HB_BFD_FLAG_A 0x04
+#define HB_BFD_FLAG_M 0x01
+
 /* Sizes. Per-peer maps are resized by the loader (Datapath(max_peers=...)). */
 #define HB_MAX_PEERS 65536
 #define HB_MAX_PORTS 512 /* P4 port numbers are 9 bits */
@@ -23,6 +39,11 @@
 #define HB_MAX_GROUPS 256
 #define HB_REASON_COUNT 32
 #define HB_EVENTS_BYTES (256 * 1024)
+/* Periodic schedules the target keeps, one per kind of fan-out template (hb_rounds[i]):
+ * heartbeat requests and BFD control packets, each with its own period and round pacer */
+#define HB_SCHEDULES 2
+#define HB_SCHEDULE_REQUEST 0
+#define HB_SCHEDULE_BFD 1
 
 /* Fan-out bursts and the round timer (docs/dataplane.md "Rounds kept by the target").
  * A burst is at most HB_BURST replicas: each clone lands in a 256-entry veth ring or the
@@ -52,7 +73,21 @@ enum hb_reason {
 	HB_FUTURE_SEQUENCE = 15, /* after the last request sent (or none sent) */
 	HB_BAD_NONCE = 16,       /* not the nonce the peer's request carried */
 	HB_BAD_TTL = 17,         /* IPv4 TTL below the peer's min_ttl (GTSM) */
+	/* BFD (docs/bfd.md "Receive" and "Transmit") */
+	HB_BFD_RECORDED = 18,
+	HB_BFD_SENT = 19,
+	HB_BFD_TRUNCATED = 20,    /* fewer than 24 bytes after UDP */
+	HB_BFD_BAD_VERSION = 21,  /* version != 1 */
+	HB_BFD_MALFORMED = 22,    /* length, detect mult 0, M or A, discriminator rules */
+	HB_BFD_BAD_TTL = 23,      /* TTL != 255 */
+	HB_BFD_UNKNOWN_DISCRIMINATOR = 24, /* your discriminator names no session */
+	HB_BFD_UNKNOWN_PEER = 25, /* your discriminator 0, no session for (source, port) */
+	HB_BFD_EVENT = 26,        /* bfd_event_t records raised */
 };
+
+/* hb_events record kinds (the byte at offset 15 of every record) */
+#define HB_EVENT_PEER 0 /* struct hb_event: peer_event_t */
+#define HB_EVENT_BFD 1  /* struct hb_bfd_event: bfd_event_t */
 
 /* hb_state values */
 enum hb_plane_state {

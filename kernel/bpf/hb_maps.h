@@ -39,6 +39,35 @@ struct {
 	__uint(max_entries, HB_MAX_PEERS);
 } peer_requests SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32); /* your discriminator (= our discriminator of the session) */
+	__type(value, struct bfd_session);
+	__uint(max_entries, HB_MAX_PEERS);
+} bfd_sessions SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct bfd_peer_key);
+	__type(value, struct bfd_session);
+	__uint(max_entries, HB_MAX_PEERS);
+} bfd_peers SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct bfd_request);
+	__uint(max_entries, HB_MAX_PEERS);
+} bfd_requests SEC(".maps");
+
+/* ifindex -> P4 port number (the ingress port of bfd_peers); filled by the loader */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, HB_MAX_PORTS);
+} port_numbers SEC(".maps");
+
 /* P4 port number -> ifindex (0 = no such port); filled by the loader */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -62,13 +91,13 @@ struct {
 	__uint(max_entries, 2 * HB_MAX_PEERS);
 } mcast_replicas SEC(".maps");
 
-/* The round schedule, and the loader's CPU-port facts */
+/* The round schedules (HB_SCHEDULE_*), and the loader's CPU-port facts */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(map_flags, BPF_F_MMAPABLE); /* the target process replaces the template in place */
+	__uint(map_flags, BPF_F_MMAPABLE); /* the target process replaces a template in place */
 	__type(key, __u32);
 	__type(value, struct hb_round);
-	__uint(max_entries, 1);
+	__uint(max_entries, HB_SCHEDULES);
 } hb_rounds SEC(".maps");
 
 struct {
@@ -112,6 +141,14 @@ HB_REGISTER(hb_peer_status, __u8);
 HB_REGISTER(hb_peer_load, __u8);
 HB_REGISTER(hb_state, __u8);
 HB_REGISTER(hb_last_tx_seq, __u32);
+/* BFD sessions (docs/bfd.md) */
+HB_REGISTER(bfd_remote_state, __u8);
+HB_REGISTER(bfd_remote_diag, __u8);
+HB_REGISTER(bfd_remote_mult, __u8);
+HB_REGISTER(bfd_remote_disc, __u32);
+HB_REGISTER(bfd_remote_min_tx_us, __u32);
+HB_REGISTER(bfd_remote_min_rx_us, __u32);
+HB_REGISTER(bfd_final_due, __u8);
 
 /* ---- counter and notifications ---- */
 
@@ -151,6 +188,7 @@ static __always_inline void hb_notify(__u32 index, __u8 state, __u32 last_seq, _
 		.last_seq = last_seq,
 		.index = (__u16)index,
 		.state = state,
+		.kind = HB_EVENT_PEER,
 	};
 
 	bpf_ringbuf_output(&hb_events, &ev, sizeof(ev), 0);

@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
-/* HbIngress for heartbeat responses: classify what arrives on UDP 9191 exactly as
- * docs/protocol.md "How a monitor classifies" (same order, same reasons), record fresh
- * responses in the peer's slot, raise UP events. Heartbeats are consumed; everything else
- * goes on to tc (l2_forward) and the host stack untouched.
+/* HbIngress for heartbeat responses and BFD control packets: classify what arrives on UDP
+ * 9191 exactly as docs/protocol.md "How a monitor classifies" (same order, same reasons),
+ * record fresh responses in the peer's slot, raise UP events; classify what arrives on UDP
+ * 3784 as docs/bfd.md "Receive" and record it in the session's slot, raising bfd_event_t
+ * records on changes. Both are consumed; everything else goes on to tc (l2_forward) and the
+ * host stack untouched.
  * (DOWN deadlines, last answer + detect_mult x period, are swept in hb_tc.c.) */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -110,6 +112,116 @@ static __always_inline int record(const struct peer_entry *peer, __u8 ttl,
 	return XDP_DROP;
 }
 
+/* docs/bfd.md "Receive" checks 5-7 and the recording, for the session at `index`: the
+ * registers before and after, and a bfd_event_t record when something the controller acts
+ * on changed (state, diag, mult, discriminator, timers), on a Final, or when the slot was
+ * not UP. Steady Up/Up traffic writes the same values and raises nothing. */
+static __always_inline int bfd_record(__u32 index, const struct bfd_hdr *bfd, __u64 bytes,
+				      __u32 miss_reason)
+{
+	__u32 *rx = REG(hb_rx_count, index);
+	__u64 *last_rx = REG(hb_last_rx_us, index);
+	__u8 *state = REG(hb_state, index);
+	__u8 *r_state = REG(bfd_remote_state, index);
+	__u8 *r_diag = REG(bfd_remote_diag, index);
+	__u8 *r_mult = REG(bfd_remote_mult, index);
+	__u32 *r_disc = REG(bfd_remote_disc, index);
+	__u32 *r_tx = REG(bfd_remote_min_tx_us, index);
+	__u32 *r_rx = REG(bfd_remote_min_rx_us, index);
+	__u8 *final_due = REG(bfd_final_due, index);
+
+	if (!rx || !last_rx || !state || !r_state || !r_diag || !r_mult || !r_disc || !r_tx ||
+	    !r_rx || !final_due)
+		return consume(miss_reason, bytes); /* index beyond max_peers */
+
+	__u8 st = bfd->state_flags >> 6;
+	__u8 flags = bfd->state_flags & 0x3f;
+	__u8 diag = bfd->vers_diag & 0x1f;
+	__u8 mult = bfd->detect_mult;
+	__u32 disc = bpf_ntohl(bfd->my_disc);
+	__u32 tx = bpf_ntohl(bfd->desired_min_tx_us);
+	__u32 rxi = bpf_ntohl(bfd->required_min_rx_us);
+	__u64 now = hb_now_us();
+	int changed = *r_state != st || *r_diag != diag || *r_mult != mult || *r_disc != disc ||
+		      *r_tx != tx || *r_rx != rxi || (flags & HB_BFD_FLAG_F) ||
+		      *state != HB_STATE_UP;
+
+	__sync_fetch_and_add(rx, 1);
+	*last_rx = now;
+	*r_state = st;
+	*r_diag = diag;
+	*r_mult = mult;
+	*r_disc = disc;
+	*r_tx = tx;
+	*r_rx = rxi;
+	if (flags & HB_BFD_FLAG_P)
+		*final_due = 1; /* the next packet we send carries F (RFC 5880 section 6.5) */
+	hb_count(HB_BFD_RECORDED, 1, bytes);
+	if (changed) {
+		struct hb_bfd_event ev = {
+			.time_us = now,
+			.my_disc = disc,
+			.index = (__u16)index,
+			.state = st,
+			.kind = HB_EVENT_BFD,
+			.desired_min_tx_us = tx,
+			.required_min_rx_us = rxi,
+			.diag = diag,
+			.flags = flags,
+			.detect_mult = mult,
+		};
+
+		*state = HB_STATE_UP;
+		bpf_ringbuf_output(&hb_events, &ev, sizeof(ev), 0);
+		hb_count(HB_BFD_EVENT, 1, bytes);
+	}
+	return XDP_DROP;
+}
+
+/* docs/bfd.md "Receive": a UDP 3784 datagram (unfragmented IPv4, IHL 5, untagged) is BFD,
+ * consumed and counted once, checks in the contract's order. */
+static __always_inline int bfd_rx(struct xdp_md *ctx, const struct iphdr *iph,
+				  const struct udphdr *udp, void *data_end, __u64 bytes)
+{
+	const struct bfd_hdr *bfd = (const void *)(udp + 1);
+
+	if ((void *)(bfd + 1) > data_end)
+		return consume(HB_BFD_TRUNCATED, bytes);
+	if (bfd->vers_diag >> 5 != HB_BFD_VERSION)
+		return consume(HB_BFD_BAD_VERSION, bytes);
+
+	__u8 st = bfd->state_flags >> 6;
+	__u32 your_disc = bpf_ntohl(bfd->your_disc);
+	int udp_len = bpf_ntohs(udp->len);
+
+	if (bfd->length < HB_BFD_LEN || (int)bfd->length > udp_len - 8 || bfd->detect_mult == 0 ||
+	    (bfd->state_flags & (HB_BFD_FLAG_M | HB_BFD_FLAG_A)) || bfd->my_disc == 0 ||
+	    (your_disc == 0 && (st == HB_BFD_STATE_INIT || st == HB_BFD_STATE_UP)))
+		return consume(HB_BFD_MALFORMED, bytes);
+	if (iph->ttl != HB_BFD_TTL)
+		return consume(HB_BFD_BAD_TTL, bytes);
+
+	struct bfd_session *sess;
+
+	if (your_disc) {
+		sess = bpf_map_lookup_elem(&bfd_sessions, &your_disc);
+		if (!sess)
+			return consume(HB_BFD_UNKNOWN_DISCRIMINATOR, bytes);
+		return bfd_record(sess->index, bfd, bytes, HB_BFD_UNKNOWN_DISCRIMINATOR);
+	}
+	__u32 ifindex = ctx->ingress_ifindex;
+	__u32 *port = bpf_map_lookup_elem(&port_numbers, &ifindex);
+	struct bfd_peer_key key = {
+		.src_addr = bpf_ntohl(iph->saddr),
+		.port = port ? *port : 0xffffffff, /* not a port of ours: no session matches */
+	};
+
+	sess = bpf_map_lookup_elem(&bfd_peers, &key);
+	if (!sess)
+		return consume(HB_BFD_UNKNOWN_PEER, bytes);
+	return bfd_record(sess->index, bfd, bytes, HB_BFD_UNKNOWN_PEER);
+}
+
 /* xdp.frags: attachable to jumbo-MTU ports too; a heartbeat always sits in the first buffer */
 SEC("xdp.frags")
 int hb_xdp_rx(struct xdp_md *ctx)
@@ -132,7 +244,11 @@ int hb_xdp_rx(struct xdp_md *ctx)
 	if (iph->frag_off & bpf_htons(IP_MF | IP_OFFSET))
 		return XDP_PASS;
 	udp = (void *)(iph + 1);
-	if ((void *)(udp + 1) > data_end || udp->dest != bpf_htons(HB_RESPONSE_PORT))
+	if ((void *)(udp + 1) > data_end)
+		return XDP_PASS;
+	if (udp->dest == bpf_htons(HB_BFD_PORT))
+		return bfd_rx(ctx, iph, udp, data_end, bytes);
+	if (udp->dest != bpf_htons(HB_RESPONSE_PORT))
 		return XDP_PASS;
 
 	/* From here on it is a heartbeat: counted under exactly one reason and consumed. */

@@ -12,11 +12,17 @@ Layout on the host:
   replica of the group with bpf_loop + bpf_clone_redirect, in bursts of 256.
 * the pacers: between the bursts of a round, and between the rounds of a template that asks
   for a period, the program sends the template (the "carrier") back into the CPU port through
-  a tbf qdisc: end a's tbf lets one carrier pass per lap of the round period, and a second
+  a tbf qdisc: end a's tbf lets one carrier pass per lap of the heartbeat round period, a
+  third pair (`...e` / `...f`, tc ingress `hb_tc_cpu` on f) does the same for the BFD
+  schedule (one schedule per kind of template, each with its own period), and a second
   veth pair (`...c` / `...d`, tc ingress `hb_tc_cpu` on d) has a tbf that spaces bursts. A
-  token bucket that lets one 82-byte carrier through every P seconds is a timer kept by the
+  token bucket that lets one 90-byte carrier through every P seconds is a timer kept by the
   kernel: rounds go on without waking this process (docs/dataplane.md "Rounds kept by the
   target").
+* BFD (docs/bfd.md): `bfd_sessions`, `bfd_peers`, `bfd_requests`, the seven `bfd_*`
+  registers; the XDP program records control packets and raises `BfdEvent`s (bfd_event_t)
+  in the same ring as `PeerEvent`s; a BFD template (UDP 3784, the tick period in its
+  required min echo RX field) to a group runs the BFD schedule.
 """
 
 from __future__ import annotations
@@ -38,13 +44,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from hbmon import assets, protocol
-from hbmon.protocol import REGISTERS
+from hbmon import assets, bfd_packet, protocol
+from hbmon.protocol import BFD_REGISTERS
+from hbmon.protocol import REGISTERS as HB_REGISTERS
 
 from . import libbpf as lb
 from .maps import PerCpuCounter, RegisterArray
 
-__all__ = ["REGISTERS", "Datapath", "DatapathError", "PeerEvent", "TableFullError"]
+__all__ = ["REGISTERS", "BfdEvent", "Datapath", "DatapathError", "PeerEvent", "TableFullError"]
+
+# Every register of the data plane: the heartbeat slot's and the BFD session's (P4Info order)
+REGISTERS: dict[str, int] = {**HB_REGISTERS, **BFD_REGISTERS}
 
 MAX_PORT = (1 << 9) - 1  # P4 ports are 9 bits
 FRAME_LEN = 14 + protocol.IPV4_TOTAL_LEN  # HB_FRAME_LEN: a request template, 70 bytes
@@ -54,8 +64,10 @@ MAX_GROUP = (1 << 16) - 1
 # ring or a veth's 256-entry XDP ring (which frees its slots in batches, so a 256 burst
 # already loses some); the kernel program runs a round as bursts of this size.
 REPLICAS_PER_BURST = 128
-# The carrier on the wire of a pacer: the 70-byte template plus its 16-byte trailer.
-_CARRIER_BYTES = FRAME_LEN + 16
+BFD_FRAME_LEN = 14 + bfd_packet.IPV4_TOTAL_LEN  # HB_BFD_FRAME_LEN: a BFD template, 66 bytes
+# The carrier on the wire of a pacer: the 70-byte template (a BFD one padded to 70) plus its
+# 20-byte trailer.
+_CARRIER_BYTES = FRAME_LEN + 20
 # A lap of the round pacer is at most this long: longer periods take several laps (a token
 # bucket's rate is whole bytes per second, too coarse for one 82-byte lap of minutes).
 _MAX_LAP_NS = 100_000_000
@@ -71,17 +83,31 @@ _ROUND = struct.Struct(f"=QQIIHH{FRAME_LEN}s6x")  # 104 bytes: 8-byte aligned
 _ROUND_FRAME_AT = 28
 _SEQ_AT = 14 + 20 + 8 + 8  # Ethernet, IPv4, UDP, then magic..peer_id
 _TX_AT = _SEQ_AT + 8  # after the sequence and the nonce
+_BFD_ECHO_AT = 14 + 20 + 8 + 20  # the BFD template's tick period (required min echo RX)
+# hb_rounds entries (HB_SCHEDULE_*): one schedule per kind of fan-out template
+SCHEDULE_REQUEST, SCHEDULE_BFD = 0, 1
 _SOL_PACKET = 263  # linux/socket.h (the socket module does not export it)
 _PACKET_QDISC_BYPASS = 20  # linux/if_packet.h
 CPU_PORT_MTU = 9000
-_CPU_TRAILER = struct.Struct("=IHHIHH")  # struct hb_cpu_trailer
-_CONFIG = struct.Struct("=IIQII")  # struct hb_config
+# struct hb_cpu_trailer: magic, egress_port, mcast_grp, start, generation, lap, schedule
+_CPU_TRAILER = struct.Struct("=IHHIHHI")
+# struct hb_config: round_ifindex[2], burst_ifindex, index_limit, sweep_ns
+_CONFIG = struct.Struct("=IIIIQ")
 # The DOWN-deadline sweeper runs every period/16 (at least every 250 us), and no more often
 # than keeps its cost near 5 % of a core (about 15 ns per peer slot swept).
 _SWEEP_MIN_NS = 250_000
 _SWEEP_NS_PER_SLOT = 15 * 20
 _CPU_TRAILER_MAGIC = 0x48424350
 _EVENT = struct.Struct("=QIHBx")  # struct hb_event
+# struct hb_bfd_event: time_us, my_disc, index, state, kind, desired_min_tx_us,
+# required_min_rx_us, diag, flags, detect_mult
+_BFD_EVENT = struct.Struct("=QIHBxIIBBB5x")
+_EVENT_KIND_AT = 15  # HB_EVENT_PEER 0 / HB_EVENT_BFD 1
+_EVENT_BFD = 1
+_BFD_PEER_KEY = struct.Struct("=II")  # src_addr, port
+# struct bfd_request: dst_mac, valid, state, diag, flags, detect_mult, src_port, dst_addr,
+# my_disc, desired_min_tx_us, required_min_rx_us, tx_interval_us, detect_time_us
+_BFD_REQUEST = struct.Struct("=6sBBBBBxH2xIIIIII")
 _PEER_KEY = struct.Struct("=II")
 _PEER_ENTRY = struct.Struct("=IIB3x")  # struct peer_entry: index, nonce_key, min_ttl
 _U32 = struct.Struct("=I")
@@ -96,10 +122,11 @@ XDP_PROGRAM = "hb_xdp_rx"
 TC_L2_PROGRAM = "hb_tc_l2"
 TC_CPU_PROGRAM = "hb_tc_cpu"
 SWEEPER_PROGRAM = "hb_sweeper_start"
-_PER_PEER_MAPS = ("peers", "peer_ids", "peer_requests", *REGISTERS)
+_PER_PEER_MAPS = ("peers", "peer_ids", "peer_requests", "bfd_sessions", "bfd_peers",
+                  "bfd_requests", *REGISTERS)
 _BACKLOG_SYSCTL = Path("/proc/sys/net/core/netdev_max_backlog")
 _names = itertools.count()
-_CPU_PORT_NAME = re.compile(r"hbc(\d+)x\d+[ac]")
+_CPU_PORT_NAME = re.compile(r"hbc(\d+)x\d+[ace]")
 
 
 class DatapathError(RuntimeError):
@@ -118,10 +145,52 @@ class TableFullError(DatapathError):
 class PeerEvent:
     """docs/dataplane.md peer_event_t: hb_state of `index` became `state`."""
 
+    DIGEST = "peer_event_t"  # the P4Runtime digest it becomes
+
     index: int
     state: int
     last_seq: int
     time_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class BfdEvent:
+    """docs/bfd.md bfd_event_t: the BFD session at `index` received a control packet that
+    changed what the controller acts on (fields are the remote's, as received)."""
+
+    DIGEST = "bfd_event_t"
+
+    index: int
+    state: int
+    diag: int
+    flags: int
+    detect_mult: int
+    my_disc: int
+    desired_min_tx_us: int
+    required_min_rx_us: int
+    time_us: int
+
+
+def is_bfd_template(frame: bytes) -> bool:
+    """A BFD fan-out template as docs/bfd.md "Transmit" defines it (hb_tc.c
+    bfd_template_ok): only such a frame's required min echo RX is a tick period."""
+    return (len(frame) >= BFD_FRAME_LEN and frame[12:14] == b"\x08\x00" and frame[14] == 0x45
+            and frame[23] == 17
+            and int.from_bytes(frame[16:18], "big") == bfd_packet.IPV4_TOTAL_LEN
+            and int.from_bytes(frame[20:22], "big") & 0x3FFF == 0
+            and frame[36:40] == struct.pack("!HH", bfd_packet.PORT, bfd_packet.UDP_LEN)
+            and frame[42] >> 5 == bfd_packet.VERSION and frame[45] == bfd_packet.LENGTH)
+
+
+def template_period_us(frame: bytes) -> tuple[int, int] | None:
+    """(schedule, period in us) a fan-out template asks for, None if it is no template
+    (the kernel counts it BAD_TEMPLATE): a request's tx_timestamp_us, a BFD template's
+    required min echo RX interval."""
+    if is_bfd_template(frame):
+        return SCHEDULE_BFD, int.from_bytes(frame[_BFD_ECHO_AT:_BFD_ECHO_AT + 4], "big")
+    if is_request_template(frame):
+        return SCHEDULE_REQUEST, int.from_bytes(frame[_TX_AT:_TX_AT + 8], "big")
+    return None
 
 
 def is_request_template(frame: bytes) -> bool:
@@ -135,6 +204,42 @@ def is_request_template(frame: bytes) -> bool:
                                             protocol.REQUEST_PORT, protocol.UDP_LEN)
             and frame[42:46] == struct.pack("!HBB", protocol.MAGIC, protocol.VERSION,
                                             protocol.MsgType.REQUEST))
+
+
+# HbEgress.bfd_control's params with their widths (docs/bfd.md), in P4Info order
+BFD_CONTROL_PARAMS: dict[str, int] = {
+    "dst_mac": 48, "dst_addr": 32, "src_port": 16, "my_disc": 32, "state": 8, "diag": 8,
+    "flags": 8, "detect_mult": 8, "desired_min_tx_us": 32, "required_min_rx_us": 32,
+    "tx_interval_us": 32, "detect_time_us": 32,
+}
+
+
+def check_bfd_control(**params: int) -> tuple[Any, ...]:
+    """bfd_control's params checked (Datapath's range checks) and in struct bfd_request's
+    order, valid = 1."""
+    for name, bits in BFD_CONTROL_PARAMS.items():
+        _check_range(name, params[name], bits)
+    if params["state"] > 3:
+        raise ValueError(f"state = {params['state']} outside 0..3 (AdminDown .. Up)")
+    if params["diag"] > 0x1F or params["flags"] > 0x3F:
+        raise ValueError(f"diag {params['diag']} or flags {params['flags']:#x} do not fit "
+                         "their 5 / 6 bits")
+    p = params
+    return (p["dst_mac"].to_bytes(6, "big"), 1, p["state"], p["diag"], p["flags"],
+            p["detect_mult"], p["src_port"], p["dst_addr"], p["my_disc"],
+            p["desired_min_tx_us"], p["required_min_rx_us"], p["tx_interval_us"],
+            p["detect_time_us"])
+
+
+def unpack_bfd_request(raw: bytes) -> dict[str, int] | None:
+    (mac, valid, state, diag, flags, mult, src_port, dst_addr, my_disc, tx_us, rx_us,
+     interval, detect) = _BFD_REQUEST.unpack(raw)
+    if not valid:
+        return None
+    return {"dst_mac": int.from_bytes(mac, "big"), "dst_addr": dst_addr, "src_port": src_port,
+            "my_disc": my_disc, "state": state, "diag": diag, "flags": flags,
+            "detect_mult": mult, "desired_min_tx_us": tx_us, "required_min_rx_us": rx_us,
+            "tx_interval_us": interval, "detect_time_us": detect}
 
 
 def default_bpf_dir() -> Path:
@@ -239,8 +344,9 @@ class Datapath(GroupShadow):
         self.bpf_dir = Path(bpf_dir) if bpf_dir is not None else default_bpf_dir()
         self.max_peers = max_peers
         n = next(_names) % 1000
-        # (a, b): PacketOut and the round pacer; (c, d): the burst pacer
-        self.cpu_ifnames = tuple(f"hbc{os.getpid()}x{n}{end}" for end in "abcd")
+        # (a, b): PacketOut and the heartbeat round pacer; (c, d): the burst pacer;
+        # (e, f): the BFD round pacer
+        self.cpu_ifnames = tuple(f"hbc{os.getpid()}x{n}{end}" for end in "abcdef")
 
         self._lock = threading.RLock()  # table shadow state + lifecycle
         self._events_lock = threading.Lock()
@@ -255,12 +361,15 @@ class Datapath(GroupShadow):
         self._tc_hooks: list[lb.TcHook] = []
         self._cpu_veth_made = False
         self._sock: socket.socket | None = None  # PacketOut: bypasses the pacers
-        self._carrier_sock: socket.socket | None = None  # a carrier: through the round pacer
-        self._round_period_ns = 0  # the round pacer's current lap setting is for this period
-        self._period_ns = 0  # of the schedule last started (sets the sweeper's pace)
+        # a carrier of each schedule: through that schedule's round pacer
+        self._carrier_socks: list[socket.socket | None] = [None, None]
+        # per schedule: its round pacer's current lap, and the period of the schedule last
+        # started (0: none; the shortest sets the sweeper's pace)
+        self._lap_ns = [0, 0]
+        self._periods_ns = [0, 0]
         self._index_limit = 0  # 1 + the highest index given a peer_requests entry
         self._ring: lb.RingBuffer | None = None
-        self._pending: list[PeerEvent] = []
+        self._pending: list[PeerEvent | BfdEvent] = []
         self._groups: dict[int, list[tuple[int, int]]] = {}  # group -> replica by position
         self._backlog_restore: tuple[int, int] | None = None  # (old value, value we set)
         # (netns path or None, interface, ethtool knob) of each VLAN offload we turned off
@@ -366,13 +475,13 @@ class Datapath(GroupShadow):
     def _make_cpu_port(self) -> None:
         from pyroute2 import IPRoute  # heavy import, only when starting
 
-        a, b, c, d = self.cpu_ifnames
+        a, b, c, d, e, f = self.cpu_ifnames
         with IPRoute() as ipr:
             _remove_dead_cpu_ports(ipr)
             if any(ipr.link_lookup(ifname=name) for name in self.cpu_ifnames):
-                raise DatapathError(f"CPU-port interface {a}, {b}, {c} or {d} already exists")
+                raise DatapathError(f"a CPU-port interface {a} .. {f} already exists")
             self._cpu_veth_made = True
-            for x, y in ((a, b), (c, d)):
+            for x, y in ((a, b), (c, d), (e, f)):
                 ipr.link("add", ifname=x, kind="veth", peer={"ifname": y})
             for name in self.cpu_ifnames:
                 # the host must not chatter (IPv6 DAD, router solicitations) into the CPU port
@@ -385,16 +494,20 @@ class Datapath(GroupShadow):
         self._ifindex_cpu_b = socket.if_nametoindex(b)
         self._ifindex_cpu_c = socket.if_nametoindex(c)
         self._ifindex_cpu_d = socket.if_nametoindex(d)
+        self._ifindex_cpu_e = socket.if_nametoindex(e)
+        self._ifindex_cpu_f = socket.if_nametoindex(f)
         self._set_pacer(a, _MAX_LAP_NS)
+        self._set_pacer(e, _MAX_LAP_NS)
         self._set_pacer(c, self.burst_gap_ns)
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         # PacketOuts go straight to the veth: the round pacer is only for carriers
         sock.setsockopt(_SOL_PACKET, _PACKET_QDISC_BYPASS, 1)
         sock.bind((a, 0))
         self._sock = sock
-        carrier = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-        carrier.bind((a, 0))
-        self._carrier_sock = carrier
+        for schedule, end in ((SCHEDULE_REQUEST, a), (SCHEDULE_BFD, e)):
+            carrier = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+            carrier.bind((end, 0))
+            self._carrier_socks[schedule] = carrier
 
     @staticmethod
     def _set_pacer(ifname: str, lap_ns: int) -> None:
@@ -417,8 +530,10 @@ class Datapath(GroupShadow):
     def _attach(self) -> None:
         self._write_config()
         ports_map = self._maps["ports"]
+        numbers_map = self._maps["port_numbers"]
         for port, ifindex in self._ifindex.items():
             ports_map.update(_U32.pack(port), _U32.pack(ifindex))
+            numbers_map.update(_U32.pack(ifindex), _U32.pack(port))
         xdp_fd = self._prog_fds[XDP_PROGRAM]
         for port, ifindex in sorted(self._ifindex.items()):
             self._remove_orphans(port, ifindex)
@@ -437,7 +552,7 @@ class Datapath(GroupShadow):
             self._tc_hooks.append(hook)
             hook.create()
             hook.attach(self._prog_fds[TC_L2_PROGRAM])
-        for ifindex in (self._ifindex_cpu_b, self._ifindex_cpu_d):
+        for ifindex in (self._ifindex_cpu_b, self._ifindex_cpu_d, self._ifindex_cpu_f):
             hook = lb.TcHook(ifindex)
             self._tc_hooks.append(hook)
             hook.create()
@@ -610,10 +725,11 @@ class Datapath(GroupShadow):
             for hook in reversed(self._tc_hooks):
                 hook.destroy()
             self._tc_hooks.clear()
-            for sock in (self._sock, self._carrier_sock):
+            for sock in (self._sock, *self._carrier_socks):
                 if sock is not None:
                     sock.close()
-            self._sock = self._carrier_sock = None
+            self._sock = None
+            self._carrier_socks = [None, None]
             if self._cpu_veth_made:
                 self._delete_cpu_veth()
             for reg in self._registers.values():
@@ -639,7 +755,7 @@ class Datapath(GroupShadow):
 
         try:
             with IPRoute() as ipr:
-                for name in (self.cpu_ifnames[0], self.cpu_ifnames[2]):
+                for name in self.cpu_ifnames[0::2]:
                     for idx in ipr.link_lookup(ifname=name):
                         ipr.link("del", index=idx)  # removes the peer end too
         except Exception:  # cleanup goes on whatever netlink says
@@ -755,6 +871,10 @@ class Datapath(GroupShadow):
         value = _PEER_REQUEST.pack(dst_mac.to_bytes(6, "big"), detect_mult, 1, dst_addr, peer_id,
                                    nonce_key)
         self._map("peer_requests").update(_U32.pack(index), value)
+        self._raise_index_limit(index)
+
+    def _raise_index_limit(self, index: int) -> None:
+        """The sweeper looks at slots 0 .. index_limit - 1: every slot with a request."""
         if index >= self._index_limit:
             with self._lock:
                 self._index_limit = max(self._index_limit, index + 1)
@@ -773,6 +893,74 @@ class Datapath(GroupShadow):
     def peer_requests_delete(self, index: int) -> bool:
         existed = self.peer_requests_get(index) is not None
         self._map("peer_requests").update(_U32.pack(index), bytes(_PEER_REQUEST.size))
+        return existed
+
+    # -- BFD (docs/bfd.md "P4Info additions") ----------------------------------------------
+
+    def bfd_sessions_set(self, your_disc: int, index: int) -> None:
+        """HbIngress.bfd_sessions: control packets whose your discriminator is `your_disc`
+        (our discriminator of the session) are the session at `index`'s."""
+        _check_range("your_disc", your_disc, 32)
+        self._check_index(index)
+        try:
+            self._map("bfd_sessions").update(_U32.pack(your_disc), _U32.pack(index))
+        except lb.LibbpfError as exc:
+            raise _kernel_error(exc, "bfd_sessions") from exc
+
+    def bfd_sessions_delete(self, your_disc: int) -> bool:
+        _check_range("your_disc", your_disc, 32)
+        return self._map("bfd_sessions").delete(_U32.pack(your_disc))
+
+    def bfd_sessions_get(self, your_disc: int) -> int | None:
+        _check_range("your_disc", your_disc, 32)
+        raw = self._map("bfd_sessions").lookup(_U32.pack(your_disc))
+        return None if raw is None else _U32.unpack(raw)[0]
+
+    def bfd_peers_set(self, src_addr: int, port: int, index: int) -> None:
+        """HbIngress.bfd_peers: control packets with your discriminator 0 from `src_addr`
+        arriving on `port` are the session at `index`'s."""
+        _check_range("src_addr", src_addr, 32)
+        _check_range("port", port, 9)
+        self._check_index(index)
+        try:
+            self._map("bfd_peers").update(_BFD_PEER_KEY.pack(src_addr, port), _U32.pack(index))
+        except lb.LibbpfError as exc:
+            raise _kernel_error(exc, "bfd_peers") from exc
+
+    def bfd_peers_delete(self, src_addr: int, port: int) -> bool:
+        _check_range("src_addr", src_addr, 32)
+        _check_range("port", port, 9)
+        return self._map("bfd_peers").delete(_BFD_PEER_KEY.pack(src_addr, port))
+
+    def bfd_peers_get(self, src_addr: int, port: int) -> int | None:
+        _check_range("src_addr", src_addr, 32)
+        _check_range("port", port, 9)
+        raw = self._map("bfd_peers").lookup(_BFD_PEER_KEY.pack(src_addr, port))
+        return None if raw is None else _U32.unpack(raw)[0]
+
+    def bfd_requests_set(self, index: int, *, dst_mac: int, dst_addr: int, src_port: int,
+                         my_disc: int, state: int, diag: int, flags: int, detect_mult: int,
+                         desired_min_tx_us: int, required_min_rx_us: int, tx_interval_us: int,
+                         detect_time_us: int) -> None:
+        """HbEgress.bfd_control(...) for replicas of `index` (docs/bfd.md "Transmit")."""
+        self._check_index(index)
+        value = _BFD_REQUEST.pack(*check_bfd_control(
+            dst_mac=dst_mac, dst_addr=dst_addr, src_port=src_port, my_disc=my_disc,
+            state=state, diag=diag, flags=flags, detect_mult=detect_mult,
+            desired_min_tx_us=desired_min_tx_us, required_min_rx_us=required_min_rx_us,
+            tx_interval_us=tx_interval_us, detect_time_us=detect_time_us))
+        self._map("bfd_requests").update(_U32.pack(index), value)
+        self._raise_index_limit(index)
+
+    def bfd_requests_get(self, index: int) -> dict[str, int] | None:
+        """The bfd_control params of an entry by name, None if there is none."""
+        self._check_index(index)
+        raw = self._map("bfd_requests").lookup(_U32.pack(index))
+        return None if raw is None else unpack_bfd_request(raw)
+
+    def bfd_requests_delete(self, index: int) -> bool:
+        existed = self.bfd_requests_get(index) is not None
+        self._map("bfd_requests").update(_U32.pack(index), bytes(_BFD_REQUEST.size))
         return existed
 
     # ------------------------------------------------------------------ replication
@@ -898,7 +1086,8 @@ class Datapath(GroupShadow):
         self._register(name).fill(value)
 
     def reset_slot(self, index: int) -> None:
-        """Write 0 to every register at `index` (before an index is reused)."""
+        """Write 0 to every register at `index`, heartbeat and BFD (before an index is
+        reused)."""
         self._check_index(index)
         for name in REGISTERS:
             self._register(name).write(index, 0)
@@ -931,7 +1120,9 @@ class Datapath(GroupShadow):
         A fan-out template whose tx_timestamp_us is P > 0 asks for a round every P us
         (docs/dataplane.md "Rounds kept by the target"): the first round runs now, the kernel
         runs the next ones. The same P again only replaces the template (phase and sequence
-        go on); a template with P = 0 is one round now and ends the schedule."""
+        go on); a template with P = 0 is one round now and ends the schedule. A BFD template
+        (docs/bfd.md "Transmit") does the same for the BFD schedule with the P in its
+        required min echo RX field: the two schedules run side by side."""
         _check_range("egress_port", egress_port, 9)
         _check_range("mcast_grp", mcast_grp, 16)
         if len(frame) < 14:
@@ -939,36 +1130,40 @@ class Datapath(GroupShadow):
         if len(frame) + _CPU_TRAILER.size > CPU_PORT_MTU + 14:
             raise ValueError(f"frame of {len(frame)} bytes is larger than the CPU port allows")
         frame = bytes(frame)
-        period_us = 0
-        if mcast_grp and is_request_template(frame):
-            # (anything else goes to the kernel as it is, which counts it BAD_TEMPLATE)
-            period_us = int.from_bytes(frame[_TX_AT:_TX_AT + 8], "big")
+        schedule, period_us = SCHEDULE_REQUEST, 0
+        # (anything but a template goes to the kernel as it is, which counts it BAD_TEMPLATE)
+        asked = template_period_us(frame) if mcast_grp else None
+        if asked is not None:
+            schedule, period_us = asked
         if period_us and not PERIOD_MIN_US <= period_us <= PERIOD_MAX_US:
-            raise ValueError(f"round period {period_us} us (the template's tx_timestamp_us) "
+            raise ValueError(f"round period {period_us} us (the template's "
+                             f"{'required min echo RX' if schedule else 'tx_timestamp_us'}) "
                              f"outside {PERIOD_MIN_US} .. {PERIOD_MAX_US}")
         with self._lock:
             self._running()
             if period_us:
-                self._schedule(frame, mcast_grp, period_us * 1000)
+                self._schedule(frame, mcast_grp, period_us * 1000, schedule)
                 return
-            if mcast_grp:
-                self._stop_rounds(mcast_grp)
+            if asked is not None:
+                self._stop_rounds(mcast_grp, schedule)
         # one injection: the kernel runs the bursts of the round itself
         self._inject(frame + _CPU_TRAILER.pack(_CPU_TRAILER_MAGIC, egress_port, mcast_grp, 0,
-                                               0, 0))
+                                               0, 0, 0))
 
-    def rounds(self) -> dict[str, int]:
-        """The round schedule the kernel keeps (period_ns 0: none)."""
+    def rounds(self, schedule: int = SCHEDULE_REQUEST) -> dict[str, int]:
+        """A round schedule the kernel keeps (period_ns 0: none): heartbeat requests'
+        (SCHEDULE_REQUEST) or BFD's (SCHEDULE_BFD)."""
         with self._lock:
-            raw = self._map("hb_rounds").lookup(_U32.pack(0))
+            raw = self._map("hb_rounds").lookup(_U32.pack(schedule))
         assert raw is not None
         period_ns, round_ns, laps, sequence, generation, group, _ = _ROUND.unpack(raw)
         return {"period_ns": period_ns, "round_ns": round_ns, "laps": laps,
                 "sequence": sequence, "generation": generation, "group": group}
 
-    def _schedule(self, frame: bytes, group: int, period_ns: int) -> None:
+    def _schedule(self, frame: bytes, group: int, period_ns: int, schedule: int) -> None:
         rounds = self._map("hb_rounds")
-        raw = rounds.lookup(_U32.pack(0))
+        key = _U32.pack(schedule)
+        raw = rounds.lookup(key)
         assert raw is not None
         cur_period, cur_round, laps, _, generation, cur_group, _ = _ROUND.unpack(raw)
         now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
@@ -978,33 +1173,38 @@ class Datapath(GroupShadow):
             # same schedule, carrier alive: only the template changes, from the next round;
             # written in place (mmap) so the round time and sequence the kernel keeps
             # updating are never written back stale
+            at = schedule * _ROUND.size + _ROUND_FRAME_AT
             with mmap.mmap(rounds.fd, mmap.PAGESIZE, flags=mmap.MAP_SHARED,
                            prot=mmap.PROT_READ | mmap.PROT_WRITE) as mm:
-                mm[_ROUND_FRAME_AT:_ROUND_FRAME_AT + FRAME_LEN] = template
+                mm[at:at + FRAME_LEN] = template
             return
         laps = -(-period_ns // _MAX_LAP_NS)
-        if period_ns // laps != self._round_period_ns:
-            self._set_pacer(self.cpu_ifnames[0], period_ns // laps)
-            self._round_period_ns = period_ns // laps
+        if period_ns // laps != self._lap_ns[schedule]:
+            self._set_pacer(self.cpu_ifnames[4 if schedule else 0], period_ns // laps)
+            self._lap_ns[schedule] = period_ns // laps
         generation = generation % 0xFFFF + 1  # 1..65535: 0 marks a single round
-        first = int.from_bytes(frame[_SEQ_AT:_SEQ_AT + 4], "big")
-        rounds.update(_U32.pack(0), _ROUND.pack(period_ns, now, laps, (first - 1) & 0xFFFFFFFF,
-                                                generation, group, template))
-        self._period_ns = period_ns
+        first = 0 if schedule else int.from_bytes(frame[_SEQ_AT:_SEQ_AT + 4], "big")
+        rounds.update(key, _ROUND.pack(period_ns, now, laps, (first - 1) & 0xFFFFFFFF,
+                                       generation, group, template))
+        self._periods_ns[schedule] = period_ns
         self._start_sweeper()
         # through the round pacer (a full bucket lets it pass at once): the first round now,
-        # and the pacer's bucket is empty again, so the second one comes a whole lap later
-        self._inject(frame + _CPU_TRAILER.pack(_CPU_TRAILER_MAGIC, 0, group, 0, generation,
-                                               laps - 1), sock=self._carrier_sock)
+        # and the pacer's bucket is empty again, so the second one comes a whole lap later.
+        # A carrier is always FRAME_LEN + trailer long (the pacer's rate counts on it).
+        self._inject(template + _CPU_TRAILER.pack(_CPU_TRAILER_MAGIC, 0, group, 0, generation,
+                                                  laps - 1, schedule),
+                     sock=self._carrier_socks[schedule])
 
     def _write_config(self) -> None:
         """hb_config: the pacers' ports, and the deadline sweeper's pace and range."""
         sweep_ns = 0
-        if self._period_ns:
-            sweep_ns = max(_SWEEP_MIN_NS, self._period_ns // 16,
+        periods = [p for p in self._periods_ns if p]
+        if periods:
+            sweep_ns = max(_SWEEP_MIN_NS, min(periods) // 16,
                            self._index_limit * _SWEEP_NS_PER_SLOT)
         self._maps["hb_config"].update(_U32.pack(0), _CONFIG.pack(
-            self._ifindex_cpu_a, self._ifindex_cpu_c, sweep_ns, self._index_limit, 0))
+            self._ifindex_cpu_a, self._ifindex_cpu_e, self._ifindex_cpu_c, self._index_limit,
+            sweep_ns))
 
     def _start_sweeper(self) -> None:
         """(Re)start the BPF timer that declares DOWN at last answer + detect_mult x period
@@ -1015,16 +1215,16 @@ class Datapath(GroupShadow):
             raise DatapathError(f"cannot start the DOWN-deadline sweeper: "
                                 f"{os.strerror(err) if err < 4096 else err}", err)
 
-    def _stop_rounds(self, group: int) -> None:
+    def _stop_rounds(self, group: int, schedule: int) -> None:
         rounds = self._map("hb_rounds")
-        raw = rounds.lookup(_U32.pack(0))
+        raw = rounds.lookup(_U32.pack(schedule))
         if raw is None:
             return
         fields = list(_ROUND.unpack(raw))
         if fields[0] and fields[5] == group:
             fields[0] = 0  # the carrier ends at its next round, the sweeper at its next run
-            rounds.update(_U32.pack(0), _ROUND.pack(*fields))
-            self._period_ns = 0
+            rounds.update(_U32.pack(schedule), _ROUND.pack(*fields))
+            self._periods_ns[schedule] = 0
             self._write_config()
 
     def _inject(self, data: bytes, timeout_s: float = 1.0,
@@ -1047,6 +1247,12 @@ class Datapath(GroupShadow):
     # ------------------------------------------------------------------ notifications
 
     def _on_event(self, raw: bytes) -> None:
+        if len(raw) >= _BFD_EVENT.size and raw[_EVENT_KIND_AT] == _EVENT_BFD:
+            (time_us, my_disc, index, state, tx_us, rx_us, diag, flags,
+             mult) = _BFD_EVENT.unpack_from(raw)
+            self._pending.append(BfdEvent(index, state, diag, flags, mult, my_disc, tx_us,
+                                          rx_us, time_us))
+            return
         time_us, last_seq, index, state = _EVENT.unpack_from(raw)
         self._pending.append(PeerEvent(index, state, last_seq, time_us))
 
@@ -1056,8 +1262,9 @@ class Datapath(GroupShadow):
         assert self._ring is not None
         return self._ring.epoll_fd()
 
-    def poll_events(self, timeout_ms: int) -> list[PeerEvent]:
-        """Wait up to timeout_ms (0 = don't wait, -1 = forever) for UP/DOWN events."""
+    def poll_events(self, timeout_ms: int) -> list[PeerEvent | BfdEvent]:
+        """Wait up to timeout_ms (0 = don't wait, -1 = forever) for UP/DOWN events and BFD
+        records, in the order the data plane raised them."""
         self._running()
         with self._events_lock:
             ring = self._ring

@@ -13,11 +13,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from hbmon.protocol import REASON_COUNT, REGISTERS
+from hbmon.protocol import BFD_REGISTERS, REASON_COUNT
+from hbmon.protocol import REGISTERS as HB_REGISTERS
 from hbmon_kernel import libbpf as lb
 from hbmon_kernel.datapath import Datapath, DatapathError, TableFullError
 
 from .bpf_lab import Lab, ip
+
+REGISTERS = {**HB_REGISTERS, **BFD_REGISTERS}  # the heartbeat slot's and BFD's
 
 MAX_PEERS = 256
 
@@ -89,8 +92,9 @@ def test_close_removes_everything() -> None:
                 idx = int(Path(f"/sys/class/net/{iface}/ifindex").read_text())
                 assert lb.xdp_prog_id(idx) != 0
                 assert _clsact(iface)
-            cpu_ports = dp.cpu_ifnames  # (a, b) packet-out and round pacer, (c, d) bursts
-            assert len(cpu_ports) == 4 and all(_link_exists(n) for n in cpu_ports)
+            # (a, b) packet-out and heartbeat round pacer, (c, d) bursts, (e, f) BFD rounds
+            cpu_ports = dp.cpu_ifnames
+            assert len(cpu_ports) == 6 and all(_link_exists(n) for n in cpu_ports)
         finally:
             dp.close()
         for iface in lab.ifaces:

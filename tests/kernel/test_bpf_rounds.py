@@ -257,7 +257,9 @@ def test_registers_and_trailer_layout_agree_with_the_bpf_structs() -> None:
     # pure layout check: the Python view of struct hb_cpu_trailer / hb_round (kernel/bpf)
     from hbmon_kernel import datapath
 
-    assert datapath._CPU_TRAILER.size == 16
+    assert datapath._CPU_TRAILER.size == 20
     assert datapath._ROUND.size == 104 and datapath._ROUND_FRAME_AT == 28
     assert struct.calcsize("=QQIIHH") == datapath._ROUND_FRAME_AT
     assert datapath._CONFIG.size == 24  # struct hb_config
+    assert datapath._BFD_REQUEST.size == 40  # struct bfd_request
+    assert datapath._BFD_EVENT.size == 32  # struct hb_bfd_event
