@@ -14,6 +14,12 @@ A `SwitchDriver` owns one P4Runtime session (`hbmon.p4.client`) and one thread t
 
 Digests (`peer_event_t`) arrive on the stream thread and update health at once.
 
+BFD sessions (peers of kind bfd, docs/bfd.md) ride on the same machinery: their entries are
+reconciled with the rest, a second fan-out group (2) sends their control packets from one
+template (re-stated like the heartbeat one on the kernel target, sent every tick on bmv2),
+and `bfd_event_t` digests feed their state machines; a session's `bfd_requests` entry is
+rewritten only when what it sends must change.
+
 `hbmon.controller.fabric.Fabric` creates one driver per configured switch and gives it
 the inventory, the health engine and the event outbox.
 """
@@ -35,16 +41,20 @@ import numpy as np
 import numpy.typing as npt
 from p4.v1 import p4runtime_pb2
 
-from hbmon import protocol
+from hbmon import bfd_packet, protocol
 from hbmon.config import SwitchConfig
 from hbmon.controller.health import SLOT_FIELDS
 from hbmon.dataplane.inventory import (
     IndexAllocator,
     PeerGuard,
+    bfd_group,
+    bfd_request_entry,
     desired_state,
     fanout_group,
+    has_bfd,
     peer_entities,
     plan_reconcile,
+    tables_of,
 )
 from hbmon.dataplane.registers import P4RuntimeRegisterAccess, RegisterAccess, open_register_access
 from hbmon.model import (
@@ -73,7 +83,7 @@ from hbmon.p4.client import (
     WriteError,
     make_update,
 )
-from hbmon.protocol import REGISTERS, Heartbeat, MsgType, Reason, seq_newer
+from hbmon.protocol import BFD_REGISTERS, REGISTERS, Heartbeat, MsgType, Reason, seq_newer
 
 if TYPE_CHECKING:  # the fabric creates its drivers; a driver only refers back to it
     from hbmon.controller.fabric import Fabric
@@ -94,21 +104,34 @@ def _ipv4_checksum(header: bytes) -> int:
     return ~total & 0xFFFF
 
 
+def _udp_frame(src_mac: str, src_ip: str, sport: int, dport: int, payload: bytes) -> bytes:
+    """Ethernet (to broadcast) / IPv4 (to 0.0.0.0, TTL 255, DF) / UDP (checksum 0) from the
+    monitor address: a fan-out template, whose destinations each replica rewrites."""
+    mac = bytes.fromhex(src_mac.replace(":", ""))
+    eth = b"\xff" * 6 + mac + b"\x08\x00"
+    src = ipaddress.IPv4Address(src_ip).packed
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + len(payload), 0, 0x4000,
+                     protocol.SEND_TTL, 17, 0, src, b"\x00\x00\x00\x00")
+    ip = ip[:10] + struct.pack("!H", _ipv4_checksum(ip)) + ip[12:]
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0)
+    return eth + ip + udp + payload
+
+
 def request_template(src_mac: str, src_ip: str, sequence: int) -> bytes:
     """Ethernet/IPv4/UDP/heartbeat (version 2) REQUEST for the fan-out: the data plane
     rewrites the destination MAC and IPv4 (and checksum), peer_id, nonce (the peer's key XOR
     the sequence; 0 here) and tx_timestamp_us per replica. IPv4 TTL 255 (RFC 5082): requests
     are sent as answers are, so a peer may apply GTSM to them too."""
-    mac = bytes.fromhex(src_mac.replace(":", ""))
-    eth = b"\xff" * 6 + mac + b"\x08\x00"
-    src = ipaddress.IPv4Address(src_ip).packed
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, protocol.IPV4_TOTAL_LEN, 0, 0x4000,
-                     protocol.SEND_TTL, 17, 0, src, b"\x00\x00\x00\x00")
-    ip = ip[:10] + struct.pack("!H", _ipv4_checksum(ip)) + ip[12:]
-    udp = struct.pack("!HHHH", protocol.RESPONSE_PORT, protocol.REQUEST_PORT, protocol.UDP_LEN,
-                      0)
     hb = Heartbeat(MsgType.REQUEST, 0, sequence & _U32, 0).pack()
-    return eth + ip + udp + hb
+    return _udp_frame(src_mac, src_ip, protocol.RESPONSE_PORT, protocol.REQUEST_PORT, hb)
+
+
+def bfd_template(src_mac: str, src_ip: str, tick_us: int) -> bytes:
+    """The BFD fan-out template (docs/bfd.md "Transmit"): TTL 255 (RFC 5881 section 5),
+    UDP 49152 -> 3784, a control packet of zeros but version, length and, in the required
+    min echo RX field, the tick period asked of a target that keeps time (0: stop)."""
+    return _udp_frame(src_mac, src_ip, bfd_packet.SOURCE_PORT_BASE, bfd_packet.PORT,
+                      bfd_packet.template_payload(tick_us))
 
 
 # The kernel target keeps rounds itself; the controller re-states its template this often.
@@ -166,6 +189,13 @@ class SwitchDriver:
         self.polls = 0  # successful polls since the last setup
         self.heartbeats = 0
         self.group_replicas = 0  # replicas of the fan-out group as last programmed
+        # BFD (docs/bfd.md): the P4Info has it; replicas of group 2 as last programmed;
+        # bfd_requests MODIFYs made on session changes (steady state: none)
+        self.bfd = has_bfd(schema)
+        self.bfd_replicas = 0
+        self.bfd_writes = 0
+        self.bfd_templates = 0
+        self._bfd_changed = threading.Event()  # re-state the BFD template now
         self._program_lock = threading.RLock()  # setup, reconcile and peer programming
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -175,6 +205,7 @@ class SwitchDriver:
         self._setup_needed = True
         self._thread: threading.Thread | None = None
         self._hb_thread: threading.Thread | None = None
+        self._bfd_thread: threading.Thread | None = None
         self._mac = config.monitor.mac
         self._ip = config.monitor.ip
         self._next_detail = 0.0  # monotonic time of the next full read (all registers)
@@ -194,12 +225,17 @@ class SwitchDriver:
         self._hb_thread = threading.Thread(target=self._heartbeat_loop,
                                            name=f"hbmon-heartbeat-{self.name}", daemon=True)
         self._hb_thread.start()
+        if self.bfd:
+            self._bfd_thread = threading.Thread(target=self._bfd_loop,
+                                                name=f"hbmon-bfd-{self.name}", daemon=True)
+            self._bfd_thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
         self._rounds_changed.set()
-        for thread in (self._thread, self._hb_thread):
+        self._bfd_changed.set()
+        for thread in (self._thread, self._hb_thread, self._bfd_thread):
             if thread is not None:
                 thread.join(timeout=10)
         self.client.close()
@@ -252,11 +288,14 @@ class SwitchDriver:
         except Exception as exc:
             log.warning("%s: undecodable digest: %s", self.name, exc)
             return
-        if message.name != "peer_event_t":
+        if message.name not in ("peer_event_t", "bfd_event_t"):
             return
         if self.fabric.metrics is not None:
             self.fabric.metrics.digest_received(self.name, len(message.data))
-        self.fabric._plane_events(self, message.data)
+        if message.name == "bfd_event_t":
+            self.fabric._bfd_events(self, message.data)
+        else:
+            self.fabric._plane_events(self, message.data)
 
     # -- thread -----------------------------------------------------------------------------
 
@@ -302,6 +341,40 @@ class SwitchDriver:
             self._arm_rounds(packet, template)
         else:
             self._send_rounds(packet, template)
+
+    def _bfd_loop(self) -> None:
+        """BFD fan-out rounds (group 2), while the switch has sessions: on the kernel target
+        one template asking for a round every tick, re-stated every REARM_S, at once when
+        the tick or the group changes, and a last one with tick 0 at a clean stop (our
+        sessions then stop sending; the remotes detect it); elsewhere (bmv2) one template
+        every tick. Which replicas are due is the data plane's business (docs/bfd.md)."""
+        packet = PacketOut(b"", {"egress_port": 0, "mcast_grp": bfd_packet.FANOUT_GROUP}) \
+            .encode(self.schema)
+        armed = 0  # the tick the target was last asked for (0: none)
+        next_send = time.monotonic()
+        while not self._stop.is_set():
+            self._bfd_changed.clear()
+            tick_us = self.fabric._bfd_tick_us(self.name)
+            if self.programmable and self.bfd_replicas:
+                packet.payload = bfd_template(self._mac, self._ip, tick_us)
+                try:
+                    self.client.packet_out(packet)
+                    self.bfd_templates += 1
+                    armed = tick_us
+                except P4RuntimeError as exc:
+                    self.info.last_error = f"bfd packet out: {exc}"
+            if self.target_keeps_time:
+                self._bfd_changed.wait(REARM_S)
+                continue
+            next_send += tick_us / 1e6
+            now = time.monotonic()
+            if next_send <= now:  # fell behind: skip, do not burst
+                next_send = now + tick_us / 1e6
+            self._bfd_changed.wait(next_send - now)
+        if self.target_keeps_time and armed and self.programmable and self.bfd_replicas:
+            packet.payload = bfd_template(self._mac, self._ip, 0)
+            with contextlib.suppress(P4RuntimeError):
+                self.client.packet_out(packet)
 
     def _send_rounds(self, packet: p4runtime_pb2.PacketOut, template: bytes) -> None:
         interval = self.config.interval_s
@@ -391,15 +464,16 @@ class SwitchDriver:
             log.info("%s: pipeline pushed", self.name)
 
     def _configure_digest(self) -> None:
-        entry = DigestEntry("peer_event_t", max_timeout_ns=0, max_list_size=1,
-                            ack_timeout_ns=100_000_000)
-        try:
-            self.client.write([make_update(INSERT, entry, self.schema)])
-        except WriteError as exc:
-            if exc.errors and exc.errors[0].code_name == "ALREADY_EXISTS":
-                self.client.write([make_update(MODIFY, entry, self.schema)])
-            else:
-                raise
+        for name in ("peer_event_t", "bfd_event_t") if self.bfd else ("peer_event_t",):
+            entry = DigestEntry(name, max_timeout_ns=0, max_list_size=1,
+                                ack_timeout_ns=100_000_000)
+            try:
+                self.client.write([make_update(INSERT, entry, self.schema)])
+            except WriteError as exc:
+                if exc.errors and exc.errors[0].code_name == "ALREADY_EXISTS":
+                    self.client.write([make_update(MODIFY, entry, self.schema)])
+                else:
+                    raise
 
     def reconcile(self) -> dict[str, Any]:
         """Make the target hold exactly this switch's inventory; returns what changed."""
@@ -408,9 +482,10 @@ class SwitchDriver:
             # this reconcile deletes whatever still points at them
             held = self.allocator.held
             peers = self.fabric._peers_of(self.name)
-            desired = desired_state(self.schema, peers, self.config.detect_mult, self.guard)
-            tables = [TableEntry(t) for t in
-                      ("HbIngress.peers", "HbIngress.peer_ids", "HbEgress.peer_requests")]
+            # the sessions' state as it is now: a restarted target gets it back at once
+            desired = desired_state(self.schema, peers, self.config.detect_mult, self.guard,
+                                    self.fabric._bfd_controls(self.name))
+            tables = [TableEntry(t) for t in tables_of(self.schema)]
             actual = [TableEntry.decode(self.schema, e) for e in self.client.read(tables)]
             groups = [MulticastGroup.decode(self.schema, e)
                       for e in self.client.read([MulticastGroup(0)])]
@@ -426,10 +501,12 @@ class SwitchDriver:
                 self._write(INSERT, plan.insert, ignore="ALREADY_EXISTS")
             if plan.modify:
                 self._write(MODIFY, plan.modify)
-            if plan.group is not None and plan.group_action is not None:
-                kind = {"insert": INSERT, "modify": MODIFY, "delete": DELETE}[plan.group_action]
-                self.client.write([make_update(kind, plan.group, self.schema)])
+            for action, group in plan.groups.values():
+                kind = {"insert": INSERT, "modify": MODIFY, "delete": DELETE}[action]
+                self.client.write([make_update(kind, group, self.schema)])
             self._group_programmed(len(desired.group.replicas))
+            if desired.bfd_group is not None:
+                self._bfd_group_programmed(len(desired.bfd_group.replicas))
             self.allocator.release_held(held)
             self.fabric._programmed(self.name, [p.name for p in peers])
             return plan.summary()
@@ -448,11 +525,16 @@ class SwitchDriver:
             self._rounds_changed.set()  # a target's rounds may have stopped with the group
         self.group_replicas = replicas
 
+    def _bfd_group_programmed(self, replicas: int) -> None:
+        self.bfd_replicas = replicas
+        self._bfd_changed.set()  # a new session may want a shorter tick; a first one rounds
+
     def _reset_slots(self, indexes: Sequence[int]) -> None:
         if not indexes:
             return
         assert self.registers is not None
-        self.registers.write_many([(name, i, 0) for i in indexes for name in REGISTERS])
+        names = [*REGISTERS, *BFD_REGISTERS] if self.bfd else list(REGISTERS)
+        self.registers.write_many([(name, i, 0) for i in indexes for name in names])
         for i in indexes:
             self.allocator.mark_reset(i)
         self.fabric._slots_were_reset(self, indexes)
@@ -535,12 +617,27 @@ class SwitchDriver:
                      for p in peers]
         else:
             peers = [self.fabric._effective(p) for p in peers]
-        return [e for p in peers for e in peer_entities(p, self.config.detect_mult, self.guard)]
+        if not self.bfd:
+            peers = [p for p in peers if not p.is_bfd]  # nothing to program them with
+        return [e for p in peers for e in peer_entities(
+            p, self.config.detect_mult, self.guard,
+            None if delete else self.fabric._bfd_control(p.name))]
 
     def _write_group(self, peers: Sequence[Peer]) -> None:
+        """Both fan-out groups as `peers` want them (each written only if it changed)."""
         group = fanout_group(peers)
+        if group.replicas or self.group_replicas:
+            self._write_one_group(group, self.group_replicas)
+        self._group_programmed(len(group.replicas))
+        if self.bfd:
+            bfd = bfd_group(peers)
+            if bfd.replicas or self.bfd_replicas:
+                self._write_one_group(bfd, self.bfd_replicas)
+            self._bfd_group_programmed(len(bfd.replicas))
+
+    def _write_one_group(self, group: MulticastGroup, programmed: int) -> None:
         if group.replicas:
-            kind = MODIFY if self.group_replicas else INSERT
+            kind = MODIFY if programmed else INSERT
             try:
                 self.client.write([make_update(kind, group, self.schema)])
             except WriteError as exc:
@@ -549,9 +646,38 @@ class SwitchDriver:
                     raise
                 other = INSERT if kind == MODIFY else MODIFY
                 self.client.write([make_update(other, group, self.schema)])
-        elif self.group_replicas:
+        elif programmed:
             self._write(DELETE, [MulticastGroup(group.id)], ignore="NOT_FOUND")
-        self._group_programmed(len(group.replicas))
+
+    def push_bfd(self, names: Sequence[str]) -> None:
+        """The sessions `names` changed what they send: one MODIFY of each one's
+        `bfd_requests` entry (nothing else is written on a session change). A switch that
+        cannot be programmed now gets them at its next setup (reconcile); a failed write
+        sets it up again."""
+        with self._program_lock:
+            if not self.programmable or not self.bfd:
+                return
+            entries = []
+            for name in names:
+                control = self.fabric._bfd_control(name)
+                try:
+                    peer = self.fabric._effective(self.fabric.get_peer(name))
+                except KeyError:
+                    continue  # removed meanwhile
+                if control is None or peer.mac is None or peer.index is None \
+                        or peer.switch != self.name:
+                    continue
+                entries.append(bfd_request_entry(peer, self.guard, control))
+            if not entries:
+                return
+            try:
+                self.client.write(make_update(MODIFY, e, self.schema) for e in entries)
+                self.bfd_writes += len(entries)
+            except P4RuntimeError as exc:
+                log.warning("%s: updating BFD sessions %s failed (%s); reconciling",
+                            self.name, list(names), exc)
+                self._setup_needed = True
+                self._wake.set()
 
     # -- polling ----------------------------------------------------------------------------
 

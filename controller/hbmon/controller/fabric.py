@@ -42,12 +42,17 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from hbmon.bfd_packet import Diag, State
 from hbmon.config import FabricConfig
+from hbmon.controller.bfd import BfdSession, BfdTimers, RemoteView
 from hbmon.controller.driver import SwitchDriver
 from hbmon.controller.health import HealthEngine
 from hbmon.dataplane.neighbours import NextHop, Resolver
 from hbmon.interfaces import EventSink, Store
 from hbmon.model import (
+    BFD_DEFAULT_MULT,
+    BFD_DEFAULT_RX_MS,
+    BFD_DEFAULT_TX_MS,
     ConflictError,
     DataPlaneError,
     Event,
@@ -102,6 +107,13 @@ def load_nonce_secret(store: Store) -> bytes:
     if len(secret) < 16:
         raise ValueError(f"store setting {NONCE_SECRET_SETTING} is shorter than 16 bytes")
     return secret
+
+
+def bfd_timers(peer: Peer) -> BfdTimers:
+    """A bfd peer's timers as the session state machine takes them (microseconds)."""
+    return BfdTimers(desired_min_tx_us=(peer.desired_min_tx_ms or BFD_DEFAULT_TX_MS) * 1000,
+                     required_min_rx_us=(peer.required_min_rx_ms or BFD_DEFAULT_RX_MS) * 1000,
+                     detect_mult=peer.detect_mult or BFD_DEFAULT_MULT)
 
 
 class PollMetrics(Protocol):
@@ -165,6 +177,11 @@ class Fabric:
         self._admin_lock = threading.RLock()  # serialises inventory changes
         self._peers: dict[str, Peer] = {}
         self._by_index: dict[tuple[str, int], str] = {}
+        # BFD peers' sessions (RFC 5880 section 6.8.6, `hbmon.controller.bfd`), by name,
+        # and the sessions that have been Up since they were added (before that, a session
+        # that is not Up is UNKNOWN, not DOWN: a session coming up is no outage)
+        self._bfd: dict[str, BfdSession] = {}
+        self._bfd_was_up: set[str] = set()
         self._inventory_version = 0  # bumped on every change of peers, indexes or rows
         self._members_cache: dict[str, _Members] = {}
         # switch -> slots the store records as left by a peer and not reset yet
@@ -475,10 +492,42 @@ class Fabric:
             self._peers[peer.name] = peer
             if peer.index is not None:
                 self._by_index[(peer.switch, peer.index)] = peer.name
-            driver = self.drivers.get(peer.switch)
-            mult = peer.detect_mult or (driver.config.detect_mult if driver else None)
-            return self.engine.add(peer.name, peer.switch, now=now, detect_mult=mult,
-                                   admin_down=peer.admin_down)
+            return self._track(peer, now)
+
+    def _track(self, peer: Peer, now: float) -> list[Event]:
+        """`peer` into the health engine (a BFD peer with a fresh session, judged by it)."""
+        driver = self.drivers.get(peer.switch)
+        if peer.is_bfd:
+            self._bfd[peer.name] = BfdSession(bfd_timers(peer), admin_down=peer.admin_down)
+            self._bfd[peer.name].transitions()  # its initial state is no transition
+            self._bfd_was_up.discard(peer.name)
+            return self.engine.add(peer.name, peer.switch, now=now, detect_mult=peer.detect_mult,
+                                   admin_down=peer.admin_down, external=True)
+        mult = peer.detect_mult or (driver.config.detect_mult if driver else None)
+        return self.engine.add(peer.name, peer.switch, now=now, detect_mult=mult,
+                               admin_down=peer.admin_down)
+
+    def _untrack(self, name: str) -> None:
+        self.engine.remove(name)
+        self._bfd.pop(name, None)
+        self._bfd_was_up.discard(name)
+
+    def _retune(self, peer: Peer, now: float) -> list[Event]:
+        """A peer changed in place (same switch and slot): its detect multiplier, admin
+        state and, for BFD, its session's timers (a Poll Sequence if Up: RFC 5880 section
+        6.8.3); returns the transitions."""
+        name = peer.name
+        events: list[Event] = []
+        session = self._bfd.get(name)
+        if session is not None:
+            session.set_timers(bfd_timers(peer))
+            session.set_admin_down(peer.admin_down)
+            events.extend(self._bfd_transitions(name, now))
+        else:
+            self.engine.set_detect_mult(
+                name, peer.detect_mult or self.drivers[peer.switch].config.detect_mult)
+        events.extend(self.engine.set_admin_down(name, peer.admin_down, now))
+        return events
 
     def _unregister(self, peer: Peer) -> None:
         with self._state_lock:
@@ -488,7 +537,7 @@ class Fabric:
             self.resolver.forget(peer.name)
             if peer.index is not None:
                 self._by_index.pop((peer.switch, peer.index), None)
-            self.engine.remove(peer.name)
+            self._untrack(peer.name)
 
     @staticmethod
     def _inventory_event(kind: EventKind, peer: Peer, now: float, reason: str,
@@ -621,15 +670,129 @@ class Fabric:
     def _plane_events(self, driver: SwitchDriver, rows: Iterable[dict[str, int]]) -> None:
         now = self.clock()
         events: list[Event] = []
+        changed: list[str] = []
         with self._state_lock:
             for row in rows:
                 name = self._by_index.get((driver.name, row.get("index", -1)))
                 if name is None:
                     continue
+                session = self._bfd.get(name)
+                if session is not None:
+                    # a BFD slot's DOWN: its detection time expired in the data plane
+                    # (docs/bfd.md "Transmit" 1); no UP is raised for one
+                    if row.get("state") == PlaneState.DOWN and session.on_detect_expired():
+                        changed.append(name)
+                    events.extend(self._bfd_transitions(name, now, {
+                        "source": "digest", "time_us": row.get("time_us", 0)}))
+                    continue
                 events.extend(self.engine.plane_event(
                     name, row.get("state", PlaneState.UNKNOWN), now=now,
                     last_seq=row.get("last_seq", 0), time_us=row.get("time_us", 0)))
             self._emit_observed(events)
+        if changed:
+            driver.push_bfd(changed)
+
+    # -- BFD sessions (docs/bfd.md "Controller") ----------------------------------------------
+
+    def _bfd_events(self, driver: SwitchDriver, rows: Iterable[dict[str, int]]) -> None:
+        """`bfd_event_t` digests: what a session's remote said that changed (docs/bfd.md
+        "Receive"); the state machine runs, and only sessions whose control packets must
+        change get their `bfd_requests` entry rewritten (one MODIFY each)."""
+        now = self.clock()
+        events: list[Event] = []
+        changed: list[str] = []
+        with self._state_lock:
+            for row in rows:
+                name = self._by_index.get((driver.name, row.get("index", -1)))
+                session = self._bfd.get(name) if name is not None else None
+                if name is None or session is None:
+                    continue
+                view = RemoteView(
+                    state=State(row.get("state", 0) & 0x3), diag=row.get("diag", 0),
+                    flags=row.get("flags", 0), detect_mult=row.get("detect_mult", 0),
+                    my_disc=row.get("my_disc", 0),
+                    desired_min_tx_us=row.get("desired_min_tx_us", 0),
+                    required_min_rx_us=row.get("required_min_rx_us", 0),
+                    time_us=row.get("time_us", 0))
+                if session.on_remote(view):
+                    changed.append(name)
+                events.extend(self._bfd_transitions(name, now, {
+                    "source": "digest", "remote_state": view.state.name,
+                    "remote_diag": view.diag, "time_us": view.time_us}))
+            self._emit_observed(events)
+        if changed:
+            driver.push_bfd(changed)
+
+    def _bfd_transitions(self, name: str, now: float,
+                         details: dict[str, Any] | None = None) -> list[Event]:
+        """The session's state changes since the last call, as the peer's health (state
+        lock): Up is UP, AdminDown is ADMIN_DOWN, Down and Init are DOWN once the session
+        has been Up (UNKNOWN before: coming up is no outage)."""
+        session = self._bfd[name]
+        events: list[Event] = []
+        for t in session.transitions():
+            if t.new == State.UP:
+                self._bfd_was_up.add(name)
+                health = Health.UP
+            elif t.new == State.ADMIN_DOWN:
+                health = Health.ADMIN_DOWN
+            else:
+                health = Health.DOWN if name in self._bfd_was_up else Health.UNKNOWN
+            reason = f"BFD {t.new.name}"
+            if t.diag != Diag.NONE:
+                reason += f": {t.diag.name.lower().replace('_', ' ')}"
+            info = {**(details or {}), "bfd_old_state": t.old.name, "bfd_state": t.new.name,
+                    "diag": int(t.diag), "cause": t.cause}
+            events.extend(self.engine.set_external(name, health, reason, now, info))
+        return events
+
+    def _bfd_control(self, name: str) -> dict[str, int] | None:
+        """What the session's `bfd_requests` entry must hold now (None: not a BFD peer)."""
+        with self._state_lock:
+            session = self._bfd.get(name)
+            return None if session is None else {
+                k: int(v) for k, v in dataclasses.asdict(session.control()).items()}
+
+    def _bfd_controls(self, switch: str) -> dict[str, dict[str, int]]:
+        with self._state_lock:
+            return {n: c for n, p in self._peers.items() if p.switch == switch and p.is_bfd
+                    and (c := self._bfd_control(n)) is not None}
+
+    def _bfd_tick_us(self, switch: str) -> int:
+        """The BFD fan-out period of `switch` (config `bfd.tick_ms`, else a tenth of the
+        fastest desired min TX; docs/bfd.md)."""
+        with self._state_lock:
+            peers = [p for p in self._peers.values() if p.switch == switch and p.is_bfd]
+        return self.config.bfd.tick_us(peers)
+
+    def bfd_status(self, name: str) -> dict[str, Any] | None:
+        """A BFD peer's session as the API shows it (None: not a BFD peer)."""
+        with self._state_lock:
+            session = self._bfd.get(name)
+            peer = self._peers.get(name)
+            if session is None or peer is None:
+                return None
+            control = session.control()
+            remote = session.remote
+            driver = self.drivers.get(peer.switch)
+            return {
+                "state": session.state.name, "diag": int(session.diag),
+                "local_discriminator": driver.guard.discriminator(peer)
+                if driver is not None and peer.index is not None else None,
+                "remote_state": remote.state.name if remote else None,
+                "remote_diag": int(remote.diag) if remote else None,
+                "remote_discriminator": int(remote.my_disc) if remote else None,
+                "remote_detect_mult": int(remote.detect_mult) if remote else None,
+                "remote_desired_min_tx_us": int(remote.desired_min_tx_us) if remote else None,
+                "remote_required_min_rx_us": int(remote.required_min_rx_us)
+                if remote else None,
+                "desired_min_tx_us": int(control.desired_min_tx_us),
+                "required_min_rx_us": int(control.required_min_rx_us),
+                "detect_mult": int(control.detect_mult),
+                "tx_interval_us": int(control.tx_interval_us),
+                "detect_time_us": int(control.detect_time_us),
+                "poll": bool(control.flags & 0x20),
+            }
 
     # -- HbmonService: peers ----------------------------------------------------------------
 
@@ -652,7 +815,8 @@ class Fabric:
         with self._state_lock:
             for p in self._peers.values():
                 keys.add((p.switch, p.address))
-                ids.add((p.switch, p.peer_id))
+                if p.peer_id:  # 0: a bfd peer (none)
+                    ids.add((p.switch, p.peer_id))
             for i, peer in enumerate(peers):
                 where = f"peers[{i}]." if len(peers) > 1 else ""
                 try:
@@ -669,12 +833,13 @@ class Fabric:
                 if (peer.switch, peer.address) in keys:
                     raise ConflictError(f"{where}address", f"{peer.address} is already "
                                         f"monitored on switch {peer.switch!r}")
-                if (peer.switch, peer.peer_id) in ids:
+                if peer.peer_id and (peer.switch, peer.peer_id) in ids:
                     raise ConflictError(f"{where}peer_id", f"peer id {peer.peer_id} is "
                                         f"already used on switch {peer.switch!r}")
                 names.add(peer.name)
                 keys.add((peer.switch, peer.address))
-                ids.add((peer.switch, peer.peer_id))
+                if peer.peer_id:
+                    ids.add((peer.switch, peer.peer_id))
 
     def add_peers(self, peers: Sequence[Peer]) -> list[Peer]:
         peers = [dataclasses.replace(p, labels=dict(p.labels)) for p in peers]
@@ -810,7 +975,8 @@ class Fabric:
                     driver.allocator.hold(peer.index)
 
     _MUTABLE = {"address", "peer_id", "mac", "port", "group", "labels", "detect_mult",
-                "admin_down", "switch", "index"}
+                "admin_down", "switch", "index", "kind", "desired_min_tx_ms",
+                "required_min_rx_ms"}
 
     def update_peer(self, name: str, changes: dict[str, Any]) -> Peer:
         with self._admin_lock:
@@ -822,6 +988,8 @@ class Fabric:
                 raise ValidationError("name", "cannot be changed (remove and add the peer)")
             if "index" in changes and changes["index"] != old.index:
                 raise ValidationError("index", "assigned by the controller")
+            if changes.get("kind", old.kind) != old.kind:
+                raise ValidationError("kind", "cannot be changed (remove and add the peer)")
             new = dataclasses.replace(old, **{k: v for k, v in changes.items()
                                               if k not in ("name", "index")})
             new.validate()
@@ -834,7 +1002,7 @@ class Fabric:
                     if p.address == new.address:
                         raise ConflictError("address", f"{new.address} is already used by "
                                             f"peer {p.name!r} on switch {new.switch!r}")
-                    if p.peer_id == new.peer_id:
+                    if new.peer_id and p.peer_id == new.peer_id:
                         raise ConflictError("peer_id", f"peer id {new.peer_id} is already "
                                             f"used by peer {p.name!r}")
             if new.switch != old.switch:
@@ -866,12 +1034,10 @@ class Fabric:
                     if old.index is not None:
                         self._by_index[(old.switch, old.index)] = name
                     if new.switch != old.switch:
-                        self.engine.remove(name)
-                        self.engine.add(name, old.switch, now=now,
-                                        detect_mult=old.detect_mult,
-                                        admin_down=old.admin_down)
+                        self._untrack(name)
+                        self._track(old, now)
                     else:
-                        self.engine.set_admin_down(name, old.admin_down, now)
+                        self._retune(old, now)
                 if new.switch != old.switch and new.index is not None:
                     self.drivers[new.switch].allocator.release(new.index)
                     self._slots_left(new.switch, [new.index])
@@ -903,12 +1069,9 @@ class Fabric:
             if new.index is not None:
                 self._by_index[(new.switch, new.index)] = name
             if new.switch != old.switch:
-                self.engine.remove(name)
-                return self.engine.add(name, new.switch, now=now, detect_mult=new.detect_mult,
-                                       admin_down=new.admin_down)
-            self.engine.set_detect_mult(
-                name, new.detect_mult or self.drivers[new.switch].config.detect_mult)
-            return self.engine.set_admin_down(name, new.admin_down, now)
+                self._untrack(name)
+                return self._track(new, now)
+            return self._retune(new, now)
 
     # -- HA: inventory changes of other replicas, leadership, programming -------------------
 
@@ -1120,12 +1283,18 @@ class Fabric:
         with self._state_lock:
             if name not in self._peers:
                 raise NotFoundError("peer", name)
-            return self._with_next_hop_reason(self.engine.health(name))
+            health = self._with_next_hop_reason(self.engine.health(name))
+            health.bfd = self.bfd_status(name)
+            return health
 
     def all_health(self) -> list[PeerHealth]:
         with self._state_lock:
-            return [self._with_next_hop_reason(h)
-                    for h in self.engine.health_many(self._sorted_peers()[0])]
+            out = [self._with_next_hop_reason(h)
+                   for h in self.engine.health_many(self._sorted_peers()[0])]
+            if self._bfd:
+                for h in out:
+                    h.bfd = self.bfd_status(h.name)
+            return out
 
     def peer_listing(self) -> list[tuple[Peer, Health | None, float | None, str | None]]:
         with self._state_lock:

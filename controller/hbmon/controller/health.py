@@ -17,6 +17,10 @@ enter/exit hysteresis; flap damping (too many alive/dead changes within a window
 peer DEGRADED until it has been stable for the hold-down time); ADMIN_DOWN overrides all.
 Every change of the reported state is returned as a `model.Event` (kind TRANSITION).
 
+A peer added with `external=True` (a BFD session, whose state machine runs in
+`hbmon.controller.bfd`) gets its verdict from `set_external`: polls still record its slot
+(counts for the API) but never judge it, and the same transition events come out.
+
 Cost: a poll of thousands of peers must cost about as much as a poll of one, so the
 per-peer numbers (last read, loss window, hysteresis flags, raw liveness) live in numpy
 arrays indexed by a row per peer, and `observe_rows` applies each rule to all rows at once.
@@ -143,6 +147,8 @@ class _Tracker:
     reason: str = "added"
     flaps: collections.deque[float] = field(default_factory=collections.deque)
     last_flip: float = 0.0
+    # an external verdict (state, reason) for peers judged elsewhere (BFD); None: ours
+    external: tuple[Health, str] | None = None
 
 
 class HealthEngine:
@@ -156,6 +162,7 @@ class HealthEngine:
         "_slow": np.bool_, "_lossy": np.bool_, "_rebase": np.bool_, "_admin": np.bool_,
         "_damped": np.bool_, "_alive": np.int8, "_mult": np.int64, "_up_us": np.uint64,
         "_inputs": np.int16, "_answering": np.bool_, "_state": np.int8, "_since": np.float64,
+        "_external": np.bool_,
     }
 
     def __init__(self, config: HealthConfig | None = None) -> None:
@@ -194,6 +201,7 @@ class HealthEngine:
         self._answering = np.zeros(0, np.bool_)  # reported state UP or DEGRADED
         self._state = np.zeros(0, np.int8)  # reported state (index in HEALTHS), for exports
         self._since = np.zeros(0, np.float64)  # ... and since when
+        self._external = np.zeros(0, np.bool_)  # judged by `set_external` (BFD sessions)
         self._grow(64)
 
     def _grow(self, cap: int) -> None:
@@ -213,7 +221,7 @@ class HealthEngine:
     # -- inventory --------------------------------------------------------------------------
 
     def add(self, name: str, switch: str, *, now: float, detect_mult: int | None = None,
-            admin_down: bool = False) -> list[Event]:
+            admin_down: bool = False, external: bool = False) -> list[Event]:
         if name in self._peers:
             raise ValueError(f"peer {name!r} is already tracked")
         if not self._free:
@@ -230,6 +238,9 @@ class HealthEngine:
         self._admin[row] = admin_down
         self._since[row] = now
         t = _Tracker(name, switch, row, self._added, since=now)
+        if external:
+            self._external[row] = True
+            t.external = (Health.UNKNOWN, "no control packet yet")
         self._added += 1
         self._peers[name] = t
         self._by_row[row] = t
@@ -268,6 +279,14 @@ class HealthEngine:
             self._slow[row] = self._lossy[row] = False
             self._loss[row] = 0.0
         return self._evaluate(t, now, "admin down" if admin_down else "admin up")
+
+    def set_external(self, name: str, state: Health, reason: str, now: float,
+                     details: dict[str, Any] | None = None) -> list[Event]:
+        """The verdict of a peer added with `external=True` (admin down still overrides
+        it); a transition event if the reported state changes."""
+        t = self._peers[name]
+        t.external = (state, reason)
+        return self._evaluate(t, now, reason, details)
 
     def set_detect_mult(self, name: str, detect_mult: int | None) -> None:
         self._mult[self._peers[name].row] = detect_mult or self.config.detect_mult
@@ -317,7 +336,9 @@ class HealthEngine:
         self._has_slot[at] = True
         self._sampled_at[at] = now
         admin = self._admin[at]
-        live = ~admin  # an admin-down peer's read is kept, its evidence is not used
+        # an admin-down peer's read is kept, its evidence is not used; nor is an externally
+        # judged one's (BFD: its counts are shown, its state is the session's)
+        live = ~admin & ~self._external[at]
 
         rx = slots[_RX, at].astype(np.int64)
         tx = slots[_TX, at].astype(np.int64)
@@ -390,8 +411,8 @@ class HealthEngine:
         """A data-plane notification (`peer_event_t`): UP or DOWN decided between polls."""
         t = self._peers[name]
         row = t.row
-        if self._admin[row]:
-            return []
+        if self._admin[row] or t.external is not None:
+            return []  # external: the data plane's UP/DOWN is the session's input
         details: dict[str, Any] = {"source": "digest", "last_seq": last_seq,
                                    "time_us": time_us}
         if state == PlaneState.UP:
@@ -547,6 +568,8 @@ class HealthEngine:
         cfg = self.config
         if inputs & _IN_ADMIN:
             return Health.ADMIN_DOWN, "admin down"
+        if t.external is not None:
+            return t.external
         if self._damped[t.row]:
             if now - t.last_flip >= cfg.hold_down_s:
                 self._set_damped(t, False)

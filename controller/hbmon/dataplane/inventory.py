@@ -342,16 +342,16 @@ def plan_reconcile(schema: P4Schema, desired: DesiredState, actual_entries: Iter
     plan.insert = [e for k, e in desired.entries.items() if k not in seen]
 
     actual = {g.id: g for g in actual_groups}
-    for want in (desired.group, desired.bfd_group):
-        if want is None:
+    for wanted in (desired.group, desired.bfd_group):
+        if wanted is None:
             continue
-        group = actual.get(want.id)
-        want_replicas = sorted(want.replicas, key=lambda r: (r.instance, r.port))
+        group = actual.get(wanted.id)
+        want_replicas = sorted(wanted.replicas, key=lambda r: (r.instance, r.port))
         if not want_replicas:
             if group is not None:
-                plan.groups[want.id] = ("delete", MulticastGroup(want.id))
+                plan.groups[wanted.id] = ("delete", MulticastGroup(wanted.id))
         elif group is None:
-            plan.groups[want.id] = ("insert", want)
+            plan.groups[wanted.id] = ("insert", wanted)
         elif sorted(group.replicas, key=lambda r: (r.instance, r.port)) != want_replicas:
-            plan.groups[want.id] = ("modify", want)
+            plan.groups[wanted.id] = ("modify", wanted)
     return plan
