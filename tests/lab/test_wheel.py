@@ -22,21 +22,20 @@ from hbmon_topo.model import star
 from hbmon_topo.netns import NetnsLab
 from hbmon_topo.stack import StackOptions, controller_config, free_tcp_port
 
-pytestmark = pytest.mark.netns
+from .wheels import ROOT, build_wheel
 
-ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.netns
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The bin/ of a fresh venv with only the wheel (and its dependencies) installed."""
+    """The bin/ of a fresh venv with only the wheels (and their dependencies) installed: hbmon
+    and the hbmon-responder it requires, both named so pip takes them, not an index's."""
     tmp = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                    "--no-build-isolation", "-w", str(tmp / "dist"), str(ROOT)],
-                   check=True, cwd=tmp, capture_output=True)
-    [wheel] = (tmp / "dist").glob("hbmon-*.whl")
+    (tmp / "dist").mkdir()
+    wheels = [build_wheel(ROOT / "responder", tmp / "dist"), build_wheel(ROOT, tmp / "dist")]
     subprocess.run([sys.executable, "-m", "venv", str(tmp / "venv")], check=True)
-    subprocess.run([str(tmp / "venv" / "bin" / "pip"), "install", "-q", str(wheel)],
+    subprocess.run([str(tmp / "venv" / "bin" / "pip"), "install", "-q", *map(str, wheels)],
                    check=True, cwd=tmp, capture_output=True, timeout=600)
     return tmp / "venv" / "bin"
 
@@ -60,6 +59,14 @@ def test_the_wheel_carries_what_the_commands_need(installed: Path, tmp_path: Pat
     assert out[2].startswith(site) and out[2].endswith("hbmon_kernel/bpf")
     assert (Path(out[1]).read_bytes()
             == (ROOT / "p4src" / "build" / "heartbeat.p4info.txtpb").read_bytes())
+    # the responder's packages are the hbmon-responder distribution's alone (issue 12)
+    owners = ("import importlib.metadata as m\n"
+              "for d in ('hbmon', 'hbmon-responder'):\n"
+              "    print(d, sorted({f.parts[0] for f in m.files(d) if '.' not in f.parts[0]}))\n")
+    out = subprocess.run([str(installed / "python"), "-c", owners], capture_output=True,
+                         text=True, check=True, cwd=tmp_path, env=_env()).stdout.splitlines()
+    assert out == ["hbmon ['hbmon', 'hbmon_kernel', 'hbmon_topo', 'p4']",
+                   "hbmon-responder ['hbmon_responder', 'hbmon_wire']"], out
 
 
 @pytest.fixture
