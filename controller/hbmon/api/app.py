@@ -692,6 +692,8 @@ def _router(state: AppState) -> APIRouter:
             if value is None and key not in ("group", "detect_mult", "mac"):
                 raise ValidationError(key, "must not be null")
         current = service.get_peer(name)
+        if changes.get("kind", current.kind) != current.kind:
+            raise ValidationError("kind", "cannot be changed (remove and add the peer)")
         merged = Peer(**{**current.to_dict(), **changes})
         merged.validate()  # the API answers 422 before the controller touches anything
         with _changes(state):

@@ -115,6 +115,9 @@ class ControllerMetrics:
         return body, CONTENT_TYPE_LATEST
 
 
+_BFD_STATE = {"ADMIN_DOWN": 0, "DOWN": 1, "INIT": 2, "UP": 3}
+
+
 def _esc(value: str) -> str:
     if "\\" in value or '"' in value or "\n" in value:
         value = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
@@ -291,6 +294,24 @@ class ServiceMetrics:
         out.family("hbmon_peers_unresolved", "gauge",
                    "Peers whose next hop (MAC) is not resolved yet, per switch",
                    ((f'switch="{_esc(sw.name)}"', counts.get(sw.name, 0)) for sw in switches))
+        # BFD sessions (docs/bfd.md): the RFC 5880 states, and the negotiated timers
+        sessions = getattr(self.service, "bfd_sessions", None)
+        bfd = [(f'peer="{_esc(peer)}",switch="{_esc(switch)}"', st)
+               for peer, switch, st in (sessions() if sessions is not None else [])]
+        out.family("hbmon_bfd_session_state", "gauge",
+                   "BFD session state (RFC 5880): 0 AdminDown, 1 Down, 2 Init, 3 Up",
+                   ((lab, _BFD_STATE[st["state"]]) for lab, st in bfd))
+        out.family("hbmon_bfd_session_remote_state", "gauge",
+                   "The remote's BFD state as last received (-1: nothing received yet)",
+                   ((lab, _BFD_STATE.get(st["remote_state"], -1)) for lab, st in bfd))
+        out.family("hbmon_bfd_session_diag", "gauge", "Our BFD diagnostic code",
+                   ((lab, st["diag"]) for lab, st in bfd))
+        out.family("hbmon_bfd_session_tx_interval_seconds", "gauge",
+                   "Negotiated transmit interval", ((lab, st["tx_interval_us"] / 1e6)
+                                                    for lab, st in bfd))
+        out.family("hbmon_bfd_session_detect_time_seconds", "gauge",
+                   "Negotiated detection time (0: none yet)",
+                   ((lab, st["detect_time_us"] / 1e6) for lab, st in bfd))
         out.family("hbmon_switch_connected", "gauge",
                    "1 while the controller holds a P4Runtime session",
                    ((f'switch="{_esc(sw.name)}",kind="{_esc(sw.kind)}"', int(sw.connected))

@@ -7,7 +7,7 @@ domain objects' `to_dict()`; the models here document them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,10 +18,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+_KIND = ("`heartbeat`: a heartbeat responder (docs/protocol.md); `bfd`: an RFC 5880 BFD "
+         "neighbour (docs/bfd.md), which has no peer_id")
+_TX = "BFD only: bfd.DesiredMinTxInterval in ms (default 300; 1 s while not Up)"
+_RX = "BFD only: bfd.RequiredMinRxInterval in ms (default 300)"
+
+
 class PeerIn(_Strict):
     name: str = Field(description="Unique name: letters, digits, '_', '.', ':', '-'")
     address: str = Field(description="IPv4 address the peer answers from")
-    peer_id: int = Field(description="Identity in the heartbeat header, unique per switch")
+    kind: Literal["heartbeat", "bfd"] = Field("heartbeat", description=_KIND)
+    peer_id: int | None = Field(
+        None, description="Identity in the heartbeat header, unique per switch; required "
+        "for heartbeat peers, absent for bfd peers")
     mac: str | None = Field(
         None, description="Next-hop MAC address the requests are sent to; null or absent: "
         "resolved from the controller host's neighbour table through the port's interface")
@@ -29,9 +38,13 @@ class PeerIn(_Strict):
     switch: str = "default"
     group: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
-    detect_mult: int | None = Field(None, description="Misses before DOWN; null: switch default")
+    detect_mult: int | None = Field(
+        None, description="Misses before DOWN; null: switch default (BFD: bfd.DetectMult, "
+        "default 3)")
     admin_down: bool = False
     index: int | None = Field(None, description="Data-plane slot; normally assigned")
+    desired_min_tx_ms: int | None = Field(None, description=_TX)
+    required_min_rx_ms: int | None = Field(None, description=_RX)
 
 
 class PeerPatch(_Strict):
@@ -47,6 +60,9 @@ class PeerPatch(_Strict):
     labels: dict[str, str] | None = None
     detect_mult: int | None = None
     admin_down: bool | None = None
+    kind: Literal["heartbeat", "bfd"] | None = Field(None, description="Cannot change")
+    desired_min_tx_ms: int | None = Field(None, description=_TX)
+    required_min_rx_ms: int | None = Field(None, description=_RX)
 
 
 class BulkAdd(_Strict):
@@ -78,6 +94,9 @@ class PeerOut(BaseModel):
     detect_mult: int | None
     admin_down: bool
     index: int | None
+    kind: Literal["heartbeat", "bfd"] = "heartbeat"
+    desired_min_tx_ms: int | None = Field(None, description="BFD peers only")
+    required_min_rx_ms: int | None = Field(None, description="BFD peers only")
     next_hop: NextHopOut | None = Field(
         None, description="Peers without a declared MAC: the resolved next hop")
     state: Health | None = None
@@ -100,6 +119,28 @@ class AddedList(PeerList):
         "null in a 202 (not all programmed yet)")
 
 
+class BfdSessionOut(BaseModel):
+    """A BFD peer's session (RFC 5880 section 6.8.1 variables; docs/bfd.md)."""
+
+    state: Literal["ADMIN_DOWN", "DOWN", "INIT", "UP"] = Field(description="Ours")
+    diag: int = Field(description="Our diagnostic (RFC 5880 section 4.1)")
+    local_discriminator: int | None
+    remote_state: Literal["ADMIN_DOWN", "DOWN", "INIT", "UP"] | None = Field(
+        description="As last received; null before the first control packet")
+    remote_diag: int | None
+    remote_discriminator: int | None
+    remote_detect_mult: int | None
+    remote_desired_min_tx_us: int | None
+    remote_required_min_rx_us: int | None
+    desired_min_tx_us: int = Field(description="What we advertise (1 s while not Up)")
+    required_min_rx_us: int
+    detect_mult: int
+    tx_interval_us: int = Field(description="Negotiated: max(ours, the remote's min RX)")
+    detect_time_us: int = Field(
+        description="Negotiated: remote mult x max(our min RX, its desired TX); 0: none")
+    poll: bool = Field(description="A Poll Sequence is in progress")
+
+
 class PeerHealthOut(BaseModel):
     name: str
     switch: str
@@ -120,6 +161,7 @@ class PeerHealthOut(BaseModel):
     load: int
     plane_state: int
     sampled_at: float
+    bfd: BfdSessionOut | None = Field(None, description="BFD peers: the session")
 
 
 class HealthList(BaseModel):

@@ -765,6 +765,12 @@ class Fabric:
             peers = [p for p in self._peers.values() if p.switch == switch and p.is_bfd]
         return self.config.bfd.tick_us(peers)
 
+    def bfd_sessions(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """(peer, switch, `bfd_status`) of every BFD peer, by name (for /metrics)."""
+        with self._state_lock:
+            return [(n, self._peers[n].switch, st) for n in sorted(self._bfd)
+                    if n in self._peers and (st := self.bfd_status(n)) is not None]
+
     def bfd_status(self, name: str) -> dict[str, Any] | None:
         """A BFD peer's session as the API shows it (None: not a BFD peer)."""
         with self._state_lock:

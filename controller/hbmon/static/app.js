@@ -250,7 +250,8 @@ function groupHead(key, members) {
 
 function tileSig(p, dots) {
   const h = p.health || {};
-  return dots ? `${p.state}` : `${p.state}|${h.rtt_last_us}|${h.loss_ratio}|${h.rx_count}`;
+  const b = h.bfd ? `|${h.bfd.state}|${h.bfd.remote_state}|${h.bfd.tx_interval_us}` : "";
+  return dots ? `${p.state}` : `${p.state}|${h.rtt_last_us}|${h.loss_ratio}|${h.rx_count}${b}`;
 }
 
 function makeTile(p, dots) {
@@ -260,8 +261,12 @@ function makeTile(p, dots) {
     el.className = "dot-tile";
   } else {
     el.className = "tile";
-    el.innerHTML = `<div class="top"><span class="name"></span><span class="st"></span></div>`
-      + `<div class="meta"><span>RTT <b class="rtt"></b></span><span>loss <b class="loss"></b></span></div><canvas></canvas>`;
+    // a BFD session (docs/bfd.md) shows its RFC 5880 state and negotiated interval where a
+    // heartbeat peer shows RTT and loss
+    const bfd = p.kind === "bfd";
+    el.innerHTML = `<div class="top"><span class="name"></span>${bfd ? '<span class="kind" title="BFD session (RFC 5880)">BFD</span>' : ""}<span class="st"></span></div>`
+      + (bfd ? `<div class="meta"><span>BFD <b class="rtt"></b></span><span>tx <b class="loss"></b></span></div><canvas></canvas>`
+        : `<div class="meta"><span>RTT <b class="rtt"></b></span><span>loss <b class="loss"></b></span></div><canvas></canvas>`);
     el.querySelector(".name").textContent = p.name;
   }
   return el;
@@ -279,8 +284,14 @@ function patchTile(el, p, dots, force) {
   if (dots) return;
   const h = p.health || {};
   el.querySelector(".st").textContent = state === "ADMIN_DOWN" ? "ADMIN" : state;
-  el.querySelector(".rtt").textContent = state === "DOWN" ? "–" : fmtRtt(h.rtt_last_us);
-  el.querySelector(".loss").textContent = fmtLoss(h.loss_ratio);
+  if (p.kind === "bfd") {
+    const b = h.bfd || {};
+    el.querySelector(".rtt").textContent = `${b.state ?? "–"}/${b.remote_state ?? "–"}`;
+    el.querySelector(".loss").textContent = b.tx_interval_us ? `${b.tx_interval_us / 1000} ms` : "–";
+  } else {
+    el.querySelector(".rtt").textContent = state === "DOWN" ? "–" : fmtRtt(h.rtt_last_us);
+    el.querySelector(".loss").textContent = fmtLoss(h.loss_ratio);
+  }
   drawSpark(el.querySelector("canvas"), st.rtt.get(p.name) || [], COLOR[state]);
 }
 
@@ -357,6 +368,15 @@ async function select(name) {
   renderDetail(true);
 }
 
+function bfdDetail(b) {
+  if (!b) return "";
+  const ms = (us) => (us ? `${us / 1000} ms` : "–");
+  return `<dl class="bfd"><dt>BFD</dt><dd>${esc(b.state)} (diag ${b.diag})</dd>`
+    + `<dt>remote</dt><dd>${esc(b.remote_state ?? "–")}${b.remote_diag ? ` (diag ${b.remote_diag})` : ""}</dd>`
+    + `<dt>disc</dt><dd>${b.local_discriminator ?? "–"}</dd><dt>remote disc</dt><dd>${b.remote_discriminator ?? "–"}</dd>`
+    + `<dt>tx</dt><dd>${ms(b.tx_interval_us)}${b.poll ? " (poll)" : ""}</dd><dt>detect</dt><dd>${ms(b.detect_time_us)}</dd></dl>`;
+}
+
 async function renderDetail(fetchHistory) {
   const p = st.peers.get(st.selected);
   if (!p) { ui.detail.hidden = true; st.selected = null; return; }
@@ -366,7 +386,8 @@ async function renderDetail(fetchHistory) {
   const histHtml = hist ? hist.innerHTML : "";
   ui.detail.innerHTML = `<h3><span class="badge b-${p.state}">${LABEL[p.state]}</span>${esc(p.name)}`
     + `<button class="close" title="Close">✕</button></h3>`
-    + `<div class="muted">${esc(p.address)} · ${esc(p.switch)}${p.group ? " · " + esc(p.group) : ""} · slot ${p.index ?? "–"} · id ${p.peer_id}</div>`
+    + `<div class="muted">${esc(p.address)} · ${esc(p.switch)}${p.group ? " · " + esc(p.group) : ""} · slot ${p.index ?? "–"} · ${p.kind === "bfd" ? "BFD session" : "id " + p.peer_id}</div>`
+    + bfdDetail(h.bfd)
     + `<dl><dt>since</dt><dd>${fmtAgo(p.since)}</dd><dt>reason</dt><dd>${esc(p.reason || "")}</dd>`
     + `<dt>${p.state === "DOWN" ? "last RTT" : "RTT"}</dt><dd>${fmtRtt(h.rtt_last_us)}</dd><dt>avg</dt><dd>${fmtRtt(h.rtt_avg_us)}</dd>`
     + `<dt>min</dt><dd>${fmtRtt(h.rtt_min_us)}</dd><dt>max</dt><dd>${fmtRtt(h.rtt_max_us)}</dd>`
