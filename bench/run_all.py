@@ -147,6 +147,29 @@ def _detect(case: str, series: str, pct: str) -> tuple[Step, ...]:
     return ("cases", case, "down", series, pct)
 
 
+def _bfd_metrics(case: str, label: str, detect_ref: Reference) -> tuple[Metric, ...]:
+    """bench_bfd.py: hbmon's BFD sessions against FRR bfdd (issue 13), one case."""
+    interval, mult = (float(x.removesuffix("ms")) for x in case.split("_x"))
+    detect = Reference(f"RFC 5880 detection time, {label}", interval * mult, "RFC 5880 6.8.4")
+    return (
+        Metric("bfd", f"BFD sessions with FRR held, {label}", "sessions",
+               ("cases", case, "sessions"), references=(SONIC_SESSIONS,)),
+        Metric("bfd", f"BFD cause (link cut / bfdd stopped) -> our DOWN, {label}, p50", "ms",
+               ("cases", case, "detection_ms", "all", "p50"), better="lower",
+               target=detect, references=(detect_ref,)),
+        Metric("bfd", f"BFD cause -> our DOWN, {label}, max", "ms",
+               ("cases", case, "detection_ms", "all", "max"), better="lower", target=detect),
+        Metric("bfd", f"hbmon user CPU per BFD session, {label}", "ms/s",
+               ("cases", case, "cpu", "hbmon_user_ms_per_s_per_session"), better="lower"),
+        Metric("bfd", f"FRR bfdd CPU (user) per session, {label}", "ms/s",
+               ("cases", case, "cpu", "frr_user_ms_per_s_per_session"), better="lower"),
+        Metric("bfd", f"FRR bfdd user CPU / hbmon user CPU, same sessions, {label}", "x",
+               ("cases", case, "cpu", "frr_user_over_hbmon_user")),
+        Metric("bfd", f"FRR bfdd CPU / hbmon CPU (user + system), {label}", "x",
+               ("cases", case, "cpu", "frr_total_over_hbmon_total")),
+    )
+
+
 METRICS: tuple[Metric, ...] = (
     Metric("xdp", "XDP responses, known peer (BPF_PROG_TEST_RUN)", "Mpps/core",
            ("prog_test_run", "known_peer_duplicate", "mpps_per_core"),
@@ -310,6 +333,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("responder", "responder answers per CPU-second (one datagram per syscall)",
            "answers/CPU-s", ("per_datagram", "answers_per_cpu_s"),
            references=(PY_UDP_TUNED, PY_UDP_ASYNCIO)),
+    *_bfd_metrics("300ms_x3", "300 ms x 3", SONIC_BGP_DETECT),
+    *_bfd_metrics("50ms_x3", "50 ms x 3", OVS_DETECT),
 )
 
 
