@@ -6,11 +6,14 @@ also inside functions), so a lazy import that breaks the rule is caught as well.
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
 
-PKG = Path(__file__).resolve().parents[1] / "controller" / "hbmon"
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "controller" / "hbmon"
+RESPONDER = ROOT / "responder"  # the hbmon-responder distribution: click and stdlib only
 
 # folder -> packages it must never import (the API and the store sit on the interfaces in
 # hbmon.interfaces / hbmon.model, not on each other's or the controller's modules)
@@ -42,6 +45,37 @@ def test_lower_layer_does_not_import_higher(folder: str) -> None:
         if any(module == f or module.startswith(f + ".") for f in FORBIDDEN[folder])
     ]
     assert not bad, "\n".join(bad)
+
+
+def test_the_responder_distribution_imports_nothing_of_the_controller() -> None:
+    """A peer installs hbmon-responder alone (docs/operations.md): its packages may import
+    each other, click and the standard library, nothing else (tests/lab/
+    test_responder_install.py runs it in such a venv; this covers every module)."""
+    files = sorted(RESPONDER.glob("*/*.py"))
+    assert {f.parent.name for f in files} == {"hbmon_responder", "hbmon_wire"}
+    ours = ("hbmon_responder", "hbmon_wire", "click")
+    bad = [
+        f"{path.relative_to(RESPONDER)}:{line} imports {module}"
+        for path in files
+        for line, module in _imports(path)
+        if module.split(".")[0] not in sys.stdlib_module_names
+        and module.split(".")[0] not in ours
+    ]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_controller_names_for_the_wire_modules_are_the_same_objects() -> None:
+    """`hbmon.protocol` / `hbmon.sdnotify` re-export `hbmon_wire`'s: every public name, the
+    very same objects (one implementation; `except ValidationError` catches either)."""
+    import hbmon.protocol
+    import hbmon.sdnotify
+    import hbmon_wire.protocol
+    import hbmon_wire.sdnotify
+
+    public = [n for n in vars(hbmon_wire.protocol) if not n.startswith("_")]
+    assert "Heartbeat" in public and "Reason" in public
+    assert all(getattr(hbmon.protocol, n) is getattr(hbmon_wire.protocol, n) for n in public)
+    assert hbmon.sdnotify.notify is hbmon_wire.sdnotify.notify
 
 
 def test_the_check_sees_a_forbidden_import(tmp_path: Path) -> None:
