@@ -30,6 +30,7 @@ _ACTIONS = ("get", "set", "reset", "stop", "start")
 
 
 @click.command()
+@click.version_option(package_name="hbmon-responder")
 @click.option("--port", type=click.IntRange(1, 65535), default=REQUEST_PORT, show_default=True,
               help="UDP port to answer on.")
 @click.option("--bind", "binds", multiple=True, metavar="ADDR",
@@ -66,7 +67,8 @@ def responder(
     address the request was sent to.
 
     \b
-    Control a running responder through its --ctl socket:
+    Control a running responder through its --ctl socket (`hbmon-responder` is the same
+    command as `hbmon responder`):
       hbmon responder --ctl /tmp/p1.sock set loss=20 delay_ms=5 status=degraded
       hbmon responder --ctl /tmp/p1.sock stop      # stop answering (mute=true)
       hbmon responder --ctl /tmp/p1.sock start     # answer again

@@ -14,8 +14,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hbmon.protocol import PeerStatus
@@ -75,6 +77,24 @@ def test_the_responder_installs_alone(peer_bin: Path, tmp_path: Path) -> None:
     help_ = subprocess.run([str(peer_bin / "hbmon-responder"), "--help"], capture_output=True,
                            text=True, cwd=tmp_path, env=_env(), timeout=60)
     assert help_.returncode == 0 and "Answer hbmon heartbeats" in help_.stdout, help_.stderr
+    version = subprocess.run([str(peer_bin / "hbmon-responder"), "--version"],
+                             capture_output=True, text=True, cwd=tmp_path, env=_env(),
+                             timeout=60)
+    assert version.stdout.split()[-1] == _pyproject(ROOT / "responder")["version"]
+
+
+def _pyproject(project: Path) -> dict[str, Any]:
+    with (project / "pyproject.toml").open("rb") as f:
+        table: dict[str, Any] = tomllib.load(f)["project"]
+    return table
+
+
+def test_hbmon_requires_the_responder_of_this_checkout() -> None:
+    """hbmon requires exactly the version responder/pyproject.toml declares (the two are
+    released together; a stale pin would make pip look for another hbmon-responder)."""
+    responder = _pyproject(ROOT / "responder")
+    assert (responder["name"], responder["dependencies"]) == ("hbmon-responder", ["click>=8.1"])
+    assert f"hbmon-responder=={responder['version']}" in _pyproject(ROOT)["dependencies"]
 
 
 def test_the_installed_responder_answers(peer_bin: Path, tmp_path: Path,
