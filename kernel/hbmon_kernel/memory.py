@@ -24,15 +24,27 @@ What is modelled, as kernel/bpf does it (docs/dataplane.md):
 * events: `peer_event()` is a state change of the data plane (hb_state written, counted,
   queued for `poll_events`, which KernelDevice turns into digests).
 
-Not modelled: the DOWN-deadline sweeper (only the miss count at each round declares DOWN),
-the XDP classification of received frames (tests/kernel/xdp_fuzz.py models that), l2
-forwarding of frames.
+* BFD (docs/bfd.md): the bfd_sessions / bfd_peers / bfd_requests tables and the bfd_*
+  registers with Datapath's checks; a BFD template to a group (`is_bfd_template`) runs a
+  BFD round as hb_tc.c `bfd_one` does per replica (detection: DOWN with its event once
+  `detect_time_us` passed since the last packet; due-gating with the same jitter; a due
+  replica clears bfd_final_due, bumps hb_tx_count, writes hb_last_tx_us, counts BFD_SENT;
+  no frame exists, so none is built); its tick period (the required min echo RX field)
+  starts the BFD schedule next to the heartbeat one (`bfd_schedule`, `run_bfd_rounds()`);
+  `bfd_receive(index, packet)` records a control packet of the session as hb_xdp.c does
+  after the lookup (registers, bfd_final_due on P, a `BfdEvent` on a change, F or not UP).
+
+Not modelled: the DOWN-deadline sweeper (only the miss count at each round declares DOWN,
+and BFD detection runs only at its rounds), the XDP classification of received frames
+(tests/kernel/xdp_fuzz.py models that; BFD's checks 1-6 are tests/kernel/test_bpf_bfd.py's),
+no BFD peer answers (`answering` is for heartbeats only), l2 forwarding of frames.
 """
 
 from __future__ import annotations
 
 import collections
 import itertools
+import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -44,21 +56,28 @@ from typing import Any
 import grpc
 import numpy as np
 import numpy.typing as npt
-from hbmon.protocol import REASON_COUNT, REGISTERS, PlaneState, Reason
+from hbmon.bfd_packet import ControlPacket, Flag
+from hbmon.protocol import REASON_COUNT, PlaneState, Reason
 from p4.v1 import p4runtime_pb2
 
 from .datapath import (
+    BFD_FRAME_LEN,
     CPU_PORT_MTU,
     FRAME_LEN,
     PERIOD_MAX_US,
     PERIOD_MIN_US,
+    REGISTERS,
+    SCHEDULE_BFD,
+    BfdEvent,
     GroupShadow,
     PeerEvent,
     TableFullError,
     _check_range,
-    is_request_template,
+    check_bfd_control,
+    template_period_us,
+    unpack_bfd_request,
 )
-from .p4rt_device import KernelDevice, dataclass_fields
+from .p4rt_device import KernelDevice
 from .p4rt_state import Pipeline
 
 __all__ = ["MemoryDatapath", "MemoryTarget", "PacketOutRecord", "serve_memory_target"]
@@ -114,13 +133,17 @@ class MemoryDatapath(GroupShadow):
         self._l2: dict[int, int | None] = {}
         # index -> (dst_mac, dst_addr, peer_id, detect_mult, nonce_key)
         self._requests: dict[int, tuple[int, int, int, int, int]] = {}
+        self._bfd_sessions: dict[int, int] = {}  # your_disc -> index
+        self._bfd_peers: dict[tuple[int, int], int] = {}  # (src_addr, port) -> index
+        self._bfd_requests: dict[int, bytes] = {}  # index -> struct bfd_request bytes
         self._groups: dict[int, list[tuple[int, int]]] = {}
         self._registers = {name: np.zeros(max_peers, _DTYPE[width])
                            for name, width in REGISTERS.items()}
         self._counter = [[0, 0] for _ in range(REASON_COUNT)]
-        self._events: list[PeerEvent] = []
+        self._events: list[PeerEvent | BfdEvent] = []
         self._events_ready = threading.Condition(self._lock)
         self.schedule: _Schedule | None = None
+        self.bfd_schedule: _Schedule | None = None  # group 2's, next to the heartbeat one
         self._schedule_changed = threading.Condition(self._lock)
         # test hooks: what was sent, and refusals to inject
         self.packet_outs: collections.deque[PacketOutRecord] = collections.deque(maxlen=history)
@@ -265,6 +288,97 @@ class MemoryDatapath(GroupShadow):
         with self._lock:
             return self._requests.pop(index, None) is not None
 
+    # -- BFD -------------------------------------------------------------------------------
+
+    def bfd_sessions_set(self, your_disc: int, index: int) -> None:
+        _check_range("your_disc", your_disc, 32)
+        self._check_index(index)
+        with self._lock:
+            self._refuse("bfd_sessions_set", index)
+            self._room(self._bfd_sessions, your_disc, "bfd_sessions")
+            self._bfd_sessions[your_disc] = index
+
+    def bfd_sessions_delete(self, your_disc: int) -> bool:
+        _check_range("your_disc", your_disc, 32)
+        with self._lock:
+            return self._bfd_sessions.pop(your_disc, None) is not None
+
+    def bfd_sessions_get(self, your_disc: int) -> int | None:
+        _check_range("your_disc", your_disc, 32)
+        with self._lock:
+            return self._bfd_sessions.get(your_disc)
+
+    def bfd_peers_set(self, src_addr: int, port: int, index: int) -> None:
+        _check_range("src_addr", src_addr, 32)
+        _check_range("port", port, 9)
+        self._check_index(index)
+        with self._lock:
+            self._refuse("bfd_peers_set", index)
+            self._room(self._bfd_peers, (src_addr, port), "bfd_peers")
+            self._bfd_peers[(src_addr, port)] = index
+
+    def bfd_peers_delete(self, src_addr: int, port: int) -> bool:
+        _check_range("src_addr", src_addr, 32)
+        _check_range("port", port, 9)
+        with self._lock:
+            return self._bfd_peers.pop((src_addr, port), None) is not None
+
+    def bfd_peers_get(self, src_addr: int, port: int) -> int | None:
+        _check_range("src_addr", src_addr, 32)
+        _check_range("port", port, 9)
+        with self._lock:
+            return self._bfd_peers.get((src_addr, port))
+
+    def bfd_requests_set(self, index: int, **params: int) -> None:
+        """As Datapath.bfd_requests_set (same checks, same stored layout)."""
+        from .datapath import _BFD_REQUEST
+
+        self._check_index(index)
+        value = _BFD_REQUEST.pack(*check_bfd_control(**params))
+        with self._lock:
+            self._refuse("bfd_requests_set", index)
+            self._bfd_requests[index] = value
+
+    def bfd_requests_get(self, index: int) -> dict[str, int] | None:
+        self._check_index(index)
+        with self._lock:
+            raw = self._bfd_requests.get(index)
+        return None if raw is None else unpack_bfd_request(raw)
+
+    def bfd_requests_delete(self, index: int) -> bool:
+        self._check_index(index)
+        with self._lock:
+            return self._bfd_requests.pop(index, None) is not None
+
+    def bfd_receive(self, index: int, pkt: ControlPacket) -> None:
+        """Test/simulator hook: a control packet that passed checks 1-6 for the session at
+        `index`, recorded as hb_xdp.c bfd_record does (docs/bfd.md "Receive" 7)."""
+        self._check_index(index)
+        with self._lock:
+            r = self._registers
+            fields = {"bfd_remote_state": int(pkt.state), "bfd_remote_diag": pkt.diag,
+                      "bfd_remote_mult": pkt.detect_mult, "bfd_remote_disc": pkt.my_disc,
+                      "bfd_remote_min_tx_us": pkt.desired_min_tx_us,
+                      "bfd_remote_min_rx_us": pkt.required_min_rx_us}
+            changed = (any(int(r[name][index]) != v for name, v in fields.items())
+                       or bool(pkt.flags & Flag.F) or r["hb_state"][index] != PlaneState.UP)
+            now = self.now_us()
+            r["hb_rx_count"][index] = (int(r["hb_rx_count"][index]) + 1) & _U32
+            r["hb_last_rx_us"][index] = now
+            for name, v in fields.items():
+                r[name][index] = v
+            if pkt.flags & Flag.P:
+                r["bfd_final_due"][index] = 1
+            self._count(Reason.BFD_RECORDED, BFD_FRAME_LEN)
+            if changed:
+                r["hb_state"][index] = PlaneState.UP
+                self._count(Reason.BFD_EVENT, BFD_FRAME_LEN)
+                self._events.append(BfdEvent(index, int(pkt.state), pkt.diag, pkt.flags,
+                                             pkt.detect_mult, pkt.my_disc,
+                                             pkt.desired_min_tx_us, pkt.required_min_rx_us,
+                                             now))
+                self._events_ready.notify_all()
+
     # ------------------------------------------------------------------ replication
 
     def mcast_group_set(self, group_id: int, replicas: list[tuple[int, int]]) -> None:
@@ -395,10 +509,11 @@ class MemoryDatapath(GroupShadow):
         if len(frame) + _TRAILER > CPU_PORT_MTU + 14:
             raise ValueError(f"frame of {len(frame)} bytes is larger than the CPU port allows")
         frame = bytes(frame)
-        template = bool(mcast_grp) and is_request_template(frame)
-        period_us = int.from_bytes(frame[_TX_AT:_TX_AT + 8], "big") if template else 0
+        asked = template_period_us(frame) if mcast_grp else None
+        period_us = asked[1] if asked is not None else 0
         if period_us and not PERIOD_MIN_US <= period_us <= PERIOD_MAX_US:
-            raise ValueError(f"round period {period_us} us (the template's tx_timestamp_us) "
+            field = "required min echo RX" if asked and asked[0] else "tx_timestamp_us"
+            raise ValueError(f"round period {period_us} us (the template's {field}) "
                              f"outside {PERIOD_MIN_US} .. {PERIOD_MAX_US}")
         with self._lock:
             self.packet_outs.append(PacketOutRecord(frame, egress_port, mcast_grp))
@@ -406,8 +521,11 @@ class MemoryDatapath(GroupShadow):
             self._packets_seen.notify_all()
             if not mcast_grp:
                 return  # out of egress_port as it is
-            if not template:
+            if asked is None:
                 self._count(Reason.BAD_TEMPLATE, len(frame))
+                return
+            if asked[0] == SCHEDULE_BFD:
+                self._bfd_template(frame, mcast_grp, period_us)
                 return
             sequence = int.from_bytes(frame[_SEQ_AT:_SEQ_AT + 4], "big")
             current = self.schedule
@@ -446,6 +564,57 @@ class MemoryDatapath(GroupShadow):
             if self.answering:
                 self.answer(index)
 
+    def _bfd_template(self, frame: bytes, group: int, period_us: int) -> None:
+        """A BFD template (lock held): the BFD schedule as packet_out's heartbeat one."""
+        current = self.bfd_schedule
+        if period_us:
+            if current is not None and (current.period_us, current.group) == (period_us, group):
+                current.template = frame[:BFD_FRAME_LEN]
+                return
+            self.bfd_schedule = _Schedule(period_us, group, frame[:BFD_FRAME_LEN], 0)
+            self._schedule_changed.notify_all()
+        elif current is not None and current.group == group:
+            self.bfd_schedule = None
+            self._schedule_changed.notify_all()
+        self._bfd_round(group)
+
+    def _bfd_round(self, group: int) -> None:
+        """One BFD round (lock held): hb_tc.c bfd_one for every replica."""
+        self.rounds_run += 1
+        now = self.now_us()
+        r = self._registers
+        for _port, index in self._groups.get(group, []):
+            raw = self._bfd_requests.get(index) if index < self.max_peers else None
+            req = None if raw is None else unpack_bfd_request(raw)
+            if req is None:
+                self._count(Reason.REQUEST_NO_PEER, BFD_FRAME_LEN)
+                continue
+            last_rx = int(r["hb_last_rx_us"][index])
+            if (req["detect_time_us"] and r["hb_state"][index] == PlaneState.UP
+                    and now > last_rx and now - last_rx > req["detect_time_us"]):
+                self._transition(index, PlaneState.DOWN, 0, now)
+            interval = req["tx_interval_us"]
+            if r["hb_tx_count"][index] and not r["bfd_final_due"][index]:
+                jitter = random.randrange(interval // 4 + 1)
+                if now - int(r["hb_last_tx_us"][index]) < interval - jitter:
+                    continue  # not due this tick
+            r["bfd_final_due"][index] = 0
+            r["hb_tx_count"][index] = (int(r["hb_tx_count"][index]) + 1) & _U32
+            r["hb_last_tx_us"][index] = now
+            self._count(Reason.BFD_SENT, BFD_FRAME_LEN)
+
+    def run_bfd_rounds(self, count: int = 1) -> int:
+        """Test hook: the next `count` ticks of the BFD schedule; returns how many ran."""
+        ran = 0
+        with self._lock:
+            for _ in range(count):
+                s = self.bfd_schedule
+                if s is None:
+                    break
+                self._bfd_round(s.group)
+                ran += 1
+        return ran
+
     def run_rounds(self, count: int = 1) -> list[int]:
         """Test hook: the next `count` rounds of the schedule, as the kernel's timer runs
         them (the template with the sequence one up each round); returns their sequences."""
@@ -461,22 +630,29 @@ class MemoryDatapath(GroupShadow):
         return out
 
     def _keep_time(self) -> None:
-        """keep_time=True: a round every period while a schedule is set."""
-        next_at = time.monotonic()
+        """keep_time=True: a round every period while a schedule is set, for each of the two
+        schedules (heartbeat and BFD) on its own period."""
+        run: dict[str, Callable[[], object]] = {
+            "schedule": lambda: self.run_rounds(1),
+            "bfd_schedule": lambda: self.run_bfd_rounds(1),
+        }
+        next_at: dict[str, float] = {}  # schedule attribute -> when its next round is due
         with self._lock:
             while not self._closed.is_set():
-                s = self.schedule
-                if s is None:
-                    self._schedule_changed.wait()
-                    next_at = time.monotonic() + (self.schedule.period_us / 1e6
-                                                  if self.schedule else 0)
-                    continue
-                wait = next_at - time.monotonic()
-                if wait > 0:
-                    self._schedule_changed.wait(wait)
-                    continue
-                self.run_rounds(1)
-                next_at = max(next_at + s.period_us / 1e6, time.monotonic())
+                now = time.monotonic()
+                for name, round_ in run.items():
+                    s: _Schedule | None = getattr(self, name)
+                    at = next_at.get(name)
+                    if s is None:
+                        next_at.pop(name, None)
+                    elif at is None:  # just started: its first round ran at the PacketOut
+                        next_at[name] = now + s.period_us / 1e6
+                    elif now >= at:
+                        round_()
+                        next_at[name] = max(at + s.period_us / 1e6, time.monotonic())
+                wait = min(next_at.values(), default=None)
+                self._schedule_changed.wait(None if wait is None
+                                            else max(0.0, wait - time.monotonic()))
 
     def wait_packet_outs(self, count: int, timeout: float = 10.0) -> list[PacketOutRecord]:
         """Test hook: wait until `count` PacketOuts arrived in all; returns those kept."""
@@ -533,7 +709,7 @@ class MemoryDatapath(GroupShadow):
         self._events.append(PeerEvent(index, int(state), last_seq & _U32, time_us))
         self._events_ready.notify_all()
 
-    def poll_events(self, timeout_ms: int) -> list[PeerEvent]:
+    def poll_events(self, timeout_ms: int) -> list[PeerEvent | BfdEvent]:
         """Wait up to timeout_ms (0 = don't wait, -1 = forever) for UP/DOWN events."""
         with self._lock:
             if not self._events and timeout_ms and not self._closed.is_set():
@@ -656,7 +832,7 @@ def make_device(dp: MemoryDatapath | Any, pipeline: Pipeline, *, device_id: int 
                 ) -> KernelDevice:
     """The kernel target's device over a data plane, as `hbmon-kernel-target` makes it."""
     return KernelDevice(dp, pipeline, device_id=device_id, ports=dp.ports,
-                        cpu_port=dp.cpu_port, event_fields=dataclass_fields(PeerEvent))
+                        cpu_port=dp.cpu_port)
 
 
 def serve_memory_target(address: str = "127.0.0.1:0", *, pipeline: Pipeline | None = None,

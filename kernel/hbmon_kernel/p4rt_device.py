@@ -49,6 +49,14 @@ _INT64_MAX = (1 << 63) - 1
 MAX_GROUP_ID = 0xFFFF  # the data plane's mcast_grp is 16 bits
 MAX_INSTANCE = 0xFFFF  # replica instance = peer index, 16 bits
 PEER_EVENT_DIGEST = "peer_event_t"
+BFD_EVENT_DIGEST = "bfd_event_t"
+# The digests the data plane raises, with the fields of its events (by name, the members of
+# each digest; hbmon_kernel.datapath PeerEvent and BfdEvent, whose DIGEST names the digest)
+EVENT_FIELDS: dict[str, tuple[str, ...]] = {
+    PEER_EVENT_DIGEST: ("index", "state", "last_seq", "time_us"),
+    BFD_EVENT_DIGEST: ("index", "state", "diag", "flags", "detect_mult", "my_disc",
+                       "desired_min_tx_us", "required_min_rx_us", "time_us"),
+}
 
 
 class DatapathLike(Protocol):
@@ -67,6 +75,15 @@ class DatapathLike(Protocol):
     def peer_requests_set(self, index: int, dst_mac: int, dst_addr: int, peer_id: int,
                           detect_mult: int, nonce_key: int = 0) -> None: ...
     def peer_requests_delete(self, index: int) -> bool: ...
+    def bfd_sessions_set(self, your_disc: int, index: int) -> None: ...
+    def bfd_sessions_delete(self, your_disc: int) -> bool: ...
+    def bfd_peers_set(self, src_addr: int, port: int, index: int) -> None: ...
+    def bfd_peers_delete(self, src_addr: int, port: int) -> bool: ...
+    def bfd_requests_set(self, index: int, *, dst_mac: int, dst_addr: int, src_port: int,
+                         my_disc: int, state: int, diag: int, flags: int, detect_mult: int,
+                         desired_min_tx_us: int, required_min_rx_us: int, tx_interval_us: int,
+                         detect_time_us: int) -> None: ...
+    def bfd_requests_delete(self, index: int) -> bool: ...
     def mcast_group_set(self, group_id: int, replicas: list[tuple[int, int]]) -> None: ...
     def mcast_group_delete(self, group_id: int) -> bool: ...
     def register_read_all(self, name: str) -> list[int]: ...
@@ -94,6 +111,8 @@ class TableBinding:
     actions: Mapping[str, Callable[[DatapathLike, Key, Params], None]]
     remove: Callable[[DatapathLike, Key], object]
     port_params: frozenset[tuple[str, str]] = frozenset()  # (action, param) that are ports
+    # a table the P4Info may lack (BFD, docs/bfd.md): then it is simply not bound
+    optional: bool = False
 
 
 BINDINGS: tuple[TableBinding, ...] = (
@@ -119,6 +138,21 @@ BINDINGS: tuple[TableBinding, ...] = (
             k["index"], p["dst_mac"], p["dst_addr"], p["peer_id"], p["detect_mult"],
             p["nonce_key"])},
         lambda dp, k: dp.peer_requests_delete(k["index"])),
+    # BFD (docs/bfd.md "P4Info additions")
+    TableBinding(
+        "HbIngress.bfd_sessions", ("your_disc",), "NoAction",
+        {"HbIngress.set_bfd_session":
+            lambda dp, k, p: dp.bfd_sessions_set(k["your_disc"], p["index"])},
+        lambda dp, k: dp.bfd_sessions_delete(k["your_disc"]), optional=True),
+    TableBinding(
+        "HbIngress.bfd_peers", ("src_addr", "port"), "NoAction",
+        {"HbIngress.set_bfd_session":
+            lambda dp, k, p: dp.bfd_peers_set(k["src_addr"], k["port"], p["index"])},
+        lambda dp, k: dp.bfd_peers_delete(k["src_addr"], k["port"]), optional=True),
+    TableBinding(
+        "HbEgress.bfd_requests", ("index",), "HbEgress.drop_request",
+        {"HbEgress.bfd_control": lambda dp, k, p: dp.bfd_requests_set(k["index"], **p)},
+        lambda dp, k: dp.bfd_requests_delete(k["index"]), optional=True),
 )
 
 
@@ -215,7 +249,7 @@ class KernelDevice:
 
     def __init__(self, dp: DatapathLike, pipeline: P4Schema, *, device_id: int,
                  ports: Mapping[int, str], cpu_port: int = 255,
-                 event_fields: Sequence[str] = ("index", "state", "last_seq", "time_us"),
+                 event_fields: Mapping[str, Sequence[str]] = EVENT_FIELDS,
                  ) -> None:
         self.dp = dp
         self.pipeline = pipeline
@@ -229,6 +263,8 @@ class KernelDevice:
 
         self._tables: dict[int, _BoundTable] = {}
         for b in BINDINGS:
+            if b.optional and not self._has_table(b.table):
+                continue
             bound = self._bind_table(b)
             self._tables[bound.spec.id] = bound
         self._entries: dict[int, dict[tuple[int, ...], _Entry]] = {t: {} for t in self._tables}
@@ -264,12 +300,16 @@ class KernelDevice:
                              "egress_port and mcast_grp")
         self._packet_out = packet_out
         self._digests: dict[int, DigestEngine] = {}
+        self._digest_by_name: dict[str, DigestEngine] = {}  # an event's DIGEST -> engine
         for dspec in pipeline.digests.values():
-            if dspec.name != PEER_EVENT_DIGEST:
+            fields = event_fields.get(dspec.name)
+            if fields is None:
                 raise ValueError(f"{pipeline.source}: digest {dspec.name!r} is not raised by "
-                                 f"the kernel data plane (only {PEER_EVENT_DIGEST})")
-            check_event_fields(dspec, event_fields)
-            self._digests[dspec.id] = DigestEngine(dspec, self._send_digest)
+                                 f"the kernel data plane (only {', '.join(event_fields)})")
+            check_event_fields(dspec, fields)
+            engine = DigestEngine(dspec, self._send_digest)
+            self._digests[dspec.id] = engine
+            self._digest_by_name[dspec.name] = engine
         self.packets_out = 0
         # read_plan_bytes: _plan_key(serialized ReadRequest) -> (the request, its plan)
         self._plans: OrderedDict[tuple[int, bytes, bytes], tuple[bytes, _Plan]] = OrderedDict()
@@ -277,6 +317,13 @@ class KernelDevice:
         self._whole_encoders: dict[int, wire.CellEncoder] = {}
         self._plans_bytes = 0
         self._plans_lock = threading.Lock()
+
+    def _has_table(self, name: str) -> bool:
+        try:
+            self.pipeline.table(name)
+        except SchemaError:
+            return False
+        return True
 
     def _bind_table(self, b: TableBinding) -> _BoundTable:
         p = self.pipeline
@@ -1197,8 +1244,18 @@ class KernelDevice:
                     log.error("reading data-plane events failed: %s", exc)
                 return
             if events:
+                # each event goes to the digest it names (PeerEvent: peer_event_t, BfdEvent:
+                # bfd_event_t); one the P4Info has no digest for is dropped
+                by_engine: dict[int, list[Any]] = {}
+                for ev in events:
+                    engine = self._digest_by_name.get(getattr(ev, "DIGEST", PEER_EVENT_DIGEST))
+                    if engine is not None:
+                        by_engine.setdefault(id(engine), []).append(
+                            sample_of(engine.spec, ev))
                 for engine in engines:
-                    engine.add([sample_of(engine.spec, ev) for ev in events])
+                    samples = by_engine.get(id(engine))
+                    if samples:
+                        engine.add(samples)
 
 
 def stream_error(exc: P4RTError, *, packet: p4runtime_pb2.PacketOut | None = None,

@@ -55,7 +55,7 @@ from hbmon.assets import p4_output
 from hbmon.sdnotify import notify
 from p4.v1 import p4runtime_pb2
 
-from .p4rt_device import KernelDevice, WriteFailed, dataclass_fields, stream_error
+from .p4rt_device import KernelDevice, WriteFailed, stream_error
 from .p4rt_state import P4RTError, Pipeline, Session
 
 log = logging.getLogger("hbmon_kernel.server")
@@ -519,7 +519,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         BURST_GAP_NS,
         Datapath,
         DatapathError,
-        PeerEvent,
     )
     from .memory import MemoryDatapath
 
@@ -544,8 +543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return refuse(str(exc))
         try:
             device = KernelDevice(dp, pipeline, device_id=args.device_id, ports=args.ports,
-                                  cpu_port=args.cpu_port,
-                                  event_fields=dataclass_fields(PeerEvent))
+                                  cpu_port=args.cpu_port)
         except ValueError as exc:
             return refuse(str(exc))
         try:

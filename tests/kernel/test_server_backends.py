@@ -6,8 +6,10 @@ The scenario covers what the controller relies on: arbitration notifications (sp
 a Write batch with per-update errors (spec 12.3, CONTINUE_ON_ERROR), table, multicast group,
 register (wildcard, indexed, all registers) and counter reads, a read out of range, and a
 PacketOut fan-out seen as hb_tx_count / hb_last_tx_seq changes and REQUEST_SENT /
-REQUEST_NO_PEER counts (docs/dataplane.md "Fan-out"). Both targets are the same program
-started the same way; only `--datapath` differs.
+REQUEST_NO_PEER counts (docs/dataplane.md "Fan-out"), and BFD (docs/bfd.md): a session's
+three table entries read back, the bfd_event_t digest enabled, a BFD template's round on
+group 2 seen as BFD_SENT / REQUEST_NO_PEER, hb_tx_count and a cleared bfd_final_due. Both
+targets are the same program started the same way; only `--datapath` differs.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from typing import Any
 
 import pytest
 from google.rpc import code_pb2
-from hbmon.p4 import MulticastGroup, P4Schema, PacketOut, Replica, TableEntry
+from hbmon import bfd_packet
+from hbmon.p4 import DigestEntry, MulticastGroup, P4Schema, PacketOut, Replica, TableEntry
 from hbmon.p4.client import INSERT, P4RuntimeClient, WriteError, make_update
-from hbmon.protocol import FANOUT_GROUP, Reason
+from hbmon.protocol import BFD_REGISTERS, FANOUT_GROUP, REGISTERS, Reason
 from p4.v1 import p4runtime_pb2
 
-from .bpf_lab import Lab, request_template
+from .bpf_lab import Lab, heartbeat_frame, request_template
 from .server_harness import P4INFO, KernelTarget, RawStream
 
 ELECTION = 10
@@ -168,9 +171,64 @@ def scenario(address: str, schema: P4Schema) -> dict[str, Any]:
         seen["tx_count"] = [c for c in _cells(client, schema, "hb_tx_count") if c[1]]
         seen["last_tx_seq"] = [c for c in _cells(client, schema, "hb_last_tx_seq") if c[1]]
         seen["miss_count"] = [c for c in _cells(client, schema, "hb_miss_count") if c[1]]
+        _bfd_steps(client, schema, seen)
     finally:
         client.close()
     return seen
+
+
+BFD_INDEX, BFD_ADDR, BFD_DISC = 10, 0xC612000A, bfd_packet.local_discriminator(0x77770000, 10)
+
+
+def _bfd_session() -> list[TableEntry]:
+    """A session as docs/bfd.md "P4Info additions" says the controller programs it."""
+    return [
+        TableEntry("HbIngress.bfd_sessions", {"your_disc": BFD_DISC},
+                   "HbIngress.set_bfd_session", {"index": BFD_INDEX}),
+        TableEntry("HbIngress.bfd_peers", {"src_addr": BFD_ADDR, "port": 1},
+                   "HbIngress.set_bfd_session", {"index": BFD_INDEX}),
+        TableEntry("HbEgress.bfd_requests", {"index": BFD_INDEX}, "HbEgress.bfd_control",
+                   {"dst_mac": 0x02000000010A, "dst_addr": BFD_ADDR,
+                    "src_port": bfd_packet.source_port(BFD_INDEX), "my_disc": BFD_DISC,
+                    "state": bfd_packet.State.DOWN, "diag": 0, "flags": 0, "detect_mult": 3,
+                    "desired_min_tx_us": 1_000_000, "required_min_rx_us": 300_000,
+                    "tx_interval_us": 1_000_000, "detect_time_us": 0}),
+    ]
+
+
+def _bfd_steps(client: P4RuntimeClient, schema: P4Schema, seen: dict[str, Any]) -> None:
+    client.insert(_bfd_session())
+    client.insert([DigestEntry("bfd_event_t")])
+    seen["bfd_entries"] = sorted(
+        (t, len(client.read_all([TableEntry(t)])))
+        for t in ("HbIngress.bfd_sessions", "HbIngress.bfd_peers", "HbEgress.bfd_requests"))
+    seen["bfd_request_params"] = TableEntry.decode(
+        schema, client.read_all([TableEntry("HbEgress.bfd_requests")])[0]).params
+    # group 2: index 11 has no bfd_requests entry (REQUEST_NO_PEER)
+    client.insert([MulticastGroup(bfd_packet.FANOUT_GROUP,
+                                  (Replica(1, BFD_INDEX), Replica(2, 11)))])
+    due = p4runtime_pb2.RegisterEntry(register_id=schema.register("bfd_final_due").id)
+    due.index.index = BFD_INDEX
+    due.data.bitstring = b"\x01"
+    client.modify([p4runtime_pb2.Entity(register_entry=due)])
+    seen["final_due_before"] = _cells(client, schema, "bfd_final_due", BFD_INDEX)
+    before = _reasons(client, schema)
+    counted = (Reason.BFD_SENT, Reason.REQUEST_NO_PEER)
+    base = {r: before.get(r, (0, 0))[0] for r in counted}
+    template = heartbeat_frame(src_mac=0x020000000001, dst_mac=0, src_ip=0xC6120001, dst_ip=0,
+                               sport=bfd_packet.SOURCE_PORT_BASE, dport=bfd_packet.PORT,
+                               payload=bfd_packet.template_payload(0))  # 0: one round
+    client.packet_out(PacketOut(template, {"egress_port": 0,
+                                           "mcast_grp": bfd_packet.FANOUT_GROUP}))
+
+    def round_done() -> dict[int, tuple[int, int]] | None:
+        now = _reasons(client, schema)
+        return now if sum(now[k][0] - base[k] for k in base) >= 2 else None
+
+    after = _poll(round_done, "the BFD round")
+    seen["bfd_round_counts"] = {int(k): after[k][0] - base[k] for k in base}
+    seen["bfd_tx_count"] = _cells(client, schema, "hb_tx_count", BFD_INDEX)
+    seen["final_due_after"] = _cells(client, schema, "bfd_final_due", BFD_INDEX)
 
 
 def _run(target: KernelTarget, schema: P4Schema) -> dict[str, Any]:
@@ -191,11 +249,19 @@ def test_same_answers_from_bpf_and_memory_back_ends(lab: Lab, schema: P4Schema) 
     assert memory["peers"] == [(101, 1), (102, 2), (103, 3)]
     assert memory["group"] == [True]
     assert memory["rx_wildcard"] == (65536, [(1, 42)])
-    assert memory["all_registers"] == 15 * 65536
+    assert memory["all_registers"] == (len(REGISTERS) + len(BFD_REGISTERS)) * 65536
     assert memory["out_of_range"] is True
     assert memory["reason_20"] == (7, 700)
     assert memory["round_counts"] == {Reason.REQUEST_SENT: 3, Reason.REQUEST_NO_PEER: 1}
     assert memory["tx_count"] == [(1, 1), (2, 1), (3, 1)]
     assert memory["last_tx_seq"] == [(1, 0x1234), (2, 0x1234), (3, 0x1234)]
+    assert memory["bfd_entries"] == [("HbEgress.bfd_requests", 1), ("HbIngress.bfd_peers", 1),
+                                     ("HbIngress.bfd_sessions", 1)]
+    assert memory["bfd_request_params"] == _bfd_session()[2].params
+    assert memory["final_due_before"] == [(BFD_INDEX, 1)]
+    # the first packet of a session is due at once and carries the F that was due
+    assert memory["bfd_round_counts"] == {Reason.BFD_SENT: 1, Reason.REQUEST_NO_PEER: 1}
+    assert memory["bfd_tx_count"] == [(BFD_INDEX, 1)]
+    assert memory["final_due_after"] == [(BFD_INDEX, 0)]
     # and the BPF data plane answers exactly the same
     assert {k: bpf[k] for k in sorted(bpf)} == {k: memory[k] for k in sorted(memory)}

@@ -529,4 +529,7 @@ def test_text_format_of_reference_is_a_p4info() -> None:
     msg = text_format.Parse(P4INFO.read_text(), p4info_pb2.P4Info())
     assert {t.preamble.name for t in msg.tables} == {
         "HbIngress.peers", "HbIngress.peer_ids", "HbIngress.l2_forward",
-        "HbEgress.peer_requests"}
+        "HbEgress.peer_requests",
+        # BFD (docs/bfd.md "P4Info additions")
+        "HbIngress.bfd_sessions", "HbIngress.bfd_peers", "HbEgress.bfd_requests"}
+    assert {d.preamble.name for d in msg.digests} == {"peer_event_t", "bfd_event_t"}
