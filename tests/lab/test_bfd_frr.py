@@ -128,8 +128,8 @@ def test_sessions_come_up_and_both_sides_agree(rig: Rig) -> None:
     rig.wait_all_up(["peer01", *names])  # the heartbeat peer is unaffected by BFD
     theirs = rig.frr.sessions()
     for name in names:
-        ours = rig.wait_ours(name, lambda v: v.get("state") == "up"
-                             and v.get("remote_state") == "up", 30, "local and remote Up")
+        ours = rig.wait_ours(name, lambda v: v.get("state") == "UP"
+                             and v.get("remote_state") == "UP", 30, "local and remote Up")
         frr = theirs[name]
         assert frr["status"] == "up"
         # section 6.8.6: bfd.RemoteDiscr is the remote's My Discriminator, both ways
@@ -140,8 +140,9 @@ def test_sessions_come_up_and_both_sides_agree(rig: Rig) -> None:
         assert frr["remote-receive-interval"] == TIMERS.required_min_rx_ms
         assert frr["remote-detect-multiplier"] == TIMERS.detect_mult
         # and both ends negotiated the same: 300 ms each way, 900 ms detection
-        assert ours["tx_interval_ms"] == TIMERS.desired_min_tx_ms
-        assert ours["detect_time_ms"] == TIMERS.detect_time_ms
+        assert ours["tx_interval_us"] == 1000 * TIMERS.desired_min_tx_ms
+        assert ours["detect_time_us"] == 1000 * TIMERS.detect_time_ms
+        assert ours["remote_desired_min_tx_us"] == 1000 * TIMERS.desired_min_tx_ms
     # distinct discriminators per session (docs/bfd.md: unique per switch)
     assert len({rig.ours(n)["local_discriminator"] for n in names}) == len(names)
 
@@ -159,7 +160,7 @@ def _measure_down(rig: Rig, name: str, cause: Callable[[], None]) -> float:
     took = view["since"] - t0
     print(f"[{rig.target}] {name}: Down {took * 1000:.0f} ms after the cause "
           f"(detection time {TIMERS.detect_time_ms} ms)")
-    assert view.get("state") == "down" and view.get("diag") == 1  # control detection expired
+    assert view.get("state") == "DOWN" and view.get("diag") == 1  # control detection expired
     return took
 
 
@@ -187,15 +188,16 @@ def test_frr_timer_changes_are_followed(rig: Rig) -> None:
     try:
         rig.frr.set_timers(name, faster_rx)
         # 6.8.2: tx = max(300 ours, 600 theirs); 6.8.4: detect = 5 x max(300 ours, 500 theirs)
-        view = rig.wait_ours(name, lambda v: v.get("tx_interval_ms") == 600
-                             and v.get("detect_time_ms") == 2500, 30,
+        view = rig.wait_ours(name, lambda v: v.get("tx_interval_us") == 600_000
+                             and v.get("detect_time_us") == 2_500_000, 30,
                              "tx 600 ms, detection 2500 ms")
-        assert view["health"] == "UP" and view.get("state") == "up"
+        assert view["health"] == "UP" and view.get("state") == "UP"
+        assert (view["remote_detect_mult"], view["remote_required_min_rx_us"]) == (5, 600_000)
         assert rig.frr.session(name)["status"] == "up"
     finally:
         rig.frr.set_timers(name, TIMERS)
-    view = rig.wait_ours(name, lambda v: v.get("tx_interval_ms") == 300
-                         and v.get("detect_time_ms") == 900, 30, "back to 300 ms / 900 ms")
+    view = rig.wait_ours(name, lambda v: v.get("tx_interval_us") == 300_000
+                         and v.get("detect_time_us") == 900_000, 30, "back to 300 ms / 900 ms")
     assert view["health"] == "UP"
 
 
