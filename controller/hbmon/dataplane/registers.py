@@ -27,7 +27,7 @@ from p4.v1 import p4runtime_pb2
 from hbmon import _cells
 from hbmon.p4 import P4Schema, decode_bits, encode_bits
 from hbmon.p4.wire import register_cells_request
-from hbmon.protocol import REGISTERS
+from hbmon.protocol import BFD_REGISTERS, REGISTERS
 
 BMV2_THRIFT_PORT = 9090
 
@@ -170,6 +170,20 @@ def decode_cells(responses: Sequence[bytes], register_ids: Sequence[int],
     return out
 
 
+def slot_registers(schema: P4Schema) -> list[str]:
+    """The register arrays a slot is made of on a target running `schema`: the hb_* ones,
+    and the bfd_* ones where the P4Info has BFD (docs/bfd.md; a BFD slot is reset and read
+    through them too)."""
+    names = list(REGISTERS)
+    for name in BFD_REGISTERS:
+        try:
+            schema.register(name)
+        except LookupError:
+            return names
+        names.append(name)
+    return names
+
+
 class RegisterAccess(abc.ABC):
     """Read and write cells of the `hb_*` register arrays by name."""
 
@@ -260,7 +274,7 @@ class P4RuntimeRegisterAccess(RegisterAccess):
 
     def __init__(self, client: P4RuntimeLike, schema: P4Schema,
                  names: Iterable[str] | None = None) -> None:
-        wanted = list(REGISTERS) if names is None else list(names)
+        wanted = slot_registers(schema) if names is None else list(names)
         widths: dict[str, int] = {}
         for name in wanted:
             try:
@@ -526,7 +540,8 @@ def open_register_access(
     """
     def thrift() -> Bmv2ThriftRegisterAccess:
         names = bmv2_register_names(bmv2_json) if bmv2_json is not None else None
-        widths = {n: schema.register(n).bitwidth for n in REGISTERS} if schema else None
+        widths = {n: schema.register(n).bitwidth for n in slot_registers(schema)} \
+            if schema else None
         return Bmv2ThriftRegisterAccess(thrift_host, thrift_port, widths=widths,
                                         bmv2_names=names)
 
