@@ -1,0 +1,401 @@
+"""BFD sessions in the controller (issue 13; docs/bfd.md "Controller", RFC 5880 section 6.8).
+
+The controller's side of a session against the kernel target's real P4Runtime device:
+
+- over its in-memory data plane (fixture `target`, tests/controller/conftest.py): control
+  packets are recorded with the data plane's own hook (`MemoryDatapath.bfd_receive`, what
+  hb_xdp.c does after the session lookup), so `bfd_event_t` digests, `peer_event_t` DOWNs
+  (detection in the BFD rounds) and the entries the controller writes are the device's;
+- live on the BPF data plane (`hbmon-kernel-target` on a veth into a namespace): real
+  control packets built with `hbmon.bfd_packet` are sent from the namespace and ours are
+  captured there.
+
+Checked: the three-way handshake (remote Down -> our Init -> remote Up -> our Up, section
+6.8.6), one `bfd_requests` MODIFY per change and none in steady state (counted as Write RPCs
+the target received), detection-time expiry -> Down with diag 1 (6.8.4), AdminDown with
+diag 7 sent (6.8.16), a Poll Sequence on a timer change ended by the remote's Final (6.8.3),
+restart re-pushing the sessions' state, the REST/metrics surface (422s naming the field),
+and the store's schema 3 -> 4 migration.
+"""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+from hbmon.bfd_packet import ControlPacket, Diag, Flag, State
+from hbmon.config import DEFAULT_P4INFO, parse_config
+from hbmon.controller.fabric import Fabric
+from hbmon.model import EventKind, Health, Peer
+from hbmon.protocol import PlaneState, Reason
+from hbmon.store.events import EventBus
+from hbmon.store.sql import SCHEMA_VERSION, open_store
+from hbmon_kernel.memory import MemoryTarget
+
+REMOTE_DISC = 0x5EED0001
+MS = 1000
+
+
+def wait_for(cond: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    tick = threading.Event()
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        tick.wait(0.01)
+
+
+def config(address: str, *peers: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "interval_ms": 100, "poll_interval_ms": 30, "detail_interval_ms": 100,
+        "monitor": {"mac": "02:48:42:ff:00:01", "ip": "198.18.0.254"},
+        "switches": [{"name": "s1", "kind": "kernel", "grpc": address, "device_id": 1,
+                      "p4info": str(DEFAULT_P4INFO)}],
+        "peers": list(peers),
+    }
+    data.update(extra)
+    return data
+
+
+def bfd_peer(name: str = "r1", n: int = 2, **kw: Any) -> dict[str, Any]:
+    return {"name": name, "kind": "bfd", "address": f"198.18.7.{n}", "port": 1,
+            "mac": f"02:00:00:00:07:{n:02x}", "desired_min_tx_ms": 50,
+            "required_min_rx_ms": 50, "detect_mult": 3, **kw}
+
+
+class Session:
+    """One controller (Fabric) over a memory target with its BFD peers, and the remote's
+    side of each session: what it sends, through the data plane's receive hook."""
+
+    def __init__(self, target: MemoryTarget, fabric: Fabric) -> None:
+        self.target = target
+        self.dp = target.datapath
+        self.fabric = fabric
+
+    def index(self, name: str) -> int:
+        index = self.fabric.get_peer(name).index
+        assert index is not None
+        return index
+
+    def disc(self, name: str) -> int:
+        peer = self.fabric.get_peer(name)
+        return self.fabric.drivers[peer.switch].guard.discriminator(peer)
+
+    def request(self, name: str) -> dict[str, int]:
+        """The session's `bfd_requests` entry as the data plane holds it."""
+        got = self.dp.bfd_requests_get(self.index(name))
+        assert got is not None, f"no bfd_requests entry for {name}"
+        return got
+
+    def send(self, name: str, state: State, *, your: bool = True, flags: int = 0,
+             tx_us: int = 50 * MS, rx_us: int = 50 * MS, mult: int = 3,
+             diag: int = 0) -> None:
+        self.dp.bfd_receive(self.index(name), ControlPacket(
+            state, REMOTE_DISC, self.disc(name) if your else 0, diag, flags, mult,
+            tx_us, rx_us))
+
+    def writes(self) -> int:
+        return self.target.calls["Write"]
+
+    def health(self, name: str) -> Health:
+        return self.fabric.health(name).state
+
+    def counter(self, reason: Reason) -> int:
+        return self.dp.counter_read("hb_reason", reason)[0]
+
+    def rounds_until(self, cond: Callable[[], bool], what: str) -> None:
+        """BFD rounds of the schedule the controller armed (the device's timer, stepped
+        here) until `cond`."""
+        wait_for(lambda: self.dp.run_bfd_rounds(1) == 1 and cond(), what)
+
+    def up(self, name: str) -> None:
+        """The handshake of section 6.8.6 from the remote's side, to our Up."""
+        self.send(name, State.DOWN, your=False)
+        wait_for(lambda: self.request(name)["state"] == State.INIT, "our Init")
+        self.send(name, State.UP)
+        wait_for(lambda: self.request(name)["state"] == State.UP, "our Up")
+        wait_for(lambda: self.health(name) == Health.UP, "health UP")
+
+
+@contextmanager
+def running(target: MemoryTarget, data: dict[str, Any],
+            store_url: str = "sqlite://:memory:") -> Iterator[Session]:
+    store = open_store(store_url)
+    bus = EventBus(store)
+    fabric = Fabric(parse_config(data), store, bus)
+    try:
+        fabric.start()
+        assert fabric.wait_ready(15), fabric.switches()
+        yield Session(target, fabric)
+    finally:
+        fabric.stop()
+        bus.close()
+        store.close()
+
+
+# ---- the in-memory device ----------------------------------------------------------------
+
+
+def test_programming_entries_and_group(target: MemoryTarget) -> None:
+    """A session is one bfd_sessions, one bfd_peers and one bfd_requests entry and a replica
+    in group 2 (docs/bfd.md "P4Info additions"); it starts Down, sending slowly (1 s,
+    section 6.8.3), detecting nothing; the slot starts zeroed."""
+    with running(target, config(target.address, bfd_peer())) as s:
+        index, disc = s.index("r1"), s.disc("r1")
+        assert disc & 0x1FFFF == index + 1 and disc != 0
+        assert s.dp.bfd_sessions_get(disc) == index
+        assert s.dp.bfd_peers_get(int.from_bytes(socket.inet_aton("198.18.7.2"), "big"),
+                                  1) == index
+        req = s.request("r1")
+        assert req["state"] == State.DOWN and req["diag"] == 0 and req["flags"] == 0
+        assert req["my_disc"] == disc and req["src_port"] == 49152 + index
+        assert req["desired_min_tx_us"] == 1_000_000 and req["required_min_rx_us"] == 50 * MS
+        assert req["detect_time_us"] == 0
+        assert (1, index) in s.dp.mcast_group_get(2)
+        assert s.health("r1") == Health.UNKNOWN
+        # the fan-out runs: the template is armed (kernel target) and the session sends
+        wait_for(lambda: s.counter(Reason.BFD_SENT) > 0, "a control packet sent")
+
+
+def test_handshake_writes_only_on_changes(target: MemoryTarget) -> None:
+    """Remote Down -> our Init -> remote Up -> our Up: one MODIFY of the session's
+    bfd_requests per change of what we send, none for steady Up/Up traffic."""
+    with running(target, config(target.address, bfd_peer())) as s:
+        before = s.writes()
+        s.send("r1", State.DOWN, your=False)
+        wait_for(lambda: s.request("r1")["state"] == State.INIT, "our Init")
+        assert s.writes() == before + 1
+        assert s.health("r1") == Health.UNKNOWN  # coming up is no outage
+        s.send("r1", State.UP)
+        wait_for(lambda: s.request("r1")["state"] == State.UP, "our Up")
+        wait_for(lambda: s.health("r1") == Health.UP, "health UP")
+        assert s.writes() == before + 2
+        req = s.request("r1")
+        # section 6.8.3: the configured interval once Up; 6.8.2/6.8.4: negotiated
+        assert req["desired_min_tx_us"] == 50 * MS
+        assert req["tx_interval_us"] == 50 * MS and req["detect_time_us"] == 150 * MS
+        events = s.counter(Reason.BFD_EVENT)
+        rx = s.fabric.health("r1").slot.rx_count
+        for _ in range(20):
+            s.send("r1", State.UP)
+        wait_for(lambda: s.fabric.health("r1").slot.rx_count >= rx + 20, "polls read rx")
+        assert s.counter(Reason.BFD_EVENT) == events  # steady traffic raises nothing
+        assert s.writes() == before + 2
+        status = s.fabric.health("r1").bfd
+        assert status is not None
+        assert status["state"] == "UP" and status["remote_state"] == "UP"
+        assert status["remote_discriminator"] == REMOTE_DISC
+        assert status["local_discriminator"] == s.disc("r1")
+        assert status["detect_time_us"] == 150 * MS
+
+
+def test_detection_time_expiry_goes_down_with_diag_1(target: MemoryTarget) -> None:
+    """Section 6.8.4: silence longer than the detection time; the data plane's BFD round
+    raises DOWN for the slot and the session goes Down, diag 1, sent at once."""
+    with running(target, config(target.address, bfd_peer())) as s:
+        s.up("r1")
+        index = s.index("r1")
+        s.rounds_until(lambda: s.dp.register_read("hb_state", index) == PlaneState.DOWN,
+                       "the data plane's DOWN")
+        wait_for(lambda: s.request("r1")["state"] == State.DOWN, "our Down")
+        assert s.request("r1")["diag"] == Diag.DETECTION_TIME_EXPIRED
+        wait_for(lambda: s.health("r1") == Health.DOWN, "health DOWN")
+        assert "detection time expired" in s.fabric.health("r1").reason
+        # the session starts again: a Down from the remote brings Init
+        s.send("r1", State.DOWN)
+        wait_for(lambda: s.request("r1")["state"] == State.INIT, "our Init again")
+
+
+def test_admin_down_sends_admin_down_diag_7(target: MemoryTarget) -> None:
+    """Section 6.8.16: an operator's admin down sends AdminDown with diag 7 (the replica
+    stays: the remote must hear it); admin up starts again from Down."""
+    with running(target, config(target.address, bfd_peer())) as s:
+        s.up("r1")
+        s.fabric.update_peer("r1", {"admin_down": True})
+        req = s.request("r1")
+        assert (req["state"], req["diag"]) == (State.ADMIN_DOWN, Diag.ADMINISTRATIVELY_DOWN)
+        assert s.health("r1") == Health.ADMIN_DOWN
+        assert (1, s.index("r1")) in s.dp.mcast_group_get(2)
+        sent = s.counter(Reason.BFD_SENT)
+        s.rounds_until(lambda: s.counter(Reason.BFD_SENT) > sent, "AdminDown sent")
+        # the remote's packets change nothing while AdminDown
+        s.send("r1", State.DOWN)
+        s.fabric.update_peer("r1", {"admin_down": False})
+        req = s.request("r1")
+        assert (req["state"], req["diag"]) == (State.DOWN, Diag.NONE)
+
+
+def test_timer_change_runs_a_poll_sequence(target: MemoryTarget) -> None:
+    """Section 6.8.3: a new desired min TX while Up is announced with P; the remote's F
+    ends the Poll Sequence (one MODIFY for each) and the new interval applies."""
+    with running(target, config(target.address, bfd_peer())) as s:
+        s.up("r1")
+        s.fabric.update_peer("r1", {"desired_min_tx_ms": 200})
+        req = s.request("r1")
+        assert req["flags"] & Flag.P and req["desired_min_tx_us"] == 200 * MS
+        assert s.fabric.health("r1").bfd["poll"]  # type: ignore[index]
+        before = s.writes()
+        s.send("r1", State.UP, flags=Flag.F)
+        wait_for(lambda: not s.request("r1")["flags"] & Flag.P, "the Poll Sequence ended")
+        assert s.writes() == before + 1
+        assert s.request("r1")["tx_interval_us"] == 200 * MS
+        assert s.health("r1") == Health.UP  # no state change on the way
+
+
+def test_remote_timer_change_is_followed(target: MemoryTarget) -> None:
+    """The remote slows down (its desired min TX): the detection time follows at once
+    (section 6.8.4), one MODIFY."""
+    with running(target, config(target.address, bfd_peer())) as s:
+        s.up("r1")
+        before = s.writes()
+        s.send("r1", State.UP, tx_us=300 * MS, mult=5, flags=Flag.P)
+        wait_for(lambda: s.request("r1")["detect_time_us"] == 5 * 300 * MS, "detect time")
+        assert s.writes() == before + 1
+        # the data plane answers the Poll itself (F on our next packet)
+        assert s.dp.register_read("bfd_final_due", s.index("r1")) in (0, 1)
+
+
+def test_restart_repushes_the_sessions(target: MemoryTarget, tmp_path: Path) -> None:
+    """A restarted controller starts its sessions from Down (the table says Up): the
+    reconcile writes that, and the handshake runs again; a peer removed leaves nothing."""
+    url = f"sqlite:///{tmp_path / 'hbmon.db'}"
+    data = config(target.address, bfd_peer(), bfd_peer("r2", 3))
+    with running(target, data, url) as s:
+        s.up("r1")
+        index = s.index("r1")
+    with running(target, data, url) as s:
+        assert s.index("r1") == index
+        assert s.request("r1")["state"] == State.DOWN
+        s.up("r1")
+        s.fabric.remove_peers(["r2"])
+        assert [r for r in s.dp.mcast_group_get(2) if r[1] != index] == []
+        assert s.dp.bfd_sessions_get(s.disc("r1")) == index
+
+
+def test_rest_metrics_and_validation(target: MemoryTarget) -> None:
+    """REST: bfd peers in and out (kind, timers with their defaults), 422s naming the field;
+    the session in a peer's health; /metrics: the session state and the BFD reasons."""
+    from hbmon.api.app import create_app
+    from hbmon.api.metrics import ControllerMetrics
+    from hbmon.api.server import ApiServer
+    from hbmon.api.settings import ApiSettings
+
+    store = open_store("sqlite://:memory:")
+    bus = EventBus(store)
+    metrics = ControllerMetrics()
+    fabric = Fabric(parse_config(config(target.address)), store, bus, metrics=metrics)
+    fabric.start()
+    server = None
+    try:
+        assert fabric.wait_ready(15)
+        server = ApiServer(create_app(fabric, store, bus,
+                                      ApiSettings(port=0, allow_anonymous_writes=True),
+                                      metrics), "127.0.0.1", 0).start()
+        api = httpx.Client(base_url=server.url, timeout=10)
+        base = {"name": "r1", "kind": "bfd", "address": "198.18.7.2", "port": 1,
+                "mac": "02:00:00:00:07:02"}
+        for body, field in (
+                ({**base, "desired_min_tx_ms": 0}, "desired_min_tx_ms"),
+                ({**base, "required_min_rx_ms": 60_001}, "required_min_rx_ms"),
+                ({**base, "detect_mult": 0}, "detect_mult"),
+                ({**base, "peer_id": 7}, "peer_id"),
+                ({**base, "kind": "ospf"}, "kind"),
+                ({**base, "kind": "heartbeat"}, "peer_id"),
+                ({**base, "kind": "heartbeat", "peer_id": 7, "desired_min_tx_ms": 50},
+                 "desired_min_tx_ms")):
+            r = api.post("/api/v1/peers", json=body)
+            assert r.status_code == 422, (body, r.text)
+            assert r.json()["detail"]["field"].endswith(field), (body, r.text)
+        r = api.post("/api/v1/peers", json=base)
+        assert r.status_code == 201, r.text
+        got = r.json()
+        assert got["kind"] == "bfd" and got["peer_id"] == 0
+        assert (got["desired_min_tx_ms"], got["required_min_rx_ms"], got["detect_mult"]) \
+            == (300, 300, 3)
+        # two bfd peers: no peer_id clash
+        r = api.post("/api/v1/peers", json={**base, "name": "r2", "address": "198.18.7.3"})
+        assert r.status_code == 201, r.text
+        r = api.patch("/api/v1/peers/r1", json={"kind": "heartbeat"})
+        assert r.status_code == 422 and r.json()["detail"]["field"] == "kind"
+        r = api.patch("/api/v1/peers/r1", json={"desired_min_tx_ms": 100})
+        assert r.status_code == 200 and r.json()["desired_min_tx_ms"] == 100
+        health = api.get("/api/v1/peers/r1/health").json()
+        assert health["bfd"]["state"] == "DOWN" and health["bfd"]["remote_state"] is None
+        listing = api.get("/api/v1/peers?include=health").json()["peers"]
+        assert {p["name"]: p["kind"] for p in listing} == {"r1": "bfd", "r2": "bfd"}
+        text = api.get("/metrics").text
+        assert 'hbmon_bfd_session_state{peer="r1",switch="s1"} 1' in text
+        assert 'hbmon_bfd_session_remote_state{peer="r1",switch="s1"} -1' in text
+        for reason in ("BFD_RECORDED", "BFD_SENT", "BFD_MALFORMED", "BFD_EVENT",
+                       "BFD_UNKNOWN_DISCRIMINATOR"):
+            assert f'reason="{reason}"' in text, reason
+        api.close()
+    finally:
+        if server is not None:
+            server.stop()
+        fabric.stop()
+        bus.close()
+        store.close()
+
+
+def test_events_record_bfd_transitions(target: MemoryTarget) -> None:
+    """The session's transitions are the peer's transitions (history, SSE, webhooks), the
+    BFD states in their details."""
+    with running(target, config(target.address, bfd_peer())) as s:
+        s.up("r1")
+        s.fabric.flush_events()
+        events = [e for e in s.fabric.store.events(peer="r1", limit=100)
+                  if e.kind is EventKind.TRANSITION]
+        assert [(e.old_state, e.new_state) for e in events] == [(Health.UNKNOWN, Health.UP)]
+        assert events[0].details["bfd_state"] == "UP"
+        assert events[0].reason == "BFD UP"
+
+
+# ---- the store ------------------------------------------------------------------------
+
+
+def test_schema_3_is_migrated(tmp_path: Path) -> None:
+    """Schema 4 adds kind and the BFD timers and lets peer_id be NULL (SQLite rebuilds the
+    table); a schema-3 database keeps its heartbeat peers."""
+    path = tmp_path / "old.db"
+    with open_store(f"sqlite:///{path}") as store:
+        store.add_peers([Peer("a", "198.18.1.1", 1, "02:00:00:00:00:01", 1, "s1", index=0)])
+    raw = sqlite3.connect(path)
+    try:  # back to schema 3: no kind or timers, peer_id NOT NULL
+        raw.execute("ALTER TABLE peers RENAME TO old")
+        raw.execute("CREATE TABLE peers (name TEXT PRIMARY KEY, switch TEXT NOT NULL, "
+                    "address TEXT NOT NULL, peer_id INTEGER NOT NULL, mac TEXT, "
+                    "port INTEGER NOT NULL, grp TEXT, labels TEXT NOT NULL DEFAULT '{}', "
+                    "detect_mult INTEGER, admin_down INTEGER NOT NULL DEFAULT 0, "
+                    "idx INTEGER, programmed_at REAL, "
+                    "CONSTRAINT peers_switch_address UNIQUE (switch, address), "
+                    "CONSTRAINT peers_switch_peer_id UNIQUE (switch, peer_id))")
+        raw.execute("INSERT INTO peers SELECT name, switch, address, peer_id, mac, port, grp, "
+                    "labels, detect_mult, admin_down, idx, programmed_at FROM old")
+        raw.execute("DROP TABLE old")
+        raw.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+        raw.commit()
+    finally:
+        raw.close()
+    bfd = [Peer.from_dict({**bfd_peer(f"r{n}", n), "switch": "s1"}) for n in (2, 3)]
+    with open_store(f"sqlite:///{path}") as store:
+        store.add_peers(bfd)  # two peer_id-less peers on one switch
+        found = {p.name: p for p in store.list_peers()}
+    assert found["a"].kind == "heartbeat" and found["a"].peer_id == 1
+    assert found["r2"].kind == "bfd" and found["r2"].peer_id == 0
+    assert found["r3"].desired_min_tx_ms == 50 and found["r3"].detect_mult == 3
+    raw = sqlite3.connect(path)
+    try:
+        assert int(raw.execute("SELECT value FROM meta WHERE key = 'schema_version'")
+                   .fetchone()[0]) == SCHEMA_VERSION == 4
+        assert raw.execute("SELECT peer_id FROM peers WHERE name = 'r2'").fetchone() == (None,)
+    finally:
+        raw.close()
+
