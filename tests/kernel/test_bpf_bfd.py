@@ -11,6 +11,7 @@ import dataclasses
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from hbmon import bfd_packet
@@ -239,7 +240,7 @@ def test_steady_up_raises_nothing(dp: Datapath) -> None:
     assert counts[Reason.BFD_RECORDED][0] == 6 and counts[Reason.BFD_EVENT][0] == 1
 
 
-CHANGES = {
+CHANGES: dict[str, dict[str, Any]] = {
     "state": {"state": State.DOWN, "your_disc": 0},
     "diag": {"diag": 1},
     "detect_mult": {"detect_mult": 4},

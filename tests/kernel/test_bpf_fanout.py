@@ -273,7 +273,7 @@ def test_miss_detection_down_then_up(dp: Datapath, lab: Lab, captures: dict[int,
                      5: [fast.index, slow.index]}
 
     def down_events(n: int) -> bool:
-        events.extend(dp.poll_events(0))
+        events.extend(e for e in dp.poll_events(0) if isinstance(e, PeerEvent))
         return len(events) >= n
 
     for rnd in range(1, 6):
@@ -312,7 +312,7 @@ def test_miss_detection_down_then_up(dp: Datapath, lab: Lab, captures: dict[int,
     up: list[PeerEvent] = []
 
     def up_event() -> bool:
-        up.extend(dp.poll_events(50))
+        up.extend(e for e in dp.poll_events(50) if isinstance(e, PeerEvent))
         return bool(up)
 
     assert wait_until(up_event)

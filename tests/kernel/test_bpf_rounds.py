@@ -205,11 +205,13 @@ def test_down_at_last_answer_plus_detection_time(dp: Datapath, lab: Lab,
                                   == want)  # noqa: B023 - read before the next iteration
                 last_rx = dp.register_read("hb_last_rx_us", muted.index)
         for ev in dp.poll_events(0):
-            (ups if ev.state == PlaneState.UP else downs).append(ev)
+            if isinstance(ev, PeerEvent):
+                (ups if ev.state == PlaneState.UP else downs).append(ev)
         if downs:
             break
     for ev in dp.poll_events(50):
-        (ups if ev.state == PlaneState.UP else downs).append(ev)
+        if isinstance(ev, PeerEvent):
+            (ups if ev.state == PlaneState.UP else downs).append(ev)
     assert [ev.index for ev in downs] == [muted.index], (ups, downs)
     down = downs[0]
     detection = mult * period_us
