@@ -44,7 +44,9 @@ A_IP, B_IP = "198.18.2.2", "198.18.2.3"
 A_DISC, B_DISC = 0x5A5A0001, 0x5A5A0002  # our discriminators (the bfd_sessions keys)
 REMOTE_DISC = 0x0BFD0001  # the remote's (its my_disc)
 SLOW_US = 30_000_000  # a TX interval no tick of a test ever reaches (due-gating is checked)
-TICK_US = 10_000
+# The template's tick: 0 = this round only (docs/dataplane.md "The round period in the
+# template"; a kernel target would otherwise go on sending rounds by itself, across tests).
+TICK_US = 0
 
 
 def bfd_ipv4(payload: bytes, *, src: str, dst: str = MONITOR_IP, ttl: int = SEND_TTL,
