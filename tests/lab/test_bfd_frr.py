@@ -11,9 +11,9 @@ What is checked, against RFC 5880 / 5881:
 - bfdd stopped (SIGTERM by PID: it sends nothing more) or the link cut takes our side Down
   once the detection time passes (section 6.8.4), found in the data plane; the measured
   time is printed, the deadline is detection time + a margin for the digest and API path;
-- our side going away: the session deleted over REST sends AdminDown (section 6.8.16), so
-  FRR goes Down with diag 3 "neighbor signaled session down"; the target killed, FRR detects
-  the silence (diag 1);
+- our side going away: the session set admin down or deleted over REST sends AdminDown
+  (section 6.8.16), so FRR goes Down with diag 3 "neighbor signaled session down"; the
+  target killed, FRR detects the silence (diag 1);
 - FRR's timers changed at run time (a Poll Sequence, section 6.8.3) change our negotiated
   transmit interval (section 6.8.2: max(our desired min TX, remote required min RX)) and
   detection time (section 6.8.4: remote detect mult x max(our required min RX, remote
@@ -94,7 +94,7 @@ class Rig:
 
     def wait_all_up(self, names: list[str]) -> None:
         self.stack.wait_for({n: {"UP"} for n in names}, UP_TIMEOUT_S)
-        self.frr.wait_status({n: "up" for n in names}, UP_TIMEOUT_S)
+        self.frr.wait_status({n: "up" for n in names if n in self.frr.peers}, UP_TIMEOUT_S)
 
 
 @contextlib.contextmanager
@@ -199,6 +199,25 @@ def test_frr_timer_changes_are_followed(rig: Rig) -> None:
     view = rig.wait_ours(name, lambda v: v.get("tx_interval_us") == 300_000
                          and v.get("detect_time_us") == 900_000, 30, "back to 300 ms / 900 ms")
     assert view["health"] == "UP"
+
+
+def test_admin_down_over_rest_is_signalled_to_frr(rig: Rig) -> None:
+    name = "bfd04"
+    rig.wait_all_up([name])
+    url = f"{rig.stack.url}/api/v1/peers/{name}"
+    response = httpx.patch(url, json={"admin_down": True}, headers=rig.write_headers,
+                           timeout=10.0)
+    assert response.status_code == 200, response.text
+    # section 6.8.16: we send AdminDown (diag 7); FRR goes Down, diag 3 (6.8.6)
+    row = rig.frr.wait_status({name: "down"}, detection_s(TIMERS) + MARGIN_S)[name]
+    assert row["diagnostic"] == "neighbor signaled session down", row
+    assert row["remote-diagnostic"] == "administratively down", row
+    ours = rig.wait_ours(name, lambda v: v["health"] == "ADMIN_DOWN", 10, "ADMIN_DOWN")
+    assert ours["state"] == "ADMIN_DOWN"
+    response = httpx.patch(url, json={"admin_down": False}, headers=rig.write_headers,
+                           timeout=10.0)
+    assert response.status_code == 200, response.text
+    rig.wait_all_up([name])
 
 
 def test_session_deleted_over_rest_sends_admin_down(rig: Rig) -> None:
