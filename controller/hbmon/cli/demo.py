@@ -57,14 +57,18 @@ def _table(topology: Any, rows: list[dict[str, Any]], title: str) -> Table:
         row = by_name.get(peer.name, {})
         state = str(row.get("state", "?"))
         since = row.get("since") or 0
+        session = row.get("bfd") or {}
+        if peer.bfd is not None:  # a BFD session: no RTT nor loss; "says" is its state
+            rtt, loss = "-", "-"
+            says = f"bfd {str(session.get('remote_state') or '-').lower()}"
+        else:
+            rtt = str(row.get("rtt_last_us", "-"))
+            loss = f"{100 * row['loss_ratio']:.0f}%" if "loss_ratio" in row else "-"
+            says = {0: "ok", 1: "degr", 2: "drain"}.get(row.get("reported_status", -1), "-")
         table.add_row(
             peer.name, peer.address, f"[{STATE_STYLE.get(state, '')}]{state}[/]",
-            f"{now - since:.0f}s" if since else "-",
-            str(row.get("rtt_last_us", "-")),
-            f"{100 * row['loss_ratio']:.0f}%" if "loss_ratio" in row else "-",
-            f"{row.get('rx_count', 0)}/{row.get('tx_count', 0)}",
-            {0: "ok", 1: "degr", 2: "drain"}.get(row.get("reported_status", -1), "-"),
-            _fault_text(peer),
+            f"{now - since:.0f}s" if since else "-", rtt, loss,
+            f"{row.get('rx_count', 0)}/{row.get('tx_count', 0)}", says, _fault_text(peer),
         )
     return table
 
