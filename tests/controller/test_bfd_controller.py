@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from hbmon.bfd_packet import ControlPacket, Diag, Flag, State
+import pytest
+from hbmon.bfd_packet import PORT, ControlPacket, Diag, Flag, State
 from hbmon.config import DEFAULT_P4INFO, parse_config
 from hbmon.controller.fabric import Fabric
 from hbmon.model import EventKind, Health, Peer
@@ -74,9 +75,9 @@ class Session:
     """One controller (Fabric) over a memory target with its BFD peers, and the remote's
     side of each session: what it sends, through the data plane's receive hook."""
 
-    def __init__(self, target: MemoryTarget, fabric: Fabric) -> None:
-        self.target = target
-        self.dp = target.datapath
+    def __init__(self, target: MemoryTarget | None, fabric: Fabric) -> None:
+        self.target: Any = target
+        self.dp: Any = target.datapath if target is not None else None  # None: live
         self.fabric = fabric
 
     def index(self, name: str) -> int:
@@ -125,7 +126,7 @@ class Session:
 
 
 @contextmanager
-def running(target: MemoryTarget, data: dict[str, Any],
+def running(target: MemoryTarget | None, data: dict[str, Any],
             store_url: str = "sqlite://:memory:") -> Iterator[Session]:
     store = open_store(store_url)
     bus = EventBus(store)
@@ -399,3 +400,94 @@ def test_schema_3_is_migrated(tmp_path: Path) -> None:
     finally:
         raw.close()
 
+
+
+# ---- live: the BPF data plane (hbmon-kernel-target) on a veth into a namespace ------------
+
+
+MONITOR_MAC, MONITOR_IP = "02:48:42:ff:00:01", "198.18.0.254"
+
+
+def _ours(frame: bytes) -> ControlPacket | None:
+    """Our control packet in a captured frame (UDP to 3784, RFC 5881), else None."""
+    if len(frame) < 14 + 20 + 8 + 24 or frame[12:14] != b"\x08\x00" or frame[23] != 17:
+        return None
+    if int.from_bytes(frame[36:38], "big") != PORT:
+        return None
+    return ControlPacket.unpack(frame[42:])
+
+
+@pytest.mark.netns
+def test_live_kernel_target(tmp_path: Path) -> None:
+    """The whole session on the BPF data plane: our Down packets on the wire (TTL 255, the
+    session's source port, your discriminator 0), the handshake with real control packets
+    from the namespace, Up at the configured interval, silence -> Down diag 1 detected by
+    the data plane, admin down -> AdminDown diag 7 on the wire."""
+    from kernel.bpf_lab import Lab, heartbeat_frame, ip_int, mac_int
+    from kernel.server_harness import KernelTarget
+
+    with Lab(1) as lab, KernelTarget(lab.ports) as target:
+        assert target.address is not None
+        peer_mac = lab.peer_mac(1)
+        mac_text = ":".join(f"{b:02x}" for b in peer_mac.to_bytes(6, "big"))
+        data = config(target.address, bfd_peer(mac=mac_text))
+        data["monitor"] = {"mac": MONITOR_MAC, "ip": MONITOR_IP}
+        cap = lab.capture(1)
+        out = lab.sender(1)
+        stop = threading.Event()
+        sending: dict[str, Any] = {}
+
+        def send(pkt: ControlPacket) -> None:
+            out.send(heartbeat_frame(
+                src_mac=peer_mac, dst_mac=mac_int(MONITOR_MAC), src_ip=ip_int("198.18.7.2"),
+                dst_ip=ip_int(MONITOR_IP), sport=49152, dport=PORT, payload=pkt.pack()))
+
+        def keep_sending() -> None:  # the remote's periodic packets (every 20 ms)
+            while not stop.wait(0.02):
+                pkt = sending.get("pkt")
+                if pkt is not None:
+                    send(pkt)
+
+        def next_ours(cond: Callable[[ControlPacket], bool], what: str) -> ControlPacket:
+            got = cap.frames(lambda fs: any(p is not None and cond(p)
+                                            for p in map(_ours, fs)),
+                             lambda f: _ours(f) is not None, timeout_s=15)
+            found = [p for p in map(_ours, got) if p is not None and cond(p)]
+            assert found, f"no control packet {what}: {[_ours(f) for f in got][-5:]}"
+            return found[0]
+
+        sender = threading.Thread(target=keep_sending, daemon=True)
+        sender.start()
+        try:
+            with running(None, data, f"sqlite:///{tmp_path / 'live.db'}") as s:
+                disc, index = s.disc("r1"), s.index("r1")
+                first = next_ours(lambda p: p.state == State.DOWN, "Down")
+                assert first.my_disc == disc and first.your_disc == 0
+                frame = cap.frames(lambda fs: len(fs) > 0, lambda f: _ours(f) is not None)[0]
+                assert frame[22] == 255  # TTL (RFC 5881 section 5)
+                assert int.from_bytes(frame[34:36], "big") == 49152 + index
+                assert frame[0:6] == peer_mac.to_bytes(6, "big")
+                down = ControlPacket(State.DOWN, REMOTE_DISC, 0, desired_min_tx_us=50 * MS,
+                                     required_min_rx_us=50 * MS)
+                sending["pkt"] = down
+                init = next_ours(lambda p: p.state == State.INIT, "Init")
+                assert init.your_disc == REMOTE_DISC
+                sending["pkt"] = ControlPacket(State.UP, REMOTE_DISC, disc,
+                                               desired_min_tx_us=50 * MS,
+                                               required_min_rx_us=50 * MS)
+                up = next_ours(lambda p: p.state == State.UP, "Up")
+                assert up.desired_min_tx_us == 50 * MS and up.your_disc == REMOTE_DISC
+                wait_for(lambda: s.health("r1") == Health.UP, "health UP")
+                status = s.fabric.health("r1").bfd
+                assert status is not None and status["detect_time_us"] == 150 * MS
+                # silence: the data plane detects it, the session goes Down with diag 1
+                sending.pop("pkt")
+                gone = next_ours(lambda p: p.state == State.DOWN, "Down after silence")
+                assert gone.diag == Diag.DETECTION_TIME_EXPIRED
+                wait_for(lambda: s.health("r1") == Health.DOWN, "health DOWN")
+                s.fabric.update_peer("r1", {"admin_down": True})
+                admin = next_ours(lambda p: p.state == State.ADMIN_DOWN, "AdminDown")
+                assert admin.diag == Diag.ADMINISTRATIVELY_DOWN
+        finally:
+            stop.set()
+            sender.join(5)
