@@ -1,7 +1,8 @@
 """Fuzz frames for the kernel target's response path, and the reference they are judged by.
 
 `classify` is written from docs/protocol.md ("How a monitor classifies what arrives on port
-9191", version 2) and docs/dataplane.md ("What is a heartbeat", "First response"), NOT from
+9191", version 2), docs/dataplane.md ("What is a heartbeat", "First response") and, for UDP
+3784, docs/bfd.md "Receive" (the fuzz installs no BFD session), NOT from
 kernel/bpf/hb_xdp.c: a fuzz run compares the BPF program with this second, independent
 reading of the contract. `Model` is the contract's state (tables with each peer's nonce key
 and GTSM floor, the slots' exact fields including what egress last sent, the hb_reason
@@ -21,6 +22,7 @@ ETH_IPV4 = b"\x08\x00"
 PEER_MAC = bytes.fromhex("02aa00000001")
 MONITOR_MAC = bytes.fromhex("02bb00000001")
 HB_PORT = 9191  # responses arrive here (docs/protocol.md "Transport")
+BFD_PORT = 3784  # BFD control packets (docs/bfd.md "Wire")
 PEER_PORT = 9190
 SERIAL_HALF = 1 << 31
 _HB = struct.Struct("!HBBIIIQBBH")  # the 28-byte v2 header as docs/protocol.md draws it
@@ -61,6 +63,8 @@ def classify(frame: bytes) -> Reason | Response | None:
     if int.from_bytes(ip[6:8], "big") & 0x3FFF:  # MF (0x2000) or any fragment offset
         return None
     udp = ip[20:]
+    if len(udp) >= 8 and int.from_bytes(udp[2:4], "big") == BFD_PORT:
+        return classify_bfd(udp, ip[8])
     if len(udp) < 8 or int.from_bytes(udp[2:4], "big") != HB_PORT:
         return None
     hb = udp[8:]
@@ -78,6 +82,24 @@ def classify(frame: bytes) -> Reason | Response | None:
         return Reason.BAD_LENGTH
     return Response(int.from_bytes(ip[12:16], "big"), peer_id, seq, nonce, tx_us, status, load,
                     ip[8])
+
+
+def classify_bfd(udp: bytes, ttl: int) -> Reason:
+    """docs/bfd.md "Receive" checks 1-6 in their order, for a data plane with no BFD
+    session (what the fuzz installs): every control packet fails one of them."""
+    bfd = udp[8:]
+    if len(bfd) < 24:  # real bytes after the UDP header
+        return Reason.BFD_TRUNCATED
+    if bfd[0] >> 5 != 1:
+        return Reason.BFD_BAD_VERSION
+    state, flags, mult, length = bfd[1] >> 6, bfd[1] & 0x3F, bfd[2], bfd[3]
+    my_disc, your_disc = int.from_bytes(bfd[4:8], "big"), int.from_bytes(bfd[8:12], "big")
+    if (length < 24 or length > int.from_bytes(udp[4:6], "big") - 8 or mult == 0
+            or flags & 0x05 or my_disc == 0 or (your_disc == 0 and state in (2, 3))):
+        return Reason.BFD_MALFORMED
+    if ttl != 255:
+        return Reason.BFD_BAD_TTL
+    return Reason.BFD_UNKNOWN_DISCRIMINATOR if your_disc else Reason.BFD_UNKNOWN_PEER
 
 
 @dataclass(slots=True)
@@ -432,5 +454,6 @@ class Fuzzer:
             buf[20] &= 0x40
             buf[21] = 0
             buf[23] = 17
-            buf[36:38] = HB_PORT.to_bytes(2, "big")
+            # mostly the heartbeat checks, sometimes BFD's
+            buf[36:38] = (BFD_PORT if rng.random() < 0.1 else HB_PORT).to_bytes(2, "big")
         return bytes(buf)
