@@ -1,7 +1,7 @@
 """What P4Runtime programs on the real hbmon-kernel-target reaches the kernel data plane:
 PacketOut fan-out arriving at the peers' namespaces, direct packet-out, responses recorded
 in the registers and counters read back over P4Runtime, and UP/DOWN digests on the stream
-(batched per DigestEntry, acknowledged)."""
+(batched per DigestEntry, acknowledged); a BFD session end to end (bfd_event_t, DOWN)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from functools import partial
 
 import pytest
 from google.rpc import code_pb2
+from hbmon import bfd_packet
 from hbmon.p4 import (
     CounterRead,
     DigestEntry,
@@ -35,7 +36,15 @@ from hbmon.protocol import (
 )
 from p4.v1 import p4runtime_pb2
 
-from .bpf_lab import Capture, Lab, ip_int, mac_bytes, request_template, response_frame
+from .bpf_lab import (
+    Capture,
+    Lab,
+    heartbeat_frame,
+    ip_int,
+    mac_bytes,
+    request_template,
+    response_frame,
+)
 from .server_harness import P4INFO, KernelTarget, RawStream, wait_for
 
 pytestmark = pytest.mark.netns
@@ -312,3 +321,70 @@ def test_digests_go_to_the_primary_only(ctl: Controller, lab: Lab, target: Kerne
     wildcard = ctl.client.read_all([p4runtime_pb2.Entity(
         digest_entry=p4runtime_pb2.DigestEntry())])
     assert len(wildcard) == 1
+
+
+def is_bfd(frame: bytes) -> bool:
+    return (len(frame) >= 66 and frame[12:14] == b"\x08\x00" and frame[23] == 17
+            and int.from_bytes(frame[36:38], "big") == bfd_packet.PORT)
+
+
+def test_bfd_session_over_p4runtime(ctl: Controller, lab: Lab,
+                                    captures: dict[int, Capture]) -> None:
+    """A BFD session programmed over P4Runtime (docs/bfd.md "P4Info additions") on the real
+    target: our control packets on the wire from one group-2 template with the tick in it,
+    the remote's packet recorded and pushed as a bfd_event_t digest, its discriminator sent
+    back in our next packet, and detection-time expiry pushed as a peer_event_t DOWN."""
+    index, port = 20, 2
+    addr, mac = ip_int("198.18.3.20"), 0x02CC00000020
+    ours = bfd_packet.local_discriminator(0x12340000, index)
+    theirs = 0x00C0FFEE
+    ctl.client.insert([
+        TableEntry("HbIngress.bfd_sessions", {"your_disc": ours}, "HbIngress.set_bfd_session",
+                   {"index": index}),
+        TableEntry("HbIngress.bfd_peers", {"src_addr": addr, "port": port},
+                   "HbIngress.set_bfd_session", {"index": index}),
+        TableEntry("HbEgress.bfd_requests", {"index": index}, "HbEgress.bfd_control",
+                   {"dst_mac": mac, "dst_addr": addr, "src_port": bfd_packet.source_port(index),
+                    "my_disc": ours, "state": bfd_packet.State.DOWN, "diag": 0, "flags": 0,
+                    "detect_mult": 3, "desired_min_tx_us": 20_000,
+                    "required_min_rx_us": 20_000, "tx_interval_us": 20_000,
+                    "detect_time_us": 60_000}),
+        MulticastGroup(bfd_packet.FANOUT_GROUP, (Replica(port, index),)),
+        DigestEntry("bfd_event_t"), DigestEntry("peer_event_t"),
+    ])
+    tick = heartbeat_frame(src_mac=MONITOR_MAC, dst_mac=0, src_ip=MONITOR_IP, dst_ip=0,
+                           sport=bfd_packet.SOURCE_PORT_BASE, dport=bfd_packet.PORT,
+                           payload=bfd_packet.template_payload(5_000))
+    ctl.packet_out(tick, mcast_grp=bfd_packet.FANOUT_GROUP)
+    try:
+        first = bfd_packet.classify(captures[port].frames(partial(at_least, 1), is_bfd)[0][42:])
+        assert (first.state, first.my_disc, first.your_disc) == (bfd_packet.State.DOWN, ours, 0)
+        # the remote answers Init with our discriminator, from its namespace
+        remote = bfd_packet.ControlPacket(bfd_packet.State.INIT, my_disc=theirs, your_disc=ours,
+                                          desired_min_tx_us=30_000, required_min_rx_us=40_000)
+        lab.sender(port).send(heartbeat_frame(
+            src_mac=lab.peer_mac(port), dst_mac=lab.root_mac(port), src_ip=addr,
+            dst_ip=MONITOR_IP, sport=49200, dport=bfd_packet.PORT, payload=remote.pack()))
+        assert wait_for(lambda: ctl.digests), "no bfd_event_t digest"
+        rec = ctl.digests[0]
+        assert rec.name == "bfd_event_t" and len(rec.data) == 1
+        assert rec.data[0] == {**rec.data[0], "index": index, "state": 2, "diag": 0,
+                               "flags": 0, "detect_mult": 3, "my_disc": theirs,
+                               "desired_min_tx_us": 30_000, "required_min_rx_us": 40_000}
+        assert rec.data[0]["time_us"] == ctl.register("hb_last_rx_us", index)
+        # our packets now name the remote (your_disc from bfd_remote_disc)
+        later = captures[port].frames(
+            lambda fs: any(bfd_packet.ControlPacket.unpack(f[42:]).your_disc == theirs
+                           for f in fs), is_bfd)
+        assert later, "the learned discriminator was never sent"
+        # nothing more from the remote: detection time (60 ms) expires, DOWN is pushed
+        assert wait_for(lambda: any(d.name == "peer_event_t" for d in ctl.digests)), \
+            "no DOWN digest"
+        down = next(d for d in ctl.digests if d.name == "peer_event_t")
+        assert (down.data[0]["index"], down.data[0]["state"]) == (index, PlaneState.DOWN)
+        assert ctl.reasons()[Reason.BFD_EVENT] == 1
+    finally:  # end the BFD schedule (a tick of 0 is one round and the end)
+        ctl.packet_out(heartbeat_frame(
+            src_mac=MONITOR_MAC, dst_mac=0, src_ip=MONITOR_IP, dst_ip=0,
+            sport=bfd_packet.SOURCE_PORT_BASE, dport=bfd_packet.PORT,
+            payload=bfd_packet.template_payload(0)), mcast_grp=bfd_packet.FANOUT_GROUP)
