@@ -11,13 +11,12 @@ replica (port, instance = index) in group 2.
 
 from __future__ import annotations
 
-import atexit
 import ipaddress
 import struct
 from typing import Any
 
 import hb_examples as ex
-from hb_base import MONITOR_IP, MONITOR_MAC, SWITCH_MAC, HbTest, Session, ipv4_of, param, peer_mac
+from hb_base import MONITOR_IP, MONITOR_MAC, SWITCH_MAC, HbTest, ipv4_of, peer_mac
 from hbmon.bfd_packet import (
     FANOUT_GROUP,
     PORT,
@@ -30,12 +29,6 @@ from hbmon.bfd_packet import (
     classify,
     source_port,
     template_payload,
-)
-from hbmon.dataplane.registers import (
-    Bmv2ThriftRegisterAccess,
-    P4RuntimeRegisterAccess,
-    RegisterAccess,
-    bmv2_register_names,
 )
 from hbmon.p4 import DigestEntry, MulticastGroup, Replica, TableEntry
 from hbmon.protocol import BFD_REGISTERS, Reason
@@ -73,35 +66,15 @@ def template(tick_us: int = TICK_US) -> bytes:
                     bfd_ipv4(template_payload(tick_us), src=MONITOR_IP, dst="0.0.0.0"))
 
 
-def _bfd_registers(s: Session) -> RegisterAccess:
-    """The bfd_* registers, read as hb_base reads the hb_* ones (bmv2: Thrift; kernel:
-    P4Runtime). One per run, like the Session."""
-    cached: RegisterAccess | None = getattr(s, "bfd_registers", None)
-    if cached is None:
-        if s.target == "bmv2":
-            cached = Bmv2ThriftRegisterAccess(
-                port=int(param("thrift_port", 9090)), widths=BFD_REGISTERS,
-                bmv2_names=bmv2_register_names(param("bmv2_json")))
-        else:
-            cached = P4RuntimeRegisterAccess(s.client, s.schema, names=BFD_REGISTERS)
-        s.bfd_registers = cached  # type: ignore[attr-defined]
-        atexit.register(cached.close)
-    return cached
-
-
 class BfdTest(HbTest):
     """HbTest plus BFD sessions, their registers and digests. (No runTest: not collected.)"""
 
     def setUp(self) -> None:
         HbTest.setUp(self)
-        self.bfd = _bfd_registers(self.s)
-
-    def use_bfd_slot(self, index: int) -> None:
-        """Claim a slot: every hb_* and bfd_* register zeroed now and after the test (the
-        controller's reset before reuse, docs/bfd.md)."""
-        self.use_slot(index)
-        self.bfd.reset_slot(index)
-        self._undo.append((f"reset bfd slot {index}", lambda: self.bfd.reset_slot(index)))
+        # the slot is hb_* and bfd_* registers alike (hbmon.dataplane.registers.slot_registers):
+        # use_slot and tearDown zero both, and slot()/snapshot() read both
+        missing = set(BFD_REGISTERS) - set(self.s.registers.names)
+        self.assertFalse(missing, f"register access lacks {sorted(missing)}")
 
     def add_session(self, index: int, *, address: str, port: int, my_disc: int,
                     state: State = State.DOWN, diag: int = 0, flags: int = 0,
@@ -109,7 +82,7 @@ class BfdTest(HbTest):
                     required_min_rx_us: int = 1_000_000, tx_interval_us: int = SLOW_US,
                     detect_time_us: int = 0, requests: bool = True) -> dict[str, Any]:
         """A session as docs/bfd.md programs it; returns the bfd_control params."""
-        self.use_bfd_slot(index)
+        self.use_slot(index)
         self.insert(f"bfd_sessions {my_disc:#x}", TableEntry(
             "HbIngress.bfd_sessions", {"your_disc": my_disc}, "HbIngress.set_bfd_session",
             {"index": index}))
@@ -143,12 +116,6 @@ class BfdTest(HbTest):
         frame = ex.frame(SWITCH_MAC, peer_mac(0xEE), bfd_ipv4(payload, src=src, **kw))
         self.send(port, frame)
         return frame
-
-    def bfd_slot(self, index: int) -> dict[str, int]:
-        return {**self.slot(index), **self.bfd.read_slot(index)}
-
-    def all_registers(self) -> dict[str, list[int]]:
-        return {**self.snapshot(), **self.bfd.snapshot()}
 
     def expected_control(self, params: dict[str, Any], *, your_disc: int = 0,
                          final: bool = False) -> bytes:
@@ -199,11 +166,11 @@ class _Discarded(BfdTest):
             with self.assertRaises(BfdError) as caught:
                 classify(self.payload, kw.get("ttl", SEND_TTL))
             self.assertEqual(caught.exception.reason, self.reason, "hbmon.bfd_packet disagrees")
-        regs_before = self.all_registers()
+        regs_before = self.snapshot()
         before = self.reasons()
         self.send_bfd(port, self.payload, **kw)
         self.wait_reasons(before, {self.reason: 1})
-        self.assertEqual(self.all_registers(), regs_before)
+        self.assertEqual(self.snapshot(), regs_before)
         self.assert_nothing_else(p, sender=p[3])
 
 
@@ -271,7 +238,7 @@ class BfdRecordedByDiscriminator(BfdTest):
         self.add_session(42, address=B_IP, port=p[1], my_disc=B_DISC)
         self.add_l2(SWITCH_MAC, p[2])
         self.enable_bfd_digests()
-        regs_before = self.all_registers()
+        regs_before = self.snapshot()
         before = self.reasons()
 
         pkt = dict(state=State.INIT, your_disc=A_DISC, diag=3, detect_mult=5,
@@ -279,7 +246,7 @@ class BfdRecordedByDiscriminator(BfdTest):
         self.send_bfd(p[0], control(**pkt))
         self.wait_reasons(before, {Reason.BFD_RECORDED: 1, Reason.BFD_EVENT: 1})
         event = self.bfd_digest(index)
-        after = self.all_registers()
+        after = self.snapshot()
         self.assert_changed_only(regs_before, after, {index})
         slot = {name: cells[index] for name, cells in after.items()}
         rx_us = slot["hb_last_rx_us"]
@@ -298,7 +265,7 @@ class BfdRecordedByDiscriminator(BfdTest):
 
         # the same packet again: recorded, nothing to tell the controller
         counted = self.send_and_count(pkt, {Reason.BFD_RECORDED: 1})
-        slot = self.bfd_slot(index)
+        slot = self.slot(index)
         self.assertEqual((slot["hb_rx_count"], slot["hb_state"]), (2, 1))
         self.assertGreaterEqual(slot["hb_last_rx_us"], rx_us)
         self.no_digest_pending(index)
@@ -316,21 +283,20 @@ class BfdRecordedByDiscriminator(BfdTest):
         counted = self.send_and_count({**pkt, "my_disc": REMOTE_DISC + 1},
                                       {Reason.BFD_RECORDED: 1, Reason.BFD_EVENT: 1}, counted)
         self.assertEqual(self.bfd_digest(index)["my_disc"], REMOTE_DISC + 1)
-        self.assertEqual(self.bfd.read("bfd_remote_disc", index), REMOTE_DISC + 1)
+        self.assertEqual(self.s.registers.read("bfd_remote_disc", index), REMOTE_DISC + 1)
 
         # P alone: the data plane owes a Final, the controller is not told
         pkt["my_disc"] = REMOTE_DISC + 1
         counted = self.send_and_count({**pkt, "flags": Flag.P}, {Reason.BFD_RECORDED: 1},
                                       counted)
-        self.assertEqual(self.bfd.read("bfd_final_due", index), 1)
+        self.assertEqual(self.s.registers.read("bfd_final_due", index), 1)
         self.no_digest_pending(index)
         # F (the end of our Poll Sequence) always raises, with the flags as received
         counted = self.send_and_count({**pkt, "flags": Flag.F | Flag.C},
                                       {Reason.BFD_RECORDED: 1, Reason.BFD_EVENT: 1}, counted)
         self.assertEqual(self.bfd_digest(index)["flags"], Flag.F | Flag.C)
         self.no_digest_pending(index)
-        self.assertEqual(self.bfd_slot(42), {**dict.fromkeys(self.s.registers.names, 0),
-                                             **dict.fromkeys(BFD_REGISTERS, 0)})
+        self.assertEqual(self.slot(42), dict.fromkeys(self.s.registers.names, 0))
 
     def send_and_count(self, pkt: dict[str, Any], expected: dict[Reason, int],
                        before: list[tuple[int, int]] | None = None) -> list[tuple[int, int]]:
@@ -349,14 +315,14 @@ class BfdRecordedByPeer(BfdTest):
         self.add_session(43, address=A_IP, port=p[0], my_disc=A_DISC)
         self.add_session(44, address=B_IP, port=p[1], my_disc=B_DISC)
         self.enable_bfd_digests()
-        regs_before = self.all_registers()
+        regs_before = self.snapshot()
         before = self.reasons()
         self.send_bfd(p[1], control(state=State.ADMIN_DOWN, diag=7, desired_min_tx_us=0,
                                     required_min_rx_us=0), src=B_IP)
         self.wait_reasons(before, {Reason.BFD_RECORDED: 1, Reason.BFD_EVENT: 1})
         event = self.bfd_digest(44)
-        self.assert_changed_only(regs_before, self.all_registers(), {44})
-        slot = self.bfd_slot(44)
+        self.assert_changed_only(regs_before, self.snapshot(), {44})
+        slot = self.slot(44)
         self.assertEqual((slot["hb_rx_count"], slot["hb_state"], slot["bfd_remote_state"],
                           slot["bfd_remote_diag"], slot["bfd_remote_disc"]),
                          (1, 1, State.ADMIN_DOWN, 7, REMOTE_DISC))
@@ -385,9 +351,9 @@ class BfdFanOut(BfdTest):
         b = self.add_session(46, address=B_IP, port=p[1], my_disc=B_DISC, state=State.UP,
                              flags=Flag.P, desired_min_tx_us=50_000, required_min_rx_us=50_000,
                              tx_interval_us=0)  # 0: due on every tick
-        self.use_bfd_slot(47)  # a replica with no session behind it
+        self.use_slot(47)  # a replica with no session behind it
         self.add_bfd_group([(p[0], 45), (p[1], 46), (p[2], 47)])
-        regs_before = self.all_registers()
+        regs_before = self.snapshot()
 
         before = self.reasons()
         self.send_template()
@@ -400,17 +366,16 @@ class BfdFanOut(BfdTest):
         self.assertEqual((ipv4[8], struct.unpack_from("!H", ipv4, 20)[0]),
                          (255, SOURCE_PORT_BASE + 45))
         self.assertEqual(ex.ipv4_checksum(ipv4[:20]), 0, "IPv4 header checksum")
-        self.assert_changed_only(regs_before, self.all_registers(), {45, 46})
-        slot_a = self.bfd_slot(45)
+        self.assert_changed_only(regs_before, self.snapshot(), {45, 46})
+        slot_a = self.slot(45)
         self.assertEqual(slot_a["hb_tx_count"], 1)
         self.assertGreater(slot_a["hb_last_tx_us"], 0)
-        self.assertEqual(self.bfd_slot(47), {**dict.fromkeys(self.s.registers.names, 0),
-                                             **dict.fromkeys(BFD_REGISTERS, 0)})
+        self.assertEqual(self.slot(47), dict.fromkeys(self.s.registers.names, 0))
 
         # the remote polls: our next packet carries F and its discriminator, at once
         self.send_bfd(p[0], control(state=State.INIT, your_disc=A_DISC, flags=Flag.P))
         self.wait_slot(45, lambda s: s["hb_rx_count"] == 1)
-        self.assertEqual(self.bfd.read("bfd_final_due", 45), 1)
+        self.assertEqual(self.s.registers.read("bfd_final_due", 45), 1)
         before = self.reasons()
         self.send_template()
         got_a, got_b = self.receive(p[0]), self.receive(p[1])
@@ -418,7 +383,7 @@ class BfdFanOut(BfdTest):
         self.assertEqual(got_a.hex(), self.expected_control(a, your_disc=REMOTE_DISC,
                                                             final=True).hex())
         self.assertEqual(got_b.hex(), self.expected_control(b).hex())
-        slot_a = self.bfd_slot(45)
+        slot_a = self.slot(45)
         self.assertEqual((slot_a["hb_tx_count"], slot_a["bfd_final_due"]), (2, 0))
         last_tx = slot_a["hb_last_tx_us"]
 
@@ -428,9 +393,9 @@ class BfdFanOut(BfdTest):
         self.assertEqual(self.receive(p[1]).hex(), self.expected_control(b).hex())
         self.wait_reasons(before, {Reason.BFD_SENT: 1, Reason.REQUEST_NO_PEER: 1})
         self.assert_nothing_else(p, sender=p[3])
-        slot_a = self.bfd_slot(45)
+        slot_a = self.slot(45)
         self.assertEqual((slot_a["hb_tx_count"], slot_a["hb_last_tx_us"]), (2, last_tx))
-        self.assertEqual(self.bfd_slot(46)["hb_tx_count"], 3)
+        self.assertEqual(self.slot(46)["hb_tx_count"], 3)
 
 
 class BfdBadTemplate(BfdTest):
@@ -442,7 +407,7 @@ class BfdBadTemplate(BfdTest):
         p = self.s.ports
         self.add_session(48, address=A_IP, port=p[0], my_disc=A_DISC, tx_interval_us=0)
         self.add_bfd_group([(p[0], 48)])
-        regs_before = self.all_registers()
+        regs_before = self.snapshot()
         good = bfd_ipv4(template_payload(TICK_US), src=MONITOR_IP, dst="0.0.0.0")
 
         def frame(ipv4: bytes) -> bytes:
@@ -467,7 +432,7 @@ class BfdBadTemplate(BfdTest):
             self.packet_out(f, mcast_grp=FANOUT_GROUP)
         self.wait_reasons(before, {Reason.BAD_TEMPLATE: len(broken)})
         self.assert_nothing_else(p, sender=p[3])
-        self.assertEqual(self.all_registers(), regs_before)
+        self.assertEqual(self.snapshot(), regs_before)
 
 
 class BfdDetection(BfdTest):

@@ -107,4 +107,5 @@ def test_ptf_suite_passes_on_bmv2() -> None:
     assert proc.returncode == 0, output[-6000:]
     summary = re.search(r"PTF on bmv2: (\d+) tests .*: OK", output)
     assert summary, output[-3000:]
-    assert int(summary.group(1)) >= 20
+    # 31 heartbeat tests and 28 BFD ones (ptf_tests/test_bfd.py): fewer means tests were lost
+    assert int(summary.group(1)) >= 59, output[-3000:]
