@@ -22,8 +22,7 @@ What is modelled, as kernel/bpf does it (docs/dataplane.md):
   once (the simulator's healthy peers), and `answer(index)` records a valid response as the XDP
   program does (hb_rx_count, hb_last_seq, RTT, miss count cleared, UP with its event);
 * events: `peer_event()` is a state change of the data plane (hb_state written, counted,
-  queued for `poll_events`, which KernelDevice turns into digests).
-
+  queued for `poll_events`, which KernelDevice turns into digests);
 * BFD (docs/bfd.md): the bfd_sessions / bfd_peers / bfd_requests tables and the bfd_*
   registers with Datapath's checks; a BFD template to a group (`is_bfd_template`) runs a
   BFD round as hb_tc.c `bfd_one` does per replica (detection: DOWN with its event once
@@ -32,12 +31,15 @@ What is modelled, as kernel/bpf does it (docs/dataplane.md):
   no frame exists, so none is built); its tick period (the required min echo RX field)
   starts the BFD schedule next to the heartbeat one (`bfd_schedule`, `run_bfd_rounds()`);
   `bfd_receive(index, packet)` records a control packet of the session as hb_xdp.c does
-  after the lookup (registers, bfd_final_due on P, a `BfdEvent` on a change, F or not UP).
+  after the lookup (registers, bfd_final_due on P, a `BfdEvent` on a change, F or not UP);
+  with `answering=True` every packet sent is answered at once by a healthy remote (Down ->
+  Init -> Up, a Poll with F).
 
 Not modelled: the DOWN-deadline sweeper (only the miss count at each round declares DOWN,
 and BFD detection runs only at its rounds), the XDP classification of received frames
 (tests/kernel/xdp_fuzz.py models that; BFD's checks 1-6 are tests/kernel/test_bpf_bfd.py's),
-no BFD peer answers (`answering` is for heartbeats only), l2 forwarding of frames.
+no BFD frame is built (so none is parsed: only what bfd_receive is given is recorded),
+l2 forwarding of frames.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ from typing import Any
 import grpc
 import numpy as np
 import numpy.typing as npt
-from hbmon.bfd_packet import ControlPacket, Flag
+from hbmon.bfd_packet import ControlPacket, Flag, State
 from hbmon.protocol import REASON_COUNT, PlaneState, Reason
 from p4.v1 import p4runtime_pb2
 
@@ -602,6 +604,20 @@ class MemoryDatapath(GroupShadow):
             r["hb_tx_count"][index] = (int(r["hb_tx_count"][index]) + 1) & _U32
             r["hb_last_tx_us"][index] = now
             self._count(Reason.BFD_SENT, BFD_FRAME_LEN)
+            if self.answering:
+                self.bfd_receive(index, self._bfd_remote_answer(index, req))
+
+    @staticmethod
+    def _bfd_remote_answer(index: int, sent: dict[str, int]) -> ControlPacket:
+        """answering=True: what a healthy remote answers to the packet we sent (RFC 5880
+        section 6.8.6 from its side: our Down -> its Init, our Init or Up -> its Up, our
+        AdminDown -> its Down; a Poll answered with F; our timers mirrored)."""
+        state = {State.ADMIN_DOWN: State.DOWN, State.DOWN: State.INIT}.get(
+            State(sent["state"]), State.UP)
+        return ControlPacket(state, my_disc=0x40000000 | (index + 1), your_disc=sent["my_disc"],
+                             flags=Flag.F if sent["flags"] & Flag.P else 0, detect_mult=3,
+                             desired_min_tx_us=sent["desired_min_tx_us"],
+                             required_min_rx_us=sent["required_min_rx_us"])
 
     def run_bfd_rounds(self, count: int = 1) -> int:
         """Test hook: the next `count` ticks of the BFD schedule; returns how many ran."""
