@@ -30,6 +30,13 @@ from .model import Model, template_ok
 from .player import BMV2_JSON, P4INFO, ROOT, Observation, play, response_for, template_frame
 
 LOG_DIR = ROOT / "build" / "diff"
+# BFD (issue 13, docs/bfd.md) is not in the trace: its reasons are reached by the PTF suite
+# (ptf_tests/test_bfd.py, the same tests on bmv2 and the kernel target) and the kernel
+# target's tests/kernel/test_bpf_bfd.py, not compared here. Named, so a reason added later
+# that the trace misses still fails below.
+BFD_REASONS = frozenset({"BFD_RECORDED", "BFD_SENT", "BFD_TRUNCATED", "BFD_BAD_VERSION",
+                         "BFD_MALFORMED", "BFD_BAD_TTL", "BFD_UNKNOWN_DISCRIMINATOR",
+                         "BFD_UNKNOWN_PEER", "BFD_EVENT"})
 MAX_SHOWN = 40
 
 
@@ -127,7 +134,7 @@ def test_declared_reasons_are_the_contracts(trace: dict[str, Any]) -> None:
         states |= {d.state for d in digests}
     assert not wrong, "\n".join(wrong)
     assert not _unpaced_ordinary(trace)
-    missing = [r for r in Reason if model.reasons[r] == 0]
+    missing = [r for r in Reason if model.reasons[r] == 0 and r.name not in BFD_REASONS]
     assert not missing, f"the trace never reaches {[r.name for r in missing]}"
     assert {1, 2} <= states
     assert "ORDINARY" in seen
