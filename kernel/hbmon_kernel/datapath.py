@@ -69,7 +69,7 @@ BFD_FRAME_LEN = 14 + bfd_packet.IPV4_TOTAL_LEN  # HB_BFD_FRAME_LEN: a BFD templa
 # 20-byte trailer.
 _CARRIER_BYTES = FRAME_LEN + 20
 # A lap of the round pacer is at most this long: longer periods take several laps (a token
-# bucket's rate is whole bytes per second, too coarse for one 82-byte lap of minutes).
+# bucket's rate is whole bytes per second, too coarse for one 90-byte lap of minutes).
 _MAX_LAP_NS = 100_000_000
 # A burst leaves about this long after the previous one ended, so receivers drain it first.
 # Measured on this project's lab (a veth whose far end runs an XDP peer farm, 2 cores):
