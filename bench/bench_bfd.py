@@ -66,6 +66,14 @@ class Api:
         response.raise_for_status()
         return {r["name"]: r for r in response.json()["peers"]}
 
+    def downs(self, since: float, until: float) -> list[dict[str, Any]]:
+        """Our DOWN transitions between two wall-clock times (newest 1,000 events)."""
+        response = self.client.get("/api/v1/events/history",
+                                   params={"kind": "transition", "limit": 1000})
+        response.raise_for_status()
+        return [e for e in response.json()["events"]
+                if since <= e["time"] <= until and e["new_state"] == "DOWN"]
+
     def state_is(self, name: str, state: str) -> Callable[[], bool]:
         return lambda: self.row(name)["state"] == state
 
@@ -113,11 +121,11 @@ def run_case(n: int, interval_ms: int, mult: int, seconds: float, samples: int
             assert stack.serve is not None and stack.target is not None
             hb_pids = {"serve": stack.serve.pid, "kernel_target": stack.target.pid}
             bfdd_pids = [d.pid for d in frr.daemons.values()]
-            downs_before = {c.get("peer"): c.get("session-down") for d in frr.daemons.values()
+            downs_before = {c.get("local"): c.get("session-down") for d in frr.daemons.values()
                             for c in d.counters()}
             hb0 = {k: proc_times(p) for k, p in hb_pids.items()}
             fr0 = [proc_times(p) for p in bfdd_pids]
-            t0 = time.monotonic()
+            t0, w0 = time.monotonic(), time.time()
             time.sleep(seconds)  # the measuring window itself (not a wait for a condition)
             wall = time.monotonic() - t0
             hb1 = {k: proc_times(p) for k, p in hb_pids.items()}
@@ -125,9 +133,18 @@ def run_case(n: int, interval_ms: int, mult: int, seconds: float, samples: int
             rows = api.rows()
             held_ours = all(r["state"] == "UP" for r in rows.values())
             held_frr = all(s.get("status") == "up" for s in frr.sessions().values())
-            downs_after = {c.get("peer"): c.get("session-down") for d in frr.daemons.values()
+            downs_after = {c.get("local"): c.get("session-down") for d in frr.daemons.values()
                            for c in d.counters()}
-            out["held"] = held_ours and held_frr and downs_after == downs_before
+            ours_down = api.downs(w0, time.time())
+            frr_down = sum((downs_after.get(k) or 0) - (downs_before.get(k) or 0)
+                           for k in downs_after)
+            out["held"] = held_ours and held_frr and not ours_down and frr_down == 0
+            # who dropped sessions in the window: our DOWN events (and why), FRR's
+            # session-down counters (FRR missed our packets)
+            out["flaps"] = {"ours_down_events": len(ours_down),
+                            "ours_down_peers": len({e["peer"] for e in ours_down}),
+                            "ours_reasons": sorted({e["reason"] for e in ours_down})[:5],
+                            "frr_session_down": frr_down}
             hb_user = {k: (hb1[k][0] - hb0[k][0]) / wall for k in hb_pids}
             hb_sys = {k: (hb1[k][1] - hb0[k][1]) / wall for k in hb_pids}
             frr_user = sum(b[0] - a[0] for a, b in zip(fr0, fr1, strict=True)) / wall
