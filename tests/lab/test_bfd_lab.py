@@ -7,7 +7,11 @@ hbmon's side is involved, so an interop failure in test_bfd_frr.py is hbmon's.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +24,9 @@ from hbmon_topo.bfd import (
     frr_missing,
 )
 from hbmon_topo.model import BfdTimers, multi, star
-from hbmon_topo.netns import NetnsLab
+from hbmon_topo.netns import NetnsLab, cleanup_stale
+
+from tests.lab.test_netns import leftovers, pid_alive
 
 pytestmark = [
     pytest.mark.netns,
@@ -104,3 +110,40 @@ def test_frr_bfd_runs_one_bfdd_per_star_peer() -> None:
         assert frr.cpu_ticks() >= 0
     with NetnsLab(multi(4)) as lab, pytest.raises(BfdLabError, match="STAR"):
         FrrBfd(lab)
+
+
+_OWNER = """
+import json, threading
+from hbmon_topo.bfd import FrrBfd
+from hbmon_topo.model import star
+from hbmon_topo.netns import NetnsLab
+lab = NetnsLab(star(0, bfd_peers=1)); lab.start()
+frr = FrrBfd(lab); frr.start()
+d = frr.bfdd("bfd01")
+print(json.dumps({"run_id": lab.run_id, "prefix": lab.prefix, "pid": d.pid,
+                  "rundir": str(d.rundir)}), flush=True)
+threading.Event().wait()
+"""
+
+
+def test_kill_9_of_the_owner_leaves_nothing_after_cleanup() -> None:
+    """The lab's owner killed with -9: `cleanup_stale` stops bfdd by PID and removes its
+    /var/run/frr directory with the namespaces."""
+    owner = subprocess.Popen([sys.executable, "-c", _OWNER], stdout=subprocess.PIPE,
+                             stdin=subprocess.DEVNULL, text=True)
+    assert owner.stdout is not None
+    line = owner.stdout.readline()
+    if not line:
+        owner.wait(timeout=30)
+        pytest.fail(f"lab owner died: exit {owner.returncode}")
+    info = json.loads(line)
+    owner.kill()
+    owner.wait()
+    assert Path(info["rundir"]).is_dir() and pid_alive(info["pid"])
+    assert info["run_id"] in cleanup_stale()
+    deadline = time.monotonic() + 10
+    while pid_alive(info["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pid_alive(info["pid"])
+    assert not Path(info["rundir"]).exists()
+    assert leftovers(info["prefix"]) == []
