@@ -95,6 +95,7 @@ class _Tracker:
     last_flip: float = 0.0
     damped: bool = False
     last_up_event_us: int = 0  # data-plane time of the newest UP digest (stale-read guard)
+    last_down_event_us: int = 0  # ... of the DOWN digest applied since the last UP (0: none)
     # recovered by digest, between polls: the next fresh poll's deltas still span the end of
     # the outage, so that poll only sets the baseline of the loss window
     rebase: bool = False
@@ -183,7 +184,9 @@ class HealthEngine:
                 f"(detect multiplier {t.detect_mult})")
         elif slot.state == PlaneState.DOWN and rx_delta == 0 and not stale:
             t_alive, reason = False, "data plane reports DOWN"
-        elif rx_delta > 0 and slot.miss_count <= t.detect_mult:
+        elif rx_delta > 0 and slot.miss_count <= t.detect_mult \
+                and (not t.last_down_event_us  # answers older than a DOWN digest: none
+                     or slot.last_rx_us > t.last_down_event_us):
             t_alive, reason = True, "responses received"
         else:
             t_alive = t.alive  # no fresh evidence either way
@@ -213,6 +216,7 @@ class HealthEngine:
                                    "time_us": time_us}
         if state == PlaneState.UP:
             t.last_up_event_us = max(t.last_up_event_us, time_us)
+            t.last_down_event_us = 0
             why = "data plane: first response" if t.alive is None \
                 else "data plane: response after silence"
             if not t.alive:
@@ -222,6 +226,7 @@ class HealthEngine:
         if state == PlaneState.DOWN:
             if time_us and time_us < t.last_up_event_us:
                 return []  # older than an UP we already applied (digests may reorder)
+            t.last_down_event_us = max(t.last_down_event_us, time_us)
             self._set_alive(t, False, now)
             return self._evaluate(
                 t, now, f"data plane: {t.detect_mult} intervals without a response", details)

@@ -161,6 +161,7 @@ class HealthEngine:
         "_win_tx_sum": np.int64, "_win_rx_sum": np.int64, "_loss": np.float64,
         "_slow": np.bool_, "_lossy": np.bool_, "_rebase": np.bool_, "_admin": np.bool_,
         "_damped": np.bool_, "_alive": np.int8, "_mult": np.int64, "_up_us": np.uint64,
+        "_down_us": np.uint64,
         "_inputs": np.int16, "_answering": np.bool_, "_state": np.int8, "_since": np.float64,
         "_external": np.bool_,
     }
@@ -197,6 +198,8 @@ class HealthEngine:
         self._alive = np.zeros(0, np.int8)  # raw liveness: -1 no evidence yet, 0 dead, 1 alive
         self._mult = np.zeros(0, np.int64)
         self._up_us = np.zeros(0, np.uint64)  # data-plane time of the newest UP digest
+        # ... and of the DOWN digest applied since the last UP one (0: none)
+        self._down_us = np.zeros(0, np.uint64)
         self._inputs = np.zeros(0, np.int16)  # verdict inputs as of the last verdict
         self._answering = np.zeros(0, np.bool_)  # reported state UP or DEGRADED
         self._state = np.zeros(0, np.int8)  # reported state (index in HEALTHS), for exports
@@ -363,7 +366,12 @@ class HealthEngine:
         mult = self._mult[at]
         dead_miss = (miss > mult) & ~stale
         dead_plane = (slots[_STATE, at] == PlaneState.DOWN) & (rx_delta == 0) & ~stale
-        answered = (rx_delta > 0) & (miss <= mult)
+        # answers a read shows count only if one is newer than a DOWN digest applied since:
+        # a poll's read can be older than a digest (a slow read; a digest between the read
+        # and this call), and the answers it saw are the ones the DOWN came after
+        down_us = self._down_us[at]
+        answered = (rx_delta > 0) & (miss <= mult) & (
+            (down_us == 0) | (slots[_LAST_RX, at] > down_us))
         # 1: misses beyond the multiplier, 2: the data plane says DOWN, 3: responses, 0: none
         why = np.select([dead_miss, dead_plane, answered], [1, 2, 3], 0)
         alive = np.select([dead_miss | dead_plane, answered], [0, 1], -1)
@@ -417,6 +425,7 @@ class HealthEngine:
                                    "time_us": time_us}
         if state == PlaneState.UP:
             self._up_us[row] = max(int(self._up_us[row]), time_us)
+            self._down_us[row] = 0  # alive again: polls judge from here (also a new clock)
             alive = int(self._alive[row])
             why = "data plane: first response" if alive < 0 \
                 else "data plane: response after silence"
@@ -427,6 +436,7 @@ class HealthEngine:
         if state == PlaneState.DOWN:
             if time_us and time_us < int(self._up_us[row]):
                 return []  # older than an UP we already applied (digests may reorder)
+            self._down_us[row] = max(int(self._down_us[row]), time_us)
             self._set_alive(t, False, now)
             return self._evaluate(
                 t, now, f"data plane: {int(self._mult[row])} intervals without a response",
