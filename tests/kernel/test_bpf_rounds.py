@@ -265,3 +265,27 @@ def test_registers_and_trailer_layout_agree_with_the_bpf_structs() -> None:
     assert datapath._CONFIG.size == 24  # struct hb_config
     assert datapath._BFD_REQUEST.size == 40  # struct bfd_request
     assert datapath._BFD_EVENT.size == 32  # struct hb_bfd_event
+
+
+def test_map_value_layouts_agree_with_the_objects_btf() -> None:
+    """The sizes the loader packs map keys and values with are the compiled structs' (read
+    from the objects' BTF with bpftool), so a field added on one side only fails here."""
+    import re
+    import shutil
+    import subprocess
+
+    from hbmon_kernel import datapath
+
+    bpftool = shutil.which("bpftool") or "/usr/sbin/bpftool"
+    sizes: dict[str, int] = {}
+    for obj in ("hb_xdp.o", "hb_tc.o"):
+        out = subprocess.run([bpftool, "btf", "dump", "file",
+                              str(datapath.default_bpf_dir() / obj), "format", "raw"],
+                             check=True, capture_output=True, text=True, timeout=30).stdout
+        sizes.update((m[1], int(m[2])) for m in re.finditer(r"STRUCT '(\w+)' size=(\d+)", out))
+    python = {"hb_round": datapath._ROUND, "hb_config": datapath._CONFIG,
+              "bfd_request": datapath._BFD_REQUEST, "bfd_peer_key": datapath._BFD_PEER_KEY,
+              "peer_request": datapath._PEER_REQUEST, "peer_entry": datapath._PEER_ENTRY,
+              "peer_key": datapath._PEER_KEY}
+    assert {name: sizes.get(name) for name in python} == {
+        name: s.size for name, s in python.items()}
