@@ -249,7 +249,9 @@ def test_two_schedules_at_their_own_periods(dp: Datapath, captures: dict[int, Ca
                      for s in {h.sequence for h in reqs}})
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert 15_000 <= statistics.median(gaps) <= 25_000, gaps
-    assert 3_750_000 <= bfd_rate() <= 6_250_000
+    # (the mean over 40 rounds: a stall of a loaded machine only lengthens it, so the upper
+    # bounds are loose and the lower ones tell the periods apart)
+    assert 3_750_000 <= bfd_rate() <= 12_500_000
     # replace the BFD schedule: the heartbeat one is not restarted
     hb_gen = dp.rounds(SCHEDULE_REQUEST)["generation"]
     dp.packet_out(template(8_000), 0, GROUP)
@@ -257,7 +259,7 @@ def test_two_schedules_at_their_own_periods(dp: Datapath, captures: dict[int, Ca
     assert wait_until(lambda: dp.rounds(SCHEDULE_REQUEST)["sequence"] >= seq + 3)
     assert dp.rounds(SCHEDULE_REQUEST)["generation"] == hb_gen
     assert dp.rounds(SCHEDULE_REQUEST)["period_ns"] == 20_000_000
-    assert 6_000_000 <= bfd_rate() <= 10_000_000
+    assert 6_000_000 <= bfd_rate() <= 20_000_000
     # and replacing (here: ending) the heartbeat schedule leaves BFD running
     bfd_gen = dp.rounds(SCHEDULE_BFD)["generation"]
     dp.packet_out(periodic(900, 0), 0, FANOUT_GROUP)
