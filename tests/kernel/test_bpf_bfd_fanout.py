@@ -271,3 +271,18 @@ def test_two_schedules_at_their_own_periods(dp: Datapath, captures: dict[int, Ca
     tx = sent(dp)
     assert wait_until(lambda: sent(dp) >= tx + 20, timeout_s=10)
     assert dp.rounds(SCHEDULE_BFD)["generation"] == bfd_gen
+
+
+def test_template_kind_decides_the_table(dp: Datapath) -> None:
+    """The group is not checked against the kind of template: a BFD template to the
+    heartbeat group, or a request template to the BFD group, finds no entry for its
+    replicas (REQUEST_NO_PEER) and sends nothing."""
+    peers = make_peers(2)
+    program(dp, peers)  # group 1: heartbeat peers 0 and 1
+    session(dp, 10, 1)
+    dp.mcast_group_set(GROUP, [(1, 10)])
+    dp.packet_out(template(0), 0, FANOUT_GROUP)
+    dp.packet_out(periodic(5, 0), 0, GROUP)
+    assert wait_until(lambda: dp.counter_read("hb_reason", Reason.REQUEST_NO_PEER)[0] == 3)
+    assert sent(dp) == 0 and dp.counter_read("hb_reason", Reason.REQUEST_SENT)[0] == 0
+    assert [dp.register_read("hb_tx_count", i) for i in (0, 1, 10)] == [0, 0, 0]
