@@ -649,15 +649,41 @@ class SwitchDriver:
         elif programmed:
             self._write(DELETE, [MulticastGroup(group.id)], ignore="NOT_FOUND")
 
-    def push_bfd(self, names: Sequence[str]) -> None:
+    def bfd_farewell(self, names: Sequence[str]) -> None:
+        """The sessions `names` (AdminDown now) send one more packet before they go (their
+        entries say AdminDown and are due at once: `push_bfd`); this waits, a few ticks at
+        most, until the data plane has sent it. Best effort: the removal goes on whatever
+        happens here."""
+        indexes = self.push_bfd(names)
+        if not indexes:
+            return
+        try:
+            deadline = time.monotonic() + max(
+                0.5, 4 * self.fabric._bfd_tick_us(self.name) / 1e6)
+            waiter = threading.Event()
+            while time.monotonic() < deadline:
+                with self._read_lock:
+                    sent = self._read_registers(["hb_last_tx_us"], indexes)["hb_last_tx_us"]
+                if all(sent):
+                    return
+                waiter.wait(0.005)  # the data plane tells nobody it sent: poll its time
+            log.info("%s: AdminDown of deleted sessions %s not seen sent", self.name, names)
+        except Exception as exc:
+            log.warning("%s: AdminDown of deleted sessions %s: %s", self.name, names, exc)
+
+    def push_bfd(self, names: Sequence[str]) -> list[int]:
         """The sessions `names` changed what they send: one MODIFY of each one's
-        `bfd_requests` entry (nothing else is written on a session change). A switch that
-        cannot be programmed now gets them at its next setup (reconcile); a failed write
+        `bfd_requests` entry (nothing else is written on a session change), and the
+        change goes out at the next tick, not an interval later (`hb_last_tx_us` zeroed:
+        due, docs/bfd.md "Transmit" 2): a remote must hear our AdminDown, Down or Poll
+        before its detection time, which our slower interval while not Up (RFC 5880
+        section 6.8.3) could exceed. Returns the slots written. A switch that cannot be
+        programmed now gets the entries at its next setup (reconcile); a failed write
         sets it up again."""
         with self._program_lock:
             if not self.programmable or not self.bfd:
-                return
-            entries = []
+                return []
+            entries, indexes = [], []
             for name in names:
                 control = self.fabric._bfd_control(name)
                 try:
@@ -668,16 +694,24 @@ class SwitchDriver:
                         or peer.switch != self.name:
                     continue
                 entries.append(bfd_request_entry(peer, self.guard, control))
+                indexes.append(peer.index)
             if not entries:
-                return
+                return []
             try:
                 self.client.write(make_update(MODIFY, e, self.schema) for e in entries)
                 self.bfd_writes += len(entries)
-            except P4RuntimeError as exc:
+                assert self.registers is not None
+                with self._read_lock:
+                    self.registers.write_many([("hb_last_tx_us", i, 0) for i in indexes])
+            except Exception as exc:
                 log.warning("%s: updating BFD sessions %s failed (%s); reconciling",
                             self.name, list(names), exc)
                 self._setup_needed = True
                 self._wake.set()
+                return []
+            if not self.target_keeps_time:
+                self._bfd_changed.set()  # bmv2: the next template now
+            return indexes
 
     # -- polling ----------------------------------------------------------------------------
 

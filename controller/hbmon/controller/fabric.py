@@ -746,6 +746,24 @@ class Fabric:
             events.extend(self.engine.set_external(name, health, reason, now, info))
         return events
 
+    def _bfd_farewell(self, peers: Sequence[Peer]) -> None:
+        """BFD sessions about to be deleted say AdminDown (diag 7) first, so the remote
+        goes Down at once, told why, rather than after its detection time (RFC 5880
+        section 6.8.16); where this replica programs the switch."""
+        by_switch: dict[str, list[Peer]] = {}
+        with self._state_lock:
+            for peer in peers:
+                session = self._bfd.get(peer.name)
+                if session is None or peer.index is None:
+                    continue
+                session.set_admin_down(True)
+                session.transitions()  # the peer is going: its removal is the event
+                by_switch.setdefault(peer.switch, []).append(peer)
+        for switch, group in by_switch.items():
+            driver = self.drivers.get(switch)
+            if driver is not None and self._leads(switch):
+                driver.bfd_farewell([p.name for p in group])
+
     def _bfd_control(self, name: str) -> dict[str, int] | None:
         """What the session's `bfd_requests` entry must hold now (None: not a BFD peer)."""
         with self._state_lock:
@@ -952,6 +970,7 @@ class Fabric:
     def _forget(self, peers: Sequence[Peer]) -> None:
         """Removed peers (committed): out of the engine and the inventory, off the target
         (where this replica programs it), their slots released or held."""
+        self._bfd_farewell(peers)
         by_switch: dict[str, list[Peer]] = {}
         for peer in peers:
             self._unregister(peer)  # no longer polled, reported or reconciled in
