@@ -10,6 +10,7 @@ import struct
 from typing import Any
 
 from hbmon.protocol import (
+    BFD_REGISTERS,
     HEADER_LEN,
     IPV4_TOTAL_LEN,
     REASON_COUNT,
@@ -22,9 +23,11 @@ from hbmon.protocol import (
 )
 
 from .model import (
+    BFD_DIGEST_KEYS,
     EXACT_REGISTERS,
     RESPONSE_REASONS,
     TIME_REGISTERS,
+    BfdDigest,
     Digest,
     Expected,
     Model,
@@ -75,6 +78,17 @@ def run_model(trace: dict[str, Any], obs: Observation) -> list[Expected]:
                 hi = (sent.t_counted or so.t_done) - rnd.t_po
                 arrival = Span(tx + max(0, lo - slack(lo)), tx + hi + slack(hi))
                 reasons.append(model.response(sent.frame, arrival, sent.echoed, digests))
+        elif op == "bfd":
+            for sent in so.sent:
+                # no echoed time: the arrival is bounded by the last round's tx times and
+                # the host time between that round and this packet's count
+                assert sent.echo_round is not None
+                rnd = obs.rounds[sent.echo_round]
+                txs = [r.tx_us for r in rnd.requests.values()]
+                lo = sent.t_sent - rnd.t_cap
+                hi = (sent.t_counted or so.t_done) - rnd.t_po
+                arrival = Span(max(txs) + max(0, lo - slack(lo)), min(txs) + hi + slack(hi))
+                reasons.append(model.bfd(sent.frame, sent.port, arrival))
         elif op == "reset_slot":
             model.reset_slot(peers[step["peer"]]["index"])
         elif op == "delete":
@@ -175,6 +189,10 @@ def check_model(trace: dict[str, Any], obs: Observation,
             for n in TIME_REGISTERS:
                 if cells[n] not in slot.time[n]:
                     diffs.append(f"{w}: {n}[{index}] = {cells[n]}, model {slot.time[n]}")
+            for n in BFD_REGISTERS:
+                if so.cells[n][index] != slot.bfd[n]:
+                    diffs.append(f"{w}: {n}[{index}] = {so.cells[n][index]}, "
+                                 f"model {slot.bfd[n]}")
             if slot.last_echoed is not None:
                 want_rtt = 0 if slot.last_future else cells["hb_last_rx_us"] - slot.last_echoed
                 if cells["hb_rtt_last_us"] != want_rtt:
@@ -204,15 +222,32 @@ def _rtt_order(w: str, index: int, c: dict[str, int]) -> list[str]:
     return []
 
 
+def _is_bfd(row: dict[str, int]) -> bool:
+    """A bfd_event_t row (the player keeps the rows of both digests in one list)."""
+    return "my_disc" in row
+
+
+def _check_bfd_digests(w: str, so: StepObs, exp: Expected) -> list[str]:
+    got = sorted((d for d in so.digests if _is_bfd(d)),
+                 key=lambda d: (tuple(d[k] for k in BFD_DIGEST_KEYS), d["time_us"]))
+    want: list[BfdDigest] = sorted(exp.bfd_digests, key=lambda d: (d.key(), d.time.lo))
+    got_keys = [tuple(d[k] for k in BFD_DIGEST_KEYS) for d in got]
+    if got_keys != [d.key() for d in want]:
+        return [f"{w}: bfd_event_t digests {got_keys}, model {[d.key() for d in want]}"]
+    return [f"{w}: bfd_event_t {e.key()} time_us {g['time_us']}, model {e.time}"
+            for g, e in zip(got, want, strict=True) if g["time_us"] not in e.time]
+
+
 def _check_digests(w: str, so: StepObs, exp: Expected) -> list[str]:
-    got = sorted(so.digests, key=lambda d: (d["index"], d["state"], d["last_seq"],
-                                            d["time_us"]))
+    diffs = _check_bfd_digests(w, so, exp)
+    got = sorted((d for d in so.digests if not _is_bfd(d)),
+                 key=lambda d: (d["index"], d["state"], d["last_seq"], d["time_us"]))
     want = sorted(exp.digests, key=lambda d: (d.key(), d.time.lo))
     got_keys = [(d["index"], d["state"], d["last_seq"]) for d in got]
     want_keys = [d.key() for d in want]
     if got_keys != want_keys:
-        return [f"{w}: digests (index, state, last_seq) {got_keys}, model {want_keys}"]
-    diffs = []
+        return [*diffs, f"{w}: digests (index, state, last_seq) {got_keys}, "
+                        f"model {want_keys}"]
     for g, e in zip(got, want, strict=True):
         if g["time_us"] not in e.time:
             diffs.append(f"{w}: digest {e.key()} time_us {g['time_us']}, model {e.time}")
@@ -259,9 +294,10 @@ def compare_targets(a: Observation, b: Observation) -> list[str]:
         for index in a.used_indexes:
             ca = {n: sa.cells[n][index] for n in REGISTERS}
             cb = {n: sb.cells[n][index] for n in REGISTERS}
-            for n in EXACT_REGISTERS:
-                if n != "hb_last_tx_us" and ca[n] != cb[n]:
-                    diffs.append(f"{w}: {n}[{index}] {ca[n]} vs {cb[n]}")
+            for n in (*EXACT_REGISTERS, *BFD_REGISTERS):
+                va, vb = sa.cells[n][index], sb.cells[n][index]
+                if n != "hb_last_tx_us" and va != vb:
+                    diffs.append(f"{w}: {n}[{index}] {va} vs {vb}")
             for n in (*TIME_REGISTERS, "hb_last_tx_us"):
                 if (ca[n] == 0) != (cb[n] == 0):
                     diffs.append(f"{w}: {n}[{index}] zero in one only: {ca[n]} vs {cb[n]}")
@@ -270,10 +306,16 @@ def compare_targets(a: Observation, b: Observation) -> list[str]:
             if sign_a != sign_b:
                 diffs.append(f"{w}: [{index}] last rx vs last tx ordered differently "
                              f"({sign_a} vs {sign_b})")
-        ka = sorted((d["index"], d["state"], d["last_seq"]) for d in sa.digests)
-        kb = sorted((d["index"], d["state"], d["last_seq"]) for d in sb.digests)
+        ka = sorted((d["index"], d["state"], d["last_seq"]) for d in sa.digests
+                    if not _is_bfd(d))
+        kb = sorted((d["index"], d["state"], d["last_seq"]) for d in sb.digests
+                    if not _is_bfd(d))
         if ka != kb:
             diffs.append(f"{w}: digests {ka} vs {kb}")
+        fa = sorted(tuple(d[k] for k in BFD_DIGEST_KEYS) for d in sa.digests if _is_bfd(d))
+        fb = sorted(tuple(d[k] for k in BFD_DIGEST_KEYS) for d in sb.digests if _is_bfd(d))
+        if fa != fb:
+            diffs.append(f"{w}: bfd_event_t digests {fa} vs {fb}")
         for name in sorted(set(sa.requests) | set(sb.requests)):
             ra, rb = sa.requests.get(name), sb.requests.get(name)
             if ra is None or rb is None:
@@ -284,10 +326,10 @@ def compare_targets(a: Observation, b: Observation) -> list[str]:
     if len(a.steps) != len(b.steps):
         diffs.append(f"{ab}: {len(a.steps)} vs {len(b.steps)} steps played")
     if a.full and b.full:
-        for n in REGISTERS:
+        for n in (*REGISTERS, *BFD_REGISTERS):
             for i, (va, vb) in enumerate(zip(a.full[n], b.full[n], strict=True)):
-                same = (va == vb) if n in EXACT_REGISTERS and n != "hb_last_tx_us" \
-                    else (va == 0) == (vb == 0)
+                exact = (n in EXACT_REGISTERS or n in BFD_REGISTERS) and n != "hb_last_tx_us"
+                same = (va == vb) if exact else (va == 0) == (vb == 0)
                 if not same:
                     diffs.append(f"{ab} whole arrays: {n}[{i}] {va} vs {vb}")
     return diffs
@@ -309,7 +351,8 @@ def summary(obs: Observation) -> dict[str, Any]:
         "steps": len(obs.steps),
         "reasons": {_rname(r): last.reasons[r][0] for r in range(15)} if last else {},
         "digests": sum(len(s.digests) for s in obs.steps),
-        "downs": sum(1 for s in obs.steps for d in s.digests if d["state"] == PlaneState.DOWN),
+        "downs": sum(1 for s in obs.steps for d in s.digests
+                     if not _is_bfd(d) and d["state"] == PlaneState.DOWN),
     }
 
 

@@ -1,4 +1,5 @@
-"""A reference of the data-plane contract (docs/protocol.md, docs/dataplane.md) for the trace.
+"""A reference of the data-plane contract (docs/protocol.md, docs/dataplane.md, docs/bfd.md
+"Receive") for the trace.
 
 It replays what one target was observed doing (the bytes the player sent, the requests the
 target emitted with their tx times, the host-clock windows around every step) and says what
@@ -22,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from hbmon.protocol import (
+    BFD_REGISTERS,
     HEADER_LEN,
     IPV4_TOTAL_LEN,
     MAGIC,
@@ -47,6 +49,12 @@ RESPONSE_REASONS = (Reason.RESPONSE_RECORDED, Reason.TRUNCATED, Reason.BAD_MAGIC
                     Reason.UNKNOWN_PEER, Reason.SPOOFED, Reason.DUPLICATE,
                     Reason.OLD_SEQUENCE, Reason.FUTURE_SEQUENCE, Reason.BAD_NONCE,
                     Reason.BAD_TTL)
+# The same for BFD control packets (docs/bfd.md "Receive", checks 1-7).
+BFD_RECEIVE_REASONS = (Reason.BFD_RECORDED, Reason.BFD_TRUNCATED, Reason.BFD_BAD_VERSION,
+                       Reason.BFD_MALFORMED, Reason.BFD_BAD_TTL,
+                       Reason.BFD_UNKNOWN_DISCRIMINATOR, Reason.BFD_UNKNOWN_PEER)
+BFD_PORT = 3784  # RFC 5881 section 4
+BFD_LEN = 24
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,8 +160,24 @@ class Digest:
 
 
 @dataclass
+class BfdDigest:
+    """A bfd_event_t: every field exact but the time (the packet's arrival)."""
+
+    fields: dict[str, int]  # index, state, diag, flags, detect_mult, my_disc, timers
+    time: Span
+
+    def key(self) -> tuple[int, ...]:
+        return tuple(self.fields[k] for k in BFD_DIGEST_KEYS)
+
+
+BFD_DIGEST_KEYS = ("index", "state", "diag", "flags", "detect_mult", "my_disc",
+                   "desired_min_tx_us", "required_min_rx_us")
+
+
+@dataclass
 class Slot:
     exact: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EXACT_REGISTERS, 0))
+    bfd: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BFD_REGISTERS, 0))
     time: dict[str, Span] = field(default_factory=lambda: dict.fromkeys(TIME_REGISTERS, ZERO))
     # the echoed tx of the last fresh response, and whether it was ahead of any arrival
     last_echoed: int | None = None
@@ -168,6 +192,7 @@ class Expected:
     reason_bytes: dict[int, int]  # only RESPONSE_REASONS
     slots: dict[int, Slot]
     digests: list[Digest]
+    bfd_digests: list[BfdDigest]
     packet_reasons: list[Reason | None]  # per packet sent in the step, None = ordinary
 
 
@@ -183,6 +208,14 @@ class Model:
         self.reasons = [0] * REASON_COUNT
         self.reason_bytes = dict.fromkeys((int(r) for r in RESPONSE_REASONS), 0)
         self.slots: dict[int, Slot] = {}
+        self.bfd_digests: list[BfdDigest] = []  # raised in the current step
+        # bfd_sessions (our discriminator) and bfd_peers ((source, port)) -> index
+        self.bfd_by_disc = {s["my_disc"]: s["index"] for s in trace.get("bfd_sessions", [])}
+        self.bfd_by_peer = {(ip_int(s["ip"]), s["port"]): s["index"]
+                            for s in trace.get("bfd_sessions", [])}
+        for s in trace.get("bfd_sessions", []):
+            self.slots.setdefault(s["index"], Slot())
+        self.reason_bytes.update(dict.fromkeys((int(r) for r in BFD_RECEIVE_REASONS), 0))
         for p in trace["peers"]:
             self.insert_peer(p, tables=("peers", "peer_ids", "peer_requests"))
             self.replicas.append((p["port"], p["index"]))
@@ -333,11 +366,64 @@ class Model:
                     d.is_last_rx = False
         return Reason.RESPONSE_RECORDED
 
+    def bfd(self, frame: bytes, port: int, arrival: Span) -> Reason | None:
+        """One frame into `port` judged as docs/bfd.md "Receive" says (checks 1-7 in order;
+        only a recorded packet writes); None: not a BFD packet (UDP to another port)."""
+        h = parse_udp(frame)
+        if h is None or h.dport != BFD_PORT:
+            return None
+        p = h.hb
+        reason = Reason.BFD_RECORDED
+        index = None
+        if len(p) < BFD_LEN:
+            reason = Reason.BFD_TRUNCATED
+        else:
+            b0, b1, mult, length, my, your, tx, rx = struct.unpack_from("!BBBBIIII", p)
+            state, flags = b1 >> 6, b1 & 0x3F
+            if b0 >> 5 != 1:
+                reason = Reason.BFD_BAD_VERSION
+            elif (length < BFD_LEN or length > h.udp_len - 8 or mult == 0 or flags & 0x05
+                  or my == 0 or (your == 0 and state >= 2)):
+                reason = Reason.BFD_MALFORMED
+            elif h.ttl != 255:
+                reason = Reason.BFD_BAD_TTL
+            elif your != 0:
+                index = self.bfd_by_disc.get(your)
+                if index is None:
+                    reason = Reason.BFD_UNKNOWN_DISCRIMINATOR
+            else:
+                index = self.bfd_by_peer.get((h.src_addr, port))
+                if index is None:
+                    reason = Reason.BFD_UNKNOWN_PEER
+        if index is not None:
+            slot = self.slots.setdefault(index, Slot())
+            e, b = slot.exact, slot.bfd
+            new = {"bfd_remote_state": state, "bfd_remote_diag": b0 & 0x1F,
+                   "bfd_remote_mult": mult, "bfd_remote_disc": my, "bfd_remote_min_tx_us": tx,
+                   "bfd_remote_min_rx_us": rx}
+            changed = any(b[k] != v for k, v in new.items())
+            e["hb_rx_count"] = (e["hb_rx_count"] + 1) & U32
+            slot.time["hb_last_rx_us"] = arrival
+            b.update(new)
+            if flags & 0x20:
+                b["bfd_final_due"] = 1
+            if changed or flags & 0x10 or e["hb_state"] != PlaneState.UP:
+                e["hb_state"] = PlaneState.UP
+                self.bfd_digests.append(BfdDigest(
+                    {"index": index, "state": state, "diag": b0 & 0x1F, "flags": flags,
+                     "detect_mult": mult, "my_disc": my, "desired_min_tx_us": tx,
+                     "required_min_rx_us": rx}, arrival))
+                self.reasons[Reason.BFD_EVENT] += 1
+        self.reasons[reason] += 1
+        self.reason_bytes[reason] += len(frame)
+        return reason
+
     def expected(self, digests: list[Digest], packet_reasons: list[Reason | None]) -> Expected:
-        snap = {i: Slot(dict(s.exact), dict(s.time), s.last_echoed, s.last_future)
+        snap = {i: Slot(dict(s.exact), dict(s.bfd), dict(s.time), s.last_echoed, s.last_future)
                 for i, s in self.slots.items()}
+        bfd_digests, self.bfd_digests = self.bfd_digests, []
         return Expected(list(self.reasons), dict(self.reason_bytes), snap, list(digests),
-                        list(packet_reasons))
+                        bfd_digests, list(packet_reasons))
 
 
 def ip_int(text: str) -> int:

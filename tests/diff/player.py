@@ -3,14 +3,15 @@
 A target is bmv2 (`simple_switch_grpc`, registers over its Thrift runtime) or the kernel
 target (`hbmon-kernel-target`, registers over P4Runtime); both sit on the two root-namespace
 ports of a bpf_lab.Lab, are programmed identically over P4Runtime (peers, peer_ids,
-peer_requests, multicast group 1, the digest) and are stopped by PID.
+peer_requests, multicast group 1, the BFD sessions' bfd_sessions / bfd_peers entries, both
+digests) and are stopped by PID.
 
 Per step the player sends what the script says, then waits - by polling, with a deadline -
 until the target has visibly dealt with all of it:
   - every request of a round captured in the peers' namespaces;
   - the response-classification reasons summing to the heartbeats sent so far, and the
     fan-out reasons to rounds x replicas (plus bad templates);
-  - as many digests received as PEER_UP_EVENT + PEER_DOWN_EVENT counted.
+  - as many digests received as PEER_UP_EVENT + PEER_DOWN_EVENT + BFD_EVENT counted.
 Nothing here knows what the values should be: that is model.py's business.
 """
 
@@ -28,6 +29,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from hbmon.bfd_packet import PORT as BFD_PORT
+from hbmon.bfd_packet import SOURCE_PORT_BASE, ControlPacket, State
 from hbmon.dataplane import targets
 from hbmon.dataplane.registers import Bmv2ThriftRegisterAccess, bmv2_register_names
 from hbmon.p4 import (
@@ -45,6 +48,7 @@ from hbmon.p4 import (
 )
 from hbmon.p4.client import P4RuntimeClient
 from hbmon.protocol import (
+    BFD_REGISTERS,
     HEADER_LEN,
     REASON_COUNT,
     REGISTERS,
@@ -58,7 +62,7 @@ from hbmon.protocol import (
 from kernel.bpf_lab import Capture, Lab, heartbeat_frame, ip_int, mac_int
 from kernel.server_harness import KernelTarget
 
-from .model import RESPONSE_REASONS
+from .model import BFD_RECEIVE_REASONS, RESPONSE_REASONS
 
 ROOT = Path(__file__).resolve().parents[2]
 P4INFO = ROOT / "p4src" / "build" / "heartbeat.p4info.txtpb"
@@ -67,7 +71,9 @@ ELECTION_ID = 7
 STEP_DEADLINE_S = 15.0  # per wait; a healthy target needs milliseconds
 FUTURE_US = 1 << 40  # added to an echoed time "from the future"
 DIRECT_FRAME_DST = ("02:ee:00:00:00:01", "198.18.2.200")
-CLASSIFIED = {int(r) for r in RESPONSE_REASONS}
+CLASSIFIED = {int(r) for r in (*RESPONSE_REASONS, *BFD_RECEIVE_REASONS)}
+# what a target reads per used slot: the heartbeat registers, and the BFD ones (docs/bfd.md)
+SLOT_REGISTERS = (*REGISTERS, *BFD_REGISTERS)
 
 
 def now_us() -> int:
@@ -94,7 +100,7 @@ class Sent:
     frame: bytes
     port: int
     t_sent: int  # host µs just before sending
-    echo_round: str | None
+    echo_round: str | None  # for a BFD packet: the last round before it (its time anchor)
     echo_peer: str | None
     echoed: int  # tx_timestamp_us in the frame (0 when it has no heartbeat)
     t_counted: int | None = None  # host µs once a reason counted it (None: ordinary traffic)
@@ -252,6 +258,26 @@ def response_for(trace: dict[str, Any], pkt: dict[str, Any], rounds: dict[str, R
     return pkt.get("port", peer["port"]), frame, echoed
 
 
+def bfd_frame(trace: dict[str, Any], pkt: dict[str, Any]) -> tuple[int, bytes]:
+    """(port, frame) of one scripted BFD control packet from a session's remote."""
+    session = {s["name"]: s for s in trace["bfd_sessions"]}[pkt["from"]]
+    f = pkt.get("bfd", {})
+    payload = ControlPacket(
+        State(f.get("state", State.DOWN)), f.get("my_disc", session["remote"]),
+        f.get("your_disc", 0), f.get("diag", 0), f.get("flags", 0), f.get("detect_mult", 3),
+        f.get("desired_min_tx_us", 1_000_000), f.get("required_min_rx_us", 1_000_000), 0,
+        f.get("version", 1), f.get("length", 24)).pack()
+    spec = pkt.get("frame", {})
+    payload = payload[:spec.get("truncate", len(payload))]
+    mon = trace["monitor"]
+    frame = heartbeat_frame(
+        src_mac=mac_int(session["mac"]), dst_mac=mac_int(mon["mac"]),
+        src_ip=ip_int(pkt.get("src_ip", session["ip"])), dst_ip=ip_int(mon["ip"]),
+        sport=SOURCE_PORT_BASE, dport=BFD_PORT, payload=payload, udp_len=spec.get("udp_len"),
+        ttl=spec.get("ttl", 255))
+    return pkt.get("port", session["port"]), frame
+
+
 def is_request(frame: bytes) -> bool:
     return (len(frame) >= 14 + 20 + 8 + HEADER_LEN and frame[12:14] == b"\x08\x00"
             and frame[23] == 17
@@ -328,8 +354,8 @@ class KernelSide(Target):
 
     def read_cells(self, indexes: list[int]) -> dict[str, dict[int, int]]:
         assert self.client is not None
-        out: dict[str, dict[int, int]] = {n: {} for n in REGISTERS}
-        reads = [RegisterRead(n, i) for n in REGISTERS for i in indexes]
+        out: dict[str, dict[int, int]] = {n: {} for n in SLOT_REGISTERS}
+        reads = [RegisterRead(n, i) for n in SLOT_REGISTERS for i in indexes]
         for e in self.client.read(reads):
             r = e.register_entry
             out[self.schema.register(r.register_id).name][r.index.index] = \
@@ -338,8 +364,8 @@ class KernelSide(Target):
 
     def read_full(self) -> dict[str, list[int]]:
         assert self.client is not None
-        out = {n: [0] * self.schema.register(n).size for n in REGISTERS}
-        for e in self.client.read([RegisterRead(n) for n in REGISTERS]):
+        out = {n: [0] * self.schema.register(n).size for n in SLOT_REGISTERS}
+        for e in self.client.read([RegisterRead(n) for n in SLOT_REGISTERS]):
             r = e.register_entry
             out[self.schema.register(r.register_id).name][r.index.index] = \
                 decode_bits(r.data.bitstring)
@@ -347,7 +373,7 @@ class KernelSide(Target):
 
     def reset_slot(self, index: int) -> None:
         assert self.client is not None
-        self.client.modify([RegisterCell(n, index, 0) for n in REGISTERS])
+        self.client.modify([RegisterCell(n, index, 0) for n in SLOT_REGISTERS])
 
     def close(self) -> None:
         super().close()
@@ -374,7 +400,7 @@ class Bmv2Side(Target):
             assert self.process.thrift_port is not None
             self.registers = Bmv2ThriftRegisterAccess(
                 port=self.process.thrift_port,
-                widths={n: schema.register(n).bitwidth for n in REGISTERS},
+                widths={n: schema.register(n).bitwidth for n in SLOT_REGISTERS},
                 bmv2_names=bmv2_register_names(BMV2_JSON))
         except BaseException:
             self.close()
@@ -382,11 +408,11 @@ class Bmv2Side(Target):
 
     def read_cells(self, indexes: list[int]) -> dict[str, dict[int, int]]:
         assert self.registers is not None
-        return {n: {i: self.registers.read(n, i) for i in indexes} for n in REGISTERS}
+        return {n: {i: self.registers.read(n, i) for i in indexes} for n in SLOT_REGISTERS}
 
     def read_full(self) -> dict[str, list[int]]:
         assert self.registers is not None
-        return self.registers.snapshot(list(REGISTERS))
+        return self.registers.snapshot(list(SLOT_REGISTERS))
 
     def reset_slot(self, index: int) -> None:
         assert self.registers is not None
@@ -414,8 +440,15 @@ def program(target: Target, trace: dict[str, Any]) -> None:
     replicas += [Replica(r["port"], r["instance"]) for r in trace["extra_replicas"]]
     entities.append(MulticastGroup(trace["fanout_group"], tuple(replicas)))
     d = trace["digest"]
-    entities.append(DigestEntry("peer_event_t", d["max_timeout_ns"], d["max_list_size"],
-                                d["ack_timeout_ns"]))
+    for s in trace.get("bfd_sessions", []):
+        entities += [
+            TableEntry("HbIngress.bfd_sessions", {"your_disc": s["my_disc"]},
+                       "HbIngress.set_bfd_session", {"index": s["index"]}),
+            TableEntry("HbIngress.bfd_peers", {"src_addr": ip_int(s["ip"]), "port": s["port"]},
+                       "HbIngress.set_bfd_session", {"index": s["index"]})]
+    for name in ("peer_event_t", "bfd_event_t"):
+        entities.append(DigestEntry(name, d["max_timeout_ns"], d["max_list_size"],
+                                    d["ack_timeout_ns"]))
     target.client.insert(entities)
 
 
@@ -452,11 +485,13 @@ class Player:
         self.senders: dict[int, socket.socket] = {port: lab.sender(port)
                                                   for port in trace["ports"]}
         self.used = sorted({p["index"] for p in trace["peers"]}
-                           | {r["instance"] for r in trace["extra_replicas"]})
+                           | {r["instance"] for r in trace["extra_replicas"]}
+                           | {s["index"] for s in trace.get("bfd_sessions", [])})
         self.replicas = len(trace["peers"]) + len(trace["extra_replicas"])
         self.with_request: set[str] = {p["name"] for p in trace["peers"]}
         self.obs = Observation(target.name, used_indexes=self.used)
-        # what must be visible in the counters once a step is done (cumulative)
+        # what must be visible in the counters once a step is done (cumulative); a BFD
+        # control packet counts as a heartbeat here: one receive reason each
         self.heartbeats_sent = 0
         self.fanout_reasons = 0
         self.bad_templates = 0
@@ -525,6 +560,18 @@ class Player:
                 self.heartbeats_sent += 1
                 sent.t_counted = self._wait_counted()
 
+    def _bfd(self, step: dict[str, Any], obs: StepObs) -> None:
+        """BFD control packets, one at a time (as `_send`), each counted before the next;
+        their arrival is anchored to the last round played (the model's clock)."""
+        anchor = list(self.obs.rounds)[-1]
+        for pkt in step["packets"]:
+            port, frame = bfd_frame(self.trace, pkt)
+            sent = Sent(frame, port, now_us(), anchor, None, 0)
+            obs.sent.append(sent)
+            self.senders[port].send(frame)
+            self.heartbeats_sent += 1
+            sent.t_counted = self._wait_counted()
+
     def _wait_counted(self) -> int:
         deadline = time.monotonic() + STEP_DEADLINE_S
         while True:
@@ -576,7 +623,8 @@ class Player:
             classified = sum(reasons[r][0] for r in CLASSIFIED)
             fanout = reasons[Reason.REQUEST_SENT][0] + reasons[Reason.REQUEST_NO_PEER][0]
             bad = reasons[Reason.BAD_TEMPLATE][0]
-            events = reasons[Reason.PEER_UP_EVENT][0] + reasons[Reason.PEER_DOWN_EVENT][0]
+            events = (reasons[Reason.PEER_UP_EVENT][0] + reasons[Reason.PEER_DOWN_EVENT][0]
+                      + reasons[Reason.BFD_EVENT][0])
             digests = self.target.digests()
             done = (classified == self.heartbeats_sent and fanout == self.fanout_reasons
                     and bad == self.bad_templates and len(digests) == events)

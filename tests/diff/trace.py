@@ -32,6 +32,12 @@ while it goes DOWN, then a real answer. G has GTSM off: TTL 1 is fine.
 | G | 2 | 2 | 1007 | 3 | 0 | slot reset in the middle, then answers an old round; TTL 1 |
 | H | 1 | 1 | 1008 | 255 | 0 | its `peers` entry removed (answers SPOOFED), then restored |
 
+BFD sessions (docs/bfd.md, receive side: `bfd_sessions` and `bfd_peers` entries, no
+`bfd_requests`, no group 2): S1 (index 20, port 1) and S2 (index 21, port 2). One `bfd` step
+after round r3 sends their remotes' control packets: found by (source, port) while
+your_disc is 0, then by our discriminator; a digest only on a change, F, or a slot not UP;
+then every discard reason of checks 1-6 in order.
+
 Group 1 also holds a replica (port 1, instance 9) for an index without `peer_requests`:
 every round counts one REQUEST_NO_PEER. Round sequences walk across 2^32 (0 .. 8, then
 0x40000000, 0x80000000, 0xC0000000, 0xFFFFFFFF, 0, 1) so every answering peer crosses the wrap.
@@ -46,7 +52,8 @@ from pathlib import Path
 from typing import Any
 
 TRACE_PATH = Path(__file__).with_name("trace.json")
-FORMAT_VERSION = 2  # 2: protocol v2 (peers' nonce key and min_ttl; nonce / ttl in packets)
+FORMAT_VERSION = 3  # 2: protocol v2 (peers' nonce key and min_ttl; nonce / ttl in packets);
+# 3: BFD sessions and `bfd` steps
 
 Packet = dict[str, Any]
 Step = dict[str, Any]
@@ -74,11 +81,31 @@ for _n, _p in enumerate(PEERS, start=1):
 
 EXTRA_REPLICAS = [{"port": 1, "instance": 9}]  # no peer_requests entry: REQUEST_NO_PEER
 
+# BFD sessions: `my_disc` is our discriminator (the bfd_sessions key), `remote` the remote's.
+BFD_SESSIONS: list[dict[str, Any]] = [
+    {"name": "S1", "index": 20, "port": 1, "ip": "198.18.1.20", "mac": "02:cc:00:00:01:14",
+     "my_disc": 0x5EED0015, "remote": 0x0BFD0001},
+    {"name": "S2", "index": 21, "port": 2, "ip": "198.18.2.21", "mac": "02:cc:00:00:01:15",
+     "my_disc": 0xFFFFFFFF, "remote": 0x0BFD0002},
+]
+UNKNOWN_DISC = 0x0BADD15C  # a discriminator no session has
+
 
 def ans(peer: str, rnd: str, expect: str = "RESPONSE_RECORDED", *, why: str = "",
         **fields: Any) -> Packet:
     """`peer` answers its request of round `rnd` (echoing that request's seq and tx time)."""
     pkt: Packet = {"from": peer, "echo": rnd, "expect": expect}
+    pkt.update(fields)
+    if why:
+        pkt["why"] = why
+    return pkt
+
+
+def bfd(session: str, expect: str = "BFD_RECORDED", *, why: str = "", **fields: Any) -> Packet:
+    """The remote of `session` sends a control packet: `bfd` holds the fields that differ
+    from Down / its discriminator / your_disc 0 / mult 3 / 1 s timers; `frame` may change
+    the IPv4/UDP framing (`ttl`, `udp_len`, `truncate` = bytes kept after UDP)."""
+    pkt: Packet = {"from": session, "expect": expect}
     pkt.update(fields)
     if why:
         pkt["why"] = why
@@ -198,6 +225,58 @@ def build() -> dict[str, Any]:
     ], why="identity, TTL, nonce and future-sequence faults and ordinary traffic; C skips "
            "this round (answers it late)"))
 
+    s1, s2 = (s["my_disc"] for s in BFD_SESSIONS)
+    up1 = {"state": 3, "your_disc": s1}
+    steps.append({"op": "bfd", "packets": [
+        bfd("S1", bfd={"state": 1}, why="Down, your_disc 0: found by (source, port); the slot "
+                                        "is not UP: a digest"),
+        bfd("S1", bfd={"state": 1}, why="the same again: recorded, no digest"),
+        bfd("S1", bfd={"state": 2, "your_disc": s1, "desired_min_tx_us": 300_000,
+                       "required_min_rx_us": 250_000},
+            why="Init: found by our discriminator; state and timers changed: a digest"),
+        bfd("S1", bfd={**up1, "flags": 0x20, "desired_min_tx_us": 300_000,
+                       "required_min_rx_us": 250_000},
+            why="Up with a Poll: a digest (state), bfd_final_due set"),
+        bfd("S1", bfd={**up1, "flags": 0x10, "desired_min_tx_us": 300_000,
+                       "required_min_rx_us": 250_000}, why="F: a digest although nothing changed"),
+        bfd("S1", bfd={**up1, "diag": 3, "detect_mult": 5, "desired_min_tx_us": 300_000,
+                       "required_min_rx_us": 250_000}, why="diag and detect mult: a digest"),
+        bfd("S1", "BFD_TRUNCATED", bfd=up1, frame={"truncate": 23}, why="one byte short"),
+        bfd("S1", "BFD_TRUNCATED", frame={"truncate": 0}, why="UDP header only"),
+        bfd("S1", "BFD_TRUNCATED", bfd={**up1, "version": 0}, frame={"truncate": 12},
+            why="truncated wins over a bad version"),
+        bfd("S1", "BFD_BAD_VERSION", bfd={**up1, "version": 0}),
+        bfd("S1", "BFD_BAD_VERSION", bfd={**up1, "version": 2, "detect_mult": 0},
+            why="version is checked before the other rules"),
+        bfd("S1", "BFD_MALFORMED", bfd={**up1, "length": 23}),
+        bfd("S1", "BFD_MALFORMED", bfd={**up1, "length": 25}, why="longer than the payload"),
+        bfd("S1", "BFD_MALFORMED", bfd=up1, frame={"udp_len": 30},
+            why="length 24 > UDP length 30 - 8"),
+        bfd("S1", "BFD_MALFORMED", bfd={**up1, "detect_mult": 0}),
+        bfd("S1", "BFD_MALFORMED", bfd={**up1, "flags": 0x01}, why="M bit"),
+        bfd("S1", "BFD_MALFORMED", bfd={**up1, "flags": 0x04}, why="A bit: no authentication"),
+        bfd("S1", "BFD_MALFORMED", bfd={**up1, "my_disc": 0}),
+        bfd("S1", "BFD_MALFORMED", bfd={"state": 3}, why="Up with your_disc 0"),
+        bfd("S1", "BFD_MALFORMED", bfd={"state": 2}, why="Init with your_disc 0"),
+        bfd("S1", "BFD_MALFORMED", bfd={**up1, "detect_mult": 0}, frame={"ttl": 254},
+            why="malformed is checked before the TTL"),
+        bfd("S1", "BFD_BAD_TTL", bfd=up1, frame={"ttl": 254}, why="one router away"),
+        bfd("S1", "BFD_BAD_TTL", bfd={"state": 3, "your_disc": UNKNOWN_DISC},
+            frame={"ttl": 64}, why="the TTL is checked before the lookup"),
+        bfd("S1", "BFD_UNKNOWN_DISCRIMINATOR", bfd={"state": 3, "your_disc": UNKNOWN_DISC},
+            why="from S1's own address and port: your_disc alone decides"),
+        bfd("S1", "BFD_UNKNOWN_PEER", port=2, why="S1's address on the other port (RFC 5881 "
+                                                  "section 3: source and interface)"),
+        bfd("S1", "BFD_UNKNOWN_PEER", src_ip=STRANGER_IP),
+        bfd("S1", "BFD_RECORDED", bfd={**up1, "diag": 3, "detect_mult": 5,
+                                       "desired_min_tx_us": 300_000,
+                                       "required_min_rx_us": 250_000},
+            why="steady Up after the discards: recorded, no digest"),
+        bfd("S2", bfd={"state": 0, "diag": 7, "desired_min_tx_us": 0, "required_min_rx_us": 0},
+            why="AdminDown from S2 (our discriminator 0xFFFFFFFF): a digest"),
+        bfd("S2", bfd={"state": 2, "your_disc": s2}, why="Init: found by 0xFFFFFFFF"),
+    ], "why": "BFD control packets of the remotes of S1 and S2 (docs/bfd.md \"Receive\")"})
+
     steps.append(rnd("r4", 4, [
         a_answer(4, "r4"),
         ans("C", "r4", "BAD_TTL", load=2, frame={"ttl": 254},
@@ -311,6 +390,7 @@ def build() -> dict[str, Any]:
         "fanout_group": 1,
         "peers": PEERS,
         "extra_replicas": EXTRA_REPLICAS,
+        "bfd_sessions": BFD_SESSIONS,
         "digest": {"max_timeout_ns": 0, "max_list_size": 1, "ack_timeout_ns": 1_000_000_000},
         "steps": steps,
     }
