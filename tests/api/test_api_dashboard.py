@@ -8,6 +8,7 @@ build/screenshots/ for people to look at.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -198,4 +199,37 @@ def test_dashboard_asks_for_a_token_when_reads_are_closed(
     page.wait_for_selector('[data-name="peer-0002"]')
     states: Any = tile_states(page)
     assert set(states) == {"peer-0000", "peer-0001", "peer-0002"}
+    page.close()
+
+
+def test_dashboard_shows_bfd_sessions(browser: Browser, make_server: ProductFactory) -> None:
+    """A BFD session (issue 13, docs/bfd.md) is a tile like any peer, marked BFD, with its
+    session and remote state where a heartbeat peer shows RTT; its details show the
+    discriminators and the negotiated intervals. The remote is the memory target's
+    answering one (it follows our state: Down -> Init -> Up)."""
+    run = make_server(dashboard_refresh=0.5)
+    with run.client() as c:
+        r = c.post("/api/v1/peers", json={"name": "rtr-1", "kind": "bfd",
+                                          "address": "198.19.7.2", "port": 1,
+                                          "mac": "02:00:00:00:07:02",
+                                          "desired_min_tx_ms": 50, "required_min_rx_ms": 50})
+        assert r.status_code == 201, r.text
+    w = open_page(browser, run)
+    page = w.page
+    page.wait_for_selector('[data-name="rtr-1"] .kind', timeout=10_000)
+    assert page.inner_text('[data-name="rtr-1"] .kind') == "BFD"
+    peers, _ = run.slot("rtr-1")
+    deadline = time.monotonic() + 15
+    while page.inner_text('[data-name="rtr-1"] .rtt') != "UP/UP":
+        assert time.monotonic() < deadline, page.inner_html('[data-name="rtr-1"]')
+        peers.dp.run_bfd_rounds(1)  # the BFD fan-out's ticks (the device's timer)
+        page.wait_for_timeout(50)
+    page.wait_for_selector('[data-name="rtr-1"][data-state="UP"]', timeout=10_000)
+    page.click('[data-name="rtr-1"]')
+    page.wait_for_selector("#detail:not([hidden]) dl.bfd", timeout=10_000)
+    detail = page.inner_text("#detail")
+    peer = run.service.get_peer("rtr-1")
+    disc = run.service.drivers[peer.switch].guard.discriminator(peer)
+    assert "BFD session" in detail and str(disc) in detail and "150 ms" in detail
+    assert w.errors == []
     page.close()
