@@ -57,6 +57,20 @@ def test_peers_add_list_rm(api: Product) -> None:
     assert api.store.list_peers() == []
 
 
+def test_peers_add_bfd(api: Product) -> None:
+    """A BFD session (issue 13): no --peer-id, its timers; a timer out of range is the
+    server's 422 naming the field."""
+    r = run(api, "peers", "add", "rtr-1", "--kind", "bfd", "--address", "198.18.3.7",
+            "--mac", "02:00:00:00:03:07", "--port", "2", "--desired-min-tx-ms", "50")
+    assert r.exit_code == 0, r.output
+    stored = api.store.get_peer("rtr-1")
+    assert (stored.kind, stored.peer_id, stored.desired_min_tx_ms,
+            stored.required_min_rx_ms) == ("bfd", 0, 50, 300)
+    r = run(api, "peers", "add", "rtr-2", "--kind", "bfd", "--address", "198.18.3.8",
+            "--port", "2", "--required-min-rx-ms", "0")
+    assert r.exit_code == 1 and "'required_min_rx_ms'" in r.output and "422" in r.output
+
+
 def test_peers_add_from_file(api: Product, tmp_path: Path) -> None:
     peers = [p.to_dict() for p in make_peers(25)]
     yaml_file = tmp_path / "peers.yaml"

@@ -293,11 +293,16 @@ def _load_peer_file(path: str) -> list[dict[str, Any]]:
 @click.option("--label", "labels", multiple=True, help="key=value (repeatable)")
 @click.option("--detect-mult", type=int, help="Misses before DOWN (default: switch's)")
 @click.option("--admin-down", is_flag=True, help="Add without monitoring")
+@click.option("--kind", type=click.Choice(["heartbeat", "bfd"]), default="heartbeat",
+              show_default=True, help="bfd: an RFC 5880 BFD neighbour (no --peer-id)")
+@click.option("--desired-min-tx-ms", type=int, help="BFD: desired min TX interval (300)")
+@click.option("--required-min-rx-ms", type=int, help="BFD: required min RX interval (300)")
 @click.option("--file", "file_", type=click.Path(exists=True, dir_okay=False),
               help="JSON/YAML list of peers: added all or nothing")
 def peers_add(client: ApiClient, name: str | None, address: str | None, peer_id: int | None,
               mac: str | None, port: int | None, switch: str, group: str | None,
               labels: tuple[str, ...], detect_mult: int | None, admin_down: bool,
+              kind: str, desired_min_tx_ms: int | None, required_min_rx_ms: int | None,
               file_: str | None) -> None:
     """Add one peer (NAME and options) or many (--file)."""
     if file_:
@@ -309,13 +314,19 @@ def peers_add(client: ApiClient, name: str | None, address: str | None, peer_id:
         return
     if not name:
         raise click.UsageError("NAME is required (or --file)")
-    missing = [opt for opt, value in (("--address", address), ("--peer-id", peer_id),
-                                      ("--port", port)) if value is None]
+    required = [("--address", address), ("--port", port)]
+    if kind == "heartbeat":
+        required.append(("--peer-id", peer_id))
+    missing = [opt for opt, value in required if value is None]
     if missing:
         raise click.UsageError(f"missing {', '.join(missing)}")
     body: dict[str, Any] = {"name": name, "address": address, "peer_id": peer_id, "mac": mac,
                             "port": port, "switch": switch, "labels": _parse_labels(labels),
-                            "admin_down": admin_down}
+                            "admin_down": admin_down, "kind": kind}
+    for key, value in (("desired_min_tx_ms", desired_min_tx_ms),
+                       ("required_min_rx_ms", required_min_rx_ms)):
+        if value is not None:
+            body[key] = value
     if group:
         body["group"] = group
     if detect_mult is not None:
