@@ -21,7 +21,6 @@ and the store's schema 3 -> 4 migration.
 from __future__ import annotations
 
 import socket
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +30,7 @@ from typing import Any
 
 import httpx
 import pytest
+from ha.test_replica_parts import _raw, url  # noqa: F401  (url: both backends)
 from hbmon.bfd_packet import PORT, ControlPacket, Diag, Flag, State
 from hbmon.config import DEFAULT_P4INFO, parse_config
 from hbmon.controller.fabric import Fabric
@@ -272,12 +272,12 @@ def test_remote_timer_change_is_followed(target: MemoryTarget) -> None:
 def test_restart_repushes_the_sessions(target: MemoryTarget, tmp_path: Path) -> None:
     """A restarted controller starts its sessions from Down (the table says Up): the
     reconcile writes that, and the handshake runs again; a peer removed leaves nothing."""
-    url = f"sqlite:///{tmp_path / 'hbmon.db'}"
+    db = f"sqlite:///{tmp_path / 'hbmon.db'}"
     data = config(target.address, bfd_peer(), bfd_peer("r2", 3))
-    with running(target, data, url) as s:
+    with running(target, data, db) as s:
         s.up("r1")
         index = s.index("r1")
-    with running(target, data, url) as s:
+    with running(target, data, db) as s:
         assert s.index("r1") == index
         assert s.request("r1")["state"] == State.DOWN
         s.up("r1")
@@ -368,44 +368,53 @@ def test_events_record_bfd_transitions(target: MemoryTarget) -> None:
 # ---- the store ------------------------------------------------------------------------
 
 
-def test_schema_3_is_migrated(tmp_path: Path) -> None:
+def test_schema_3_is_migrated(url: str) -> None:  # noqa: F811
     """Schema 4 adds kind and the BFD timers and lets peer_id be NULL (SQLite rebuilds the
-    table); a schema-3 database keeps its heartbeat peers."""
-    path = tmp_path / "old.db"
-    with open_store(f"sqlite:///{path}") as store:
+    table, PostgreSQL alters it); a schema-3 database keeps its heartbeat peers and takes
+    several peer_id-less BFD peers on one switch."""
+    with open_store(url) as store:
         store.add_peers([Peer("a", "198.18.1.1", 1, "02:00:00:00:00:01", 1, "s1", index=0)])
-    raw = sqlite3.connect(path)
+        store.mark_programmed("s1", ["a"], 12.5)
+    raw = _raw(url)
     try:  # back to schema 3: no kind or timers, peer_id NOT NULL
-        raw.execute("ALTER TABLE peers RENAME TO old")
-        raw.execute("CREATE TABLE peers (name TEXT PRIMARY KEY, switch TEXT NOT NULL, "
-                    "address TEXT NOT NULL, peer_id INTEGER NOT NULL, mac TEXT, "
-                    "port INTEGER NOT NULL, grp TEXT, labels TEXT NOT NULL DEFAULT '{}', "
-                    "detect_mult INTEGER, admin_down INTEGER NOT NULL DEFAULT 0, "
-                    "idx INTEGER, programmed_at REAL, "
-                    "CONSTRAINT peers_switch_address UNIQUE (switch, address), "
-                    "CONSTRAINT peers_switch_peer_id UNIQUE (switch, peer_id))")
-        raw.execute("INSERT INTO peers SELECT name, switch, address, peer_id, mac, port, grp, "
-                    "labels, detect_mult, admin_down, idx, programmed_at FROM old")
-        raw.execute("DROP TABLE old")
+        if url.startswith("sqlite:"):
+            raw.execute("ALTER TABLE peers RENAME TO old")
+            raw.execute("CREATE TABLE peers (name TEXT PRIMARY KEY, switch TEXT NOT NULL, "
+                        "address TEXT NOT NULL, peer_id INTEGER NOT NULL, mac TEXT, "
+                        "port INTEGER NOT NULL, grp TEXT, labels TEXT NOT NULL DEFAULT '{}', "
+                        "detect_mult INTEGER, admin_down INTEGER NOT NULL DEFAULT 0, "
+                        "idx INTEGER, programmed_at REAL, "
+                        "CONSTRAINT peers_switch_address UNIQUE (switch, address), "
+                        "CONSTRAINT peers_switch_peer_id UNIQUE (switch, peer_id))")
+            raw.execute("INSERT INTO peers SELECT name, switch, address, peer_id, mac, port, "
+                        "grp, labels, detect_mult, admin_down, idx, programmed_at FROM old")
+            raw.execute("DROP TABLE old")
+            raw.execute("CREATE UNIQUE INDEX peers_switch_idx ON peers (switch, idx)")
+        else:
+            raw.execute("ALTER TABLE peers DROP COLUMN kind, DROP COLUMN desired_min_tx_ms, "
+                        "DROP COLUMN required_min_rx_ms")
+            raw.execute("ALTER TABLE peers ALTER COLUMN peer_id SET NOT NULL")
         raw.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
-        raw.commit()
+        with pytest.raises(Exception, match=r"(?i)not.null"):  # schema 3 refuses NULL
+            raw.execute("INSERT INTO peers (name, switch, address, peer_id, mac, port) "
+                        "VALUES ('x', 's1', '198.18.9.9', NULL, NULL, 1)")
     finally:
         raw.close()
     bfd = [Peer.from_dict({**bfd_peer(f"r{n}", n), "switch": "s1"}) for n in (2, 3)]
-    with open_store(f"sqlite:///{path}") as store:
+    with open_store(url) as store:
         store.add_peers(bfd)  # two peer_id-less peers on one switch
         found = {p.name: p for p in store.list_peers()}
+        assert store.programmed_at(["a"]) == {"a": 12.5}  # kept through the migration
     assert found["a"].kind == "heartbeat" and found["a"].peer_id == 1
     assert found["r2"].kind == "bfd" and found["r2"].peer_id == 0
     assert found["r3"].desired_min_tx_ms == 50 and found["r3"].detect_mult == 3
-    raw = sqlite3.connect(path)
+    raw = _raw(url)
     try:
         assert int(raw.execute("SELECT value FROM meta WHERE key = 'schema_version'")
                    .fetchone()[0]) == SCHEMA_VERSION == 4
         assert raw.execute("SELECT peer_id FROM peers WHERE name = 'r2'").fetchone() == (None,)
     finally:
         raw.close()
-
 
 
 # ---- live: the BPF data plane (hbmon-kernel-target) on a veth into a namespace ------------
