@@ -41,7 +41,8 @@ from .player import Observation, StepObs
 # bmv2 counts standard_metadata.packet_length, fixed at ingress, so the 4-byte packet_out
 # header the template arrived with is in every replica's count (74 per request); the kernel
 # target counts the frame that leaves (70). Their packet counts are compared like any other.
-FANOUT_REASONS = frozenset({Reason.REQUEST_SENT, Reason.REQUEST_NO_PEER, Reason.BAD_TEMPLATE})
+FANOUT_REASONS = frozenset({Reason.REQUEST_SENT, Reason.REQUEST_NO_PEER, Reason.BAD_TEMPLATE,
+                            Reason.BFD_SENT})  # a BFD control packet: 70 bytes vs 66
 
 FRAME_LEN = 14 + 20 + 8 + HEADER_LEN
 
@@ -89,6 +90,15 @@ def run_model(trace: dict[str, Any], obs: Observation) -> list[Expected]:
                 hi = (sent.t_counted or so.t_done) - rnd.t_po
                 arrival = Span(max(txs) + max(0, lo - slack(lo)), min(txs) + hi + slack(hi))
                 reasons.append(model.bfd(sent.frame, sent.port, arrival))
+        elif op == "bfd_round":
+            # the replicas left between the PacketOut and the last capture: in target time,
+            # after the anchor round's requests by at least the host time between them
+            assert so.anchor is not None
+            rnd = obs.rounds[so.anchor]
+            txs = [r.tx_us for r in rnd.requests.values()]
+            lo, hi = so.t_po - rnd.t_cap, so.t_cap - rnd.t_po
+            model.bfd_fan_out(Span(max(txs) + max(0, lo - slack(lo)), min(txs) + hi + slack(hi)),
+                              digests)
         elif op == "reset_slot":
             model.reset_slot(peers[step["peer"]]["index"])
         elif op == "delete":
@@ -184,7 +194,10 @@ def check_model(trace: dict[str, Any], obs: Observation,
         for index, slot in exp.slots.items():
             cells = {n: so.cells[n][index] for n in REGISTERS}
             for n in EXACT_REGISTERS:
-                if cells[n] != slot.exact[n]:
+                if n == "hb_last_tx_us" and slot.tx_time is not None:  # a BFD slot's
+                    if cells[n] not in slot.tx_time:
+                        diffs.append(f"{w}: {n}[{index}] = {cells[n]}, model {slot.tx_time}")
+                elif cells[n] != slot.exact[n]:
                     diffs.append(f"{w}: {n}[{index}] = {cells[n]}, model {slot.exact[n]}")
             for n in TIME_REGISTERS:
                 if cells[n] not in slot.time[n]:
@@ -200,8 +213,43 @@ def check_model(trace: dict[str, Any], obs: Observation,
                                  f"but hb_last_rx_us - echoed = {want_rtt}")
             diffs += _rtt_order(w, index, cells)
         diffs += _check_digests(w, so, exp)
+        diffs += _check_bfd_control(w, trace, so, exp)
     if not obs.problem and obs.full:
         diffs += _check_full(obs)
+    return diffs
+
+
+def _check_bfd_control(w: str, trace: dict[str, Any], so: StepObs, exp: Expected,
+                       ) -> list[str]:
+    """Each BFD control packet is the template rewritten for its session (docs/bfd.md
+    "Transmit" 3) with the payload the model says (your_disc learned, F when owed)."""
+    mon = trace["monitor"]
+    sessions = {s["index"]: s for s in trace.get("bfd_sessions", [])}
+    diffs = []
+    got_names = set(so.bfd_control)
+    want_names = {sessions[i]["name"] for i in exp.bfd_control}
+    if got_names != want_names:
+        diffs.append(f"{w}: BFD control packets to {sorted(got_names)}, model "
+                     f"{sorted(want_names)}")
+    for index, payload in exp.bfd_control.items():
+        s = sessions[index]
+        f = so.bfd_control.get(s["name"])
+        if f is None:
+            continue
+        want = {"dst_mac": s["mac"].replace(":", ""), "src_mac": mon["mac"].replace(":", ""),
+                "dst_ip": ip_int(s["ip"]), "src_ip": ip_int(mon["ip"]), "ttl": SEND_TTL,
+                "ip_total_len": 52, "ip_csum_ok": True,
+                "udp": (49152 + index % 16384, 3784, 32, 0), "payload": payload.hex()}
+        got = {"dst_mac": f[0:6].hex(), "src_mac": f[6:12].hex(),
+               "dst_ip": int.from_bytes(f[30:34], "big"),
+               "src_ip": int.from_bytes(f[26:30], "big"), "ttl": f[22],
+               "ip_total_len": struct.unpack_from("!H", f, 16)[0],
+               "ip_csum_ok": _csum_ok(f[14:34]), "udp": struct.unpack_from("!HHHH", f, 34),
+               "payload": f[42:].hex()}
+        for k, v in want.items():
+            if got[k] != v:
+                diffs.append(f"{w}: BFD control packet to {s['name']}: {k} {got[k]!r}, "
+                             f"want {v!r}")
     return diffs
 
 
@@ -316,6 +364,10 @@ def compare_targets(a: Observation, b: Observation) -> list[str]:
         fb = sorted(tuple(d[k] for k in BFD_DIGEST_KEYS) for d in sb.digests if _is_bfd(d))
         if fa != fb:
             diffs.append(f"{w}: bfd_event_t digests {fa} vs {fb}")
+        if sa.bfd_control != sb.bfd_control:
+            diffs.append(f"{w}: BFD control packets differ: "
+                         f"{ {k: v.hex() for k, v in sa.bfd_control.items()} } vs "
+                         f"{ {k: v.hex() for k, v in sb.bfd_control.items()} }")
         for name in sorted(set(sa.requests) | set(sb.requests)):
             ra, rb = sa.requests.get(name), sb.requests.get(name)
             if ra is None or rb is None:

@@ -182,6 +182,8 @@ class Slot:
     # the echoed tx of the last fresh response, and whether it was ahead of any arrival
     last_echoed: int | None = None
     last_future: bool = False
+    # a BFD slot's hb_last_tx_us: no packet carries it, so only known to lie in a window
+    tx_time: Span | None = None
 
 
 @dataclass
@@ -193,6 +195,7 @@ class Expected:
     slots: dict[int, Slot]
     digests: list[Digest]
     bfd_digests: list[BfdDigest]
+    bfd_control: dict[int, bytes]  # index -> the control packet (UDP payload) it must send
     packet_reasons: list[Reason | None]  # per packet sent in the step, None = ordinary
 
 
@@ -213,8 +216,12 @@ class Model:
         self.bfd_by_disc = {s["my_disc"]: s["index"] for s in trace.get("bfd_sessions", [])}
         self.bfd_by_peer = {(ip_int(s["ip"]), s["port"]): s["index"]
                             for s in trace.get("bfd_sessions", [])}
-        for s in trace.get("bfd_sessions", []):
-            self.slots.setdefault(s["index"], Slot())
+        self.bfd_requests = {s["index"]: s for s in trace.get("bfd_sessions", [])}
+        self.bfd_replicas = [s["index"] for s in trace.get("bfd_sessions", [])]
+        self.bfd_replicas += [r["instance"] for r in trace.get("bfd_extra_replicas", [])]
+        self.bfd_control: dict[int, bytes] = {}  # sent in the current step
+        for index in self.bfd_replicas:
+            self.slots.setdefault(index, Slot())
         self.reason_bytes.update(dict.fromkeys((int(r) for r in BFD_RECEIVE_REASONS), 0))
         for p in trace["peers"]:
             self.insert_peer(p, tables=("peers", "peer_ids", "peer_requests"))
@@ -418,12 +425,43 @@ class Model:
         self.reason_bytes[reason] += len(frame)
         return reason
 
+    def bfd_fan_out(self, now: Span, digests: list[Digest]) -> None:
+        """One valid BFD template to group 2 (docs/bfd.md "Transmit"): every replica, in the
+        doc's order (detection, due, rewrite); `now`: when the replicas left (target µs)."""
+        for index in self.bfd_replicas:
+            session = self.bfd_requests.get(index)
+            if session is None:
+                self.reasons[Reason.REQUEST_NO_PEER] += 1
+                continue
+            tx = session["tx"]
+            slot = self.slots[index]
+            e, b = slot.exact, slot.bfd
+            if tx["detect_time_us"] and e["hb_state"] == PlaneState.UP:
+                # the trace only uses 1 µs: any replica after the last packet finds it expired
+                assert tx["detect_time_us"] == 1, "the model cannot place longer ones"
+                e["hb_state"] = PlaneState.DOWN
+                digests.append(Digest(index, PlaneState.DOWN, e["hb_last_seq"], now))
+                self.reasons[Reason.PEER_DOWN_EVENT] += 1
+            # due: tx_interval_us 0 in the trace: always (the jitter is below 0 + 1)
+            assert tx["tx_interval_us"] == 0, "the model cannot predict the jitter"
+            flags = tx["flags"] | (0x10 if b["bfd_final_due"] else 0)
+            self.bfd_control[index] = struct.pack(
+                "!BBBBIIIII", 0x20 | tx["diag"], tx["state"] << 6 | flags, tx["detect_mult"],
+                BFD_LEN, session["my_disc"], b["bfd_remote_disc"], tx["desired_min_tx_us"],
+                tx["required_min_rx_us"], 0)
+            b["bfd_final_due"] = 0
+            e["hb_tx_count"] = (e["hb_tx_count"] + 1) & U32
+            slot.tx_time = now
+            self.reasons[Reason.BFD_SENT] += 1
+
     def expected(self, digests: list[Digest], packet_reasons: list[Reason | None]) -> Expected:
-        snap = {i: Slot(dict(s.exact), dict(s.bfd), dict(s.time), s.last_echoed, s.last_future)
+        snap = {i: Slot(dict(s.exact), dict(s.bfd), dict(s.time), s.last_echoed, s.last_future,
+                        s.tx_time)
                 for i, s in self.slots.items()}
         bfd_digests, self.bfd_digests = self.bfd_digests, []
+        bfd_control, self.bfd_control = self.bfd_control, {}
         return Expected(list(self.reasons), dict(self.reason_bytes), snap, list(digests),
-                        bfd_digests, list(packet_reasons))
+                        bfd_digests, bfd_control, list(packet_reasons))
 
 
 def ip_int(text: str) -> int:

@@ -3,12 +3,13 @@
 A target is bmv2 (`simple_switch_grpc`, registers over its Thrift runtime) or the kernel
 target (`hbmon-kernel-target`, registers over P4Runtime); both sit on the two root-namespace
 ports of a bpf_lab.Lab, are programmed identically over P4Runtime (peers, peer_ids,
-peer_requests, multicast group 1, the BFD sessions' bfd_sessions / bfd_peers entries, both
-digests) and are stopped by PID.
+peer_requests, multicast group 1, the BFD sessions' bfd_sessions / bfd_peers / bfd_requests
+entries and group 2, both digests) and are stopped by PID.
 
 Per step the player sends what the script says, then waits - by polling, with a deadline -
 until the target has visibly dealt with all of it:
-  - every request of a round captured in the peers' namespaces;
+  - every request of a round (every control packet of a BFD round) captured in the peers'
+    namespaces;
   - the response-classification reasons summing to the heartbeats sent so far, and the
     fan-out reasons to rounds x replicas (plus bad templates);
   - as many digests received as PEER_UP_EVENT + PEER_DOWN_EVENT + BFD_EVENT counted.
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from hbmon.bfd_packet import PORT as BFD_PORT
-from hbmon.bfd_packet import SOURCE_PORT_BASE, ControlPacket, State
+from hbmon.bfd_packet import SOURCE_PORT_BASE, ControlPacket, State, template_payload
 from hbmon.dataplane import targets
 from hbmon.dataplane.registers import Bmv2ThriftRegisterAccess, bmv2_register_names
 from hbmon.p4 import (
@@ -118,6 +119,10 @@ class StepObs:
     sent: list[Sent] = field(default_factory=list)
     templates: list[bytes] = field(default_factory=list)  # bad templates sent
     direct: list[tuple[int, bytes, bool]] = field(default_factory=list)  # port, frame, seen
+    bfd_control: dict[str, bytes] = field(default_factory=dict)  # session -> control packet
+    t_po: int = 0  # a BFD round: host µs just before its PacketOut
+    t_cap: int = 0  # and once every control packet was captured
+    anchor: str | None = None  # a BFD round: the last heartbeat round before it
     digests: list[dict[str, int]] = field(default_factory=list)
     reasons: list[tuple[int, int]] = field(default_factory=list)  # (packets, bytes) by code
     cells: dict[str, dict[int, int]] = field(default_factory=dict)
@@ -276,6 +281,19 @@ def bfd_frame(trace: dict[str, Any], pkt: dict[str, Any]) -> tuple[int, bytes]:
         sport=SOURCE_PORT_BASE, dport=BFD_PORT, payload=payload, udp_len=spec.get("udp_len"),
         ttl=spec.get("ttl", 255))
     return pkt.get("port", session["port"]), frame
+
+
+def bfd_template_frame(trace: dict[str, Any]) -> bytes:
+    """The group-2 template (docs/bfd.md "Transmit"), tick 0: this round only."""
+    mon = trace["monitor"]
+    return heartbeat_frame(src_mac=mac_int(mon["mac"]), dst_mac=0, src_ip=ip_int(mon["ip"]),
+                           dst_ip=0, sport=SOURCE_PORT_BASE, dport=BFD_PORT,
+                           payload=template_payload(0))
+
+
+def is_bfd_control(frame: bytes) -> bool:
+    return (len(frame) >= 14 + 20 + 8 and frame[12:14] == b"\x08\x00" and frame[23] == 17
+            and frame[36:38] == struct.pack("!H", BFD_PORT))
 
 
 def is_request(frame: bytes) -> bool:
@@ -445,7 +463,15 @@ def program(target: Target, trace: dict[str, Any]) -> None:
             TableEntry("HbIngress.bfd_sessions", {"your_disc": s["my_disc"]},
                        "HbIngress.set_bfd_session", {"index": s["index"]}),
             TableEntry("HbIngress.bfd_peers", {"src_addr": ip_int(s["ip"]), "port": s["port"]},
-                       "HbIngress.set_bfd_session", {"index": s["index"]})]
+                       "HbIngress.set_bfd_session", {"index": s["index"]}),
+            TableEntry("HbEgress.bfd_requests", {"index": s["index"]}, "HbEgress.bfd_control",
+                       {"dst_mac": mac_int(s["mac"]), "dst_addr": ip_int(s["ip"]),
+                        "src_port": SOURCE_PORT_BASE + s["index"] % 16384,
+                        "my_disc": s["my_disc"], **s["tx"]})]
+    if trace.get("bfd_sessions"):
+        bfd_replicas = [Replica(s["port"], s["index"]) for s in trace["bfd_sessions"]]
+        bfd_replicas += [Replica(r["port"], r["instance"]) for r in trace["bfd_extra_replicas"]]
+        entities.append(MulticastGroup(trace["bfd_group"], tuple(bfd_replicas)))
     for name in ("peer_event_t", "bfd_event_t"):
         entities.append(DigestEntry(name, d["max_timeout_ns"], d["max_list_size"],
                                     d["ack_timeout_ns"]))
@@ -486,7 +512,8 @@ class Player:
                                                   for port in trace["ports"]}
         self.used = sorted({p["index"] for p in trace["peers"]}
                            | {r["instance"] for r in trace["extra_replicas"]}
-                           | {s["index"] for s in trace.get("bfd_sessions", [])})
+                           | {s["index"] for s in trace.get("bfd_sessions", [])}
+                           | {r["instance"] for r in trace.get("bfd_extra_replicas", [])})
         self.replicas = len(trace["peers"]) + len(trace["extra_replicas"])
         self.with_request: set[str] = {p["name"] for p in trace["peers"]}
         self.obs = Observation(target.name, used_indexes=self.used)
@@ -572,6 +599,34 @@ class Player:
             self.heartbeats_sent += 1
             sent.t_counted = self._wait_counted()
 
+    def _bfd_round(self, step: dict[str, Any], obs: StepObs) -> None:
+        """The group-2 template; every session's control packet captured (each is due)."""
+        assert self.target.client is not None
+        for cap in self.captures.values():
+            obs.unexpected += pending(cap)
+        sessions = self.trace["bfd_sessions"]
+        by_ip = {ip_int(s["ip"]): s for s in sessions}
+        obs.anchor = list(self.obs.rounds)[-1]
+        obs.t_po = now_us()
+        self.target.client.packet_out(PacketOut(bfd_template_frame(self.trace), {
+            "egress_port": 0, "mcast_grp": self.trace["bfd_group"]}))
+        want: dict[int, int] = {}
+        for s in sessions:
+            want[s["port"]] = want.get(s["port"], 0) + 1
+        for port, n in want.items():
+            frames = self.captures[port].frames(partial(at_least, n), is_bfd_control,
+                                                timeout_s=STEP_DEADLINE_S)
+            for f in frames:
+                s = by_ip.get(int.from_bytes(f[30:34], "big"))
+                if s is None or s["name"] in obs.bfd_control:
+                    obs.unexpected.append(f)
+                    continue
+                obs.bfd_control[s["name"]] = f
+            if len(frames) < n:
+                raise StepTimeout(f"{len(frames)} of {n} BFD control packets on port {port}")
+        obs.t_cap = now_us()
+        self.fanout_reasons += len(sessions) + len(self.trace["bfd_extra_replicas"])
+
     def _wait_counted(self) -> int:
         deadline = time.monotonic() + STEP_DEADLINE_S
         while True:
@@ -621,7 +676,8 @@ class Player:
         while True:
             reasons = self.target.reasons()
             classified = sum(reasons[r][0] for r in CLASSIFIED)
-            fanout = reasons[Reason.REQUEST_SENT][0] + reasons[Reason.REQUEST_NO_PEER][0]
+            fanout = (reasons[Reason.REQUEST_SENT][0] + reasons[Reason.REQUEST_NO_PEER][0]
+                      + reasons[Reason.BFD_SENT][0])
             bad = reasons[Reason.BAD_TEMPLATE][0]
             events = (reasons[Reason.PEER_UP_EVENT][0] + reasons[Reason.PEER_DOWN_EVENT][0]
                       + reasons[Reason.BFD_EVENT][0])

@@ -32,11 +32,16 @@ while it goes DOWN, then a real answer. G has GTSM off: TTL 1 is fine.
 | G | 2 | 2 | 1007 | 3 | 0 | slot reset in the middle, then answers an old round; TTL 1 |
 | H | 1 | 1 | 1008 | 255 | 0 | its `peers` entry removed (answers SPOOFED), then restored |
 
-BFD sessions (docs/bfd.md, receive side: `bfd_sessions` and `bfd_peers` entries, no
-`bfd_requests`, no group 2): S1 (index 20, port 1) and S2 (index 21, port 2). One `bfd` step
-after round r3 sends their remotes' control packets: found by (source, port) while
-your_disc is 0, then by our discriminator; a digest only on a change, F, or a slot not UP;
-then every discard reason of checks 1-6 in order.
+BFD sessions (docs/bfd.md): S1 (index 20, port 1) and S2 (index 21, port 2), each with
+`bfd_sessions`, `bfd_peers` and `bfd_requests` entries and a replica in group 2 (plus one
+replica, port 2 instance 22, without `bfd_requests`: REQUEST_NO_PEER). One `bfd` step after
+round r3 sends their remotes' control packets: found by (source, port) while your_disc is
+0, then by our discriminator; a digest only on a change, F, or a slot not UP; then every
+discard reason of checks 1-6 in order. Two `bfd_round` steps then send the group-2 template
+(tick 0: one round): every session is due on every round (tx_interval_us 0: due-gating's
+random jitter is the PTF suite's business), S1's first packet carries F (its remote polled)
+and the second not, S2 (detection time 1 µs, UP since its remote's packet) goes DOWN at the
+first round, once.
 
 Group 1 also holds a replica (port 1, instance 9) for an index without `peer_requests`:
 every round counts one REQUEST_NO_PEER. Round sequences walk across 2^32 (0 .. 8, then
@@ -82,12 +87,21 @@ for _n, _p in enumerate(PEERS, start=1):
 EXTRA_REPLICAS = [{"port": 1, "instance": 9}]  # no peer_requests entry: REQUEST_NO_PEER
 
 # BFD sessions: `my_disc` is our discriminator (the bfd_sessions key), `remote` the remote's.
+# `tx`: the session's bfd_control params besides the addresses (docs/bfd.md "P4Info").
 BFD_SESSIONS: list[dict[str, Any]] = [
     {"name": "S1", "index": 20, "port": 1, "ip": "198.18.1.20", "mac": "02:cc:00:00:01:14",
-     "my_disc": 0x5EED0015, "remote": 0x0BFD0001},
+     "my_disc": 0x5EED0015, "remote": 0x0BFD0001,
+     "tx": {"state": 3, "diag": 0, "flags": 0, "detect_mult": 3,
+            "desired_min_tx_us": 300_000, "required_min_rx_us": 250_000,
+            "tx_interval_us": 0, "detect_time_us": 0}},
     {"name": "S2", "index": 21, "port": 2, "ip": "198.18.2.21", "mac": "02:cc:00:00:01:15",
-     "my_disc": 0xFFFFFFFF, "remote": 0x0BFD0002},
+     "my_disc": 0xFFFFFFFF, "remote": 0x0BFD0002,
+     "tx": {"state": 1, "diag": 1, "flags": 0x20, "detect_mult": 4,
+            "desired_min_tx_us": 1_000_000, "required_min_rx_us": 1_000_000,
+            "tx_interval_us": 0, "detect_time_us": 1}},
 ]
+BFD_GROUP = 2
+BFD_EXTRA_REPLICAS = [{"port": 2, "instance": 22}]  # no bfd_requests entry: REQUEST_NO_PEER
 UNKNOWN_DISC = 0x0BADD15C  # a discriminator no session has
 
 
@@ -276,6 +290,9 @@ def build() -> dict[str, Any]:
             why="AdminDown from S2 (our discriminator 0xFFFFFFFF): a digest"),
         bfd("S2", bfd={"state": 2, "your_disc": s2}, why="Init: found by 0xFFFFFFFF"),
     ], "why": "BFD control packets of the remotes of S1 and S2 (docs/bfd.md \"Receive\")"})
+    steps.append({"op": "bfd_round", "why": "S1 answers its remote's Poll with F; S2's "
+                                            "detection time (1 µs) has passed: DOWN, sent"})
+    steps.append({"op": "bfd_round", "why": "no F any more; S2 stays DOWN without a digest"})
 
     steps.append(rnd("r4", 4, [
         a_answer(4, "r4"),
@@ -391,6 +408,8 @@ def build() -> dict[str, Any]:
         "peers": PEERS,
         "extra_replicas": EXTRA_REPLICAS,
         "bfd_sessions": BFD_SESSIONS,
+        "bfd_group": BFD_GROUP,
+        "bfd_extra_replicas": BFD_EXTRA_REPLICAS,
         "digest": {"max_timeout_ns": 0, "max_list_size": 1, "ack_timeout_ns": 1_000_000_000},
         "steps": steps,
     }
