@@ -147,13 +147,23 @@ def _detect(case: str, series: str, pct: str) -> tuple[Step, ...]:
     return ("cases", case, "down", series, pct)
 
 
+def _bfd_held(case: str) -> Callable[[dict[str, Any], Path], float | None]:
+    """The case's session count if they all stayed Up through the window (none: 0)."""
+    def derive(data: dict[str, Any], results: Path) -> float | None:
+        got = select(data, ("cases", case))
+        if not isinstance(got, dict) or "sessions" not in got:
+            return None
+        return float(got["sessions"]) if got.get("held") else 0.0
+    return derive
+
+
 def _bfd_metrics(case: str, label: str, detect_ref: Reference) -> tuple[Metric, ...]:
     """bench_bfd.py: hbmon's BFD sessions against FRR bfdd (issue 13), one case."""
     interval, mult = (float(x.removesuffix("ms")) for x in case.split("_x"))
     detect = Reference(f"RFC 5880 detection time, {label}", interval * mult, "RFC 5880 6.8.4")
     return (
         Metric("bfd", f"BFD sessions with FRR held, {label}", "sessions",
-               ("cases", case, "sessions"), references=(SONIC_SESSIONS,)),
+               derive=_bfd_held(case), references=(SONIC_SESSIONS,)),
         Metric("bfd", f"BFD cause (link cut / bfdd stopped) -> our DOWN, {label}, p50", "ms",
                ("cases", case, "detection_ms", "all", "p50"), better="lower",
                target=detect, references=(detect_ref,)),
