@@ -45,6 +45,7 @@ from hbmon import bfd_packet, protocol
 from hbmon.config import SwitchConfig
 from hbmon.controller.health import SLOT_FIELDS
 from hbmon.dataplane.inventory import (
+    BFD_REQUESTS_TABLE,
     IndexAllocator,
     PeerGuard,
     bfd_group,
@@ -501,6 +502,10 @@ class SwitchDriver:
                 self._write(INSERT, plan.insert, ignore="ALREADY_EXISTS")
             if plan.modify:
                 self._write(MODIFY, plan.modify)
+                # a session whose packets changed (admin state, timers: an API change)
+                # sends the change at the next tick, as push_bfd does
+                self._bfd_prompt([int(str(e.match["index"])) for e in plan.modify
+                                  if e.table == BFD_REQUESTS_TABLE])
             for action, group in plan.groups.values():
                 kind = {"insert": INSERT, "modify": MODIFY, "delete": DELETE}[action]
                 self.client.write([make_update(kind, group, self.schema)])
@@ -700,18 +705,25 @@ class SwitchDriver:
             try:
                 self.client.write(make_update(MODIFY, e, self.schema) for e in entries)
                 self.bfd_writes += len(entries)
-                assert self.registers is not None
-                with self._read_lock:
-                    self.registers.write_many([("hb_last_tx_us", i, 0) for i in indexes])
+                self._bfd_prompt(indexes)
             except Exception as exc:
                 log.warning("%s: updating BFD sessions %s failed (%s); reconciling",
                             self.name, list(names), exc)
                 self._setup_needed = True
                 self._wake.set()
                 return []
-            if not self.target_keeps_time:
-                self._bfd_changed.set()  # bmv2: the next template now
             return indexes
+
+    def _bfd_prompt(self, indexes: Sequence[int]) -> None:
+        """These sessions are due at the next tick (docs/bfd.md "Transmit" 2: their
+        hb_last_tx_us zeroed; bmv2 gets its next template now)."""
+        if not indexes:
+            return
+        assert self.registers is not None
+        with self._read_lock:
+            self.registers.write_many([("hb_last_tx_us", i, 0) for i in indexes])
+        if not self.target_keeps_time:
+            self._bfd_changed.set()
 
     # -- polling ----------------------------------------------------------------------------
 
