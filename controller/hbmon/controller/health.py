@@ -486,7 +486,9 @@ class HealthEngine:
         or DEGRADED and has answered): the dashboard's sparklines, without a `PeerHealth`
         per peer."""
         at = np.asarray(rows, np.intp)
-        answering = self._answering[at] & (self._slots[_RX, at] != 0) & self._has_slot[at]
+        # an externally judged peer (BFD) has no RTT: never a sample
+        answering = self._answering[at] & (self._slots[_RX, at] != 0) & self._has_slot[at] \
+            & ~self._external[at]
         return self._slots[_FIELD["rtt_last_us"], at].astype(np.int64), answering
 
     def columns(self, rows: npt.ArrayLike) -> dict[str, npt.NDArray[Any]]:

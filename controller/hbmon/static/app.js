@@ -144,7 +144,8 @@ function ingest(rows, { sample }) {
     const prev = st.peers.get(row.name);
     if (sample && row.health) {
       const ring = st.rtt.get(row.name) || [];
-      const answering = (row.state === "UP" || row.state === "DEGRADED") && row.health.rx_count > 0;
+      // a BFD session has no RTT: no samples (an empty sparkline, not a flat zero)
+      const answering = (row.state === "UP" || row.state === "DEGRADED") && row.health.rx_count > 0 && row.kind !== "bfd";
       ring.push(answering ? row.health.rtt_last_us : null);
       if (ring.length > MAX_SAMPLES) ring.splice(0, ring.length - MAX_SAMPLES);
       st.rtt.set(row.name, ring);
