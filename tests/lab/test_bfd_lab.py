@@ -44,6 +44,28 @@ def test_config_is_frr_syntax() -> None:
         "  transmit-interval 50", "  detect-multiplier 4", " exit", "exit"]
 
 
+def test_bfd_peers_in_the_generated_controller_config(tmp_path: Path) -> None:
+    """The stack's config carries BFD peers as docs/bfd.md "Controller" says, and
+    `hbmon serve`'s parser takes them (kind bfd, no peer_id, the timers)."""
+    from hbmon.config import parse_config
+    from hbmon_topo.stack import StackOptions, controller_config, expected_states
+
+    topo = star(1, bfd_peers=2, bfd=BfdTimers(50, 60, 4))
+    data = controller_config(topo, StackOptions(), grpc_addr="127.0.0.1:1",
+                             ports={1: "hbx1"}, store=f"sqlite:///{tmp_path / 'db'}",
+                             token_file=tmp_path / "token", api_port=0, thrift_port=None)
+    assert "peer_id" not in data["peers"][1]
+    config = parse_config(data, base=tmp_path)
+    assert [(p.name, p.kind, p.address) for p in config.peers] == [
+        ("peer01", "heartbeat", "198.18.1.1"), ("bfd01", "bfd", "198.18.1.2"),
+        ("bfd02", "bfd", "198.18.1.3")]
+    bfd01 = config.peers[1]
+    assert (bfd01.desired_min_tx_ms, bfd01.required_min_rx_ms, bfd01.detect_mult) == (50, 60, 4)
+    assert expected_states(topo) == {"peer01": {"UP"}, "bfd01": {"UP"}, "bfd02": {"UP"}}
+    assert [p.name for p in topo.heartbeat_peers] == ["peer01"]
+    assert BfdTimers(50, 60, 4).detect_time_ms == 240
+
+
 def test_two_bfdd_come_up_follow_timers_and_detect_loss() -> None:
     topo = star(0, bfd_peers=2, bfd=FAST)
     a, b = topo.peers
