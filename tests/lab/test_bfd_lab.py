@@ -8,7 +8,6 @@ hbmon's side is involved, so an interop failure in test_bfd_frr.py is hbmon's.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -31,7 +30,6 @@ from tests.lab.test_netns import leftovers, pid_alive
 pytestmark = [
     pytest.mark.netns,
     pytest.mark.skipif(bool(frr_missing()), reason=f"FRR missing: {frr_missing()}"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
 ]
 
 FAST = BfdTimers(100, 100, 3)
