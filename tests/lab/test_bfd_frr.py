@@ -14,6 +14,7 @@ What is checked, against RFC 5880 / 5881:
 - our side going away: the session set admin down or deleted over REST sends AdminDown
   (section 6.8.16), so FRR goes Down with diag 3 "neighbor signaled session down"; the
   target killed, FRR detects the silence (diag 1);
+- our timers changed over REST run a Poll Sequence FRR answers (section 6.8.3), no flap;
 - FRR's timers changed at run time (a Poll Sequence, section 6.8.3) change our negotiated
   transmit interval (section 6.8.2: max(our desired min TX, remote required min RX)) and
   detection time (section 6.8.4: remote detect mult x max(our required min RX, remote
@@ -199,6 +200,34 @@ def test_frr_timer_changes_are_followed(rig: Rig) -> None:
     view = rig.wait_ours(name, lambda v: v.get("tx_interval_us") == 300_000
                          and v.get("detect_time_us") == 900_000, 30, "back to 300 ms / 900 ms")
     assert view["health"] == "UP"
+
+
+def test_our_timer_change_runs_a_poll_sequence_frr_follows(rig: Rig) -> None:
+    """Section 6.8.3: our new desired min TX / required min RX while Up go out with P; FRR
+    answers F and uses them; the session stays Up on both sides throughout."""
+    name = "bfd03"
+    rig.wait_all_up([name])
+    url = f"{rig.stack.url}/api/v1/peers/{name}"
+    downs = rig.frr.bfdd(name).counters()[0]["session-down"]
+    try:
+        response = httpx.patch(url, json={"desired_min_tx_ms": 500, "required_min_rx_ms": 400},
+                               headers=rig.write_headers, timeout=10.0)
+        assert response.status_code == 200, response.text
+        rig.frr.bfdd(name).wait(
+            lambda rows: rows[0]["remote-transmit-interval"] == 500
+            and rows[0]["remote-receive-interval"] == 400, 30, "FRR sees our new timers")
+        # ours: tx = max(500, FRR's 300 min RX); detect = 3 x max(400, FRR's 300 TX)
+        view = rig.wait_ours(name, lambda v: not v["poll"] and v["tx_interval_us"] == 500_000
+                             and v["detect_time_us"] == 1_200_000, 30,
+                             "Poll Sequence over, 500 ms / 1200 ms")
+        assert view["health"] == "UP" and view["state"] == "UP"
+    finally:
+        httpx.patch(url, json={"desired_min_tx_ms": 300, "required_min_rx_ms": 300},
+                    headers=rig.write_headers, timeout=10.0)
+    rig.wait_ours(name, lambda v: not v["poll"] and v["detect_time_us"] == 900_000, 30,
+                  "back to 300 ms")
+    assert rig.frr.session(name)["status"] == "up"
+    assert rig.frr.bfdd(name).counters()[0]["session-down"] == downs  # no flap
 
 
 def test_admin_down_over_rest_is_signalled_to_frr(rig: Rig) -> None:
