@@ -38,7 +38,7 @@ from hbmon.model import EventKind, Health, Peer
 from hbmon.protocol import PlaneState, Reason
 from hbmon.store.events import EventBus
 from hbmon.store.sql import SCHEMA_VERSION, open_store
-from hbmon_kernel.memory import MemoryTarget
+from hbmon_kernel.memory import MemoryTarget, serve_memory_target
 
 REMOTE_DISC = 0x5EED0001
 MS = 1000
@@ -284,6 +284,28 @@ def test_restart_repushes_the_sessions(target: MemoryTarget, tmp_path: Path) -> 
         s.fabric.remove_peers(["r2"])
         assert [r for r in s.dp.mcast_group_get(2) if r[1] != index] == []
         assert s.dp.bfd_sessions_get(s.disc("r1")) == index
+
+
+def test_target_restart_restarts_the_handshake(target: MemoryTarget) -> None:
+    """A target that comes back without the session (restarted: entries and slot gone)
+    must not be told to send Up with your discriminator 0 (RFC 5880 section 6.8.6 has the
+    remote discard that): the session goes Down, diag 1, is programmed so, and comes Up
+    again through the handshake."""
+    with running(target, config(target.address, bfd_peer())) as s:
+        s.up("r1")
+        index = s.index("r1")
+        target.stop()  # the process dies; a new one listens on the same port
+        wait_for(lambda: not s.fabric.drivers["s1"].client.connected, "disconnected")
+        fresh = serve_memory_target(target.address)
+        try:
+            s.target, s.dp = fresh, fresh.datapath
+            wait_for(lambda: s.dp.bfd_requests_get(index) is not None, "the entry back", 30)
+            req = s.request("r1")
+            assert (req["state"], req["diag"]) == (State.DOWN, Diag.DETECTION_TIME_EXPIRED)
+            wait_for(lambda: s.health("r1") == Health.DOWN, "health DOWN")
+            s.up("r1")
+        finally:
+            fresh.stop()
 
 
 def test_rest_metrics_and_validation(target: MemoryTarget) -> None:

@@ -483,13 +483,15 @@ class SwitchDriver:
             # this reconcile deletes whatever still points at them
             held = self.allocator.held
             peers = self.fabric._peers_of(self.name)
-            # the sessions' state as it is now: a restarted target gets it back at once
-            desired = desired_state(self.schema, peers, self.config.detect_mult, self.guard,
-                                    self.fabric._bfd_controls(self.name))
             tables = [TableEntry(t) for t in tables_of(self.schema)]
             actual = [TableEntry.decode(self.schema, e) for e in self.client.read(tables)]
             groups = [MulticastGroup.decode(self.schema, e)
                       for e in self.client.read([MulticastGroup(0)])]
+            if self.bfd:
+                self._bfd_sessions_lost(peers, actual)
+            # the sessions' state as it is now
+            desired = desired_state(self.schema, peers, self.config.detect_mult, self.guard,
+                                    self.fabric._bfd_controls(self.name))
             plan = plan_reconcile(self.schema, desired, actual, groups)
             if not plan.empty:
                 log.info("%s: reconcile %s", self.name, plan.summary())
@@ -515,6 +517,19 @@ class SwitchDriver:
             self.allocator.release_held(held)
             self.fabric._programmed(self.name, [p.name for p in peers])
             return plan.summary()
+
+    def _bfd_sessions_lost(self, peers: Sequence[Peer], actual: Sequence[TableEntry]) -> None:
+        """Sessions whose `bfd_requests` entry the target does not have (it restarted, or
+        lost its state) also lost what their slots knew of the remote, its discriminator
+        first: an Up or Init session goes Down (diag 1: the remote has not been heard) and
+        runs the handshake again, rather than sending Up with your discriminator 0."""
+        table = self.schema.table(BFD_REQUESTS_TABLE).name
+        have = {int(str(e.match.get("index"))) for e in actual
+                if e.table == table and not e.is_default}
+        lost = [p.name for p in peers if p.is_bfd and p.index is not None
+                and p.mac is not None and p.index not in have]
+        if lost:
+            self.fabric._bfd_sessions_lost(lost)
 
     def _write(self, kind: p4runtime_pb2.Update.Type, entities: Sequence[Any],
                ignore: str | None = None) -> None:

@@ -746,6 +746,21 @@ class Fabric:
             events.extend(self.engine.set_external(name, health, reason, now, info))
         return events
 
+    def _bfd_sessions_lost(self, names: Sequence[str]) -> None:
+        """The target lost these sessions' entries and slots (a restart): Init and Up go
+        Down with diag 1 (section 6.8.4: the remote is not heard any more), the start of a
+        new handshake (a driver's reconcile, which then programs them so)."""
+        now = self.clock()
+        with self._state_lock:
+            events: list[Event] = []
+            for name in names:
+                session = self._bfd.get(name)
+                if session is not None and session.on_detect_expired():
+                    events.extend(self._bfd_transitions(name, now, {
+                        "source": "reconcile",
+                        "why": "the target lost the session's state (restart?)"}))
+            self._emit_observed(events)
+
     def _bfd_farewell(self, peers: Sequence[Peer]) -> None:
         """BFD sessions about to be deleted say AdminDown (diag 7) first, so the remote
         goes Down at once, told why, rather than after its detection time (RFC 5880
