@@ -166,6 +166,8 @@ class Peer:
             raise ValidationError(sorted(unknown)[0], "unknown field")
         data = {k: v for k, v in data.items() if k not in ("peer_id", *_BFD_ONLY)
                 or v is not None}  # null: absent (the API's models send every field)
+        if data.get("kind", "heartbeat") not in PEER_KINDS:  # before what depends on it
+            raise ValidationError("kind", f"must be one of {', '.join(PEER_KINDS)}")
         bfd = data.get("kind") == "bfd"
         for required in ("name", "address", "port") if bfd else (
                 "name", "address", "peer_id", "port"):

@@ -34,7 +34,7 @@ from ha.test_replica_parts import _raw, url  # noqa: F401  (url: both backends)
 from hbmon.bfd_packet import PORT, ControlPacket, Diag, Flag, State
 from hbmon.config import DEFAULT_P4INFO, parse_config
 from hbmon.controller.fabric import Fabric
-from hbmon.model import EventKind, Health, Peer
+from hbmon.model import EventKind, Health, Peer, ValidationError
 from hbmon.protocol import PlaneState, Reason
 from hbmon.store.events import EventBus
 from hbmon.store.sql import SCHEMA_VERSION, open_store
@@ -385,6 +385,32 @@ def test_events_record_bfd_transitions(target: MemoryTarget) -> None:
         assert [(e.old_state, e.new_state) for e in events] == [(Health.UNKNOWN, Health.UP)]
         assert events[0].details["bfd_state"] == "UP"
         assert events[0].reason == "BFD UP"
+
+
+# ---- the config ----------------------------------------------------------------------
+
+
+def test_config_bfd_peers_and_tick() -> None:
+    """bfd peers in `hbmon serve`'s config (the RFC defaults filled in), errors naming the
+    key; the BFD tick: `bfd.tick_ms`, else the fastest desired min TX / 10, >= 1 ms."""
+    data = config("127.0.0.1:1", bfd_peer(), bfd_peer("r2", 3, desired_min_tx_ms=20))
+    data["peers"].append({"name": "r3", "kind": "bfd", "address": "198.18.7.4", "port": 1})
+    cfg = parse_config(data)
+    r3 = cfg.peers[2]
+    assert (r3.kind, r3.peer_id, r3.desired_min_tx_ms, r3.required_min_rx_ms,
+            r3.detect_mult) == ("bfd", 0, 300, 300, 3)
+    assert cfg.bfd.tick_us(cfg.peers) == 2_000
+    assert cfg.bfd.tick_us([p for p in cfg.peers if p.name == "r3"]) == 30_000
+    assert parse_config({**data, "bfd": {"tick_ms": 7}}).bfd.tick_us(cfg.peers) == 7_000
+    for bad, where in (
+            ({"bfd": {"tick_ms": 0}}, "bfd.tick_ms"),
+            ({"bfd": {"tick": 5}}, "bfd.tick"),
+            ({"peers": [bfd_peer(desired_min_tx_ms=0)]}, "peers[0].desired_min_tx_ms"),
+            ({"peers": [bfd_peer(peer_id=4)]}, "peers[0].peer_id"),
+            ({"peers": [bfd_peer(kind="bgp")]}, "peers[0].kind")):
+        with pytest.raises(ValidationError) as err:
+            parse_config({**data, **bad})
+        assert err.value.field == where, (bad, err.value)
 
 
 # ---- the store ------------------------------------------------------------------------
