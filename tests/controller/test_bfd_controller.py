@@ -232,6 +232,9 @@ def test_admin_down_sends_admin_down_diag_7(target: MemoryTarget) -> None:
         s.rounds_until(lambda: s.counter(Reason.BFD_SENT) > sent, "AdminDown sent")
         # the remote's packets change nothing while AdminDown
         s.send("r1", State.DOWN)
+        wait_for(lambda: (s.fabric.health("r1").bfd or {}).get("remote_state") == "DOWN",
+                 "the remote's Down seen")
+        assert s.request("r1")["state"] == State.ADMIN_DOWN
         s.fabric.update_peer("r1", {"admin_down": False})
         req = s.request("r1")
         assert (req["state"], req["diag"]) == (State.DOWN, Diag.NONE)
