@@ -364,8 +364,10 @@ class SwitchDriver:
                     armed = tick_us
                 except P4RuntimeError as exc:
                     self.info.last_error = f"bfd packet out: {exc}"
-            if self.target_keeps_time:
+            if self.target_keeps_time or not self.bfd_replicas:
+                # no sessions: nothing to send until the group changes (which sets the event)
                 self._bfd_changed.wait(REARM_S)
+                next_send = time.monotonic()
                 continue
             next_send += tick_us / 1e6
             now = time.monotonic()
