@@ -272,18 +272,31 @@ def test_remote_timer_change_is_followed(target: MemoryTarget) -> None:
         assert s.dp.register_read("bfd_final_due", s.index("r1")) in (0, 1)
 
 
-def test_restart_repushes_the_sessions(target: MemoryTarget, tmp_path: Path) -> None:
-    """A restarted controller starts its sessions from Down (the table says Up): the
-    reconcile writes that, and the handshake runs again; a peer removed leaves nothing."""
+def test_controller_restart_resumes_or_restarts_sessions(target: MemoryTarget,
+                                                        tmp_path: Path) -> None:
+    """A restarted controller (or a new leader) continues a session the target runs Up
+    with a remote heard Up: its entry is never written Down, its health is UP at once
+    (resumed; the Poll Sequence to our configured interval of any new Up follows). A
+    session whose remote went Down meanwhile starts again from Down. A peer removed then
+    leaves nothing."""
     db = f"sqlite:///{tmp_path / 'hbmon.db'}"
     data = config(target.address, bfd_peer(), bfd_peer("r2", 3))
     with running(target, data, db) as s:
         s.up("r1")
-        index = s.index("r1")
+        s.up("r2")
+        index, index2 = s.index("r1"), s.index("r2")
+    # no controller: r2's remote detects our silence and says Down (your_disc 0)
+    target.datapath.bfd_receive(index2, ControlPacket(State.DOWN, REMOTE_DISC, 0, 1))
     with running(target, data, db) as s:
         assert s.index("r1") == index
-        assert s.request("r1")["state"] == State.DOWN
-        s.up("r1")
+        assert s.request("r1")["state"] == State.UP
+        assert s.health("r1") == Health.UP
+        assert "resumed" in s.fabric.health("r1").reason
+        status = s.fabric.health("r1").bfd
+        assert status is not None and status["remote_discriminator"] == REMOTE_DISC
+        assert s.request("r2")["state"] == State.DOWN
+        assert s.health("r2") == Health.UNKNOWN
+        s.up("r2")
         s.fabric.remove_peers(["r2"])
         assert [r for r in s.dp.mcast_group_get(2) if r[1] != index] == []
         assert s.dp.bfd_sessions_get(s.disc("r1")) == index

@@ -43,6 +43,7 @@ from p4.v1 import p4runtime_pb2
 
 from hbmon import bfd_packet, protocol
 from hbmon.config import SwitchConfig
+from hbmon.controller.bfd import RemoteView
 from hbmon.controller.health import SLOT_FIELDS
 from hbmon.dataplane.inventory import (
     BFD_REQUESTS_TABLE,
@@ -84,7 +85,15 @@ from hbmon.p4.client import (
     WriteError,
     make_update,
 )
-from hbmon.protocol import BFD_REGISTERS, REGISTERS, Heartbeat, MsgType, Reason, seq_newer
+from hbmon.protocol import (
+    BFD_REGISTERS,
+    REGISTERS,
+    Heartbeat,
+    MsgType,
+    PlaneState,
+    Reason,
+    seq_newer,
+)
 
 if TYPE_CHECKING:  # the fabric creates its drivers; a driver only refers back to it
     from hbmon.controller.fabric import Fabric
@@ -491,6 +500,7 @@ class SwitchDriver:
                       for e in self.client.read([MulticastGroup(0)])]
             if self.bfd:
                 self._bfd_sessions_lost(peers, actual)
+                self._bfd_resume(peers, actual)
             # the sessions' state as it is now
             desired = desired_state(self.schema, peers, self.config.detect_mult, self.guard,
                                     self.fabric._bfd_controls(self.name))
@@ -546,6 +556,40 @@ class SwitchDriver:
         if replicas and not self.group_replicas:
             self._rounds_changed.set()  # a target's rounds may have stopped with the group
         self.group_replicas = replicas
+
+    def _bfd_resume(self, peers: Sequence[Peer], actual: Sequence[TableEntry]) -> None:
+        """A controller that (re)starts, or takes a switch over, finds sessions the target
+        runs Up: our entry says Up with our discriminator, and the slot says the remote is
+        heard (hb_state UP, the data plane's detection not expired) and Up. Those continue
+        Up from what the slot recorded of the remote, rather than starting Down: the
+        remote's routing would see a flap for a controller restart (a clean stop ends the
+        schedule, so the remote goes Down first and nothing is resumed)."""
+        table = self.schema.table(BFD_REQUESTS_TABLE).name
+        up = {int(str(e.match.get("index"))): e for e in actual
+              if e.table == table and not e.is_default
+              and int(str(e.params.get("state", 0))) == bfd_packet.State.UP}
+        found = [p for p in peers if p.is_bfd and p.index in up
+                 and int(str(up[p.index].params.get("my_disc", 0))) == self.guard.discriminator(p)
+                 and self.fabric._bfd_fresh(p.name)]
+        if not found:
+            return
+        names = ["hb_state", "hb_last_rx_us", *BFD_REGISTERS]
+        try:
+            with self._read_lock:
+                cells = self._read_registers(names, [p.index or 0 for p in found])
+        except Exception as exc:  # nothing resumed: the sessions start Down
+            log.warning("%s: reading BFD slots to resume sessions failed: %s", self.name, exc)
+            return
+        for i, peer in enumerate(found):
+            col = {n: int(cells[n][i]) for n in names}
+            if col["hb_state"] != PlaneState.UP or not col["bfd_remote_disc"] \
+                    or col["bfd_remote_state"] != bfd_packet.State.UP:
+                continue
+            self.fabric._bfd_resume(peer.name, RemoteView(
+                state=bfd_packet.State.UP, diag=col["bfd_remote_diag"], flags=0,
+                detect_mult=col["bfd_remote_mult"], my_disc=col["bfd_remote_disc"],
+                desired_min_tx_us=col["bfd_remote_min_tx_us"],
+                required_min_rx_us=col["bfd_remote_min_rx_us"], time_us=col["hb_last_rx_us"]))
 
     def _bfd_group_programmed(self, replicas: int) -> None:
         self.bfd_replicas = replicas

@@ -746,6 +746,36 @@ class Fabric:
             events.extend(self.engine.set_external(name, health, reason, now, info))
         return events
 
+    def _bfd_fresh(self, name: str) -> bool:
+        """A BFD session that has heard nothing since this process made it (Down)."""
+        with self._state_lock:
+            session = self._bfd.get(name)
+            return session is not None and session.state == State.DOWN \
+                and session.remote is None
+
+    def _bfd_resume(self, name: str, view: RemoteView) -> None:
+        """A fresh session the target runs Up with a remote heard Up (`driver._bfd_resume`)
+        continues Up. The state machine is walked as the handshake's last step (section
+        6.8.6: Down, the remote in Init -> Up) with what the slot recorded of the remote,
+        so the timers follow its rules (Up starts a Poll Sequence to our configured
+        interval, which the remote ends with F); the health says it was resumed."""
+        now = self.clock()
+        with self._state_lock:
+            session = self._bfd.get(name)
+            if session is None or not self._bfd_fresh(name):
+                return
+            session.on_remote(dataclasses.replace(view, state=State.INIT))
+            session.on_remote(view)
+            if session.state != State.UP:
+                self._emit_observed(self._bfd_transitions(name, now))
+                return
+            session.transitions()
+            self._bfd_was_up.add(name)
+            self._emit_observed(self.engine.set_external(
+                name, Health.UP, "BFD UP (resumed: the data plane has the session Up)", now,
+                {"source": "reconcile", "bfd_state": "UP", "remote_state": "UP",
+                 "remote_discriminator": view.my_disc}))
+
     def _bfd_sessions_lost(self, names: Sequence[str]) -> None:
         """The target lost these sessions' entries and slots (a restart): Init and Up go
         Down with diag 1 (section 6.8.4: the remote is not heard any more), the start of a
