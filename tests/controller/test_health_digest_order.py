@@ -66,3 +66,25 @@ def test_an_up_digest_ends_the_rule() -> None:
                        miss_count=0, state=PlaneState.UP, last_rx_us=3_000_000)
     events = engine.observe("p1", answered, p.now + 1)
     assert [(e.new_state, e.reason) for e in events] == [(Health.UP, "responses received")]
+
+
+def test_a_restarted_target_starts_a_new_clock() -> None:
+    """An UP digest's time is remembered to tell stale reads (older than it) apart. A target
+    that started afresh (bmv2 counts microseconds from its start) writes times below it, so
+    without `new_target_clock` (the driver calls it when it had to push the pipeline) every
+    later read would be 'stale' and the polls could never say DOWN."""
+    for restart_known in (True, False):
+        engine = HealthEngine(CFG)
+        p = Peer(engine)
+        p.poll()
+        engine.plane_event("p1", PlaneState.UP, now=p.now, time_us=900_000_000)
+        assert p.state == Health.UP
+        if restart_known:
+            engine.new_target_clock("s1")
+        # the new process: the peer answers once on the new clock (no UP digest: the slot
+        # is already UP in the engine's eyes), then falls silent
+        p.slot = replace(p.slot, last_rx_us=5_000)
+        for _ in range(CFG.detect_mult + 1):
+            p.poll(answered=0)
+        # unknown restart: the misses are never believed (at most the loss shows)
+        assert (p.state == Health.DOWN) == restart_known

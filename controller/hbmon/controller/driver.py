@@ -436,7 +436,8 @@ class SwitchDriver:
         with self._program_lock:
             primary = self.client.primary
             if primary:
-                self._ensure_pipeline()
+                if self._ensure_pipeline():
+                    self.fabric._new_target_clock(self.name)
                 self._configure_digest()
             # a (re)connection may follow a target restart: register access over a channel
             # of its own (bmv2's Thrift) would still talk to the dead process, so it is
@@ -461,7 +462,8 @@ class SwitchDriver:
             self.info.last_error = None
         log.info("%s: set up (%s)", self.name, "primary" if primary else "backup")
 
-    def _ensure_pipeline(self) -> None:
+    def _ensure_pipeline(self) -> bool:
+        """True when the pipeline was pushed: the target started afresh (or ran another)."""
         mode = self.config.push_pipeline
         device_config = b""
         if self.config.kind == "bmv2" and self.config.bmv2_json is not None:
@@ -471,9 +473,11 @@ class SwitchDriver:
                 raise DataPlaneError(
                     f"{self.name} runs another P4Info than {self.config.p4info} "
                     "(push_pipeline: never)")
-            return
+            return False
         if self.client.ensure_pipeline(self.schema, device_config, force=mode == "always"):
             log.info("%s: pipeline pushed", self.name)
+            return True
+        return False
 
     def _configure_digest(self) -> None:
         for name in ("peer_event_t", "bfd_event_t") if self.bfd else ("peer_event_t",):

@@ -667,6 +667,10 @@ class Fabric:
             events.extend(self.engine.tick(now))
             self._emit_observed(events)
 
+    def _new_target_clock(self, switch: str) -> None:
+        with self._state_lock:
+            self.engine.new_target_clock(switch)
+
     def _plane_events(self, driver: SwitchDriver, rows: Iterable[dict[str, int]]) -> None:
         now = self.clock()
         events: list[Event] = []

@@ -256,6 +256,16 @@ class HealthEngine:
             self._by_row[t.row] = None
             self._free.append(t.row)
 
+    def new_target_clock(self, switch: str) -> None:
+        """The switch's target started afresh (its pipeline had to be pushed): the data-plane
+        times kept from its digests belong to the old process's clock (bmv2 counts from its
+        start), and kept, they would make every later read look older than a digest (no
+        poll could judge the peer until the new clock passed them)."""
+        for t in self._peers.values():
+            if t.switch == switch:
+                self._up_us[t.row] = 0
+                self._down_us[t.row] = 0
+
     def __contains__(self, name: str) -> bool:
         return name in self._peers
 
