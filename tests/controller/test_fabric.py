@@ -240,6 +240,35 @@ def test_add_poll_up_digest_down_remove(harness: Harness, target: MemoryTarget,
     assert fabric.health("p2").state == Health.UNKNOWN
 
 
+def test_a_poll_before_the_slot_reset_gives_the_new_peer_nothing(
+        harness: Harness, target: MemoryTarget, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-used index holds the previous peer's counts until program_add resets it. A poll
+    that reads the slot in between (the new peer is already known to the engine, so its
+    first responses count) must not take those counts as the new peer's answers: it was UP
+    at once (test_integration's re-used index flaked 1 in ~25). The interleaving is forced:
+    the poll runs inside program_add, before the reset."""
+    fabric = harness.fabric
+    [p1] = fabric.add_peers([peer(1)])
+    set_slot(target, p1.index, rx_count=47, tx_count=47, last_seq=9, last_rx_us=10**9,
+             state=PlaneState.UP)
+    wait_for(lambda: fabric.health("p1").state == Health.UP, what="p1 UP")
+    fabric.remove_peers(["p1"])
+    driver = fabric.drivers["s1"]
+    real_program_add = driver.program_add
+    polled: list[bool] = []
+
+    def program_add_after_a_poll(*args: Any, **kwargs: Any) -> Any:
+        polled.append(driver.poll())  # reads the slot before its reset
+        return real_program_add(*args, **kwargs)
+
+    monkeypatch.setattr(driver, "program_add", program_add_after_a_poll)
+    [p2] = fabric.add_peers([peer(2)])
+    assert p2.index == p1.index and polled == [True]
+    assert target.datapath.register_read("hb_rx_count", p2.index) == 0  # reset after the poll
+    assert fabric.health("p2").state == Health.UNKNOWN
+    assert Health.UP not in harness.transitions("p2")
+
+
 def test_bulk_add_is_all_or_nothing(harness: Harness, target: MemoryTarget,
                                     schema: P4Schema) -> None:
     fabric = harness.fabric

@@ -832,6 +832,11 @@ class SwitchDriver:
         members = self.fabric._poll_members(self.name)
         detail = time.monotonic() >= self._next_detail
         fields = SLOT_FIELDS if detail else self.fabric.engine.config.verdict_fields
+        # a slot waiting for its reset still holds the previous peer's counts: a read taken
+        # before the reset must not become the new peer's first evidence (a false UP). Taken
+        # before the read, so a reset during it counts as pending too. Only the primary resets
+        # slots (program_add, reconcile); a backup, which never does, reads on as before.
+        pending = self.allocator.needs_reset.copy() if self.programmable else set()
         try:
             indexes = members.indexes
             with self._read_lock:
@@ -848,8 +853,8 @@ class SwitchDriver:
             self.counters = counters
             self._next_detail = time.monotonic() + self.config.detail_interval_s
         if indexes:
-            self.fabric._observe(self, members, fields, np.stack(cells).astype(np.uint64,
-                                                                             copy=False))
+            self.fabric._observe(self, members, fields,
+                                 np.stack(cells).astype(np.uint64, copy=False), pending)
         self.polls += 1
         self.info.last_poll = time.time()
         if self.fabric.metrics is not None:

@@ -35,7 +35,7 @@ import secrets
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -651,16 +651,19 @@ class Fabric:
         self._inventory_version += 1
 
     def _observe(self, driver: SwitchDriver, members: _Members, fields: Sequence[str],
-                 columns: npt.NDArray[np.uint64]) -> None:
-        """One poll's read: `columns[i]` is register field `fields[i]` of every member."""
+                 columns: npt.NDArray[np.uint64], unreset: Collection[int] = ()) -> None:
+        """One poll's read: `columns[i]` is register field `fields[i]` of every member.
+        `unreset`: slots that were waiting for their reset when the read began (their cells
+        may be the previous peer's), dropped."""
         now = self.clock()
         with self._state_lock:
             rows = members.rows
-            if members.version != self._inventory_version:
+            if members.version != self._inventory_version or unreset:
                 # peers were removed or moved while the poll was reading: drop their cells
                 keep = [pos for pos, (name, index) in enumerate(zip(
                     members.names, members.indexes, strict=True))
-                    if self._by_index.get((driver.name, index)) == name]
+                    if self._by_index.get((driver.name, index)) == name
+                    and index not in unreset]
                 columns = columns[:, keep]
                 rows = self.engine.rows([members.names[pos] for pos in keep])
             events = self.engine.observe_rows(rows, columns, now, fields)
