@@ -15,10 +15,13 @@ import pytest
 from hbmon.dataplane import registers
 from hbmon.p4 import P4Schema
 from hbmon.p4.client import P4RuntimeClient, P4RuntimeError
-from hbmon.protocol import REGISTERS
+from hbmon.protocol import BFD_REGISTERS, REGISTERS
 from hbmon_kernel.memory import MemoryTarget, serve_memory_target
 from hbmon_kernel.p4rt_state import Pipeline
 from p4.v1 import p4runtime_pb2
+
+# a slot of this P4Info (it has BFD): the hb_* registers, then the bfd_* ones (docs/bfd.md)
+SLOT = {**REGISTERS, **BFD_REGISTERS}
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = P4Schema.load(ROOT / "p4src" / "build" / "heartbeat.p4info.txtpb")
@@ -80,8 +83,8 @@ def access(server: Recording) -> registers.P4RuntimeRegisterAccess:
 
 
 def test_names_follow_the_contract(access: registers.P4RuntimeRegisterAccess) -> None:
-    assert access.names == list(REGISTERS)
-    assert access.widths == REGISTERS
+    assert access.names == list(SLOT)
+    assert access.widths == SLOT
 
 
 def test_write_then_read(server: Recording,
@@ -107,23 +110,23 @@ def test_snapshot_is_one_read_request(server: Recording,
     access.write("hb_rx_count", 1, 5)
     snap = access.snapshot()
     assert len(server.read_requests) == 1
-    assert len(server.read_requests[0]) == len(REGISTERS)
+    assert len(server.read_requests[0]) == len(SLOT)
     assert all(not e.register_entry.HasField("index") for e in server.read_requests[0])
     assert snap["hb_rx_count"] == [0, 5, 0, 0, 0, 0, 0, 0]
-    assert set(snap) == set(REGISTERS)
+    assert set(snap) == set(SLOT)
 
 
 def test_reset_slot_is_one_write_of_every_register(
         server: Recording, access: registers.P4RuntimeRegisterAccess) -> None:
-    for name in REGISTERS:
+    for name in SLOT:
         access.write(name, 4, 1)
         access.write(name, 5, 1)
     server.write_requests.clear()
     access.reset_slot(4)
     assert len(server.write_requests) == 1
-    assert len(server.write_requests[0]) == len(REGISTERS)
-    assert access.read_slot(4) == dict.fromkeys(REGISTERS, 0)
-    assert access.read_slot(5) == dict.fromkeys(REGISTERS, 1)
+    assert len(server.write_requests[0]) == len(SLOT)
+    assert access.read_slot(4) == dict.fromkeys(SLOT, 0)
+    assert access.read_slot(5) == dict.fromkeys(SLOT, 1)
 
 
 @pytest.mark.parametrize("name, index, value, message", [
