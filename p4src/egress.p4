@@ -19,7 +19,7 @@
  * sends one BFD template per tick; each replica (egress_rid = the session's slot) looks up
  * bfd_requests[index] and, in this order, (1) checks the detection time (RFC 5880 section
  * 6.8.4: UP and nothing recorded for detect_time_us -> DOWN, raised like a heartbeat DOWN by
- * recirculation), (2) decides whether the session is due (RFC 5880 section 6.8.7: its TX
+ * recirculation, and the remote's discriminator zeroed, section 6.8.1), (2) decides whether the session is due (RFC 5880 section 6.8.7: its TX
  * interval less a random jitter of up to a quarter has passed, or it owes a Final, or it has
  * never sent), (3) when due, leaves as the session's control packet; a replica that is not
  * due is dropped (or, when it carries a DOWN, recirculated with ev_send 0 and dropped by
@@ -162,6 +162,10 @@ control HbEgress(inout headers_t hdr,
                         && now - last_rx > (bit<64>)meta.bfd_detect_time_us) {
                     down = true;
                     hb_state.write(index, STATE_DOWN);
+                    /* RFC 5880 section 6.8.1: a Detection Time without a valid packet zeroes
+                     * bfd.RemoteDiscr, so this very replica (rewritten below) and every later
+                     * one carry your_disc 0 until the remote is heard again. */
+                    bfd_remote_disc.write(index, 0);
                     bit<32> last_seq;
                     hb_last_seq.read(last_seq, index);
                     meta.ev_index = index;

@@ -90,7 +90,9 @@
 /* The remote's detect mult as last received (its detection time = this x our TX interval). */
 @id(0x16000012) register<bit<8>, peer_index_t>(HB_MAX_PEERS) bfd_remote_mult;
 
-/* The remote's discriminator (its my_disc): egress writes it into our your_disc. */
+/* The remote's discriminator (its my_disc): egress writes it into our your_disc. Set by
+ * every recorded packet; zeroed by egress when the detection time passes (RFC 5880
+ * section 6.8.1), so our packets then carry your_disc 0. */
 @id(0x16000013) register<bit<32>, peer_index_t>(HB_MAX_PEERS) bfd_remote_disc;
 
 /* The remote's desired min TX interval (us) as last received. */

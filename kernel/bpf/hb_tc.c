@@ -161,6 +161,19 @@ static long fanout_one(__u32 i, void *arg)
 	return 0;
 }
 
+/* A BFD session's detection time passed (RFC 5880 section 6.8.4): DOWN, and bfd.RemoteDiscr
+ * zeroed (section 6.8.1), so our packets carry your discriminator 0 until the remote is
+ * heard again (a restarted remote with a new discriminator would discard the old one). The
+ * discriminator is zeroed before DOWN, as hb_xdp.c bfd_record writes it before UP: a packet
+ * recorded meanwhile on another CPU then mostly leaves its discriminator; where it does not,
+ * the remote's next packet differs from the 0 and is recorded as a change. The caller raises
+ * the event. */
+static __always_inline void bfd_detected(__u32 *remote_disc, __u8 *state)
+{
+	*remote_disc = 0;
+	*state = HB_STATE_DOWN;
+}
+
 /* One replica of the BFD fan-out = one pass of HbEgress with bfd_requests[egress_rid]
  * (docs/bfd.md "Transmit"): detection, due-gating with jitter, rewrite. */
 static long bfd_one(__u32 i, void *arg)
@@ -194,7 +207,7 @@ static long bfd_one(__u32 i, void *arg)
 	/* 1. detection time (RFC 5880 section 6.8.4) */
 	if (req->detect_time_us && *state == HB_STATE_UP && now > *last_rx &&
 	    now - *last_rx > req->detect_time_us) { /* (XDP on another CPU may be ahead) */
-		*state = HB_STATE_DOWN;
+		bfd_detected(remote_disc, state);
 		hb_notify(index, HB_STATE_DOWN, 0, now);
 		hb_count(HB_PEER_DOWN_EVENT, 1, HB_BFD_FRAME_LEN);
 	}
@@ -481,7 +494,11 @@ static long sweep_one(__u32 index, void *arg)
 		hb_count(HB_PEER_DOWN_EVENT, 1, 0); /* no packet carries this event */
 	} else if (s->bfd && breq->valid && breq->detect_time_us && s->now > *last_rx &&
 		   s->now - *last_rx > breq->detect_time_us) {
-		*state = HB_STATE_DOWN;
+		__u32 *remote_disc = REG(bfd_remote_disc, index);
+
+		if (!remote_disc)
+			return 1;
+		bfd_detected(remote_disc, state);
 		hb_notify(index, HB_STATE_DOWN, 0, s->now);
 		hb_count(HB_PEER_DOWN_EVENT, 1, 0);
 	}

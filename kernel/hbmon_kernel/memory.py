@@ -25,8 +25,8 @@ What is modelled, as kernel/bpf does it (docs/dataplane.md):
   queued for `poll_events`, which KernelDevice turns into digests);
 * BFD (docs/bfd.md): the bfd_sessions / bfd_peers / bfd_requests tables and the bfd_*
   registers with Datapath's checks; a BFD template to a group (`is_bfd_template`) runs a
-  BFD round as hb_tc.c `bfd_one` does per replica (detection: DOWN with its event once
-  `detect_time_us` passed since the last packet; due-gating with the same jitter; a due
+  BFD round as hb_tc.c `bfd_one` does per replica (detection: DOWN with its event and
+  bfd_remote_disc zeroed once `detect_time_us` passed since the last packet; due-gating with the same jitter; a due
   replica clears bfd_final_due, bumps hb_tx_count, writes hb_last_tx_us, counts BFD_SENT;
   no frame exists, so none is built); its tick period (the required min echo RX field)
   starts the BFD schedule next to the heartbeat one (`bfd_schedule`, `run_bfd_rounds()`);
@@ -594,6 +594,9 @@ class MemoryDatapath(GroupShadow):
             last_rx = int(r["hb_last_rx_us"][index])
             if (req["detect_time_us"] and r["hb_state"][index] == PlaneState.UP
                     and now > last_rx and now - last_rx > req["detect_time_us"]):
+                # RFC 5880 section 6.8.1: bfd.RemoteDiscr is zeroed with the DOWN (hb_tc.c
+                # bfd_detected), so this replica and later ones carry your_disc 0
+                r["bfd_remote_disc"][index] = 0
                 self._transition(index, PlaneState.DOWN, 0, now)
             interval = req["tx_interval_us"]
             if r["hb_tx_count"][index] and not r["bfd_final_due"][index]:
