@@ -176,15 +176,22 @@ def _down_events(dp: Datapath, index: int, timeout_s: float = 5.0) -> list[PeerE
     return got
 
 
-def test_detection_in_egress(dp: Datapath) -> None:
+def your_disc(frame: bytes) -> int:
+    """The your discriminator field of a BFD frame on the wire (docs/bfd.md "Wire")."""
+    return int.from_bytes(frame[50:54], "big")
+
+
+def test_detection_in_egress(dp: Datapath, captures: dict[int, Capture]) -> None:
     """UP, and nothing received for longer than detect_time: DOWN with its peer_event_t
-    (docs/bfd.md "Transmit" 1); detect_time 0 never expires."""
+    and bfd_remote_disc zeroed, so the next control packet carries your discriminator 0
+    (docs/bfd.md "Transmit" 1, RFC 5880 section 6.8.1); detect_time 0 never expires."""
     session(dp, 1, 1, state=State.UP, detect_time_us=30_000)
     session(dp, 2, 2, state=State.UP, detect_time_us=0)
     dp.mcast_group_set(GROUP, [(1, 1), (2, 2)])
-    for index in (1, 2):
+    for index, disc in ((1, 0xAABBCCDD), (2, 0x11223344)):
         dp.register_write("hb_state", index, PlaneState.UP)
         dp.register_write("hb_last_rx_us", index, dp.now_us())
+        dp.register_write("bfd_remote_disc", index, disc)
     dp.packet_out(template(5_000), 0, GROUP)
     events = _down_events(dp, 1)
     assert len(events) == 1
@@ -192,18 +199,55 @@ def test_detection_in_egress(dp: Datapath) -> None:
     assert dp.register_read("hb_state", 1) == PlaneState.DOWN
     assert dp.register_read("hb_state", 2) == PlaneState.UP
     assert dp.counter_read("hb_reason", Reason.PEER_DOWN_EVENT)[0] == 1
+    assert dp.register_read("bfd_remote_disc", 1) == 0
+    assert dp.register_read("bfd_remote_disc", 2) == 0x11223344
+    # the next packet of session 1 (a Final makes it due at the next tick) carries 0
+    before = dp.register_read("hb_tx_count", 1)
+    dp.register_write("bfd_final_due", 1, 1)
+    assert wait_until(lambda: dp.register_read("hb_tx_count", 1) > before)
+    total = dp.register_read("hb_tx_count", 1)
+    frames = captures[1].frames(lambda f: len(f) >= total, is_bfd)
+    assert len(frames) == total and your_disc(frames[-1]) == 0, [your_disc(f) for f in frames]
+    others = captures[2].frames(lambda f: len(f) >= 1, is_bfd)
+    assert others and {your_disc(f) for f in others} == {0x11223344}
 
 
-def test_sweeper_checks_bfd_deadlines(dp: Datapath) -> None:
+def test_detection_and_rewrite_in_one_pass(dp: Datapath, captures: dict[int, Capture]) -> None:
+    """Detection comes before the rewrite (docs/bfd.md "Transmit" 1 then 3): a replica that
+    finds the detection time passed and is due leaves with your discriminator 0; one whose
+    time has not passed keeps the remote's. One round (tick 0), no schedule."""
+    session(dp, 1, 1, state=State.UP, detect_time_us=30_000)
+    session(dp, 2, 2, state=State.UP, detect_time_us=60_000_000)
+    dp.mcast_group_set(GROUP, [(1, 1), (2, 2)])
+    now = dp.now_us()
+    for index, disc, last_rx in ((1, 0xAABBCCDD, now - 100_000), (2, 0x11223344, now)):
+        dp.register_write("hb_state", index, PlaneState.UP)
+        dp.register_write("hb_last_rx_us", index, last_rx)
+        dp.register_write("bfd_remote_disc", index, disc)
+    dp.packet_out(template(0), 0, GROUP)
+    frames = {port: cap.frames(lambda f: len(f) >= 1, is_bfd) for port, cap in captures.items()}
+    assert [[your_disc(f) for f in frames[port]] for port in (1, 2)] == [[0], [0x11223344]]
+    assert len(_down_events(dp, 1)) == 1
+    assert [dp.register_read("bfd_remote_disc", i) for i in (1, 2)] == [0, 0x11223344]
+    assert [dp.register_read("hb_state", i) for i in (1, 2)] == [PlaneState.DOWN, PlaneState.UP]
+
+
+def test_sweeper_checks_bfd_deadlines(dp: Datapath, captures: dict[int, Capture]) -> None:
     """A session whose replica no round visits is still declared DOWN by the sweeper
-    while the BFD schedule runs (hb_last_rx_us + detect_time_us)."""
+    while the BFD schedule runs (hb_last_rx_us + detect_time_us), its bfd_remote_disc
+    zeroed (RFC 5880 section 6.8.1): once in the group, its packet carries 0."""
     session(dp, 1, 1, tx_interval_us=1_000_000)
     session(dp, 5, 2, state=State.UP, detect_time_us=20_000)
     dp.mcast_group_set(GROUP, [(1, 1)])  # 5 is not in the group
     dp.register_write("hb_state", 5, PlaneState.UP)
     dp.register_write("hb_last_rx_us", 5, dp.now_us())
+    dp.register_write("bfd_remote_disc", 5, 0x55667788)
     dp.packet_out(template(10_000), 0, GROUP)
     assert len(_down_events(dp, 5)) == 1
+    assert dp.register_read("bfd_remote_disc", 5) == 0
+    dp.mcast_group_set(GROUP, [(1, 1), (2, 5)])
+    frames = captures[2].frames(lambda f: len(f) >= 1, is_bfd)
+    assert [your_disc(f) for f in frames[:1]] == [0]
 
 
 def test_receipt_through_a_real_port(dp: Datapath, lab: Lab) -> None:
