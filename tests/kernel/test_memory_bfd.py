@@ -86,9 +86,17 @@ def test_record_rule_and_detection() -> None:
     assert [type(e) for e in events] == [BfdEvent]
     assert dp.register_read("bfd_final_due", 4) == 1
     assert dp.register_read("hb_rx_count", 4) == 3
+    dp.bfd_requests_set(4, **params(detect_time_us=60_000_000))  # not passed: kept
+    dp.packet_out(template(0), 0, GROUP)
+    assert dp.poll_events(0) == [] and dp.register_read("bfd_remote_disc", 4) == 77
+    dp.bfd_requests_set(4, **params(detect_time_us=1))
     dp.register_write("hb_last_rx_us", 4, dp.now_us() - 10)  # older than detect_time
     dp.packet_out(template(0), 0, GROUP)
     assert [(type(e), e.state) for e in dp.poll_events(0)] == [(PeerEvent, PlaneState.DOWN)]
+    # RFC 5880 section 6.8.1 (docs/bfd.md "Transmit" 1): bfd.RemoteDiscr zeroed with the DOWN
+    assert dp.register_read("bfd_remote_disc", 4) == 0
+    dp.bfd_receive(4, pkt)  # heard again: its discriminator is back
+    assert dp.register_read("bfd_remote_disc", 4) == 77
 
 
 def test_answering_remote_brings_the_session_up() -> None:
