@@ -139,6 +139,10 @@ class BfdSessionOut(BaseModel):
     detect_time_us: int = Field(
         description="Negotiated: remote mult x max(our min RX, its desired TX); 0: none")
     poll: bool = Field(description="A Poll Sequence is in progress")
+    last_rx_us: int = Field(
+        0, description="Target time of the last control packet recorded (microseconds of the "
+        "target's clock, as the last poll read it; compare with the time_us of the session's "
+        "events)")
 
 
 class PeerHealthOut(BaseModel):

@@ -868,6 +868,9 @@ class Fabric:
                 "tx_interval_us": int(control.tx_interval_us),
                 "detect_time_us": int(control.detect_time_us),
                 "poll": bool(control.flags & 0x20),
+                # as the last poll read it (the target's clock: compare with the time_us
+                # of the session's digest events, not with wall-clock time)
+                "last_rx_us": int(self.engine.slot(name).last_rx_us),
             }
 
     # -- HbmonService: peers ----------------------------------------------------------------
