@@ -439,8 +439,12 @@ class BfdDetection(BfdTest):
     """detect_time_us = 1: after a recorded packet (UP), the next template finds the
     detection time expired: hb_state DOWN and a peer_event_t DOWN (time_us = the replica's
     egress time, after the packet), PEER_DOWN_EVENT counted once; a due replica still leaves,
-    one that is not due is dropped after raising it. B (never heard from, detection off) is
-    sent on every tick and never raises anything."""
+    one that is not due is dropped after raising it. Either way bfd_remote_disc is zeroed
+    (RFC 5880 section 6.8.1: bfd.RemoteDiscr is zeroed when a Detection Time passes), so the
+    due replica of the detecting pass (detection comes before the rewrite, docs/bfd.md
+    "Transmit" 1 then 3) and the next packet after a detection while not due carry your
+    discriminator 0. B (never heard from, detection off) is sent on every tick and never
+    raises anything."""
 
     def runTest(self) -> None:
         p = self.s.ports
@@ -456,14 +460,17 @@ class BfdDetection(BfdTest):
         self.bfd_digest(index)
         rx_us = self.slot(index)["hb_last_rx_us"]
 
-        # due (nothing sent yet) and expired: the control packet leaves AND DOWN is raised
+        self.assertEqual(self.slot(index)["bfd_remote_disc"], REMOTE_DISC)
+
+        # due (nothing sent yet) and expired: the control packet leaves AND DOWN is raised;
+        # the packet already carries your discriminator 0
         self.send_template()
         self.assertEqual(self.receive(p[0]).hex(),
-                         self.expected_control(params, your_disc=REMOTE_DISC).hex())
+                         self.expected_control(params, your_disc=0).hex())
         self.receive(p[1])
         down = self.down_digest(index)
         slot = self.slot(index)
-        self.assertEqual(slot["hb_state"], 2)
+        self.assertEqual((slot["hb_state"], slot["bfd_remote_disc"]), (2, 0))
         self.assertEqual((down["index"], down["state"], down["last_seq"]), (index, 2, 0))
         self.assertGreater(down["time_us"], rx_us)
         self.assertEqual(down["time_us"], slot["hb_last_tx_us"])
@@ -477,11 +484,13 @@ class BfdDetection(BfdTest):
                                   Reason.BFD_SENT: 3, Reason.PEER_DOWN_EVENT: 1})
         self.no_digest_pending(index)
 
-        # heard again: UP (a digest: hb_state was not UP); expired again while not due:
-        # DOWN raised, the replica dropped
+        # heard again: UP (a digest: hb_state was not UP, and the discriminator is back);
+        # expired again while not due: DOWN raised, the replica dropped, the discriminator 0
         self.send_bfd(p[0], control(state=State.INIT, your_disc=A_DISC))
-        self.assertEqual(self.bfd_digest(index)["state"], State.INIT)
-        self.assertEqual(self.slot(index)["hb_state"], 1)
+        digest = self.bfd_digest(index)
+        self.assertEqual((digest["state"], digest["my_disc"]), (State.INIT, REMOTE_DISC))
+        slot = self.slot(index)
+        self.assertEqual((slot["hb_state"], slot["bfd_remote_disc"]), (1, REMOTE_DISC))
         self.send_template()
         self.receive(p[1])
         down = self.down_digest(index)
@@ -490,6 +499,22 @@ class BfdDetection(BfdTest):
                                   Reason.BFD_SENT: 4, Reason.PEER_DOWN_EVENT: 2})
         self.assert_nothing_else(p, sender=p[3])
         slot = self.slot(index)
-        self.assertEqual((slot["hb_state"], slot["hb_tx_count"]), (2, 1))
+        self.assertEqual((slot["hb_state"], slot["hb_tx_count"], slot["bfd_remote_disc"]),
+                         (2, 1, 0))
+
+        # the next control packet (made due by a Final owed, as a remote's Poll would, but
+        # written here: a Poll would teach the discriminator again) carries 0
+        self.s.registers.write("bfd_final_due", index, 1)
+        self.send_template()
+        self.assertEqual(self.receive(p[0]).hex(),
+                         self.expected_control(params, your_disc=0, final=True).hex())
+        self.receive(p[1])
+        self.wait_reasons(start, {Reason.BFD_RECORDED: 2, Reason.BFD_EVENT: 2,
+                                  Reason.BFD_SENT: 6, Reason.PEER_DOWN_EVENT: 2})
+        self.assert_nothing_else(p, sender=p[3])
+        slot = self.slot(index)
+        self.assertEqual((slot["hb_state"], slot["hb_tx_count"], slot["bfd_remote_disc"]),
+                         (2, 2, 0))
+        self.no_digest_pending(index)
         self.no_digest_pending(50)
         self.assertEqual(self.slot(50)["hb_state"], 0)
