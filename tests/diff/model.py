@@ -440,6 +440,9 @@ class Model:
                 # the trace only uses 1 µs: any replica after the last packet finds it expired
                 assert tx["detect_time_us"] == 1, "the model cannot place longer ones"
                 e["hb_state"] = PlaneState.DOWN
+                # the remote's discriminator is zeroed with it (RFC 5880 section 6.8.1), before
+                # the rewrite below: this very packet carries your_disc 0
+                b["bfd_remote_disc"] = 0
                 digests.append(Digest(index, PlaneState.DOWN, e["hb_last_seq"], now))
                 self.reasons[Reason.PEER_DOWN_EVENT] += 1
             # due: tx_interval_us 0 in the trace: always (the jitter is below 0 + 1)

@@ -41,7 +41,8 @@ discard reason of checks 1-6 in order. Two `bfd_round` steps then send the group
 (tick 0: one round): every session is due on every round (tx_interval_us 0: due-gating's
 random jitter is the PTF suite's business), S1's first packet carries F (its remote polled)
 and the second not, S2 (detection time 1 µs, UP since its remote's packet) goes DOWN at the
-first round, once.
+first round, once, its remote's discriminator zeroed (RFC 5880 section 6.8.1): both rounds'
+packets to S2 carry your_disc 0.
 
 Group 1 also holds a replica (port 1, instance 9) for an index without `peer_requests`:
 every round counts one REQUEST_NO_PEER. Round sequences walk across 2^32 (0 .. 8, then
@@ -291,8 +292,10 @@ def build() -> dict[str, Any]:
         bfd("S2", bfd={"state": 2, "your_disc": s2}, why="Init: found by 0xFFFFFFFF"),
     ], "why": "BFD control packets of the remotes of S1 and S2 (docs/bfd.md \"Receive\")"})
     steps.append({"op": "bfd_round", "why": "S1 answers its remote's Poll with F; S2's "
-                                            "detection time (1 µs) has passed: DOWN, sent"})
-    steps.append({"op": "bfd_round", "why": "no F any more; S2 stays DOWN without a digest"})
+                                            "detection time (1 µs) has passed: DOWN, "
+                                            "bfd_remote_disc 0, sent with your_disc 0"})
+    steps.append({"op": "bfd_round", "why": "no F any more; S2 stays DOWN without a digest, "
+                                            "your_disc 0"})
 
     steps.append(rnd("r4", 4, [
         a_answer(4, "r4"),
