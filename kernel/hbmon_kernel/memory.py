@@ -23,16 +23,17 @@ What is modelled, as kernel/bpf does it (docs/dataplane.md):
   program does (hb_rx_count, hb_last_seq, RTT, miss count cleared, UP with its event);
 * events: `peer_event()` is a state change of the data plane (hb_state written, counted,
   queued for `poll_events`, which KernelDevice turns into digests);
-* BFD (docs/bfd.md): the bfd_sessions / bfd_peers / bfd_requests tables and the bfd_* registers with
-  Datapath's checks; a BFD template to a group (`is_bfd_template`) runs a BFD round as hb_tc.c
-  `bfd_one` does per replica (detection: DOWN with its event and bfd_remote_disc zeroed once
-  `detect_time_us` passed since the last packet; due-gating with the same jitter; a due replica
-  clears bfd_final_due, bumps hb_tx_count, writes hb_last_tx_us, counts BFD_SENT; no frame exists,
-  so none is built); its tick period (the required min echo RX field) starts the BFD schedule next
-  to the heartbeat one (`bfd_schedule`, `run_bfd_rounds()`); `bfd_receive(index, packet)` records a
-  control packet of the session as hb_xdp.c does after the lookup (registers, bfd_final_due on P, a
-  `BfdEvent` on a change, F or not UP); with `answering=True` every packet sent is answered at once
-  by a healthy remote (Down -> Init -> Up, a Poll with F).
+* BFD (docs/bfd.md): the bfd_sessions / bfd_peers / bfd_requests tables and the bfd_*
+  registers with Datapath's checks; a BFD template to a group (`is_bfd_template`) runs a
+  BFD round as hb_tc.c `bfd_one` does per replica (detection: DOWN with its event and
+  bfd_remote_disc zeroed once `detect_time_us` passed since the last packet; due-gating
+  with the same jitter; a due replica clears bfd_final_due, bumps hb_tx_count, writes
+  hb_last_tx_us, counts BFD_SENT; no frame exists, so none is built); its tick period (the
+  required min echo RX field) starts the BFD schedule next to the heartbeat one
+  (`bfd_schedule`, `run_bfd_rounds()`); `bfd_receive(index, packet)` records a control
+  packet of the session as hb_xdp.c does after the lookup (registers, bfd_final_due on P, a
+  `BfdEvent` on a change, F or not UP); with `answering=True` every packet sent is answered
+  at once by a healthy remote (Down -> Init -> Up, a Poll with F).
 
 Not modelled: the DOWN-deadline sweeper (only the miss count at each round declares DOWN,
 and BFD detection runs only at its rounds), the XDP classification of received frames
