@@ -84,6 +84,8 @@ def test_detection_time_expiry() -> None:
         changed = s.on_detect_expired()
         assert (s.state, s.diag) == (after, diag)
         assert changed == (state != after)
+        # section 6.8.1: bfd.RemoteDiscr is zeroed; the remote's timers are kept
+        assert s.remote is None or (s.remote.my_disc == 0 and s.remote.detect_mult == 3)
 
 
 # ---- sections 6.8.2-6.8.4: timers ----

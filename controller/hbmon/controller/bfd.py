@@ -17,7 +17,7 @@ discard a packet, answering a Poll with F on the next packet, the transmit jitte
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hbmon.bfd_packet import SLOW_TX_US, Diag, Flag, State
 
@@ -132,6 +132,10 @@ class BfdSession:
         before = self.control()
         if self.state in (State.INIT, State.UP):
             self._move(State.DOWN, Diag.DETECTION_TIME_EXPIRED, "detect")
+        if self.remote is not None:
+            # section 6.8.1: bfd.RemoteDiscr is zeroed when a detection time passes (the
+            # data plane zeroed bfd_remote_disc with the same DOWN)
+            self.remote = replace(self.remote, my_disc=0)
         return self.control() != before
 
     def set_admin_down(self, down: bool) -> bool:
