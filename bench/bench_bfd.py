@@ -15,7 +15,9 @@ with each (docs/bfd.md). Per case (300 ms x 3, then 50 ms x 3, both ends configu
   offload. FRR's per-session cost is measured at one session per process, its best case
   for a per-process runtime but with N event loops;
 - **detection**: a session's cause (its link cut; its bfdd stopped, SIGTERM: no AdminDown)
-  -> our DOWN (the controller's transition time `since`, wall clock), as a distribution.
+  -> our DOWN (the controller's transition time `since`, wall clock), as a distribution; and
+  the data plane's own wait, last packet recorded -> DOWN on the target's clock (RFC 5880
+  6.8.4: the detection time itself, plus the check's granularity).
 
 Reported, never asserted (docs/benchmarks.md). Writes bench/results/bfd.json.
 
@@ -75,6 +77,20 @@ class Api:
         response.raise_for_status()
         return [e for e in response.json()["events"]
                 if since <= e["time"] <= until and e["new_state"] == "DOWN"]
+
+    def plane_wait_ms(self, name: str, since: float) -> float | None:
+        """How long the data plane waited from the session's last recorded packet to its
+        DOWN (RFC 5880 6.8.4), on the target's clock: the DOWN digest's time_us minus the
+        slot's last_rx_us as a poll after the DOWN read it. None: no such digest."""
+        response = self.client.get(f"/api/v1/peers/{name}/history",
+                                   params={"kind": "transition", "limit": 20})
+        response.raise_for_status()
+        down = next((e for e in response.json()["events"] if e["new_state"] == "DOWN"
+                     and e["details"].get("source") == "digest"), None)
+        if down is None or not wait_for(lambda: self.row(name)["sampled_at"] > since, 5, 0.05):
+            return None
+        last_rx_us = self.row(name)["bfd"]["last_rx_us"]
+        return (down["details"]["time_us"] - last_rx_us) / 1000
 
     def state_is(self, name: str, state: str) -> Callable[[], bool]:
         return lambda: self.row(name)["state"] == state
@@ -169,6 +185,7 @@ def run_case(n: int, interval_ms: int, mult: int, seconds: float, samples: int
             # ---- detection --------------------------------------------------------------
             cut: list[float] = []
             stopped: list[float] = []
+            plane: list[float] = []
             limit = timers.detect_time_ms / 1000 + 10
             for i in range(min(samples, n)):
                 name = names[i % n]
@@ -182,8 +199,11 @@ def run_case(n: int, interval_ms: int, mult: int, seconds: float, samples: int
                     if not wait_for(api.state_is(name, "DOWN"), limit, 0.02):
                         print(f"{name}: not DOWN within {limit:g}s", flush=True)
                         continue
-                    took_ms = 1000 * (api.row(name)["since"] - t_cause)
-                    (stopped if by_stop else cut).append(took_ms)
+                    since = api.row(name)["since"]
+                    (stopped if by_stop else cut).append(1000 * (since - t_cause))
+                    waited = api.plane_wait_ms(name, since)
+                    if waited is not None:
+                        plane.append(waited)
                 finally:
                     if by_stop:
                         frr.bfdd(name).start()
@@ -192,7 +212,9 @@ def run_case(n: int, interval_ms: int, mult: int, seconds: float, samples: int
                 wait_for(api.state_is(name, "UP"), 60, 0.1)
             out["detection_ms"] = {"link_cut": percentiles(cut, 1),
                                    "bfdd_stopped": percentiles(stopped, 1),
-                                   "all": percentiles(cut + stopped, 1)}
+                                   "all": percentiles(cut + stopped, 1),
+                                   # last packet recorded -> DOWN, on the target's clock
+                                   "last_packet_to_down": percentiles(plane, 1)}
     return out
 
 
