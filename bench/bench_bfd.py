@@ -22,7 +22,7 @@ with each (docs/bfd.md). Per case (300 ms x 3, then 50 ms x 3, both ends configu
 Reported, never asserted (docs/benchmarks.md). Writes bench/results/bfd.json.
 
 Usage: python bench/bench_bfd.py [--sessions 128] [--seconds 20] [--samples 12]
-                                 [--cases 300x3@128,50x3@64]
+                                 [--cases 300x3@128,50x3@128]
 """
 
 from __future__ import annotations
@@ -226,7 +226,7 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=12, help="detection samples per case")
     # the most this 2-vCPU machine held without a flap in 20 s (docs/benchmarks.md): at
     # 50 ms x 3, 128 bfdd processes (~1 CPU) let one FRR session time out
-    parser.add_argument("--cases", default="300x3@128,50x3@64")
+    parser.add_argument("--cases", default="300x3@128,50x3@128")
     args = parser.parse_args()
     from hbmon_topo.bfd import frr_missing
     from hbmon_topo.stack import missing_for
