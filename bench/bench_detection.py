@@ -56,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from hbmon.controller.health import HealthConfig  # noqa: E402
+from hbmon.config import HealthConfig  # noqa: E402
 from hbmon.dataplane import targets  # noqa: E402
 from hbmon_kernel.datapath import BURST_GAP_NS  # noqa: E402
 from hbmon_topo.farm import PeerFarm  # noqa: E402

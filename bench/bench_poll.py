@@ -43,8 +43,11 @@ from hbmon.api.metrics import ServiceMetrics  # noqa: E402
 from hbmon.api.rtt import RttHistory  # noqa: E402
 from hbmon.config import parse_config  # noqa: E402
 from hbmon.controller.fabric import Fabric  # noqa: E402
-from hbmon.controller.health import SLOT_FIELDS  # noqa: E402
-from hbmon.model import Peer, Slot  # noqa: E402
+from hbmon.model import (  # noqa: E402
+    SLOT_FIELDS,
+    Peer,
+    Slot,
+)
 from hbmon.protocol import MAX_PEERS, REGISTERS, PeerStatus, PlaneState  # noqa: E402
 from hbmon.store.sql import open_store  # noqa: E402
 from results_io import write_result  # noqa: E402

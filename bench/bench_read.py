@@ -192,7 +192,7 @@ def per_cell_python(ids: list[int], indexes: list[int], expected: dict[str, Any]
 def bench_codec(peers: int, rounds: int) -> dict[str, object]:
     """ns per cell of encoding (target) and decoding (controller) the verdict poll's cells,
     with the values of each register's full width (the longest encoding)."""
-    from hbmon.controller.health import HealthConfig
+    from hbmon.config import HealthConfig
 
     schema = P4Schema.load(P4INFO)
     names = [f"hb_{f}" for f in HealthConfig().verdict_fields]
@@ -273,7 +273,7 @@ def bench_p4runtime(peers: int, rounds: int) -> dict[str, object]:
                 for r in ids]).SerializeToString()
             indexes = list(range(peers))
             indexed_req = wire.register_cells_request(ids, indexes, 1)
-            from hbmon.controller.health import HealthConfig
+            from hbmon.config import HealthConfig
             verdict = [names.index(f"hb_{f}") for f in HealthConfig().verdict_fields]
             verdict_req = wire.register_cells_request([ids[k] for k in verdict], indexes, 1)
 

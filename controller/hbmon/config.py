@@ -64,14 +64,72 @@ import grpc
 import yaml
 
 from hbmon.assets import BMV2_JSON_NAME, P4INFO_NAME, p4_output
-from hbmon.controller.health import HealthConfig
-from hbmon.model import BFD_DEFAULT_TX_MS, Peer, ValidationError
+from hbmon.model import BFD_DEFAULT_TX_MS, SLOT_FIELDS, Peer, ValidationError
 from hbmon.protocol import GTSM_MIN_TTL
 
 DEFAULT_P4INFO = p4_output(P4INFO_NAME)
 DEFAULT_BMV2_JSON = p4_output(BMV2_JSON_NAME)
 _MAC = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """Thresholds of the health engine (see docs: every enter threshold has an exit one)."""
+
+    detect_mult: int = 3  # default; a peer may carry its own
+    rtt_degraded_us: int = 50_000  # RTT above this: DEGRADED
+    rtt_recover_us: int | None = None  # back below this to recover (default 80 % of enter)
+    rtt_metric: str = "ewma"  # "ewma" (data plane's EWMA) or "last"
+    loss_degraded: float = 0.2  # loss ratio over the window above this: DEGRADED
+    loss_recover: float = 0.05  # back to this or below to recover
+    loss_window: int = 10  # polls in the sliding loss window
+    loss_min_requests: int = 5  # fewer requests in the window: no loss verdict
+    flap_count: int = 4  # alive<->dead changes within flap_window_s that start damping
+    flap_window_s: float = 30.0
+    hold_down_s: float = 10.0  # damped until no change for this long
+
+    def validate(self) -> None:
+        if not 1 <= self.detect_mult <= 255:
+            raise ValidationError("detect_mult", "must be 1 .. 255")
+        if self.rtt_degraded_us <= 0:
+            raise ValidationError("rtt_degraded_us", "must be > 0")
+        if self.rtt_recover_us is not None and not 0 < self.rtt_recover_us <= self.rtt_degraded_us:
+            raise ValidationError("rtt_recover_us", "must be > 0 and <= rtt_degraded_us")
+        if self.rtt_metric not in ("ewma", "last"):
+            raise ValidationError("rtt_metric", "must be 'ewma' or 'last'")
+        if not 0.0 < self.loss_degraded <= 1.0:
+            raise ValidationError("loss_degraded", "must be in (0, 1]")
+        if not 0.0 <= self.loss_recover <= self.loss_degraded:
+            raise ValidationError("loss_recover", "must be in [0, loss_degraded]")
+        if self.loss_window < 1:
+            raise ValidationError("loss_window", "must be >= 1")
+        if self.loss_min_requests < 1:
+            raise ValidationError("loss_min_requests", "must be >= 1")
+        if self.flap_count < 2:
+            raise ValidationError("flap_count", "must be >= 2")
+        if self.flap_window_s <= 0:
+            raise ValidationError("flap_window_s", "must be > 0")
+        if self.hold_down_s < 0:
+            raise ValidationError("hold_down_s", "must be >= 0")
+
+    @property
+    def rtt_exit_us(self) -> int:
+        if self.rtt_recover_us is not None:
+            return self.rtt_recover_us
+        return self.rtt_degraded_us * 4 // 5
+
+    @property
+    def detail_fields(self) -> tuple[str, ...]:
+        """The slot fields no verdict uses (informational: a poll may read them less often)."""
+        return tuple(f for f in SLOT_FIELDS if f not in self.verdict_fields)
+
+    @property
+    def verdict_fields(self) -> tuple[str, ...]:
+        """The slot fields the verdicts depend on (a poll must read these every time)."""
+        rtt = "rtt_ewma_us" if self.rtt_metric == "ewma" else "rtt_last_us"
+        return tuple(f for f in SLOT_FIELDS if f in (
+            "rx_count", "tx_count", "miss_count", "last_rx_us", "peer_status", "state", rtt))
 
 
 @dataclass(frozen=True, slots=True)

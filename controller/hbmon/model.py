@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from hbmon.protocol import ValidationError
@@ -206,6 +206,10 @@ class Slot:
     peer_load: int = 0
     state: int = 0
     last_tx_seq: int = 0  # sequence of the last request sent (protocol v2's window end)
+
+
+# Slot fields in contract (register) order: what a poll reads, the health engine's rows.
+SLOT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Slot))
 
 
 @dataclass(slots=True)

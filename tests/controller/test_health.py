@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from hbmon.controller.health import HealthConfig, HealthEngine, counter_delta
+from hbmon.config import HealthConfig
+from hbmon.controller.health import HealthEngine, counter_delta
 from hbmon.model import EventKind, Health, Slot, ValidationError
 from hbmon.protocol import PeerStatus, PlaneState
 

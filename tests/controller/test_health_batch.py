@@ -15,8 +15,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
-from hbmon.controller.health import SLOT_FIELDS, HealthConfig, HealthEngine
-from hbmon.model import HEALTHS, Event, Health, Slot
+from hbmon.config import HealthConfig
+from hbmon.controller.health import HealthEngine
+from hbmon.model import HEALTHS, SLOT_FIELDS, Event, Health, Slot
 from hbmon.protocol import PeerStatus, PlaneState
 
 from . import health_reference

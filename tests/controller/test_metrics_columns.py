@@ -12,8 +12,7 @@ from __future__ import annotations
 import numpy as np
 from hbmon.api.metrics import ServiceMetrics
 from hbmon.controller.fabric import Fabric
-from hbmon.controller.health import SLOT_FIELDS
-from hbmon.model import Health, Peer
+from hbmon.model import SLOT_FIELDS, Health, Peer
 from hbmon.protocol import PeerStatus, PlaneState
 from hbmon.store.sql import open_store
 

@@ -17,8 +17,7 @@ import pytest
 from hbmon.api.rtt import RttHistory
 from hbmon.config import parse_config
 from hbmon.controller.fabric import Fabric
-from hbmon.controller.health import SLOT_FIELDS
-from hbmon.model import Health, Peer
+from hbmon.model import SLOT_FIELDS, Health, Peer
 from hbmon.protocol import PlaneState, Reason
 from hbmon.store.sql import open_store
 from hbmon_kernel.memory import MemoryTarget

@@ -44,7 +44,6 @@ from p4.v1 import p4runtime_pb2
 from hbmon import bfd_packet, protocol
 from hbmon.config import SwitchConfig
 from hbmon.controller.bfd import RemoteView
-from hbmon.controller.health import SLOT_FIELDS
 from hbmon.dataplane.inventory import (
     BFD_REQUESTS_TABLE,
     IndexAllocator,
@@ -60,6 +59,7 @@ from hbmon.dataplane.inventory import (
 )
 from hbmon.dataplane.registers import P4RuntimeRegisterAccess, RegisterAccess, open_register_access
 from hbmon.model import (
+    SLOT_FIELDS,
     DataPlaneError,
     Event,
     EventKind,
