@@ -265,8 +265,7 @@ class SwitchDriver:
     def _on_connection(self, connected: bool, primary: bool) -> None:
         self.info.connected, self.info.primary = connected, primary
         # every (re)connection may follow a target restart: set up and reconcile again
-        self._setup_needed = True
-        self._wake.set()
+        self.request_setup()
         if not self.fabric._leads(self.name):
             return  # the switch's leader reports its connection (each event once)
         self.fabric._emit([Event(
@@ -491,6 +490,20 @@ class SwitchDriver:
                 else:
                     raise
 
+    def request_setup(self) -> None:
+        """Set up and reconcile again, on the driver's own thread: a change could not be
+        programmed, or the target may hold entries the inventory no longer has."""
+        self._setup_needed = True
+        self._wake.set()
+
+    def reconcile_or_request_setup(self, what: str) -> None:
+        """Reconcile now; if that fails, leave it to the driver's next setup."""
+        try:
+            self.reconcile()
+        except Exception as exc:
+            log.warning("%s: %s failed: %s; setting up again", self.name, what, exc)
+            self.request_setup()
+
     def reconcile(self) -> dict[str, Any]:
         """Make the target hold exactly this switch's inventory; returns what changed."""
         with self._program_lock:
@@ -658,7 +671,7 @@ class SwitchDriver:
                         self._write(DELETE, inserted, ignore="NOT_FOUND")
                     except Exception:
                         log.exception("%s: rollback failed; reconcile will fix it", self.name)
-                        self._setup_needed = True
+                        self.request_setup()
                 raise DataPlaneError(f"switch {self.name}: {exc}") from exc
             return True
 
@@ -674,8 +687,7 @@ class SwitchDriver:
                 entities = self._entities(peers, delete=True)
                 self._write(DELETE, entities, ignore="NOT_FOUND")
             except Exception as exc:
-                self._setup_needed = True  # reconcile from the inventory
-                self._wake.set()
+                self.request_setup()  # reconcile from the inventory
                 raise DataPlaneError(f"switch {self.name}: {exc}") from exc
             return True
 
@@ -774,8 +786,7 @@ class SwitchDriver:
             except Exception as exc:
                 log.warning("%s: updating BFD sessions %s failed (%s); reconciling",
                             self.name, list(names), exc)
-                self._setup_needed = True
-                self._wake.set()
+                self.request_setup()
                 return []
             return indexes
 

@@ -592,12 +592,7 @@ class Fabric:
             driver = self.drivers[switch]
             if not (self._leads(switch) and driver.programmable):
                 continue  # its next setup reconciles with the MACs known then
-            try:
-                driver.reconcile()
-            except Exception as exc:
-                log.warning("%s: programming new next hops failed: %s", switch, exc)
-                driver._setup_needed = True
-                driver._wake.set()
+            driver.reconcile_or_request_setup("programming new next hops")
 
     def _unresolved(self, name: str) -> str | None:
         """The reason a peer without MAC has no next hop yet, None if it has (state lock)."""
@@ -1122,10 +1117,7 @@ class Fabric:
                     self.drivers[new.switch].allocator.release(new.index)
                     self._slots_left(new.switch, [new.index])
                 for switch in {old.switch, new.switch}:
-                    try:
-                        self.drivers[switch].reconcile()
-                    except Exception:
-                        self.drivers[switch]._setup_needed = True
+                    self.drivers[switch].reconcile_or_request_setup("reverting an update")
                 back = {k: old.to_dict().get(k) for k in changed}
                 self._emit([self._inventory_event(
                     EventKind.PEER_UPDATED, old, self.clock(), "reverted",
@@ -1227,12 +1219,7 @@ class Fabric:
             for switch in moved:
                 driver = self.drivers[switch]
                 if self._leads(switch) and driver.programmable:
-                    try:
-                        driver.reconcile()
-                    except Exception as exc:
-                        log.warning("%s: reconcile after a change failed: %s", switch, exc)
-                        driver._setup_needed = True
-                        driver._wake.set()
+                    driver.reconcile_or_request_setup("reconcile after a change")
             for old, new in changed:
                 if (old.switch, old.index) != (new.switch, new.index) \
                         and old.index is not None and old.switch in self.drivers:
@@ -1254,8 +1241,7 @@ class Fabric:
                     # committed by another replica: never rolled back here; reconcile
                     log.warning("%s: programming %d added peers failed (%s); reconciling",
                                 switch, len(group), exc)
-                    driver._setup_needed = True
-                    driver._wake.set()
+                    driver.request_setup()
 
     def _claim(self, peer: Peer) -> None:
         """Take the slot the store gave `peer` (another replica chose it) in this view."""
@@ -1267,8 +1253,7 @@ class Fabric:
             # this leader could not unprogram the slot's previous peer: a full reconcile
             # (stale entries first) runs before the new peer counts on it
             allocator.release_held([peer.index])
-            driver._setup_needed = True
-            driver._wake.set()
+            driver.request_setup()
         if peer.index not in allocator:
             allocator.reserve(peer.index)
         allocator.needs_reset.add(peer.index)
